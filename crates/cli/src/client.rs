@@ -1,0 +1,178 @@
+//! `cella run` and `cella exec`: thin clients of a running server's native API.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use reqwest::blocking::Client;
+use serde_json::{Value, json};
+
+#[derive(clap::Args)]
+pub struct Target {
+    /// The server's base URL.
+    #[arg(long, env = "CELLA_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Source file to run.
+    file: PathBuf,
+    /// Language (default: guessed from the file extension).
+    #[arg(long, short)]
+    language: Option<String>,
+    /// Text passed on stdin.
+    #[arg(long)]
+    stdin: Option<String>,
+    /// Run timeout in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+}
+
+#[derive(clap::Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    target: Target,
+    /// An existing sandbox to run in; without it a fresh sandbox is created and deleted.
+    #[arg(long)]
+    sandbox: Option<String>,
+    /// Image of the fresh sandbox.
+    #[arg(long)]
+    image: Option<String>,
+    /// Timeout in seconds.
+    #[arg(long)]
+    timeout: Option<f64>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+fn client() -> Result<Client, String> {
+    Client::builder().timeout(None).build().map_err(|e| e.to_string())
+}
+
+/// Sends a request and returns its JSON body, or the server's error message.
+fn call(req: reqwest::blocking::RequestBuilder) -> Result<Value, String> {
+    let resp = req.send().map_err(|e| format!("cannot reach the server: {e}"))?;
+    let status = resp.status();
+    let body: Value = if status == reqwest::StatusCode::NO_CONTENT { Value::Null } else { resp.json().map_err(|e| e.to_string())? };
+    if !status.is_success() {
+        let msg = body["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| body.to_string());
+        return Err(format!("{status}: {msg}"));
+    }
+    Ok(body)
+}
+
+pub fn exec(args: ExecArgs) -> Result<ExitCode, String> {
+    let http = client()?;
+    let base = format!("{}/api/v1", args.target.server.trim_end_matches('/'));
+    let (id, fresh) = match args.sandbox {
+        Some(id) => (id, false),
+        None => {
+            let created = call(http.post(format!("{base}/sandboxes")).json(&json!({ "image": args.image })))?;
+            (created["id"].as_str().unwrap_or_default().to_string(), true)
+        }
+    };
+    let result = stream_exec(&http, &base, &id, &args.command, args.timeout);
+    if fresh {
+        call(http.delete(format!("{base}/sandboxes/{id}")))?;
+    }
+    result
+}
+
+/// Runs a command through the streaming endpoint, printing output as it comes.
+fn stream_exec(http: &Client, base: &str, id: &str, command: &[String], timeout: Option<f64>) -> Result<ExitCode, String> {
+    let resp = http
+        .post(format!("{base}/sandboxes/{id}/exec/stream"))
+        .json(&json!({ "command": command, "timeout": timeout }))
+        .send()
+        .map_err(|e| format!("cannot reach the server: {e}"))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let body: Value = resp.json().unwrap_or_default();
+        return Err(format!("{status}: {}", body["error"]["message"].as_str().unwrap_or("request failed")));
+    }
+    let mut code = 1;
+    for line in BufReader::new(resp).lines() {
+        let event: Value = serde_json::from_str(&line.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        let data = event["data"].as_str().unwrap_or_default();
+        match event["type"].as_str() {
+            Some("stdout") => print_flush(&mut std::io::stdout(), data),
+            Some("stderr") => print_flush(&mut std::io::stderr(), data),
+            Some("exit") => {
+                if event["timed_out"].as_bool() == Some(true) {
+                    eprintln!("cella: timed out");
+                }
+                if event["oom_killed"].as_bool() == Some(true) {
+                    eprintln!("cella: killed at the memory limit");
+                }
+                code = event["exit_code"].as_i64().unwrap_or_else(|| 128 + event["signal"].as_i64().unwrap_or(0));
+            }
+            _ => {}
+        }
+    }
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+fn print_flush(out: &mut impl Write, data: &str) {
+    let _ = out.write_all(data.as_bytes());
+    let _ = out.flush();
+}
+
+pub fn run(args: RunArgs) -> Result<ExitCode, String> {
+    let code = std::fs::read_to_string(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
+    let language = match args.language {
+        Some(l) => l,
+        None => language_for(&args.file)?,
+    };
+    let http = client()?;
+    let url = format!("{}/api/v1/runs", args.target.server.trim_end_matches('/'));
+    let result = call(http.post(url).json(&json!({
+        "language": language, "code": code, "stdin": args.stdin, "run_timeout": args.timeout,
+    })))?;
+    for stage in ["compile", "run"] {
+        let r = &result[stage];
+        if r.is_null() {
+            continue;
+        }
+        print_flush(&mut std::io::stdout(), r["stdout"].as_str().unwrap_or_default());
+        print_flush(&mut std::io::stderr(), r["stderr"].as_str().unwrap_or_default());
+        if r["timed_out"].as_bool() == Some(true) {
+            eprintln!("cella: {stage} timed out");
+        }
+    }
+    let last = if result["run"].is_null() { &result["compile"] } else { &result["run"] };
+    let code = last["exit_code"].as_i64().unwrap_or(1);
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+fn language_for(file: &std::path::Path) -> Result<String, String> {
+    let ext = file.extension().and_then(|e| e.to_str()).unwrap_or_default();
+    let language = match ext {
+        "py" => "python",
+        "cpp" | "cc" | "cxx" => "cpp",
+        "c" => "c",
+        "go" => "go",
+        "java" => "java",
+        "js" => "nodejs",
+        "ts" => "typescript",
+        "rs" => "rust",
+        "sh" => "bash",
+        "rb" => "ruby",
+        "php" => "php",
+        "pl" => "perl",
+        "lua" => "lua",
+        "r" | "R" => "R",
+        "cs" => "csharp",
+        "scala" => "scala",
+        "kts" => "kotlin_script",
+        "rkt" => "racket",
+        "d" => "D_ut",
+        "sv" | "v" => "verilog",
+        "sql" => "sql",
+        _ => return Err(format!("cannot tell the language of {}: pass --language", file.display())),
+    };
+    Ok(language.to_string())
+}

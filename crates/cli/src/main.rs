@@ -1,0 +1,55 @@
+//! `cella`: the server (`cella serve`) and a small client for a running server.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod client;
+mod serve;
+
+#[derive(Parser)]
+#[command(name = "cella", version, about = "Self-hosted code-execution sandboxes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Run a source file in a fresh sandbox on a running server and print its output.
+    Run(client::RunArgs),
+    /// Run a command in a sandbox (a fresh one unless --sandbox is given).
+    Exec(client::ExecArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "CELLA_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:8080).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Directory for state and scratch space (default /var/lib/cella).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Run(args) => client::run(args),
+        Command::Exec(args) => client::exec(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cella: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

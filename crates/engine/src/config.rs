@@ -1,0 +1,244 @@
+//! cella's configuration: one typed struct whose defaults work without any file.
+//!
+//! Layers, later ones winning: built-in defaults → a TOML file (`--config` / `CELLA_CONFIG`)
+//! → `CELLA_*` environment variables (nested keys with `__`, e.g.
+//! `CELLA_SANDBOX__MEMORY_MB=1024`) → command-line flags.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server listens on.
+    pub listen: String,
+    /// Everything cella keeps on disk lives here (state store, image registry, scratch).
+    pub data_dir: PathBuf,
+    /// `text` or `json` logs.
+    pub log_format: String,
+    /// Name of the cgroup under which every sandbox's cgroup is created.
+    pub cgroup_parent: String,
+    /// Sandboxes run as uids `uid_base .. uid_base + uid_count`, one uid per sandbox.
+    pub uid_base: u32,
+    pub uid_count: u32,
+    /// Defaults for a sandbox created without explicit resources.
+    pub sandbox: SandboxDefaults,
+    /// Upper bounds a request may ask for.
+    pub limits: Limits,
+    pub images: ImagesConfig,
+    pub pool: PoolConfig,
+    pub runs: RunsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxDefaults {
+    pub image: String,
+    pub cpus: f64,
+    pub memory_mb: u64,
+    pub pids: u64,
+    pub disk_mb: u64,
+    pub shm_mb: u64,
+    pub open_files: u64,
+    /// A sandbox with no activity for this long is stopped (0 = never).
+    pub idle_timeout_secs: u64,
+    /// A sandbox is stopped this long after creation whatever it does (0 = never).
+    pub max_lifetime_secs: u64,
+    /// Wall-clock limit of an exec that does not give one.
+    pub exec_timeout_secs: f64,
+    /// Bytes of stdout (and of stderr) kept per exec unless the request says otherwise.
+    pub output_cap_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub max_sandboxes: usize,
+    pub max_cpus: f64,
+    pub max_memory_mb: u64,
+    pub max_pids: u64,
+    pub max_disk_mb: u64,
+    pub max_lifetime_secs: u64,
+    pub max_exec_timeout_secs: f64,
+    pub max_output_cap_bytes: usize,
+    /// Largest HTTP request body (uploads, `/run_code` with files).
+    pub max_body_bytes: usize,
+    /// Largest file read into a JSON response.
+    pub max_read_bytes: u64,
+    /// Stopped sandboxes stay visible (state `stopped`) this long before they are forgotten.
+    pub stopped_retention_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImagesConfig {
+    /// Image name aliases, e.g. `"python:3.11" = "host"`.
+    pub aliases: BTreeMap<String, String>,
+    /// Paths hidden in the `host` image, in addition to the built-in list.
+    pub host_masks: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Empty network namespaces kept ready (creating one is a global kernel lock).
+    pub netns: usize,
+    /// Ready sandboxes of the default shape kept for one-shot runs.
+    pub warm_sandboxes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunsConfig {
+    /// One-shot runs executing at once; the rest wait in a queue.
+    pub max_concurrency: usize,
+    /// Runs waiting beyond this are refused at once with 429/503.
+    pub max_queue: usize,
+    /// Default memory of a one-shot run when the request has no limit.
+    pub memory_mb: u64,
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: "/var/lib/cella".into(),
+            log_format: "text".into(),
+            cgroup_parent: "cella".into(),
+            uid_base: 200_000,
+            uid_count: 60_000,
+            sandbox: SandboxDefaults::default(),
+            limits: Limits::default(),
+            images: ImagesConfig::default(),
+            pool: PoolConfig::default(),
+            runs: RunsConfig::default(),
+        }
+    }
+}
+
+impl Default for SandboxDefaults {
+    fn default() -> Self {
+        SandboxDefaults {
+            image: "host".into(),
+            cpus: 1.0,
+            memory_mb: 1024,
+            pids: 512,
+            disk_mb: 1024,
+            shm_mb: 64,
+            open_files: 4096,
+            idle_timeout_secs: 1800,
+            max_lifetime_secs: 86_400,
+            exec_timeout_secs: 60.0,
+            output_cap_bytes: 4 << 20,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_sandboxes: 1000,
+            max_cpus: cores() as f64,
+            max_memory_mb: 16_384,
+            max_pids: 8192,
+            max_disk_mb: 16_384,
+            max_lifetime_secs: 7 * 86_400,
+            max_exec_timeout_secs: 86_400.0,
+            max_output_cap_bytes: 256 << 20,
+            max_body_bytes: 256 << 20,
+            max_read_bytes: 64 << 20,
+            stopped_retention_secs: 3600,
+        }
+    }
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        let aliases = ["python", "python:3", "python:3.11", "ubuntu", "debian", "default"]
+            .into_iter()
+            .map(|a| (a.to_string(), "host".to_string()))
+            .collect();
+        ImagesConfig { aliases, host_masks: Vec::new() }
+    }
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig { netns: 16, warm_sandboxes: 4 }
+    }
+}
+
+impl Default for RunsConfig {
+    fn default() -> Self {
+        RunsConfig { max_concurrency: 2 * cores(), max_queue: 10_000, memory_mb: 2048 }
+    }
+}
+
+/// Values given on the command line; `None` leaves the lower layers alone.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Config, figment::Error> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment
+            .merge(Env::prefixed("CELLA_").ignore(&["config", "server"]).split("__"))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.data_dir.join("state.redb")
+    }
+
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.data_dir.join("scratch")
+    }
+
+    pub fn images_dir(&self) -> PathBuf {
+        self.data_dir.join("images")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = Config::load(None, Overrides::default()).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080");
+        assert_eq!(c.images.aliases.get("python:3.11").map(String::as_str), Some("host"));
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = std::env::temp_dir().join(format!("cella-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("cella.toml");
+        std::fs::write(&file, "listen = \"0.0.0.0:9\"\n[sandbox]\nmemory_mb = 77\n").unwrap();
+        let c = Config::load(Some(&file), Overrides::default()).unwrap();
+        assert_eq!((c.listen.as_str(), c.sandbox.memory_mb), ("0.0.0.0:9", 77));
+        let c = Config::load(Some(&file), Overrides { listen: Some("127.0.0.1:1".into()), data_dir: None }).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:1");
+        std::fs::write(&file, "no_such_key = 1\n").unwrap();
+        assert!(Config::load(Some(&file), Overrides::default()).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,483 @@
+//! The engine: creates, tracks, stops and recovers sandboxes. Every face calls into this.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use cella_jail::cgroup::{Cgroups, Limits};
+use cella_jail::fsops::SandboxFs;
+use cella_jail::probe::Features;
+use cella_jail::proto::SandboxSpec;
+use cella_jail::{Spawned, Spawner};
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::control::Control;
+use crate::error::{Error, Result};
+use crate::image::Images;
+use crate::sandbox::{ExecDefaults, Record, Sandbox, SandboxInfo, State, now_secs};
+use crate::store::{SANDBOXES, Store};
+
+/// A request for a new sandbox; anything left out takes the configured default.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct CreateSandbox {
+    /// Image name or alias (default `host`).
+    pub image: Option<String>,
+    /// CPU cores (fractional allowed).
+    pub cpus: Option<f64>,
+    pub memory_mb: Option<u64>,
+    /// Maximum number of processes and threads.
+    pub pids: Option<u64>,
+    /// Size of the writable layer.
+    pub disk_mb: Option<u64>,
+    /// Environment every exec in the sandbox sees.
+    pub env: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    /// Stop after this long without activity (0 = never).
+    pub idle_timeout_secs: Option<u64>,
+    /// Stop this long after creation (0 = the server's maximum).
+    pub max_lifetime_secs: Option<u64>,
+    pub hostname: Option<String>,
+}
+
+pub struct Engine {
+    pub config: Config,
+    pub features: Features,
+    pub images: Images,
+    spawner: Spawner,
+    cgroups: Cgroups,
+    store: Store,
+    live: RwLock<HashMap<String, Arc<Sandbox>>>,
+    stopped: Mutex<HashMap<String, (SandboxInfo, Instant)>>,
+    uids: Mutex<UidPool>,
+}
+
+struct UidPool {
+    base: u32,
+    count: u32,
+    next: u32,
+    used: HashSet<u32>,
+}
+
+impl UidPool {
+    /// Hands out uids round-robin so a just-freed uid is not reused at once.
+    fn alloc(&mut self) -> Option<u32> {
+        for i in 0..self.count {
+            let uid = self.base + (self.next + i) % self.count;
+            if self.used.insert(uid) {
+                self.next = (uid - self.base + 1) % self.count;
+                return Some(uid);
+            }
+        }
+        None
+    }
+
+    fn free(&mut self, uid: u32) {
+        self.used.remove(&uid);
+    }
+}
+
+impl Engine {
+    /// Opens the state, reaps whatever a previous server left behind, and starts serving.
+    /// `spawner` must have been started before any thread.
+    pub fn new(config: Config, config_file: Option<&Path>, spawner: Spawner, features: Features) -> Result<Arc<Engine>> {
+        for dir in [config.data_dir.clone(), config.scratch_dir(), config.images_dir()] {
+            std::fs::create_dir_all(&dir).map_err(|e| Error::Internal(format!("create {}: {e}", dir.display())))?;
+        }
+        let store = Store::open(&config.state_file())?;
+        let images = Images::load(&config, config_file, &store)?;
+        let cgroups = Cgroups::detect(&config.cgroup_parent)?;
+        info!(cgroups = %cgroups.describe(), "cgroups");
+        let uids = UidPool { base: config.uid_base, count: config.uid_count.max(1), next: 0, used: HashSet::new() };
+        let engine = Engine {
+            config,
+            features,
+            images,
+            spawner,
+            cgroups,
+            store,
+            live: RwLock::default(),
+            stopped: Mutex::default(),
+            uids: Mutex::new(uids),
+        };
+        engine.recover()?;
+        Ok(Arc::new(engine))
+    }
+
+    /// Reaps what a previous server (crashed or killed) left: its sandboxes' processes and
+    /// cgroups. Their mounts and namespaces died with their inits. Records become `stopped`.
+    fn recover(&self) -> Result<()> {
+        let records: Vec<Record> = self.store.all(SANDBOXES)?;
+        let mut reaped = 0;
+        for Record { mut info, init } in records {
+            if info.state == State::Running {
+                if let Some((pid, start)) = init {
+                    if process_start_time(pid) == Some(start) {
+                        let _ = cella_jail::sys::kill(pid, libc::SIGKILL);
+                    }
+                }
+                let cg = self.cgroups.sandbox(&info.id);
+                cg.kill_all();
+                let _ = cg.remove();
+                info.state = State::Stopped;
+                info.stop_reason = Some("server restarted".into());
+                self.store.put(SANDBOXES, &info.id, &Record { info: info.clone(), init: None }, false)?;
+                reaped += 1;
+            }
+            self.remember_stopped(info);
+        }
+        // Cgroups the store never heard of (a crash between creating and recording).
+        let mut swept = 0;
+        for name in self.cgroups.list() {
+            let cg = self.cgroups.sandbox(&name);
+            cg.kill_all();
+            if cg.remove().is_ok() {
+                swept += 1;
+            }
+        }
+        self.store.flush()?;
+        if reaped + swept > 0 {
+            info!(reaped, swept, "reaped sandboxes left by a previous server");
+        }
+        Ok(())
+    }
+
+    fn remember_stopped(&self, info: SandboxInfo) {
+        self.stopped.lock().unwrap_or_else(|p| p.into_inner()).insert(info.id.clone(), (info, Instant::now()));
+    }
+
+    /// Starts the idle/lifetime reaper and the periodic state flush.
+    pub fn spawn_background(self: &Arc<Self>) {
+        let engine = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(engine) = engine.upgrade() else { return };
+                engine.reap_expired().await;
+                if let Err(e) = engine.store.flush() {
+                    warn!(error = %e, "state flush failed");
+                }
+            }
+        });
+    }
+
+    async fn reap_expired(&self) {
+        let now = now_secs();
+        let candidates: Vec<(Arc<Sandbox>, &str)> = self
+            .live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter_map(|s| {
+                let info = s.info();
+                let lifetime = info.max_lifetime_secs as f64;
+                let idle = info.idle_timeout_secs as f64;
+                if s.control().is_closed() {
+                    Some((s.clone(), "the sandbox's init exited"))
+                } else if lifetime > 0.0 && now - info.created_at > lifetime {
+                    Some((s.clone(), "max lifetime reached"))
+                } else if idle > 0.0 && s.idle_secs() > idle {
+                    Some((s.clone(), "idle timeout"))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (sandbox, reason) in candidates {
+            info!(sandbox = %sandbox.id, reason, "stopping sandbox");
+            self.stop(&sandbox.id, reason).await;
+        }
+        let retention = Duration::from_secs(self.config.limits.stopped_retention_secs);
+        let expired: Vec<String> = {
+            let mut stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
+            let old: Vec<String> =
+                stopped.iter().filter(|(_, (_, at))| at.elapsed() > retention).map(|(id, _)| id.clone()).collect();
+            for id in &old {
+                stopped.remove(id);
+            }
+            old
+        };
+        for id in expired {
+            let _ = self.store.remove(SANDBOXES, &id, false);
+        }
+    }
+
+    fn resolve(&self, req: &CreateSandbox) -> Result<(SandboxInfo, crate::image::Image)> {
+        let d = &self.config.sandbox;
+        let l = &self.config.limits;
+        let cpus = req.cpus.unwrap_or(d.cpus);
+        if !(0.01..=l.max_cpus).contains(&cpus) {
+            return Err(Error::invalid(format!("cpus must be between 0.01 and {}", l.max_cpus)));
+        }
+        let check = |name: &str, v: u64, min: u64, max: u64| {
+            if (min..=max).contains(&v) { Ok(v) } else { Err(Error::invalid(format!("{name} must be between {min} and {max}"))) }
+        };
+        let memory_mb = check("memory_mb", req.memory_mb.unwrap_or(d.memory_mb), 16, l.max_memory_mb)?;
+        let pids = check("pids", req.pids.unwrap_or(d.pids), 8, l.max_pids)?;
+        let disk_mb = check("disk_mb", req.disk_mb.unwrap_or(d.disk_mb), 1, l.max_disk_mb)?;
+        let lifetime = match req.max_lifetime_secs.unwrap_or(d.max_lifetime_secs) {
+            0 => l.max_lifetime_secs,
+            s => check("max_lifetime_secs", s, 1, l.max_lifetime_secs)?,
+        };
+        let image = self.images.resolve(req.image.as_deref().unwrap_or(&d.image))?;
+        let id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
+        let hostname = match &req.hostname {
+            Some(h) if valid_hostname(h) => h.clone(),
+            Some(h) => return Err(Error::invalid(format!("invalid hostname {h:?}"))),
+            None => format!("sandbox-{}", &id[..8]),
+        };
+        let info = SandboxInfo {
+            id,
+            image: image.name.clone(),
+            state: State::Running,
+            stop_reason: None,
+            hostname,
+            cpus,
+            memory_mb,
+            pids,
+            disk_mb,
+            env: req.env.clone(),
+            labels: req.labels.clone(),
+            idle_timeout_secs: req.idle_timeout_secs.unwrap_or(d.idle_timeout_secs),
+            max_lifetime_secs: lifetime,
+            created_at: now_secs(),
+            uid: 0,
+        };
+        Ok((info, image))
+    }
+
+    pub async fn create(&self, req: CreateSandbox) -> Result<Arc<Sandbox>> {
+        let started = Instant::now();
+        let (mut info, image) = self.resolve(&req)?;
+        if self.live.read().unwrap_or_else(|p| p.into_inner()).len() >= self.config.limits.max_sandboxes {
+            return Err(Error::Exhausted(format!(
+                "the server runs its maximum of {} sandboxes",
+                self.config.limits.max_sandboxes
+            )));
+        }
+        info.uid = self
+            .uids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .alloc()
+            .ok_or_else(|| Error::Exhausted("no free sandbox uid".into()))?;
+        let result = self.start(&mut info, image).await;
+        let sandbox = match result {
+            Ok(s) => s,
+            Err(e) => {
+                self.uids.lock().unwrap_or_else(|p| p.into_inner()).free(info.uid);
+                let _ = self.cgroups.sandbox(&info.id).remove();
+                return Err(e);
+            }
+        };
+        self.store.put(SANDBOXES, &sandbox.id, &sandbox.record(), false)?;
+        let live_count = {
+            let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
+            live.insert(sandbox.id.clone(), sandbox.clone());
+            live.len()
+        };
+        metrics::gauge!("cella_sandboxes_live").set(live_count as f64);
+        metrics::histogram!("cella_sandbox_create_seconds").record(started.elapsed().as_secs_f64());
+        Ok(sandbox)
+    }
+
+    async fn start(&self, info: &mut SandboxInfo, image: crate::image::Image) -> Result<Arc<Sandbox>> {
+        let limits = Limits { memory_bytes: info.memory_mb << 20, pids: info.pids, cpus: info.cpus };
+        let d = &self.config.sandbox;
+        let spec = SandboxSpec {
+            id: info.id.clone(),
+            hostname: info.hostname.clone(),
+            uid: info.uid,
+            lowerdirs: image.lowerdirs,
+            masks: image.masks,
+            disk_bytes: info.disk_mb << 20,
+            cgroup_procs: Vec::new(),
+            exec_cgroup_dir: Default::default(),
+            scratch_dir: self.config.scratch_dir(),
+            shm_bytes: d.shm_mb << 20,
+        };
+        let (cgroup, spawned) = blocking(|| {
+            let cgroup = self.cgroups.create(&spec.id, &limits)?;
+            let spec = SandboxSpec {
+                cgroup_procs: cgroup.procs_files(),
+                exec_cgroup_dir: cgroup.exec_parent(),
+                ..spec.clone()
+            };
+            match self.spawner.spawn(&spec) {
+                Ok(s) => Ok((cgroup, s)),
+                Err(e) => {
+                    let _ = cgroup.remove();
+                    Err(Error::from(e))
+                }
+            }
+        })?;
+        let Spawned { pid, pidfd, control } = spawned;
+        let ready = tokio::time::timeout(Duration::from_secs(30), Control::start(control)).await;
+        let control = match ready {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(self.abandon(pidfd, &cgroup, e).await),
+            Err(_) => return Err(self.abandon(pidfd, &cgroup, Error::Unavailable("sandbox setup timed out".into())).await),
+        };
+        let fs = match SandboxFs::open(pid, info.uid) {
+            Ok(fs) => fs,
+            Err(e) => return Err(self.abandon(pidfd, &cgroup, Error::internal(e)).await),
+        };
+        let init = process_start_time(pid).map(|t| (pid, t));
+        let defaults = ExecDefaults { open_files: d.open_files, disk_bytes: info.disk_mb << 20 };
+        Ok(Arc::new(Sandbox::new(info.clone(), init, cgroup, pidfd, control, fs, defaults)?))
+    }
+
+    async fn abandon(&self, pidfd: std::os::fd::OwnedFd, cgroup: &cella_jail::cgroup::SandboxCgroup, e: Error) -> Error {
+        use std::os::fd::AsFd;
+        let _ = cella_jail::sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+        if let Ok(fd) = cella_jail::async_fd(pidfd) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), fd.readable()).await;
+        }
+        remove_cgroup(cgroup).await;
+        e
+    }
+
+    /// A running sandbox.
+    pub fn get(&self, id: &str) -> Result<Arc<Sandbox>> {
+        if let Some(s) = self.live.read().unwrap_or_else(|p| p.into_inner()).get(id) {
+            return Ok(s.clone());
+        }
+        if self.stopped.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id) {
+            return Err(Error::Conflict(format!("sandbox {id} is stopped")));
+        }
+        Err(Error::not_found("sandbox", id))
+    }
+
+    /// A sandbox's description, running or recently stopped.
+    pub fn info(&self, id: &str) -> Result<SandboxInfo> {
+        if let Some(s) = self.live.read().unwrap_or_else(|p| p.into_inner()).get(id) {
+            return Ok(s.info());
+        }
+        self.stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .map(|(i, _)| i.clone())
+            .ok_or_else(|| Error::not_found("sandbox", id))
+    }
+
+    /// Sandboxes whose labels include every `labels` pair, oldest first.
+    pub fn list(&self, labels: &BTreeMap<String, String>, include_stopped: bool) -> Vec<SandboxInfo> {
+        let mut all: Vec<SandboxInfo> =
+            self.live.read().unwrap_or_else(|p| p.into_inner()).values().map(|s| s.info()).collect();
+        if include_stopped {
+            all.extend(self.stopped.lock().unwrap_or_else(|p| p.into_inner()).values().map(|(i, _)| i.clone()));
+        }
+        all.retain(|i| labels.iter().all(|(k, v)| i.labels.get(k) == Some(v)));
+        all.sort_by(|a, b| a.created_at.total_cmp(&b.created_at));
+        all
+    }
+
+    /// Stops a sandbox and removes it (and its record).
+    pub async fn delete(&self, id: &str) -> Result<()> {
+        let was_live = self.stop(id, "deleted").await;
+        let was_stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner()).remove(id).is_some();
+        if !was_live && !was_stopped {
+            return Err(Error::not_found("sandbox", id));
+        }
+        self.store.remove(SANDBOXES, id, false)
+    }
+
+    /// Stops a running sandbox: kills every process, releases its resources and keeps its
+    /// record as `stopped`. Returns false if it was not running.
+    pub async fn stop(&self, id: &str, reason: &str) -> bool {
+        let Some(sandbox) = self.live.write().unwrap_or_else(|p| p.into_inner()).remove(id) else {
+            return false;
+        };
+        metrics::gauge!("cella_sandboxes_live").set(self.live.read().unwrap_or_else(|p| p.into_inner()).len() as f64);
+        sandbox.kill().await;
+        remove_cgroup(&sandbox.cgroup).await;
+        let info = sandbox.mark_stopped(reason);
+        self.uids.lock().unwrap_or_else(|p| p.into_inner()).free(info.uid);
+        let _ = self.store.put(SANDBOXES, id, &Record { info: info.clone(), init: None }, false);
+        self.remember_stopped(info);
+        true
+    }
+
+    /// Stops every sandbox (graceful server shutdown).
+    pub async fn shutdown(&self) {
+        let ids: Vec<String> = self.live.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        let stops = ids.iter().map(|id| self.stop(id, "server shut down"));
+        futures::future::join_all(stops).await;
+        let _ = self.store.flush();
+    }
+
+    pub fn register_image(&self, name: &str, path: &Path) -> Result<crate::image::ImageInfo> {
+        self.images.register(name, path, &self.store)
+    }
+
+    pub fn remove_image(&self, name: &str) -> Result<()> {
+        self.images.remove(name, &self.store)
+    }
+
+    pub fn live_count(&self) -> usize {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// Removes a dead sandbox's cgroups; its processes may take a moment to leave them.
+async fn remove_cgroup(cgroup: &cella_jail::cgroup::SandboxCgroup) {
+    for attempt in 0..100 {
+        let cg = cgroup.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            if attempt > 20 {
+                cg.kill_all();
+            }
+            cg.remove().is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        if done {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    warn!(cgroup = cgroup.name(), "cgroup still busy; it will be swept at next start");
+}
+
+/// Runs blocking setup on the blocking pool.
+fn blocking<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    tokio::task::block_in_place(f)
+}
+
+fn valid_hostname(h: &str) -> bool {
+    !h.is_empty() && h.len() <= 63 && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') && !h.starts_with('-')
+}
+
+/// Start time of a process in clock ticks since boot (`/proc/<pid>/stat` field 22).
+pub(crate) fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; fields after its closing paren are plain.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_pool_round_robin_and_exhaustion() {
+        let mut p = UidPool { base: 100, count: 3, next: 0, used: HashSet::new() };
+        assert_eq!(p.alloc(), Some(100));
+        assert_eq!(p.alloc(), Some(101));
+        p.free(100);
+        assert_eq!(p.alloc(), Some(102));
+        assert_eq!(p.alloc(), Some(100));
+        assert_eq!(p.alloc(), None);
+    }
+
+    #[test]
+    fn own_start_time_is_readable() {
+        assert!(process_start_time(std::process::id() as i32).is_some());
+    }
+}

@@ -1,0 +1,18 @@
+//! cella's engine: images, sandboxes, processes, files, and one-shot runs, on top of the jail.
+//! Every API face is a thin translation onto the types here.
+
+pub mod config;
+pub mod control;
+pub mod engine;
+pub mod error;
+pub mod image;
+pub mod process;
+pub mod sandbox;
+pub mod store;
+
+pub use config::Config;
+pub use engine::{CreateSandbox, Engine};
+pub use error::{Error, Result};
+pub use sandbox::{Sandbox, SandboxInfo};
+pub use cella_jail::fsops::{Entry as FileEntry, SandboxFs};
+pub use cella_jail::{Spawner, SpawnerConfig, probe};

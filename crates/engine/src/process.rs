@@ -1,0 +1,441 @@
+//! Processes: commands run in a sandbox, collected, streamed or left in the background.
+//!
+//! Every exec is one [`Process`]. A pump task owns its pipes: it feeds stdin, drains stdout and
+//! stderr to the end whatever the cap (so a program printing gigabytes never blocks on a full
+//! pipe), keeps at most `output_cap` bytes of each, enforces the wall-clock deadline by killing
+//! the exec's whole cgroup, and records how it ended. A collected exec waits for that end; a
+//! streamed one also receives the kept chunks as they arrive.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use cella_jail::proto::Command;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::config::Config;
+use crate::control::ExecEvent;
+use crate::error::{Error, Result};
+use crate::sandbox::Sandbox;
+
+/// How long output is still read after the main process exits: background children that
+/// inherited stdout would otherwise hold the exec open forever.
+const OUTPUT_GRACE: Duration = Duration::from_millis(200);
+/// Pipe buffers large enough that a chatty program rarely waits for the server.
+const PIPE_BYTES: i32 = 1 << 20;
+
+/// A validated command, ready to run.
+#[derive(Debug, Clone)]
+pub struct ExecOptions {
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<String>,
+    pub stdin: Option<Vec<u8>>,
+    /// `None`: runs until it exits or is killed.
+    pub timeout: Option<Duration>,
+    pub output_cap: usize,
+}
+
+/// A command to run, as the native API takes it.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecRequest {
+    /// The program and its arguments (found on `PATH` if it has no `/`).
+    pub command: Option<Vec<String>>,
+    /// A shell command line, run with `bash -c`. Give this or `command`.
+    pub shell: Option<String>,
+    /// Added to (and overriding) the sandbox's environment.
+    pub env: BTreeMap<String, String>,
+    /// Working directory (default: the home directory, `/home/user`).
+    pub cwd: Option<String>,
+    /// Text written to the program's stdin, which is then closed.
+    pub stdin: Option<String>,
+    /// Wall-clock limit in seconds; at the limit the process and all it started are killed.
+    pub timeout: Option<f64>,
+    /// Bytes of stdout and of stderr to keep; the rest is drained and dropped.
+    pub output_cap: Option<usize>,
+}
+
+impl ExecRequest {
+    pub fn into_options(self, config: &Config) -> Result<ExecOptions> {
+        let argv = match (self.command, self.shell) {
+            (Some(argv), None) if !argv.is_empty() => argv,
+            (None, Some(shell)) => shell_argv(shell),
+            _ => return Err(Error::invalid("give exactly one of `command` (a non-empty list) or `shell`")),
+        };
+        Ok(ExecOptions {
+            argv,
+            env: self.env,
+            cwd: self.cwd,
+            stdin: self.stdin.map(String::into_bytes),
+            timeout: Some(exec_timeout(config, self.timeout)?),
+            output_cap: output_cap(config, self.output_cap)?,
+        })
+    }
+}
+
+/// `bash -c <line>`.
+pub fn shell_argv(line: String) -> Vec<String> {
+    vec!["bash".into(), "-c".into(), line]
+}
+
+/// A requested timeout in seconds, checked against the server's bounds.
+pub fn exec_timeout(config: &Config, secs: Option<f64>) -> Result<Duration> {
+    let max = config.limits.max_exec_timeout_secs;
+    let secs = secs.unwrap_or(config.sandbox.exec_timeout_secs);
+    if !(secs > 0.0 && secs <= max) {
+        return Err(Error::invalid(format!("timeout must be more than 0 and at most {max} seconds")));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+pub fn output_cap(config: &Config, cap: Option<usize>) -> Result<usize> {
+    let cap = cap.unwrap_or(config.sandbox.output_cap_bytes);
+    let max = config.limits.max_output_cap_bytes;
+    if cap > max {
+        return Err(Error::invalid(format!("output_cap must be at most {max} bytes")));
+    }
+    Ok(cap)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Exit {
+    /// Exit status, when the process exited on its own.
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
+    /// Wall-clock seconds from start to exit.
+    pub wall_time: f64,
+    /// CPU seconds (user + system) of the process and the children it waited for.
+    pub cpu_time: f64,
+    /// Killed at its deadline (with every process it started).
+    pub timed_out: bool,
+    /// Killed by the kernel's OOM killer at the sandbox's memory limit.
+    pub oom_killed: bool,
+    /// Killed through the API.
+    pub killed: bool,
+    /// The sandbox went away before the process finished.
+    pub sandbox_lost: bool,
+}
+
+/// Output kept within a cap; the rest is counted and dropped.
+#[derive(Debug, Default)]
+struct Capped {
+    data: Vec<u8>,
+    cap: usize,
+    truncated: bool,
+}
+
+impl Capped {
+    fn push<'a>(&mut self, chunk: &'a [u8]) -> &'a [u8] {
+        let room = self.cap.saturating_sub(self.data.len());
+        let kept = &chunk[..chunk.len().min(room)];
+        self.truncated |= kept.len() < chunk.len();
+        self.data.extend_from_slice(kept);
+        kept
+    }
+}
+
+#[derive(Debug, Default)]
+struct Output {
+    stdout: Capped,
+    stderr: Capped,
+}
+
+/// What a process produced: the kept bytes and whether more was cut.
+#[derive(Debug, Clone, Default)]
+pub struct Captured {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+}
+
+/// One event of a streamed exec.
+#[derive(Debug, Clone)]
+pub enum Chunk {
+    Output(Stream, Bytes),
+}
+
+pub struct Process {
+    pub id: u64,
+    /// Pid inside the sandbox's pid namespace.
+    pub pid: i32,
+    pub argv: Vec<String>,
+    pub cwd: String,
+    pub started_at: SystemTime,
+    output: Mutex<Output>,
+    exit: watch::Receiver<Option<Exit>>,
+    kill: Notify,
+}
+
+impl Process {
+    pub fn exit(&self) -> Option<Exit> {
+        self.exit.borrow().clone()
+    }
+
+    /// Waits for the process to end, at most `limit` if given.
+    pub async fn wait(&self, limit: Option<Duration>) -> Option<Exit> {
+        let mut rx = self.exit.clone();
+        let done = async move { rx.wait_for(Option::is_some).await.ok().and_then(|e| e.clone()) };
+        match limit {
+            Some(limit) => tokio::time::timeout(limit, done).await.ok().flatten(),
+            None => done.await,
+        }
+    }
+
+    /// Kills the process and every process it started.
+    pub fn kill(&self) {
+        self.kill.notify_one();
+    }
+
+    pub fn captured(&self) -> Captured {
+        let out = self.output.lock().unwrap_or_else(|p| p.into_inner());
+        Captured {
+            stdout: out.stdout.data.clone(),
+            stderr: out.stderr.data.clone(),
+            stdout_truncated: out.stdout.truncated,
+            stderr_truncated: out.stderr.truncated,
+        }
+    }
+
+    fn keep(&self, stream: Stream, chunk: &[u8]) -> Bytes {
+        let mut out = self.output.lock().unwrap_or_else(|p| p.into_inner());
+        let buf = match stream {
+            Stream::Stdout => &mut out.stdout,
+            Stream::Stderr => &mut out.stderr,
+        };
+        Bytes::copy_from_slice(buf.push(chunk))
+    }
+}
+
+/// A finished exec: how it ended and what it printed.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub exit: Exit,
+    pub output: Captured,
+}
+
+/// Runs `opts` to the end and collects its output.
+pub async fn run(sandbox: &Arc<Sandbox>, opts: ExecOptions) -> Result<Outcome> {
+    let process = start(sandbox, opts, None).await?;
+    let exit = process.wait(None).await.ok_or_else(|| Error::internal("the process pump ended without a result"))?;
+    sandbox.forget_process(process.id);
+    Ok(Outcome { exit, output: process.captured() })
+}
+
+fn pipe_pair(big: bool) -> Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = cella_jail::sys::pipe().map_err(Error::internal)?;
+    if big {
+        // SAFETY: fcntl on a pipe we own; failure only leaves the default size.
+        unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES) };
+    }
+    Ok((r, w))
+}
+
+/// Starts `opts` in `sandbox`. Returns once the program has been exec'd (or could not be).
+pub async fn start(sandbox: &Arc<Sandbox>, opts: ExecOptions, sink: Option<mpsc::Sender<Chunk>>) -> Result<Arc<Process>> {
+    let id = sandbox.next_exec_id();
+    let spec = sandbox.exec_spec(id, &opts)?;
+    let (stdin_r, stdin_w) = pipe_pair(false)?;
+    let (stdout_r, stdout_w) = pipe_pair(true)?;
+    let (stderr_r, stderr_w) = pipe_pair(true)?;
+    let control = sandbox.control();
+    let mut events = control.subscribe(id);
+    let oom_before = sandbox.usage().oom_kills;
+    let sent = control
+        .send(&Command::Exec(spec.clone()), &[stdin_r.as_fd(), stdout_w.as_fd(), stderr_w.as_fd()])
+        .await;
+    drop((stdin_r, stdout_w, stderr_w));
+    if let Err(e) = sent {
+        control.unsubscribe(id);
+        return Err(e);
+    }
+    let pid = match events.recv().await {
+        Some(ExecEvent::Started { pid }) => pid,
+        Some(ExecEvent::SpawnFailed(why)) => {
+            control.unsubscribe(id);
+            return Err(Error::invalid(why));
+        }
+        _ => {
+            control.unsubscribe(id);
+            return Err(Error::Conflict("the sandbox stopped".into()));
+        }
+    };
+    let started = Instant::now();
+    let (exit_tx, exit_rx) = watch::channel(None);
+    let process = Arc::new(Process {
+        id,
+        pid,
+        argv: spec.argv,
+        cwd: spec.cwd,
+        started_at: SystemTime::now(),
+        output: Mutex::default(),
+        exit: exit_rx,
+        kill: Notify::new(),
+    });
+    {
+        let mut out = process.output.lock().unwrap_or_else(|p| p.into_inner());
+        out.stdout.cap = opts.output_cap;
+        out.stderr.cap = opts.output_cap;
+    }
+    sandbox.register_process(process.clone());
+    let pump = Pump { sandbox: sandbox.clone(), process: process.clone(), sink, started, oom_before };
+    tokio::spawn(pump.run(events, opts.stdin, opts.timeout, [stdin_w, stdout_r, stderr_r], exit_tx));
+    Ok(process)
+}
+
+struct Pump {
+    sandbox: Arc<Sandbox>,
+    process: Arc<Process>,
+    sink: Option<mpsc::Sender<Chunk>>,
+    started: Instant,
+    oom_before: u64,
+}
+
+impl Pump {
+    async fn run(
+        self,
+        mut events: mpsc::UnboundedReceiver<ExecEvent>,
+        stdin: Option<Vec<u8>>,
+        timeout: Option<Duration>,
+        [stdin_w, stdout_r, stderr_r]: [OwnedFd; 3],
+        exit_tx: watch::Sender<Option<Exit>>,
+    ) {
+        let id = self.process.id;
+        let feeder = tokio::spawn(feed(stdin_w, stdin));
+        let readers = [(Stream::Stdout, stdout_r), (Stream::Stderr, stderr_r)].map(|(stream, fd)| {
+            tokio::spawn(drain(fd, stream, self.process.clone(), self.sink.clone()))
+        });
+
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let (mut timed_out, mut killed) = (false, false);
+        let ended = loop {
+            let expired = async {
+                match deadline {
+                    Some(d) if !timed_out => tokio::time::sleep_until(d).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(ExecEvent::Exited { code, signal, cpu_us }) => break Some((code, signal, cpu_us)),
+                    Some(ExecEvent::Lost) | None => break None,
+                    Some(_) => continue,
+                },
+                () = expired => {
+                    timed_out = true;
+                    self.kill_tree(id).await;
+                }
+                () = self.process.kill.notified() => {
+                    killed = true;
+                    self.kill_tree(id).await;
+                }
+            }
+        };
+        let wall = self.started.elapsed();
+        self.sandbox.control().unsubscribe(id);
+        feeder.abort();
+        // Output already written is read to the end; a background child holding the pipes
+        // gets a short grace, then the pipes are dropped.
+        let grace = tokio::time::sleep(OUTPUT_GRACE);
+        tokio::pin!(grace);
+        for reader in readers {
+            let abort = reader.abort_handle();
+            tokio::select! {
+                _ = reader => {}
+                () = &mut grace => abort.abort(),
+            }
+        }
+        let exit = match ended {
+            Some((code, signal, cpu_us)) => {
+                let oom = signal == Some(libc::SIGKILL)
+                    && !timed_out
+                    && !killed
+                    && self.sandbox.usage().oom_kills > self.oom_before;
+                Exit {
+                    exit_code: code,
+                    signal,
+                    wall_time: wall.as_secs_f64(),
+                    cpu_time: cpu_us as f64 / 1e6,
+                    timed_out,
+                    oom_killed: oom,
+                    killed,
+                    sandbox_lost: false,
+                }
+            }
+            None => Exit {
+                exit_code: None,
+                signal: Some(libc::SIGKILL),
+                wall_time: wall.as_secs_f64(),
+                cpu_time: 0.0,
+                timed_out,
+                oom_killed: false,
+                killed,
+                sandbox_lost: true,
+            },
+        };
+        metrics::histogram!("cella_exec_seconds").record(wall.as_secs_f64());
+        self.sandbox.touch();
+        let _ = exit_tx.send(Some(exit));
+        self.sandbox.retire_process(id);
+    }
+
+    async fn kill_tree(&self, id: u64) {
+        let _ = self.sandbox.control().send(&Command::KillTree { id }, &[]).await;
+    }
+}
+
+async fn feed(fd: OwnedFd, data: Option<Vec<u8>>) {
+    let Some(data) = data.filter(|d| !d.is_empty()) else { return };
+    if let Ok(mut tx) = pipe::Sender::from_owned_fd(fd) {
+        // A program that exits without reading its stdin makes this fail: that is fine.
+        let _ = tx.write_all(&data).await;
+    }
+}
+
+async fn drain(fd: OwnedFd, stream: Stream, process: Arc<Process>, sink: Option<mpsc::Sender<Chunk>>) {
+    let Ok(mut rx) = pipe::Receiver::from_owned_fd(fd) else { return };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match rx.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let kept = process.keep(stream, &buf[..n]);
+                if let Some(sink) = &sink {
+                    if !kept.is_empty() && sink.send(Chunk::Output(stream, kept)).await.is_err() {
+                        // The client went away; keep draining so the program never blocks.
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capped_keeps_prefix_and_flags_the_rest() {
+        let mut c = Capped { cap: 5, ..Default::default() };
+        assert_eq!(c.push(b"abc"), b"abc");
+        assert_eq!(c.push(b"defg"), b"de");
+        assert_eq!(c.push(b"h"), b"");
+        assert_eq!(c.data, b"abcde");
+        assert!(c.truncated);
+    }
+}

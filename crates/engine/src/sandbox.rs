@@ -1,0 +1,301 @@
+//! One live sandbox: its init, cgroup, control channel, filesystem view and processes.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cella_jail::cgroup::{SandboxCgroup, Usage};
+use cella_jail::fsops::SandboxFs;
+use cella_jail::proto::ExecSpec;
+use serde::{Deserialize, Serialize};
+use tokio::io::unix::AsyncFd;
+
+use crate::control::Control;
+use crate::error::{Error, Result};
+use crate::process::{ExecOptions, Process};
+
+/// Finished processes remembered per sandbox for inspection.
+const FINISHED_KEPT: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Running,
+    Stopped,
+}
+
+/// A sandbox as the API shows it (and as the state store keeps it).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SandboxInfo {
+    pub id: String,
+    pub image: String,
+    pub state: State,
+    /// Why it stopped: deleted, idle timeout, lifetime, init exited, server restarted.
+    pub stop_reason: Option<String>,
+    pub hostname: String,
+    pub cpus: f64,
+    pub memory_mb: u64,
+    pub pids: u64,
+    pub disk_mb: u64,
+    pub env: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub idle_timeout_secs: u64,
+    pub max_lifetime_secs: u64,
+    /// Seconds since the epoch.
+    pub created_at: f64,
+    /// The unprivileged uid the sandbox's processes run as.
+    pub uid: u32,
+}
+
+/// What the state store keeps of a sandbox: its description and, while it runs, the host
+/// pid of its init with that process's start time (clock ticks since boot), so a restarted
+/// server recognises exactly that process and no other that reused the pid.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    #[serde(flatten)]
+    pub info: SandboxInfo,
+    pub init: Option<(i32, u64)>,
+}
+
+/// Resource usage, read from the sandbox's cgroup and writable layer.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ResourceUsage {
+    pub cpu_seconds: f64,
+    pub memory_bytes: u64,
+    pub memory_peak_bytes: u64,
+    pub memory_limit_bytes: u64,
+    pub pids: u64,
+    pub pids_limit: u64,
+    pub disk_bytes: u64,
+    pub disk_limit_bytes: u64,
+    pub oom_kills: u64,
+}
+
+pub(crate) fn now_secs() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Per-exec settings that come from the sandbox.
+#[derive(Debug, Clone)]
+pub struct ExecDefaults {
+    pub open_files: u64,
+    pub disk_bytes: u64,
+}
+
+pub struct Sandbox {
+    pub id: String,
+    info: Mutex<SandboxInfo>,
+    /// Host pid and start time of the init.
+    pub(crate) init: Option<(i32, u64)>,
+    pub(crate) cgroup: SandboxCgroup,
+    pidfd: AsyncFd<OwnedFd>,
+    control: Control,
+    fs: Arc<SandboxFs>,
+    exec_defaults: ExecDefaults,
+    exec_ids: AtomicU64,
+    /// Milliseconds since the epoch of the last API activity.
+    last_active: AtomicU64,
+    processes: Mutex<BTreeMap<u64, Arc<Process>>>,
+    finished: Mutex<VecDeque<u64>>,
+}
+
+fn now_ms() -> u64 {
+    (now_secs() * 1000.0) as u64
+}
+
+impl Sandbox {
+    pub(crate) fn new(
+        info: SandboxInfo,
+        init: Option<(i32, u64)>,
+        cgroup: SandboxCgroup,
+        pidfd: OwnedFd,
+        control: Control,
+        fs: SandboxFs,
+        exec_defaults: ExecDefaults,
+    ) -> Result<Sandbox> {
+        Ok(Sandbox {
+            id: info.id.clone(),
+            info: Mutex::new(info),
+            init,
+            cgroup,
+            pidfd: cella_jail::async_fd(pidfd).map_err(Error::internal)?,
+            control,
+            fs: Arc::new(fs),
+            exec_defaults,
+            exec_ids: AtomicU64::new(1),
+            last_active: AtomicU64::new(now_ms()),
+            processes: Mutex::default(),
+            finished: Mutex::default(),
+        })
+    }
+
+    pub fn info(&self) -> SandboxInfo {
+        self.info.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn record(&self) -> Record {
+        Record { info: self.info(), init: self.init }
+    }
+
+    pub(crate) fn mark_stopped(&self, reason: &str) -> SandboxInfo {
+        let mut info = self.info.lock().unwrap_or_else(|p| p.into_inner());
+        if info.state == State::Running {
+            info.state = State::Stopped;
+            info.stop_reason = Some(reason.to_string());
+        }
+        info.clone()
+    }
+
+    pub fn control(&self) -> &Control {
+        &self.control
+    }
+
+    pub(crate) fn next_exec_id(&self) -> u64 {
+        self.exec_ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn touch(&self) {
+        self.last_active.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Seconds since the last API activity; zero while a process runs.
+    pub(crate) fn idle_secs(&self) -> f64 {
+        let busy = self.processes.lock().unwrap_or_else(|p| p.into_inner()).values().any(|p| p.exit().is_none());
+        if busy {
+            self.touch();
+            return 0.0;
+        }
+        now_ms().saturating_sub(self.last_active.load(Ordering::Relaxed)) as f64 / 1000.0
+    }
+
+    /// The init's spec for an exec: environment layered as base < sandbox < exec.
+    pub(crate) fn exec_spec(&self, id: u64, opts: &ExecOptions) -> Result<ExecSpec> {
+        if opts.argv.is_empty() || opts.argv[0].is_empty() {
+            return Err(Error::invalid("the command is empty"));
+        }
+        let info = self.info();
+        let mut env: BTreeMap<String, String> = [
+            ("PATH", cella_jail::DEFAULT_PATH),
+            ("HOME", cella_jail::SANDBOX_HOME),
+            ("USER", cella_jail::SANDBOX_USER),
+            ("LOGNAME", cella_jail::SANDBOX_USER),
+            ("LANG", "C.UTF-8"),
+            ("HOSTNAME", info.hostname.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        env.extend(info.env.clone());
+        env.extend(opts.env.clone());
+        for (k, v) in &env {
+            if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
+                return Err(Error::invalid(format!("invalid environment variable {k:?}")));
+            }
+        }
+        if opts.argv.iter().any(|a| a.contains('\0')) {
+            return Err(Error::invalid("an argument contains a NUL byte"));
+        }
+        let cwd = match &opts.cwd {
+            Some(c) if !c.is_empty() => self.absolute(c),
+            _ => cella_jail::SANDBOX_HOME.to_string(),
+        };
+        let d = &self.exec_defaults;
+        Ok(ExecSpec {
+            id,
+            argv: opts.argv.clone(),
+            env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            cwd,
+            rlimits: vec![
+                (libc::RLIMIT_NOFILE, d.open_files, d.open_files),
+                (libc::RLIMIT_FSIZE, d.disk_bytes, d.disk_bytes),
+            ],
+            tty: false,
+        })
+    }
+
+    /// A sandbox path made absolute: relative paths are relative to the home directory.
+    pub fn absolute(&self, path: &str) -> String {
+        if path.starts_with('/') { path.to_string() } else { format!("{}/{path}", cella_jail::SANDBOX_HOME) }
+    }
+
+    pub(crate) fn register_process(&self, p: Arc<Process>) {
+        self.touch();
+        self.processes.lock().unwrap_or_else(|p| p.into_inner()).insert(p.id, p);
+    }
+
+    /// Called when a process ends: keeps the last few finished ones for inspection.
+    pub(crate) fn retire_process(&self, id: u64) {
+        let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+        finished.push_back(id);
+        if finished.len() > FINISHED_KEPT {
+            if let Some(old) = finished.pop_front() {
+                self.processes.lock().unwrap_or_else(|p| p.into_inner()).remove(&old);
+            }
+        }
+    }
+
+    pub fn processes(&self) -> Vec<Arc<Process>> {
+        self.processes.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    pub fn process(&self, id: u64) -> Result<Arc<Process>> {
+        self.processes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Error::not_found("process", id.to_string()))
+    }
+
+    /// Forgets a finished process at once (one-shot work that nobody will inspect).
+    pub fn forget_process(&self, id: u64) {
+        self.processes.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    }
+
+    pub fn usage(&self) -> Usage {
+        self.cgroup.usage()
+    }
+
+    pub fn resource_usage(&self) -> ResourceUsage {
+        let u = self.cgroup.usage();
+        let info = self.info();
+        let disk = self.fs.disk_usage().unwrap_or(0);
+        ResourceUsage {
+            cpu_seconds: u.cpu_ns as f64 / 1e9,
+            memory_bytes: u.memory_bytes,
+            memory_peak_bytes: u.memory_peak_bytes,
+            memory_limit_bytes: info.memory_mb << 20,
+            pids: u.pids,
+            pids_limit: info.pids,
+            disk_bytes: disk,
+            disk_limit_bytes: info.disk_mb << 20,
+            oom_kills: u.oom_kills,
+        }
+    }
+
+    /// Changes the memory limit of a running sandbox.
+    pub fn set_memory_mb(&self, mb: u64) -> Result<()> {
+        self.cgroup.set_memory(mb << 20)?;
+        self.info.lock().unwrap_or_else(|p| p.into_inner()).memory_mb = mb;
+        Ok(())
+    }
+
+    /// Runs a blocking file operation against the sandbox's filesystem.
+    pub async fn with_fs<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&SandboxFs) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.touch();
+        let fs = self.fs.clone();
+        tokio::task::spawn_blocking(move || f(&fs)).await.map_err(Error::internal)?
+    }
+
+    /// SIGKILLs the init (the kernel then kills every process of the sandbox) and waits until
+    /// it is gone, so its mounts and namespaces are released.
+    pub(crate) async fn kill(&self) {
+        let _ = cella_jail::sys::pidfd_send_signal(self.pidfd.get_ref().as_fd(), libc::SIGKILL);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.pidfd.readable()).await;
+    }
+}

@@ -1,0 +1,393 @@
+//! A thin cgroupfs layer: one cgroup per sandbox, limits written as files, usage read back.
+//!
+//! Both layouts are handled. cgroup v1 (what this project's machines have: memory with memsw,
+//! pids, cpu and cpuacct each in their own hierarchy) and the unified v2 hierarchy. Nothing
+//! here shells out; creating a sandbox's cgroups is a few `mkdir`s and `write`s.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result};
+
+/// Resource limits of one sandbox.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    pub pids: u64,
+    /// CPU bandwidth in cores (1.5 = one and a half cores).
+    pub cpus: f64,
+}
+
+/// Usage counters of one sandbox, read from its cgroup.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub cpu_ns: u64,
+    pub memory_bytes: u64,
+    pub memory_peak_bytes: u64,
+    pub pids: u64,
+    pub oom_kills: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Layout {
+    /// Controller name → mount point, for the controllers we use.
+    V1 { memory: PathBuf, pids: PathBuf, cpu: PathBuf, cpuacct: PathBuf },
+    V2 { root: PathBuf },
+}
+
+/// The cgroup parent all sandboxes live under (`<hierarchy>/<parent>/<sandbox>`).
+#[derive(Debug, Clone)]
+pub struct Cgroups {
+    layout: Layout,
+    parent: String,
+}
+
+const CPU_PERIOD_US: u64 = 100_000;
+
+impl Cgroups {
+    /// Finds the hierarchies from `/proc/self/mountinfo` and creates the parent cgroups.
+    pub fn detect(parent: &str) -> Result<Cgroups> {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| Error::sys("read /proc/self/mountinfo", e))?;
+        let layout = detect_layout(&mountinfo)?;
+        let cgroups = Cgroups { layout, parent: parent.to_string() };
+        for dir in cgroups.parent_dirs() {
+            fs::create_dir_all(&dir)
+                .map_err(|e| Error::sys(format!("create cgroup {}", dir.display()), e))?;
+        }
+        if let Layout::V2 { root } = &cgroups.layout {
+            let enable = "+memory +pids +cpu";
+            write(&root.join("cgroup.subtree_control"), enable)?;
+            write(&root.join(parent).join("cgroup.subtree_control"), enable)?;
+        }
+        Ok(cgroups)
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.layout {
+            Layout::V1 { .. } => "cgroup v1 (memory+memsw, pids, cpu, cpuacct)".into(),
+            Layout::V2 { root } => format!("cgroup v2 at {}", root.display()),
+        }
+    }
+
+    fn parent_dirs(&self) -> Vec<PathBuf> {
+        match &self.layout {
+            Layout::V1 { memory, pids, cpu, cpuacct } => {
+                let mut dirs: Vec<PathBuf> =
+                    [memory, pids, cpu, cpuacct].iter().map(|m| m.join(&self.parent)).collect();
+                dirs.dedup();
+                dirs
+            }
+            Layout::V2 { root } => vec![root.join(&self.parent)],
+        }
+    }
+
+    /// The cgroup of sandbox `name`, whether or not it exists yet.
+    pub fn sandbox(&self, name: &str) -> SandboxCgroup {
+        let dirs = self.parent_dirs().into_iter().map(|d| d.join(name)).collect();
+        SandboxCgroup { layout: self.layout.clone(), dirs, name: name.to_string() }
+    }
+
+    /// Creates sandbox `name`'s cgroups and writes its limits.
+    pub fn create(&self, name: &str, limits: &Limits) -> Result<SandboxCgroup> {
+        let cg = self.sandbox(name);
+        for dir in &cg.dirs {
+            match fs::create_dir(dir) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                    return Err(Error::sys(format!("create cgroup {}", dir.display()), e));
+                }
+                _ => {}
+            }
+        }
+        if let Err(e) = cg.set_limits(limits) {
+            let _ = cg.remove();
+            return Err(e);
+        }
+        Ok(cg)
+    }
+
+    /// Names of the sandbox cgroups that exist under the parent.
+    pub fn list(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .parent_dirs()
+            .iter()
+            .filter_map(|d| fs::read_dir(d).ok())
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+fn detect_layout(mountinfo: &str) -> Result<Layout> {
+    let mut v1 = std::collections::HashMap::new();
+    let mut v2 = None;
+    for line in mountinfo.lines() {
+        // ... mount_point ... - fstype source super_options
+        let Some((pre, post)) = line.split_once(" - ") else { continue };
+        let Some(mount_point) = pre.split(' ').nth(4) else { continue };
+        let mut post = post.split(' ');
+        let (fstype, _source, opts) = (post.next(), post.next(), post.next().unwrap_or(""));
+        match fstype {
+            Some("cgroup") => {
+                for opt in opts.split(',') {
+                    v1.entry(opt.to_string()).or_insert_with(|| PathBuf::from(mount_point));
+                }
+            }
+            Some("cgroup2") => {
+                let controllers =
+                    fs::read_to_string(Path::new(mount_point).join("cgroup.controllers"))
+                        .unwrap_or_default();
+                let has = |c| controllers.split_whitespace().any(|x| x == c);
+                if has("memory") && has("pids") && has("cpu") {
+                    v2 = Some(PathBuf::from(mount_point));
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(root) = v2 {
+        return Ok(Layout::V2 { root });
+    }
+    let get = |c: &str| {
+        v1.get(c).cloned().ok_or_else(|| {
+            Error::Unsupported(format!(
+                "the cgroup controller `{c}` is not mounted (need v1 memory, pids, cpu, cpuacct or v2 with memory, pids, cpu)"
+            ))
+        })
+    };
+    let memory = get("memory")?;
+    if !memory.join("memory.memsw.limit_in_bytes").exists() {
+        return Err(Error::Unsupported(
+            "cgroup v1 memory has no memsw files: boot with swapaccount=1 so swap cannot bypass the memory limit".into(),
+        ));
+    }
+    Ok(Layout::V1 { memory, pids: get("pids")?, cpu: get("cpu")?, cpuacct: get("cpuacct")? })
+}
+
+/// One sandbox's cgroup directories (one per v1 hierarchy, or one v2 directory).
+#[derive(Debug, Clone)]
+pub struct SandboxCgroup {
+    layout: Layout,
+    dirs: Vec<PathBuf>,
+    name: String,
+}
+
+impl SandboxCgroup {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn dir(&self, controller: &str) -> PathBuf {
+        let mount = match (&self.layout, controller) {
+            (Layout::V1 { memory, .. }, "memory") => memory,
+            (Layout::V1 { pids, .. }, "pids") => pids,
+            (Layout::V1 { cpu, .. }, "cpu") => cpu,
+            (Layout::V1 { cpuacct, .. }, _) => cpuacct,
+            (Layout::V2 { root }, _) => root,
+        };
+        self.dirs.iter().find(|d| d.starts_with(mount)).cloned().unwrap_or_default()
+    }
+
+    pub fn set_limits(&self, limits: &Limits) -> Result<()> {
+        let quota = ((limits.cpus * CPU_PERIOD_US as f64) as u64).max(1000);
+        match &self.layout {
+            Layout::V1 { .. } => {
+                self.set_memory(limits.memory_bytes)?;
+                write(&self.dir("pids").join("pids.max"), &limits.pids.to_string())?;
+                let cpu = self.dir("cpu");
+                write(&cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                write(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())
+            }
+            Layout::V2 { .. } => {
+                let dir = self.dir("");
+                self.set_memory(limits.memory_bytes)?;
+                write(&dir.join("pids.max"), &limits.pids.to_string())?;
+                write(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))
+            }
+        }
+    }
+
+    /// Sets the memory limit, swap included (so swap cannot be used to exceed it).
+    pub fn set_memory(&self, bytes: u64) -> Result<()> {
+        match &self.layout {
+            Layout::V1 { .. } => {
+                let dir = self.dir("memory");
+                let (mem, memsw) =
+                    (dir.join("memory.limit_in_bytes"), dir.join("memory.memsw.limit_in_bytes"));
+                let value = bytes.to_string();
+                // memsw must stay >= limit at every step, so the order depends on the direction.
+                if write(&mem, &value).is_err() {
+                    write(&memsw, &value)?;
+                    write(&mem, &value)
+                } else {
+                    write(&memsw, &value)
+                }
+            }
+            Layout::V2 { .. } => {
+                let dir = self.dir("");
+                write(&dir.join("memory.max"), &bytes.to_string())?;
+                write(&dir.join("memory.swap.max"), "0")
+            }
+        }
+    }
+
+    /// The `cgroup.procs` files a process writes to join this sandbox.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    /// Where per-exec child cgroups go (the pids hierarchy: it bounds and enumerates a tree).
+    pub fn exec_parent(&self) -> PathBuf {
+        self.dir("pids")
+    }
+
+    pub fn usage(&self) -> Usage {
+        match &self.layout {
+            Layout::V1 { .. } => {
+                let mem = self.dir("memory");
+                Usage {
+                    cpu_ns: read_u64(&self.dir("cpuacct").join("cpuacct.usage")),
+                    memory_bytes: read_u64(&mem.join("memory.usage_in_bytes")),
+                    memory_peak_bytes: read_u64(&mem.join("memory.max_usage_in_bytes")),
+                    pids: read_u64(&self.dir("pids").join("pids.current")),
+                    oom_kills: read_key(&mem.join("memory.oom_control"), "oom_kill"),
+                }
+            }
+            Layout::V2 { .. } => {
+                let dir = self.dir("");
+                Usage {
+                    cpu_ns: read_key(&dir.join("cpu.stat"), "usage_usec") * 1000,
+                    memory_bytes: read_u64(&dir.join("memory.current")),
+                    memory_peak_bytes: read_u64(&dir.join("memory.peak")),
+                    pids: read_u64(&dir.join("pids.current")),
+                    oom_kills: read_key(&dir.join("memory.events"), "oom_kill"),
+                }
+            }
+        }
+    }
+
+    /// SIGKILLs every process in the sandbox's cgroups until none is left. Used when the
+    /// sandbox's init is already gone (e.g. reaping what a crashed server left behind).
+    pub fn kill_all(&self) {
+        for _ in 0..100 {
+            let pids = self.pids();
+            if pids.is_empty() {
+                return;
+            }
+            for pid in pids {
+                let _ = crate::sys::kill(pid, libc::SIGKILL);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        let mut pids = Vec::new();
+        for dir in &self.dirs {
+            collect_pids(dir, &mut pids);
+        }
+        pids
+    }
+
+    /// Removes the cgroup directories, children first. Fails with `EBUSY` while a process is
+    /// still inside.
+    pub fn remove(&self) -> Result<()> {
+        let mut result = Ok(());
+        for dir in &self.dirs {
+            if let Err(e) = remove_tree(dir) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    result = Err(Error::sys(format!("remove cgroup {}", dir.display()), e));
+                }
+            }
+        }
+        result
+    }
+}
+
+fn collect_pids(dir: &Path, out: &mut Vec<i32>) {
+    if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+        out.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+    }
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                collect_pids(&e.path(), out);
+            }
+        }
+    }
+}
+
+fn remove_tree(dir: &Path) -> io::Result<()> {
+    for e in fs::read_dir(dir)?.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_tree(&e.path())?;
+        }
+    }
+    fs::remove_dir(dir)
+}
+
+fn write(path: &Path, value: &str) -> Result<()> {
+    fs::write(path, value).map_err(|e| Error::sys(format!("write {value} to {}", path.display()), e))
+}
+
+fn read_u64(path: &Path) -> u64 {
+    fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Reads `key value` from a flat-keyed cgroup file such as `memory.oom_control`.
+fn read_key(path: &Path, key: &str) -> u64 {
+    fs::read_to_string(path)
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_layout_from_mountinfo() {
+        let mi = "\
+35 25 0:30 / /sys/fs/cgroup/cpu rw,relatime shared:11 - cgroup cgroup rw,cpu
+36 25 0:31 / /sys/fs/cgroup/cpuacct rw,relatime shared:12 - cgroup cgroup rw,cpuacct
+37 25 0:32 / /sys/fs/cgroup/memory rw,relatime shared:13 - cgroup cgroup rw,memory
+38 25 0:33 / /sys/fs/cgroup/pids rw,relatime shared:14 - cgroup cgroup rw,pids
+";
+        match detect_layout(mi) {
+            Ok(Layout::V1 { pids, cpuacct, .. }) => {
+                assert_eq!(pids, Path::new("/sys/fs/cgroup/pids"));
+                assert_eq!(cpuacct, Path::new("/sys/fs/cgroup/cpuacct"));
+            }
+            // Without memsw files on the test machine the detection must say why.
+            Err(Error::Unsupported(msg)) => assert!(msg.contains("memsw")),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_controller_is_a_clear_error() {
+        let mi = "35 25 0:30 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
+        let err = detect_layout(mi).unwrap_err().to_string();
+        assert!(err.contains("`memory`"), "{err}");
+    }
+
+    #[test]
+    fn flat_keyed_files() {
+        let dir = std::env::temp_dir().join(format!("cella-cg-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("memory.oom_control");
+        fs::write(&f, "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n").unwrap();
+        assert_eq!(read_key(&f, "oom_kill"), 3);
+        assert_eq!(read_key(&f, "under_oom"), 0);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,376 @@
+//! Host-side access to a sandbox's files that no path can escape.
+//!
+//! The server reads and writes sandbox files as root, so every path is resolved by the kernel
+//! with `openat2` from a descriptor on the sandbox's root (`/proc/<init>/root`) and
+//! `RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV`:
+//!
+//! - `..` and absolute symlinks resolve inside the sandbox's root, never above it (the Judge0
+//!   CVE-2024-28185 class: a symlink planted in the box pointing at a host file);
+//! - `/proc/<pid>/fd/*`-style magic links are refused;
+//! - no mount point is crossed, so only the sandbox's own overlay is reachable: not its
+//!   `/proc` (whose `sys/` is host-wide), `/dev` or `/dev/shm`.
+//!
+//! Names that the final step creates or removes are handled relative to an already resolved
+//! parent directory descriptor, so a swap of a path component mid-operation cannot redirect it.
+//! New files and directories are owned by the sandbox user.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
+
+const SCOPED: ResolveFlags = ResolveFlags::IN_ROOT
+    .union(ResolveFlags::NO_MAGICLINKS)
+    .union(ResolveFlags::NO_XDEV);
+/// For walking down from a directory already resolved: no symlinks at all.
+const STRICT: ResolveFlags =
+    ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS).union(ResolveFlags::NO_XDEV);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// Metadata of one path in a sandbox.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", schema(as = FileEntry))]
+pub struct Entry {
+    /// The path inside the sandbox, absolute.
+    pub path: String,
+    pub name: String,
+    pub kind: Kind,
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Seconds since the epoch.
+    pub mtime: i64,
+    /// Where a symlink points (not followed).
+    pub target: Option<String>,
+}
+
+/// A sandbox's filesystem, seen from the host.
+pub struct SandboxFs {
+    root: OwnedFd,
+    uid: u32,
+}
+
+impl SandboxFs {
+    /// Opens the root of the process `pid` (the sandbox's init) for scoped access.
+    pub fn open(pid: i32, uid: u32) -> io::Result<SandboxFs> {
+        let root = rustix::fs::open(
+            format!("/proc/{pid}/root"),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(SandboxFs { root, uid })
+    }
+
+    /// Bytes used in the sandbox's writable layer.
+    pub fn disk_usage(&self) -> io::Result<u64> {
+        let st = rustix::fs::fstatvfs(&self.root)?;
+        Ok((st.f_blocks - st.f_bfree) * st.f_frsize)
+    }
+
+    fn resolve(&self, path: &str, flags: OFlags, mode: u32) -> io::Result<OwnedFd> {
+        let path = checked(path)?;
+        Ok(rustix::fs::openat2(
+            &self.root,
+            path,
+            flags | OFlags::CLOEXEC,
+            Mode::from_bits_truncate(mode),
+            SCOPED,
+        )?)
+    }
+
+    /// The resolved parent directory of `path` and the final name.
+    fn parent(&self, path: &str) -> io::Result<(OwnedFd, CString)> {
+        let path = checked(path)?.trim_end_matches('/');
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        if name.is_empty() || name == "." || name == ".." {
+            return Err(invalid("the path must name a file, not a directory reference"));
+        }
+        let dir = if dir.is_empty() { "/" } else { dir };
+        let fd = self.resolve(dir, OFlags::PATH | OFlags::DIRECTORY, 0)?;
+        Ok((fd, CString::new(name).map_err(|_| invalid("NUL in path"))?))
+    }
+
+    /// Opens a file for reading; returns it with its size.
+    pub fn open_read(&self, path: &str) -> io::Result<(File, u64)> {
+        let fd = self.resolve(path, OFlags::RDONLY | OFlags::NOCTTY | OFlags::NONBLOCK, 0)?;
+        let st = rustix::fs::fstat(&fd)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(io::Error::from_raw_os_error(
+                if st.st_mode & libc::S_IFMT == libc::S_IFDIR { libc::EISDIR } else { libc::EINVAL },
+            ));
+        }
+        Ok((File::from(fd), st.st_size as u64))
+    }
+
+    /// Reads a whole file, refusing one larger than `max` bytes.
+    pub fn read(&self, path: &str, max: u64) -> io::Result<Vec<u8>> {
+        let (file, size) = self.open_read(path)?;
+        if size > max {
+            return Err(io::Error::from_raw_os_error(libc::EFBIG));
+        }
+        let mut data = Vec::with_capacity(size as usize);
+        file.take(max + 1).read_to_end(&mut data)?;
+        if data.len() as u64 > max {
+            return Err(io::Error::from_raw_os_error(libc::EFBIG));
+        }
+        Ok(data)
+    }
+
+    /// Creates or truncates a file (and, if asked, its parent directories) for writing.
+    pub fn create(&self, path: &str, mode: u32, parents: bool) -> io::Result<File> {
+        if parents {
+            if let Some((dir, _)) = checked(path)?.trim_end_matches('/').rsplit_once('/') {
+                if !dir.is_empty() {
+                    self.mkdir(dir, true, 0o755)?;
+                }
+            }
+        }
+        let (dir, name) = self.parent(path)?;
+        let fd = rustix::fs::openat2(
+            &dir,
+            name.as_c_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_bits_truncate(mode & 0o7777),
+            STRICT,
+        )?;
+        let st = rustix::fs::fstat(&fd)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        rustix::fs::fchown(&fd, Some(uid(self.uid)), Some(gid(self.uid)))?;
+        rustix::fs::fchmod(&fd, Mode::from_bits_truncate(mode & 0o7777))?;
+        Ok(File::from(fd))
+    }
+
+    /// Writes `data` to `path`, replacing it.
+    pub fn write(&self, path: &str, data: &[u8], mode: u32, parents: bool) -> io::Result<()> {
+        self.create(path, mode, parents)?.write_all(data)
+    }
+
+    pub fn stat(&self, path: &str) -> io::Result<Entry> {
+        let (dir, name) = match self.parent(path) {
+            Ok(p) => p,
+            // The root itself.
+            Err(_) if checked(path)?.trim_matches('/').is_empty() => {
+                return entry_at(self.root.as_fd(), c"", "/".into(), AtFlags::EMPTY_PATH);
+            }
+            Err(e) => return Err(e),
+        };
+        entry_at(dir.as_fd(), &name, absolute(path), AtFlags::SYMLINK_NOFOLLOW)
+    }
+
+    /// Lists a directory, descending `depth` levels (1 = its direct children). Symlinks and
+    /// mount points are listed but never entered.
+    pub fn list(&self, path: &str, depth: u32, limit: usize) -> io::Result<Vec<Entry>> {
+        let dir = self.resolve(path, OFlags::RDONLY | OFlags::DIRECTORY, 0)?;
+        let mut out = Vec::new();
+        let base = absolute(path);
+        list_into(dir, &base, depth.max(1), limit, &mut out)?;
+        Ok(out)
+    }
+
+    pub fn mkdir(&self, path: &str, parents: bool, mode: u32) -> io::Result<()> {
+        if !parents {
+            let (dir, name) = self.parent(path)?;
+            return self.mkdir_at(&dir, &name, mode);
+        }
+        let full = absolute(path);
+        let mut prefix = String::new();
+        for comp in full.split('/').filter(|c| !c.is_empty()) {
+            prefix.push('/');
+            prefix.push_str(comp);
+            match self.resolve(&prefix, OFlags::PATH | OFlags::DIRECTORY, 0) {
+                Ok(_) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    let (dir, name) = self.parent(&prefix)?;
+                    match self.mkdir_at(&dir, &name, mode) {
+                        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                        r => r?,
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn mkdir_at(&self, dir: &OwnedFd, name: &CString, mode: u32) -> io::Result<()> {
+        rustix::fs::mkdirat(dir, name.as_c_str(), Mode::from_bits_truncate(mode & 0o7777))?;
+        rustix::fs::chownat(
+            dir,
+            name.as_c_str(),
+            Some(uid(self.uid)),
+            Some(gid(self.uid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+        Ok(())
+    }
+
+    pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let (from_dir, from_name) = self.parent(from)?;
+        let (to_dir, to_name) = self.parent(to)?;
+        rustix::fs::renameat(&from_dir, from_name.as_c_str(), &to_dir, to_name.as_c_str())?;
+        Ok(())
+    }
+
+    /// Removes a file, symlink or (empty, or with `recursive`) directory.
+    pub fn remove(&self, path: &str, recursive: bool) -> io::Result<()> {
+        let (dir, name) = self.parent(path)?;
+        let st = rustix::fs::statat(&dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Ok(rustix::fs::unlinkat(&dir, name.as_c_str(), AtFlags::empty())?);
+        }
+        if recursive {
+            let sub = rustix::fs::openat2(
+                &dir,
+                name.as_c_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+                STRICT,
+            )?;
+            remove_children(sub)?;
+        }
+        Ok(rustix::fs::unlinkat(&dir, name.as_c_str(), AtFlags::REMOVEDIR)?)
+    }
+}
+
+fn remove_children(dir: OwnedFd) -> io::Result<()> {
+    let names: Vec<(CString, bool)> = rustix::fs::Dir::read_from(&dir)?
+        .filter_map(Result::ok)
+        .filter(|e| !matches!(e.file_name().to_bytes(), b"." | b".."))
+        .map(|e| (e.file_name().to_owned(), e.file_type() == rustix::fs::FileType::Directory))
+        .collect();
+    for (name, is_dir) in names {
+        if is_dir {
+            let sub = rustix::fs::openat2(
+                &dir,
+                name.as_c_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+                STRICT,
+            )?;
+            remove_children(sub)?;
+            rustix::fs::unlinkat(&dir, name.as_c_str(), AtFlags::REMOVEDIR)?;
+        } else {
+            rustix::fs::unlinkat(&dir, name.as_c_str(), AtFlags::empty())?;
+        }
+    }
+    Ok(())
+}
+
+fn list_into(dir: OwnedFd, base: &str, depth: u32, limit: usize, out: &mut Vec<Entry>) -> io::Result<()> {
+    let mut names: Vec<CString> = rustix::fs::Dir::read_from(&dir)?
+        .filter_map(Result::ok)
+        .filter(|e| !matches!(e.file_name().to_bytes(), b"." | b".."))
+        .map(|e| e.file_name().to_owned())
+        .collect();
+    names.sort();
+    for name in names {
+        if out.len() >= limit {
+            return Ok(());
+        }
+        let path = join(base, &String::from_utf8_lossy(name.to_bytes()));
+        let Ok(entry) = entry_at(dir.as_fd(), &name, path.clone(), AtFlags::SYMLINK_NOFOLLOW) else { continue };
+        let is_dir = entry.kind == Kind::Dir;
+        out.push(entry);
+        if is_dir && depth > 1 {
+            let sub = rustix::fs::openat2(
+                &dir,
+                name.as_c_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+                STRICT,
+            );
+            // A mount point (EXDEV) or a racing change is listed but not entered.
+            if let Ok(sub) = sub {
+                list_into(sub, &path, depth - 1, limit, out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn entry_at(dir: BorrowedFd<'_>, name: &std::ffi::CStr, path: String, flags: AtFlags) -> io::Result<Entry> {
+    let st = rustix::fs::statat(dir, name, flags)?;
+    let kind = match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => Kind::File,
+        libc::S_IFDIR => Kind::Dir,
+        libc::S_IFLNK => Kind::Symlink,
+        _ => Kind::Other,
+    };
+    let target = (kind == Kind::Symlink)
+        .then(|| rustix::fs::readlinkat(dir, name, Vec::new()).ok())
+        .flatten()
+        .map(|t| String::from_utf8_lossy(t.as_bytes()).into_owned());
+    let file_name = Path::new(&path).file_name().map_or("/".into(), |n| String::from_utf8_lossy(n.as_bytes()).into_owned());
+    Ok(Entry {
+        name: file_name,
+        path,
+        kind,
+        size: st.st_size as u64,
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mtime: st.st_mtime,
+        target,
+    })
+}
+
+fn checked(path: &str) -> io::Result<&str> {
+    if path.is_empty() {
+        return Err(invalid("empty path"));
+    }
+    if path.contains('\0') {
+        return Err(invalid("NUL in path"));
+    }
+    Ok(path)
+}
+
+fn invalid(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+/// The path as the sandbox names it: absolute, without empty components.
+fn absolute(path: &str) -> String {
+    let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    format!("/{}", parts.join("/"))
+}
+
+fn join(base: &str, name: &str) -> String {
+    if base == "/" { format!("/{name}") } else { format!("{base}/{name}") }
+}
+
+fn uid(id: u32) -> rustix::fs::Uid {
+    rustix::fs::Uid::from_raw(id)
+}
+
+fn gid(id: u32) -> rustix::fs::Gid {
+    rustix::fs::Gid::from_raw(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absolute_paths() {
+        assert_eq!(absolute("a/b"), "/a/b");
+        assert_eq!(absolute("/a//b/./c/"), "/a/b/c");
+        assert_eq!(absolute("/"), "/");
+    }
+}

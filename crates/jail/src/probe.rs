@@ -1,0 +1,89 @@
+//! What the kernel offers, checked once at start-up.
+//!
+//! Hard requirements fail with a message that says what is missing and why cella needs it;
+//! optional features (Landlock) are reported with the level found.
+
+use std::fs;
+use std::path::Path;
+
+use crate::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct Features {
+    pub kernel: String,
+    /// Landlock ABI version, 0 when unavailable.
+    pub landlock_abi: i64,
+    pub seccomp_actions: String,
+}
+
+impl Features {
+    pub fn summary(&self) -> String {
+        let landlock = match self.landlock_abi {
+            0 => "unavailable".to_string(),
+            abi => format!("ABI {abi}"),
+        };
+        format!(
+            "kernel {}; namespaces mnt,pid,ipc,uts,net,cgroup; overlayfs; openat2; pidfd; seccomp ({}); landlock {}",
+            self.kernel, self.seccomp_actions, landlock
+        )
+    }
+}
+
+pub fn probe() -> Result<Features> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(Error::Unsupported(
+            "cella must run as root: it creates namespaces, mounts and cgroups for each sandbox".into(),
+        ));
+    }
+    for ns in ["mnt", "pid", "ipc", "uts", "net", "cgroup"] {
+        if !Path::new("/proc/self/ns").join(ns).exists() {
+            return Err(Error::Unsupported(format!(
+                "the kernel has no {ns} namespaces (CONFIG_{}_NS): sandboxes cannot be isolated",
+                ns.to_uppercase()
+            )));
+        }
+    }
+    let filesystems = fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    for (fs_name, why) in [
+        ("overlay", "each sandbox's root is an overlay of its image"),
+        ("tmpfs", "each sandbox's writable layer is a tmpfs"),
+        ("devpts", "sandboxes get a private pty instance"),
+    ] {
+        if !filesystems.split_whitespace().any(|f| f == fs_name) {
+            return Err(Error::Unsupported(format!("the kernel has no {fs_name} filesystem: {why}")));
+        }
+    }
+    let seccomp_actions = fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail")
+        .map_err(|_| Error::Unsupported("the kernel has no seccomp filter support (CONFIG_SECCOMP_FILTER)".into()))?
+        .trim()
+        .to_string();
+    if !seccomp_actions.contains("kill_process") || !seccomp_actions.contains("errno") {
+        return Err(Error::Unsupported(format!("seccomp lacks kill_process/errno actions ({seccomp_actions})")));
+    }
+    require_syscall("openat2", "symlink-safe access to sandbox files", || {
+        // openat2 with a NULL how must fail with EFAULT, not ENOSYS.
+        // SAFETY: the kernel validates the pointers and returns an error.
+        unsafe { libc::syscall(libc::SYS_openat2, libc::AT_FDCWD, c"/".as_ptr(), std::ptr::null::<u8>(), 24) }
+    })?;
+    require_syscall("pidfd_open", "race-free signalling of sandbox inits", || {
+        // SAFETY: plain syscall on our own pid.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+        if fd >= 0 {
+            // SAFETY: closing the descriptor we just opened.
+            unsafe { libc::close(fd as i32) };
+        }
+        fd
+    })?;
+    // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION) only queries.
+    let abi = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0, 1u32) };
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    Ok(Features { kernel, landlock_abi: abi.max(0), seccomp_actions })
+}
+
+fn require_syscall(name: &str, why: &str, call: impl FnOnce() -> libc::c_long) -> Result<()> {
+    if call() == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+        return Err(Error::Unsupported(format!("the kernel has no {name}(2), needed for {why} (Linux ≥ 5.6)")));
+    }
+    Ok(())
+}

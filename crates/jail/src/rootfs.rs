@@ -1,0 +1,311 @@
+//! Builds a sandbox's root filesystem inside its new mount namespace, then pivots into it.
+//!
+//! Layout, all private to the sandbox's mount namespace (nothing appears in the host's):
+//!
+//! ```text
+//! <scratch>          tmpfs, size = disk quota
+//!   upper/ work/     the overlay's writable layer, with the image's masks applied
+//!   root/            overlay(lower = image, upper) → becomes `/`
+//!     proc/          fresh procfs of the sandbox's pid namespace (sysctl bits read-only)
+//!     dev/           tmpfs with null, zero, full, random, urandom, tty, a private devpts, shm
+//! ```
+//!
+//! Masks are overlay whiteouts and opaque directories in the upper layer, so a masked path is
+//! absent from the merged tree itself, not covered by a mount that could be peeled off.
+//! `/tmp`, `/var/tmp`, `/run` and `/home` start empty; `/home/user` belongs to the sandbox uid,
+//! which gets a `user` entry in `/etc/passwd` and `/etc/group`.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use crate::proto::SandboxSpec;
+use crate::sys;
+use crate::{Error, Result};
+
+const MS_BIND: libc::c_ulong = libc::MS_BIND;
+const NOSUID_NODEV: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV;
+
+/// Directories that start out empty in every sandbox, with their modes.
+const FRESH_DIRS: &[(&str, u32)] =
+    &[("/tmp", 0o1777), ("/var/tmp", 0o1777), ("/run", 0o755), ("/home", 0o755)];
+
+/// Host device nodes bind-mounted into the sandbox's `/dev`.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+/// procfs entries that expose or change host-wide state: made read-only.
+const PROC_READONLY: &[&str] = &["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"];
+/// procfs files that leak host memory or kernel state: covered with /dev/null.
+const PROC_MASKED: &[&str] = &["/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/kallsyms"];
+
+pub const SANDBOX_USER: &str = "user";
+pub const SANDBOX_HOME: &str = "/home/user";
+
+fn step<T>(what: impl FnOnce() -> String, r: std::io::Result<T>) -> Result<T> {
+    r.map_err(|e| Error::sys(what(), e))
+}
+
+/// Sets up the root filesystem and pivots into it. Runs in the init, as root, in a fresh
+/// mount namespace.
+pub fn build(spec: &SandboxSpec) -> Result<()> {
+    step(
+        || "make / private".into(),
+        sys::mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None),
+    )?;
+    let scratch = &spec.scratch_dir;
+    let opts = format!("size={},mode=0755", spec.disk_bytes.max(1 << 20));
+    step(
+        || format!("mount tmpfs on {}", scratch.display()),
+        sys::mount(Some("tmpfs"), scratch, Some("tmpfs"), NOSUID_NODEV, Some(&opts)),
+    )?;
+    let (upper, work, root) = (scratch.join("upper"), scratch.join("work"), scratch.join("root"));
+    for dir in [&upper, &work, &root] {
+        step(|| format!("mkdir {}", dir.display()), sys::mkdir(dir, 0o755))?;
+    }
+    prepare_upper(&upper, spec)?;
+
+    let lower: Vec<String> = spec.lowerdirs.iter().map(|p| p.display().to_string()).collect();
+    let overlay = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        upper.display(),
+        work.display()
+    );
+    step(
+        || format!("mount overlay ({overlay})"),
+        sys::mount(Some("overlay"), &root, Some("overlay"), NOSUID_NODEV, Some(&overlay)),
+    )?;
+    mount_proc(&root)?;
+    mount_dev(&root, spec.shm_bytes)?;
+
+    step(|| "chdir to new root".into(), sys::chdir(&root))?;
+    step(|| "pivot_root".into(), sys::pivot_root_here())?;
+    step(|| "detach old root".into(), sys::umount_detach(Path::new(".")))?;
+    step(|| "chdir /".into(), sys::chdir(Path::new("/")))?;
+    protect_proc()
+}
+
+/// Writes masks, fresh directories, the home directory and the passwd entry into the upper
+/// layer, mirroring the image's ownership and modes for every parent directory it creates.
+fn prepare_upper(upper: &Path, spec: &SandboxSpec) -> Result<()> {
+    let image = Image { lowers: &spec.lowerdirs, upper };
+    for mask in &spec.masks {
+        image.mask(mask)?;
+    }
+    for (dir, mode) in FRESH_DIRS {
+        image.fresh_dir(Path::new(dir), *mode, 0, 0)?;
+    }
+    let home = Path::new(SANDBOX_HOME);
+    image.fresh_dir(home, 0o750, spec.uid, spec.uid)?;
+    let uid = spec.uid;
+    image.append_line(
+        Path::new("/etc/passwd"),
+        &format!("{SANDBOX_USER}:x:{uid}:{uid}:{SANDBOX_USER}:{SANDBOX_HOME}:/bin/bash"),
+    )?;
+    image.append_line(Path::new("/etc/group"), &format!("{SANDBOX_USER}:x:{uid}:"))
+}
+
+struct Image<'a> {
+    lowers: &'a [PathBuf],
+    upper: &'a Path,
+}
+
+impl Image<'_> {
+    /// The image's own file for `path` (absolute inside the sandbox), topmost layer first.
+    fn lower_meta(&self, path: &Path) -> Option<(PathBuf, fs::Metadata)> {
+        let rel = relative(path);
+        self.lowers.iter().find_map(|l| {
+            let p = l.join(&rel);
+            fs::symlink_metadata(&p).ok().map(|m| (p, m))
+        })
+    }
+
+    fn upper_path(&self, path: &Path) -> PathBuf {
+        self.upper.join(relative(path))
+    }
+
+    /// Creates the parents of `path` in the upper layer with the image's modes and owners,
+    /// so the merged directories look exactly as in the image.
+    fn mirror_parents(&self, path: &Path) -> Result<()> {
+        let mut cur = PathBuf::from("/");
+        let rel = relative(path);
+        let parents: Vec<_> = rel.components().collect();
+        for comp in &parents[..parents.len().saturating_sub(1)] {
+            cur.push(comp);
+            let up = self.upper_path(&cur);
+            if up.exists() {
+                continue;
+            }
+            let (mode, uid, gid) = match self.lower_meta(&cur) {
+                Some((_, m)) if m.is_dir() => (m.mode() & 0o7777, m.uid(), m.gid()),
+                _ => (0o755, 0, 0),
+            };
+            step(|| format!("mkdir {}", up.display()), sys::mkdir(&up, mode))?;
+            step(|| format!("chmod {}", up.display()), sys::chmod(&up, mode))?;
+            step(|| format!("chown {}", up.display()), sys::lchown(&up, uid, gid))?;
+        }
+        Ok(())
+    }
+
+    /// Hides `path`: an opaque empty directory in place of a directory, a whiteout in place of
+    /// anything else. Paths the image does not have are left alone.
+    fn mask(&self, path: &Path) -> Result<()> {
+        let Some((_, meta)) = self.lower_meta(path) else { return Ok(()) };
+        if meta.is_dir() {
+            return self.fresh_dir(path, meta.mode() & 0o7777, meta.uid(), meta.gid());
+        }
+        self.mirror_parents(path)?;
+        let up = self.upper_path(path);
+        // An overlay whiteout is a 0:0 character device.
+        step(|| format!("whiteout {}", path.display()), sys::mknod(&up, libc::S_IFCHR, 0))
+    }
+
+    /// An empty directory that hides whatever the image has at `path`.
+    fn fresh_dir(&self, path: &Path, mode: u32, uid: u32, gid: u32) -> Result<()> {
+        self.mirror_parents(path)?;
+        let up = self.upper_path(path);
+        step(|| format!("mkdir {}", up.display()), sys::mkdir(&up, mode))?;
+        step(|| format!("chmod {}", up.display()), sys::chmod(&up, mode))?;
+        step(|| format!("chown {}", up.display()), sys::lchown(&up, uid, gid))?;
+        step(
+            || format!("make {} opaque", up.display()),
+            sys::setxattr(&up, "trusted.overlay.opaque", b"y"),
+        )
+    }
+
+    /// Copies the image's file to the upper layer with one more line at the end.
+    fn append_line(&self, path: &Path, line: &str) -> Result<()> {
+        let mut content = match self.lower_meta(path) {
+            Some((p, m)) if m.is_file() => fs::read_to_string(p).unwrap_or_default(),
+            _ => String::new(),
+        };
+        if !content.is_empty() && !content.ends_with('\n') {
+            content.push('\n');
+        }
+        content.push_str(line);
+        content.push('\n');
+        self.mirror_parents(path)?;
+        let up = self.upper_path(path);
+        step(|| format!("write {}", up.display()), fs::write(&up, content))?;
+        step(
+            || format!("chmod {}", up.display()),
+            fs::set_permissions(&up, fs::Permissions::from_mode(0o644)),
+        )
+    }
+}
+
+/// `/a/b` → `a/b`, dropping `..` and `.` so a mask can never point outside the layer.
+fn relative(path: &Path) -> PathBuf {
+    path.components().filter(|c| matches!(c, Component::Normal(_))).collect()
+}
+
+fn mount_proc(root: &Path) -> Result<()> {
+    let proc = root.join("proc");
+    step(|| "mkdir /proc".into(), sys::mkdir(&proc, 0o555))?;
+    step(
+        || "mount /proc".into(),
+        sys::mount(
+            Some("proc"),
+            &proc,
+            Some("proc"),
+            NOSUID_NODEV | libc::MS_NOEXEC,
+            // Sandbox users see only their own processes, not the init (nor its cmdline,
+            // which is the server's).
+            Some("hidepid=invisible"),
+        ),
+    )
+}
+
+fn mount_dev(root: &Path, shm_bytes: u64) -> Result<()> {
+    let dev = root.join("dev");
+    step(|| "mkdir /dev".into(), sys::mkdir(&dev, 0o755))?;
+    step(
+        || "mount /dev".into(),
+        sys::mount(
+            Some("tmpfs"),
+            &dev,
+            Some("tmpfs"),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            Some("mode=0755,size=1m"),
+        ),
+    )?;
+    for name in DEVICES {
+        let (host, target) = (Path::new("/dev").join(name), dev.join(name));
+        step(|| format!("create {}", target.display()), fs::write(&target, b""))?;
+        step(
+            || format!("bind {}", host.display()),
+            sys::mount(Some(&host.to_string_lossy()), &target, None, MS_BIND, None),
+        )?;
+    }
+    let pts = dev.join("pts");
+    step(|| "mkdir /dev/pts".into(), sys::mkdir(&pts, 0o755))?;
+    step(
+        || "mount /dev/pts".into(),
+        sys::mount(
+            Some("devpts"),
+            &pts,
+            Some("devpts"),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620"),
+        ),
+    )?;
+    let shm = dev.join("shm");
+    step(|| "mkdir /dev/shm".into(), sys::mkdir(&shm, 0o1777))?;
+    step(
+        || "mount /dev/shm".into(),
+        sys::mount(
+            Some("tmpfs"),
+            &shm,
+            Some("tmpfs"),
+            NOSUID_NODEV,
+            Some(&format!("mode=1777,size={}", shm_bytes.max(1 << 20))),
+        ),
+    )?;
+    for (target, link) in [
+        ("pts/ptmx", "ptmx"),
+        ("/proc/self/fd", "fd"),
+        ("/proc/self/fd/0", "stdin"),
+        ("/proc/self/fd/1", "stdout"),
+        ("/proc/self/fd/2", "stderr"),
+    ] {
+        step(|| format!("symlink /dev/{link}"), sys::symlink(target, &dev.join(link)))?;
+    }
+    Ok(())
+}
+
+/// After the pivot: host-wide procfs knobs become read-only, and leaky files are masked.
+fn protect_proc() -> Result<()> {
+    for p in PROC_READONLY.iter().map(Path::new).filter(|p| p.exists()) {
+        let src = p.to_string_lossy();
+        step(|| format!("bind {src}"), sys::mount(Some(&src), p, None, MS_BIND | libc::MS_REC, None))?;
+        step(
+            || format!("remount {src} read-only"),
+            sys::mount(
+                None,
+                p,
+                None,
+                MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | NOSUID_NODEV | libc::MS_NOEXEC,
+                None,
+            ),
+        )?;
+    }
+    for p in PROC_MASKED.iter().map(Path::new).filter(|p| p.exists()) {
+        step(
+            || format!("mask {}", p.display()),
+            sys::mount(Some("/dev/null"), p, None, MS_BIND, None),
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_cannot_climb() {
+        assert_eq!(relative(Path::new("/etc/shadow")), PathBuf::from("etc/shadow"));
+        assert_eq!(relative(Path::new("/../../etc/./x")), PathBuf::from("etc/x"));
+        assert_eq!(relative(Path::new("/")), PathBuf::new());
+    }
+}

@@ -1,0 +1,86 @@
+//! cella's HTTP server: the native API, the compatibility faces, OpenAPI, health and metrics,
+//! all on one port.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use cella_engine::Engine;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+pub mod error;
+mod extract;
+pub mod metrics;
+mod native;
+
+use error::ApiError;
+use extract::Json;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "cella", description = "Self-hosted code-execution sandboxes: the native API."),
+    tags(
+        (name = "sandboxes", description = "Isolated, long-lived environments"),
+        (name = "processes", description = "Commands run in a sandbox"),
+        (name = "files", description = "A sandbox's files, reached without leaving it"),
+        (name = "images", description = "Root filesystems sandboxes are made from"),
+    )
+)]
+struct ApiDoc;
+
+/// The OpenAPI document of the native API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    OpenApiRouter::<Arc<Engine>>::with_openapi(ApiDoc::openapi()).nest("/api/v1", native::router()).split_for_parts().1
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    version: &'static str,
+    sandboxes: usize,
+}
+
+async fn healthz(State(engine): State<Arc<Engine>>) -> Json<Health> {
+    Json(Health { status: "ok", version: env!("CARGO_PKG_VERSION"), sandboxes: engine.live_count() })
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+pub fn app(engine: Arc<Engine>, metrics: PrometheusHandle) -> Router {
+    let (native, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", native::router()).split_for_parts();
+    let doc = Arc::new(doc);
+    let body_limit = engine.config.limits.max_body_bytes;
+    Router::new()
+        .merge(native)
+        .route("/openapi.json", get(move || async move { axum::Json(doc.as_ref().clone()) }))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(move || async move { metrics.render() }))
+        .fallback(not_found)
+        .with_state(engine)
+        .layer(axum::middleware::from_fn(metrics::track))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TraceLayer::new_for_http())
+}
+
+/// Serves until `shutdown` resolves, then stops every sandbox.
+pub async fn serve(
+    engine: Arc<Engine>,
+    listener: tokio::net::TcpListener,
+    metrics: PrometheusHandle,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    engine.spawn_background();
+    let app = app(engine.clone(), metrics);
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    engine.shutdown().await;
+    result
+}

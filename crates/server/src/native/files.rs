@@ -1,0 +1,307 @@
+//! `/api/v1/sandboxes/{id}/files`: read, write, upload, download, list, stat, mkdir, move and
+//! remove. Paths are sandbox paths (relative ones are relative to `/home/user`); every host-side
+//! operation goes through the jail's scoped resolver, so no path reaches outside the sandbox.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Multipart, Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use cella_engine::{Engine, Error, Sandbox};
+use cella_engine::FileEntry as Entry;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{Json, Query};
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PathQuery {
+    /// A path in the sandbox.
+    path: String,
+    /// For listing: how many levels to descend (default 1).
+    depth: Option<u32>,
+    /// For removal: remove a directory and everything in it.
+    #[serde(default)]
+    recursive: bool,
+    /// For raw writes: the file mode, octal (default 644).
+    mode: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    #[serde(rename = "utf-8", alias = "utf8", alias = "text")]
+    Utf8,
+    Base64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct FileContent {
+    pub path: String,
+    pub size: u64,
+    /// `utf-8` when the file is valid UTF-8, else `base64`.
+    pub encoding: Encoding,
+    pub content: String,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WriteFile {
+    pub path: String,
+    pub content: String,
+    #[serde(default = "utf8")]
+    pub encoding: Encoding,
+    /// Octal file mode (default 644).
+    pub mode: Option<String>,
+    /// Create missing parent directories (default true).
+    #[serde(default = "yes")]
+    pub create_dirs: bool,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MakeDir {
+    pub path: String,
+    #[serde(default = "yes")]
+    pub parents: bool,
+    /// Octal mode (default 755).
+    pub mode: Option<String>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MoveFile {
+    pub source: String,
+    pub destination: String,
+}
+
+fn utf8() -> Encoding {
+    Encoding::Utf8
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn parse_mode(mode: Option<&str>, default: u32) -> ApiResult<u32> {
+    match mode {
+        None => Ok(default),
+        Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o7777)
+            .ok_or_else(|| ApiError::bad_request(format!("invalid octal mode {m:?}"))),
+    }
+}
+
+fn sandbox(engine: &Engine, id: &str) -> ApiResult<Arc<Sandbox>> {
+    Ok(engine.get(id)?)
+}
+
+/// Runs a file operation on `path`, mapping its error with the path.
+async fn on_path<T: Send + 'static>(
+    sandbox: &Sandbox,
+    path: &str,
+    op: impl FnOnce(&cella_engine::SandboxFs, &str) -> std::io::Result<T> + Send + 'static,
+) -> ApiResult<T> {
+    let path = sandbox.absolute(path);
+    Ok(sandbox.with_fs(move |fs| op(fs, &path).map_err(|e| Error::file(&path, e))).await?)
+}
+
+#[utoipa::path(get, path = "/sandboxes/{id}/files/read", tag = "files", params(PathQuery),
+    responses((status = 200, body = FileContent), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
+pub async fn read(State(engine): State<Arc<Engine>>, Path(id): Path<String>, Query(q): Query<PathQuery>) -> ApiResult<Json<FileContent>> {
+    let sandbox = sandbox(&engine, &id)?;
+    let max = engine.config.limits.max_read_bytes;
+    let data = on_path(&sandbox, &q.path, move |fs, p| fs.read(p, max)).await?;
+    let size = data.len() as u64;
+    let (encoding, content) = match String::from_utf8(data) {
+        Ok(text) => (Encoding::Utf8, text),
+        Err(e) => (Encoding::Base64, base64::engine::general_purpose::STANDARD.encode(e.as_bytes())),
+    };
+    Ok(Json(FileContent { path: sandbox.absolute(&q.path), size, encoding, content }))
+}
+
+#[utoipa::path(post, path = "/sandboxes/{id}/files/write", tag = "files", request_body = WriteFile,
+    responses((status = 200, body = Entry), (status = 400, body = ErrorBody), (status = 507, body = ErrorBody)))]
+pub async fn write(State(engine): State<Arc<Engine>>, Path(id): Path<String>, Json(req): Json<WriteFile>) -> ApiResult<Json<Entry>> {
+    let sandbox = sandbox(&engine, &id)?;
+    let data = match req.encoding {
+        Encoding::Utf8 => req.content.into_bytes(),
+        Encoding::Base64 => base64::engine::general_purpose::STANDARD
+            .decode(req.content.as_bytes())
+            .map_err(|e| ApiError::bad_request(format!("content is not valid base64: {e}")))?,
+    };
+    let mode = parse_mode(req.mode.as_deref(), 0o644)?;
+    let parents = req.create_dirs;
+    Ok(Json(
+        on_path(&sandbox, &req.path, move |fs, p| {
+            fs.write(p, &data, mode, parents)?;
+            fs.stat(p)
+        })
+        .await?,
+    ))
+}
+
+#[utoipa::path(put, path = "/sandboxes/{id}/files", tag = "files", params(PathQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    description = "Writes the raw request body to `path` (parents are created).",
+    responses((status = 200, body = Entry), (status = 507, body = ErrorBody)))]
+pub async fn put_raw(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+    Query(q): Query<PathQuery>,
+    body: Body,
+) -> ApiResult<Json<Entry>> {
+    let sandbox = sandbox(&engine, &id)?;
+    let mode = parse_mode(q.mode.as_deref(), 0o644)?;
+    Ok(Json(write_stream(&sandbox, &q.path, mode, body.into_data_stream()).await?))
+}
+
+/// Streams chunks into a new file in the sandbox without holding the whole body in memory.
+async fn write_stream<S, E>(sandbox: &Sandbox, path: &str, mode: u32, mut chunks: S) -> ApiResult<Entry>
+where
+    S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let writer = on_path(sandbox, path, move |fs, p| {
+        let mut file = fs.create(p, mode, true)?;
+        while let Some(chunk) = rx.blocking_recv() {
+            file.write_all(&chunk)?;
+        }
+        fs.stat(p)
+    });
+    let feeder = async move {
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the upload failed: {e}")))?;
+            // A closed channel means the writer stopped on an error, which it reports.
+            if tx.send(chunk).await.is_err() {
+                break;
+            }
+        }
+        Ok::<(), ApiError>(())
+    };
+    let (written, fed) = tokio::join!(writer, feeder);
+    fed?;
+    written
+}
+
+#[utoipa::path(post, path = "/sandboxes/{id}/files/upload", tag = "files",
+    request_body(content = String, content_type = "multipart/form-data",
+        description = "Fields: `file` (the content, with a file name) and optional `path` (the destination; a \
+                       directory ending in `/`, or a file). Without `path` the file goes to the home directory."),
+    responses((status = 201, body = Vec<Entry>), (status = 400, body = ErrorBody)))]
+pub async fn upload(State(engine): State<Arc<Engine>>, Path(id): Path<String>, mut form: Multipart) -> ApiResult<(StatusCode, Json<Vec<Entry>>)> {
+    let sandbox = sandbox(&engine, &id)?;
+    let mut target: Option<String> = None;
+    let mut written = Vec::new();
+    while let Some(field) = form.next_field().await.map_err(|e| ApiError::bad_request(e.body_text()))? {
+        match field.name() {
+            Some("path") => target = Some(field.text().await.map_err(|e| ApiError::bad_request(e.body_text()))?),
+            Some("file") => {
+                let name = field.file_name().unwrap_or("upload").to_string();
+                let dest = match &target {
+                    Some(t) if t.ends_with('/') => format!("{t}{name}"),
+                    Some(t) => t.clone(),
+                    None => name,
+                };
+                written.push(write_stream(&sandbox, &dest, 0o644, field).await?);
+            }
+            _ => {}
+        }
+    }
+    if written.is_empty() {
+        return Err(ApiError::bad_request("the form has no `file` field"));
+    }
+    Ok((StatusCode::CREATED, Json(written)))
+}
+
+#[utoipa::path(get, path = "/sandboxes/{id}/files", tag = "files", params(PathQuery),
+    description = "Downloads a file as raw bytes.",
+    responses((status = 200, content_type = "application/octet-stream"), (status = 404, body = ErrorBody)))]
+pub async fn download(State(engine): State<Arc<Engine>>, Path(id): Path<String>, Query(q): Query<PathQuery>) -> ApiResult<Response> {
+    let sandbox = sandbox(&engine, &id)?;
+    let (file, size) = on_path(&sandbox, &q.path, |fs, p| fs.open_read(p)).await?;
+    let name = std::path::Path::new(&q.path).file_name().map_or("download".into(), |n| n.to_string_lossy().into_owned());
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file)));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, size.to_string()),
+            (header::CONTENT_DISPOSITION, content_disposition(&name)),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// `attachment; filename*=UTF-8''<percent-encoded name>` (RFC 6266).
+pub fn content_disposition(name: &str) -> String {
+    let mut encoded = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("attachment; filename*=UTF-8''{encoded}")
+}
+
+#[utoipa::path(get, path = "/sandboxes/{id}/files/list", tag = "files", params(PathQuery),
+    responses((status = 200, body = Vec<Entry>), (status = 404, body = ErrorBody)))]
+pub async fn list(State(engine): State<Arc<Engine>>, Path(id): Path<String>, Query(q): Query<PathQuery>) -> ApiResult<Json<Vec<Entry>>> {
+    let sandbox = sandbox(&engine, &id)?;
+    let depth = q.depth.unwrap_or(1).clamp(1, 32);
+    Ok(Json(on_path(&sandbox, &q.path, move |fs, p| fs.list(p, depth, 100_000)).await?))
+}
+
+#[utoipa::path(get, path = "/sandboxes/{id}/files/stat", tag = "files", params(PathQuery),
+    responses((status = 200, body = Entry), (status = 404, body = ErrorBody)))]
+pub async fn stat(State(engine): State<Arc<Engine>>, Path(id): Path<String>, Query(q): Query<PathQuery>) -> ApiResult<Json<Entry>> {
+    let sandbox = sandbox(&engine, &id)?;
+    Ok(Json(on_path(&sandbox, &q.path, |fs, p| fs.stat(p)).await?))
+}
+
+#[utoipa::path(post, path = "/sandboxes/{id}/files/mkdir", tag = "files", request_body = MakeDir,
+    responses((status = 200, body = Entry), (status = 409, body = ErrorBody)))]
+pub async fn mkdir(State(engine): State<Arc<Engine>>, Path(id): Path<String>, Json(req): Json<MakeDir>) -> ApiResult<Json<Entry>> {
+    let sandbox = sandbox(&engine, &id)?;
+    let mode = parse_mode(req.mode.as_deref(), 0o755)?;
+    let parents = req.parents;
+    Ok(Json(
+        on_path(&sandbox, &req.path, move |fs, p| {
+            fs.mkdir(p, parents, mode)?;
+            fs.stat(p)
+        })
+        .await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/sandboxes/{id}/files/move", tag = "files", request_body = MoveFile,
+    responses((status = 200, body = Entry), (status = 404, body = ErrorBody)))]
+pub async fn rename(State(engine): State<Arc<Engine>>, Path(id): Path<String>, Json(req): Json<MoveFile>) -> ApiResult<Json<Entry>> {
+    let sandbox = sandbox(&engine, &id)?;
+    let to = sandbox.absolute(&req.destination);
+    Ok(Json(
+        on_path(&sandbox, &req.source, move |fs, from| {
+            fs.rename(from, &to)?;
+            fs.stat(&to)
+        })
+        .await?,
+    ))
+}
+
+#[utoipa::path(delete, path = "/sandboxes/{id}/files", tag = "files", params(PathQuery),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn remove(State(engine): State<Arc<Engine>>, Path(id): Path<String>, Query(q): Query<PathQuery>) -> ApiResult<StatusCode> {
+    let sandbox = sandbox(&engine, &id)?;
+    let recursive = q.recursive;
+    on_path(&sandbox, &q.path, move |fs, p| fs.remove(p, recursive)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

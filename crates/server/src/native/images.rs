@@ -1,0 +1,40 @@
+//! `/api/v1/images`: the images sandboxes are made from.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use cella_engine::Engine;
+use cella_engine::image::ImageInfo;
+use serde::Deserialize;
+
+use crate::error::{ApiResult, ErrorBody};
+use crate::extract::Json;
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterImage {
+    pub name: String,
+    /// Absolute path of a directory holding a root filesystem (with `bin/sh`).
+    #[schema(value_type = String)]
+    pub path: PathBuf,
+}
+
+#[utoipa::path(get, path = "/images", tag = "images", responses((status = 200, body = Vec<ImageInfo>)))]
+pub async fn list(State(engine): State<Arc<Engine>>) -> ApiResult<Json<Vec<ImageInfo>>> {
+    Ok(Json(engine.images.list()?))
+}
+
+#[utoipa::path(post, path = "/images", tag = "images", request_body = RegisterImage,
+    responses((status = 201, body = ImageInfo), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn register(State(engine): State<Arc<Engine>>, Json(req): Json<RegisterImage>) -> ApiResult<(StatusCode, Json<ImageInfo>)> {
+    Ok((StatusCode::CREATED, Json(engine.register_image(&req.name, &req.path)?)))
+}
+
+#[utoipa::path(delete, path = "/images/{name}", tag = "images",
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn remove(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    engine.remove_image(&name)?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,241 @@
+//! `/api/v1/sandboxes/{id}/exec` and `/processes`: run commands, collected, streamed or in
+//! the background.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use cella_engine::process::{self, Captured, Chunk, ExecRequest, Exit, Outcome, Process, Stream};
+use cella_engine::Engine;
+use futures::{Stream as FStream, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{Json, Query};
+
+/// The result of a finished command.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ExecResult {
+    #[serde(flatten)]
+    pub exit: Exit,
+    /// Output decoded as UTF-8 (invalid sequences replaced).
+    pub stdout: String,
+    pub stderr: String,
+    /// More output was produced than `output_cap` bytes; only the first part is here.
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+}
+
+impl ExecResult {
+    pub fn new(exit: Exit, out: Captured) -> ExecResult {
+        ExecResult {
+            exit,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            stdout_truncated: out.stdout_truncated,
+            stderr_truncated: out.stderr_truncated,
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/sandboxes/{id}/exec", tag = "processes", request_body = ExecRequest,
+    responses((status = 200, body = ExecResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn exec(State(engine): State<Arc<Engine>>, Path(id): Path<String>, Json(req): Json<ExecRequest>) -> ApiResult<Json<ExecResult>> {
+    let sandbox = engine.get(&id)?;
+    let opts = req.into_options(&engine.config)?;
+    let Outcome { exit, output } = process::run(&sandbox, opts).await?;
+    Ok(Json(ExecResult::new(exit, output)))
+}
+
+/// One line of a streamed exec (NDJSON), or one event (SSE, with `type` as the event name).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum StreamEvent {
+    Started { id: u64, pid: i32 },
+    Stdout { data: String },
+    Stderr { data: String },
+    Exit {
+        #[serde(flatten)]
+        exit: Exit,
+        stdout_truncated: bool,
+        stderr_truncated: bool,
+    },
+}
+
+impl StreamEvent {
+    fn name(&self) -> &'static str {
+        match self {
+            StreamEvent::Started { .. } => "started",
+            StreamEvent::Stdout { .. } => "stdout",
+            StreamEvent::Stderr { .. } => "stderr",
+            StreamEvent::Exit { .. } => "exit",
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/sandboxes/{id}/exec/stream", tag = "processes", request_body = ExecRequest,
+    description = "Runs a command and streams its output as it comes: NDJSON lines by default, \
+                   Server-Sent Events when the request accepts `text/event-stream`.",
+    responses((status = 200, body = StreamEvent, content_type = "application/x-ndjson"), (status = 400, body = ErrorBody)))]
+pub async fn exec_stream(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(req): Json<ExecRequest>,
+) -> ApiResult<Response> {
+    let sandbox = engine.get(&id)?;
+    let opts = req.into_options(&engine.config)?;
+    let (tx, rx) = mpsc::channel(64);
+    let process = process::start(&sandbox, opts, Some(tx)).await?;
+    let events = events(process, rx);
+    let sse = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("text/event-stream"));
+    if sse {
+        let events = events.map(|e| {
+            Ok::<_, Infallible>(Event::default().event(e.name()).json_data(&e).unwrap_or_default())
+        });
+        return Ok(Sse::new(events).into_response());
+    }
+    let lines = events.map(|e| {
+        let mut line = serde_json::to_vec(&e).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, Infallible>(line)
+    });
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines)).into_response())
+}
+
+fn events(process: Arc<Process>, rx: mpsc::Receiver<Chunk>) -> impl FStream<Item = StreamEvent> {
+    let started = StreamEvent::Started { id: process.id, pid: process.pid };
+    let output = tokio_stream_from(rx).map(|Chunk::Output(stream, data)| {
+        let data = String::from_utf8_lossy(&data).into_owned();
+        match stream {
+            Stream::Stdout => StreamEvent::Stdout { data },
+            Stream::Stderr => StreamEvent::Stderr { data },
+        }
+    });
+    let end = futures::stream::once(async move {
+        let exit = process.wait(None).await;
+        let out = process.captured();
+        exit.map(|exit| StreamEvent::Exit {
+            exit,
+            stdout_truncated: out.stdout_truncated,
+            stderr_truncated: out.stderr_truncated,
+        })
+    })
+    .filter_map(|e| async move { e });
+    futures::stream::once(async move { started }).chain(output).chain(end)
+}
+
+fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl FStream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// A process started in a sandbox, with the output it has produced so far.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ProcessInfo {
+    /// The process's id in the API.
+    pub id: u64,
+    /// Its pid inside the sandbox.
+    pub pid: i32,
+    pub command: Vec<String>,
+    pub cwd: String,
+    /// Seconds since the epoch.
+    pub started_at: f64,
+    pub running: bool,
+    /// How it ended, once it has.
+    pub exit: Option<Exit>,
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+}
+
+impl From<&Process> for ProcessInfo {
+    fn from(p: &Process) -> ProcessInfo {
+        let out = p.captured();
+        let exit = p.exit();
+        ProcessInfo {
+            id: p.id,
+            pid: p.pid,
+            command: p.argv.clone(),
+            cwd: p.cwd.clone(),
+            started_at: p.started_at.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+            running: exit.is_none(),
+            exit,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            stdout_truncated: out.stdout_truncated,
+            stderr_truncated: out.stderr_truncated,
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/sandboxes/{id}/processes", tag = "processes", request_body = ExecRequest,
+    description = "Starts a command in the background. Without `timeout` it runs until it exits, is killed, or the sandbox stops.",
+    responses((status = 201, body = ProcessInfo), (status = 400, body = ErrorBody)))]
+pub async fn spawn(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+    Json(req): Json<ExecRequest>,
+) -> ApiResult<(StatusCode, Json<ProcessInfo>)> {
+    let sandbox = engine.get(&id)?;
+    let background = req.timeout.is_none();
+    let mut opts = req.into_options(&engine.config)?;
+    if background {
+        opts.timeout = None;
+    }
+    let process = process::start(&sandbox, opts, None).await?;
+    Ok((StatusCode::CREATED, Json(ProcessInfo::from(process.as_ref()))))
+}
+
+#[utoipa::path(get, path = "/sandboxes/{id}/processes", tag = "processes",
+    responses((status = 200, body = Vec<ProcessInfo>)))]
+pub async fn list(State(engine): State<Arc<Engine>>, Path(id): Path<String>) -> ApiResult<Json<Vec<ProcessInfo>>> {
+    let sandbox = engine.get(&id)?;
+    Ok(Json(sandbox.processes().iter().map(|p| ProcessInfo::from(p.as_ref())).collect()))
+}
+
+#[utoipa::path(get, path = "/sandboxes/{id}/processes/{pid}", tag = "processes",
+    responses((status = 200, body = ProcessInfo), (status = 404, body = ErrorBody)))]
+pub async fn get(State(engine): State<Arc<Engine>>, Path((id, pid)): Path<(String, u64)>) -> ApiResult<Json<ProcessInfo>> {
+    let process = engine.get(&id)?.process(pid)?;
+    Ok(Json(ProcessInfo::from(process.as_ref())))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct WaitQuery {
+    /// Seconds to wait at most (default 30); the answer then says whether it still runs.
+    timeout: Option<f64>,
+}
+
+#[utoipa::path(post, path = "/sandboxes/{id}/processes/{pid}/wait", tag = "processes", params(WaitQuery),
+    responses((status = 200, body = ProcessInfo), (status = 404, body = ErrorBody)))]
+pub async fn wait(
+    State(engine): State<Arc<Engine>>,
+    Path((id, pid)): Path<(String, u64)>,
+    Query(q): Query<WaitQuery>,
+) -> ApiResult<Json<ProcessInfo>> {
+    let process = engine.get(&id)?.process(pid)?;
+    let secs = q.timeout.unwrap_or(30.0);
+    if !(0.0..=engine.config.limits.max_exec_timeout_secs).contains(&secs) {
+        return Err(ApiError::bad_request("timeout out of range"));
+    }
+    process.wait(Some(Duration::from_secs_f64(secs))).await;
+    Ok(Json(ProcessInfo::from(process.as_ref())))
+}
+
+#[utoipa::path(post, path = "/sandboxes/{id}/processes/{pid}/kill", tag = "processes",
+    description = "Kills the process and every process it started; answers once it has ended.",
+    responses((status = 200, body = ProcessInfo), (status = 404, body = ErrorBody)))]
+pub async fn kill(State(engine): State<Arc<Engine>>, Path((id, pid)): Path<(String, u64)>) -> ApiResult<Json<ProcessInfo>> {
+    let process = engine.get(&id)?.process(pid)?;
+    process.kill();
+    process.wait(Some(Duration::from_secs(10))).await;
+    Ok(Json(ProcessInfo::from(process.as_ref())))
+}

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs everything cella needs on Debian: language toolchains for sandboxes (apt),
+# JS tooling (npm, global), and the Python test clients (a venv in .venv).
+# Idempotent and quick when everything is present: each step checks before it installs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  # Python inside sandboxes: the image's interpreter with the usual scientific stack and a kernel.
+  python3 python3-numpy python3-pandas python3-matplotlib python3-scipy python3-pytest
+  python3-ipykernel python3-jupyter-client
+  # Compiled and interpreted languages of the SandboxFusion table.
+  g++ golang-go default-jdk-headless junit5 php-cli mono-mcs ruby lua5.4 r-base-core perl
+  scala racket ldc iverilog sqlite3 kotlin rustc nodejs
+)
+NPM_PACKAGES=(typescript tsx jest ts-jest @types/jest @types/node)
+PIP_PACKAGES=(sandbox-fusion==0.3.7 pytest pytest-xdist requests)
+
+log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "apt: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  log "apt: all packages present"
+fi
+
+npm_root=$(npm root -g 2>/dev/null)
+npm_missing=()
+for p in "${NPM_PACKAGES[@]}"; do [ -e "$npm_root/$p/package.json" ] || npm_missing+=("$p"); done
+if [ ${#npm_missing[@]} -gt 0 ]; then
+  log "npm: installing ${npm_missing[*]}"
+  npm install -g --no-fund --no-audit --loglevel=error "${npm_missing[@]}"
+else
+  log "npm: all packages present"
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  log "venv: creating .venv"
+  "$PY" -m venv .venv
+fi
+if ! .venv/bin/python -c 'import sandbox_fusion, pytest, xdist, requests' 2>/dev/null; then
+  log "pip: installing ${PIP_PACKAGES[*]}"
+  .venv/bin/pip install -q --disable-pip-version-check "${PIP_PACKAGES[@]}"
+else
+  log "pip: test clients present"
+fi
