@@ -50,16 +50,28 @@ pub struct ExecArgs {
 }
 
 fn client() -> Result<Client, String> {
-    Client::builder().timeout(None).build().map_err(|e| e.to_string())
+    Client::builder()
+        .timeout(None)
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// Sends a request and returns its JSON body, or the server's error message.
 fn call(req: reqwest::blocking::RequestBuilder) -> Result<Value, String> {
-    let resp = req.send().map_err(|e| format!("cannot reach the server: {e}"))?;
+    let resp = req
+        .send()
+        .map_err(|e| format!("cannot reach the server: {e}"))?;
     let status = resp.status();
-    let body: Value = if status == reqwest::StatusCode::NO_CONTENT { Value::Null } else { resp.json().map_err(|e| e.to_string())? };
+    let body: Value = if status == reqwest::StatusCode::NO_CONTENT {
+        Value::Null
+    } else {
+        resp.json().map_err(|e| e.to_string())?
+    };
     if !status.is_success() {
-        let msg = body["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| body.to_string());
+        let msg = body["error"]["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| body.to_string());
         return Err(format!("{status}: {msg}"));
     }
     Ok(body)
@@ -71,7 +83,10 @@ pub fn exec(args: ExecArgs) -> Result<ExitCode, String> {
     let (id, fresh) = match args.sandbox {
         Some(id) => (id, false),
         None => {
-            let created = call(http.post(format!("{base}/sandboxes")).json(&json!({ "image": args.image })))?;
+            let created = call(
+                http.post(format!("{base}/sandboxes"))
+                    .json(&json!({ "image": args.image })),
+            )?;
             (created["id"].as_str().unwrap_or_default().to_string(), true)
         }
     };
@@ -83,7 +98,13 @@ pub fn exec(args: ExecArgs) -> Result<ExitCode, String> {
 }
 
 /// Runs a command through the streaming endpoint, printing output as it comes.
-fn stream_exec(http: &Client, base: &str, id: &str, command: &[String], timeout: Option<f64>) -> Result<ExitCode, String> {
+fn stream_exec(
+    http: &Client,
+    base: &str,
+    id: &str,
+    command: &[String],
+    timeout: Option<f64>,
+) -> Result<ExitCode, String> {
     let resp = http
         .post(format!("{base}/sandboxes/{id}/exec/stream"))
         .json(&json!({ "command": command, "timeout": timeout }))
@@ -92,11 +113,17 @@ fn stream_exec(http: &Client, base: &str, id: &str, command: &[String], timeout:
     if !resp.status().is_success() {
         let status = resp.status();
         let body: Value = resp.json().unwrap_or_default();
-        return Err(format!("{status}: {}", body["error"]["message"].as_str().unwrap_or("request failed")));
+        return Err(format!(
+            "{status}: {}",
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or("request failed")
+        ));
     }
     let mut code = 1;
     for line in BufReader::new(resp).lines() {
-        let event: Value = serde_json::from_str(&line.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        let event: Value =
+            serde_json::from_str(&line.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
         let data = event["data"].as_str().unwrap_or_default();
         match event["type"].as_str() {
             Some("stdout") => print_flush(&mut std::io::stdout(), data),
@@ -108,7 +135,9 @@ fn stream_exec(http: &Client, base: &str, id: &str, command: &[String], timeout:
                 if event["oom_killed"].as_bool() == Some(true) {
                     eprintln!("cella: killed at the memory limit");
                 }
-                code = event["exit_code"].as_i64().unwrap_or_else(|| 128 + event["signal"].as_i64().unwrap_or(0));
+                code = event["exit_code"]
+                    .as_i64()
+                    .unwrap_or_else(|| 128 + event["signal"].as_i64().unwrap_or(0));
             }
             _ => {}
         }
@@ -122,7 +151,8 @@ fn print_flush(out: &mut impl Write, data: &str) {
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode, String> {
-    let code = std::fs::read_to_string(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
+    let code =
+        std::fs::read_to_string(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
     let language = match args.language {
         Some(l) => l,
         None => language_for(&args.file)?,
@@ -137,19 +167,32 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         if r.is_null() {
             continue;
         }
-        print_flush(&mut std::io::stdout(), r["stdout"].as_str().unwrap_or_default());
-        print_flush(&mut std::io::stderr(), r["stderr"].as_str().unwrap_or_default());
+        print_flush(
+            &mut std::io::stdout(),
+            r["stdout"].as_str().unwrap_or_default(),
+        );
+        print_flush(
+            &mut std::io::stderr(),
+            r["stderr"].as_str().unwrap_or_default(),
+        );
         if r["timed_out"].as_bool() == Some(true) {
             eprintln!("cella: {stage} timed out");
         }
     }
-    let last = if result["run"].is_null() { &result["compile"] } else { &result["run"] };
+    let last = if result["run"].is_null() {
+        &result["compile"]
+    } else {
+        &result["run"]
+    };
     let code = last["exit_code"].as_i64().unwrap_or(1);
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
 
 fn language_for(file: &std::path::Path) -> Result<String, String> {
-    let ext = file.extension().and_then(|e| e.to_str()).unwrap_or_default();
+    let ext = file
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default();
     let language = match ext {
         "py" => "python",
         "cpp" | "cc" | "cxx" => "cpp",
@@ -172,7 +215,12 @@ fn language_for(file: &std::path::Path) -> Result<String, String> {
         "d" => "D_ut",
         "sv" | "v" => "verilog",
         "sql" => "sql",
-        _ => return Err(format!("cannot tell the language of {}: pass --language", file.display())),
+        _ => {
+            return Err(format!(
+                "cannot tell the language of {}: pass --language",
+                file.display()
+            ));
+        }
     };
     Ok(language.to_string())
 }

@@ -9,7 +9,11 @@ mod client;
 mod serve;
 
 #[derive(Parser)]
-#[command(name = "cella", version, about = "Self-hosted code-execution sandboxes")]
+#[command(
+    name = "cella",
+    version,
+    about = "Self-hosted code-execution sandboxes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -3,22 +3,29 @@
 
 use std::process::ExitCode;
 
-use cella_engine::config::{Config, Overrides};
 use cella_engine::Engine;
+use cella_engine::config::{Config, Overrides};
 use cella_engine::{Spawner, SpawnerConfig};
 use tracing::info;
 
 use crate::ServeArgs;
 
 pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
-    let overrides = Overrides { listen: args.listen, data_dir: args.data_dir };
-    let config = Config::load(args.config.as_deref(), overrides).map_err(|e| format!("configuration: {e}"))?;
+    let overrides = Overrides {
+        listen: args.listen,
+        data_dir: args.data_dir,
+    };
+    let config = Config::load(args.config.as_deref(), overrides)
+        .map_err(|e| format!("configuration: {e}"))?;
     init_logging(&config.log_format);
 
     let features = cella_engine::probe::probe().map_err(|e| e.to_string())?;
     info!("{}", features.summary());
     // The spawner must be forked before the runtime creates any thread.
-    let spawner = Spawner::start(SpawnerConfig { netns_pool: config.pool.netns }).map_err(|e| e.to_string())?;
+    let spawner = Spawner::start(SpawnerConfig {
+        netns_pool: config.pool.netns,
+    })
+    .map_err(|e| e.to_string())?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -28,10 +35,15 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
     runtime.block_on(async move {
         let metrics = cella_server::metrics::install()?;
         let listen = config.listen.clone();
-        let engine = Engine::new(config, args.config.as_deref(), spawner, features).map_err(|e| e.to_string())?;
-        let listener = tokio::net::TcpListener::bind(&listen).await.map_err(|e| format!("listen on {listen}: {e}"))?;
+        let engine = Engine::new(config, args.config.as_deref(), spawner, features)
+            .map_err(|e| e.to_string())?;
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .map_err(|e| format!("listen on {listen}: {e}"))?;
         info!(address = %listener.local_addr().map_err(|e| e.to_string())?, "cella is serving");
-        cella_server::serve(engine, listener, metrics, shutdown_signal()).await.map_err(|e| e.to_string())?;
+        cella_server::serve(engine, listener, metrics, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())?;
         info!("stopped");
         Ok(ExitCode::SUCCESS)
     })
@@ -40,7 +52,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
 fn init_logging(format: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("CELLA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -50,7 +64,10 @@ fn init_logging(format: &str) {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return std::future::pending().await;
     };
     tokio::select! {

@@ -162,23 +162,40 @@ impl Default for Limits {
 
 impl Default for ImagesConfig {
     fn default() -> Self {
-        let aliases = ["python", "python:3", "python:3.11", "ubuntu", "debian", "default"]
-            .into_iter()
-            .map(|a| (a.to_string(), "host".to_string()))
-            .collect();
-        ImagesConfig { aliases, host_masks: Vec::new() }
+        let aliases = [
+            "python",
+            "python:3",
+            "python:3.11",
+            "ubuntu",
+            "debian",
+            "default",
+        ]
+        .into_iter()
+        .map(|a| (a.to_string(), "host".to_string()))
+        .collect();
+        ImagesConfig {
+            aliases,
+            host_masks: Vec::new(),
+        }
     }
 }
 
 impl Default for PoolConfig {
     fn default() -> Self {
-        PoolConfig { netns: 16, warm_sandboxes: 4 }
+        PoolConfig {
+            netns: 16,
+            warm_sandboxes: 4,
+        }
     }
 }
 
 impl Default for RunsConfig {
     fn default() -> Self {
-        RunsConfig { max_concurrency: 2 * cores(), max_queue: 10_000, memory_mb: 2048 }
+        RunsConfig {
+            max_concurrency: 2 * cores(),
+            max_queue: 10_000,
+            memory_mb: 2048,
+        }
     }
 }
 
@@ -192,15 +209,26 @@ pub struct Overrides {
 }
 
 impl Config {
-    pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Config, figment::Error> {
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Config, Box<figment::Error>> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
+        // Only `CELLA_*` variables naming a configuration key are read: others (`CELLA_LOG`,
+        // `CELLA_SERVER`, ...) belong to other parts of cella.
+        let keys: Vec<String> = match serde_json::to_value(Config::default()) {
+            Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        let env = Env::prefixed("CELLA_").split("__").filter(move |k| {
+            let top = k.as_str().split('.').next().unwrap_or_default();
+            keys.iter().any(|known| known.eq_ignore_ascii_case(top))
+        });
         figment
-            .merge(Env::prefixed("CELLA_").ignore(&["config", "server"]).split("__"))
+            .merge(env)
             .merge(Serialized::defaults(overrides))
             .extract()
+            .map_err(Box::new)
     }
 
     pub fn state_file(&self) -> PathBuf {
@@ -224,7 +252,10 @@ mod tests {
     fn defaults_need_no_file() {
         let c = Config::load(None, Overrides::default()).unwrap();
         assert_eq!(c.listen, "127.0.0.1:8080");
-        assert_eq!(c.images.aliases.get("python:3.11").map(String::as_str), Some("host"));
+        assert_eq!(
+            c.images.aliases.get("python:3.11").map(String::as_str),
+            Some("host")
+        );
     }
 
     #[test]
@@ -235,8 +266,20 @@ mod tests {
         std::fs::write(&file, "listen = \"0.0.0.0:9\"\n[sandbox]\nmemory_mb = 77\n").unwrap();
         let c = Config::load(Some(&file), Overrides::default()).unwrap();
         assert_eq!((c.listen.as_str(), c.sandbox.memory_mb), ("0.0.0.0:9", 77));
-        let c = Config::load(Some(&file), Overrides { listen: Some("127.0.0.1:1".into()), data_dir: None }).unwrap();
+        let c = Config::load(
+            Some(&file),
+            Overrides {
+                listen: Some("127.0.0.1:1".into()),
+                data_dir: None,
+            },
+        )
+        .unwrap();
         assert_eq!(c.listen, "127.0.0.1:1");
+        // SAFETY: the only test in this binary that touches the environment.
+        unsafe { std::env::set_var("CELLA_SANDBOX__PIDS", "99") };
+        unsafe { std::env::set_var("CELLA_NOT_A_KEY", "ignored") };
+        let c = Config::load(Some(&file), Overrides::default()).unwrap();
+        assert_eq!(c.sandbox.pids, 99);
         std::fs::write(&file, "no_such_key = 1\n").unwrap();
         assert!(Config::load(Some(&file), Overrides::default()).is_err());
         std::fs::remove_dir_all(&dir).unwrap();

@@ -16,9 +16,15 @@ use crate::error::{Error, Result};
 /// What an exec learns from the init.
 #[derive(Debug)]
 pub enum ExecEvent {
-    Started { pid: i32 },
+    Started {
+        pid: i32,
+    },
     SpawnFailed(String),
-    Exited { code: Option<i32>, signal: Option<i32>, cpu_us: u64 },
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+        cpu_us: u64,
+    },
     /// The sandbox died before the exec finished.
     Lost,
 }
@@ -40,13 +46,24 @@ impl Control {
         let mut buf = Vec::new();
         match recv(&fd, &mut buf).await {
             Some(Event::Ready) => {}
-            Some(Event::SetupFailed { error }) => return Err(Error::Internal(format!("sandbox setup failed: {error}"))),
-            other => return Err(Error::Internal(format!("sandbox init did not start (got {other:?})"))),
+            Some(Event::SetupFailed { error }) => {
+                return Err(Error::Internal(format!("sandbox setup failed: {error}")));
+            }
+            other => {
+                return Err(Error::Internal(format!(
+                    "sandbox init did not start (got {other:?})"
+                )));
+            }
         }
         let waiters: Waiters = Arc::default();
         let (alive_tx, alive) = watch::channel(true);
         tokio::spawn(route(fd.clone(), waiters.clone(), alive_tx, buf));
-        Ok(Control { fd, send_lock: tokio::sync::Mutex::new(()), waiters, alive })
+        Ok(Control {
+            fd,
+            send_lock: tokio::sync::Mutex::new(()),
+            waiters,
+            alive,
+        })
     }
 
     /// Registers for the events of exec `id`; call before sending its `Exec`.
@@ -62,7 +79,10 @@ impl Control {
     }
 
     pub fn unsubscribe(&self, id: u64) {
-        self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
     }
 
     pub async fn send(&self, cmd: &Command, fds: &[BorrowedFd<'_>]) -> Result<()> {
@@ -71,8 +91,13 @@ impl Control {
             let mut ready = self.fd.writable().await.map_err(Error::internal)?;
             match ready.try_io(|fd| proto::send(fd.get_ref().as_fd(), cmd, fds)) {
                 Ok(Ok(())) => return Ok(()),
-                Ok(Err(e)) if e.raw_os_error() == Some(libc::EMSGSIZE) || e.kind() == std::io::ErrorKind::InvalidInput => {
-                    return Err(Error::TooLarge("the command and its environment are too large".into()));
+                Ok(Err(e))
+                    if e.raw_os_error() == Some(libc::EMSGSIZE)
+                        || e.kind() == std::io::ErrorKind::InvalidInput =>
+                {
+                    return Err(Error::TooLarge(
+                        "the command and its environment are too large".into(),
+                    ));
                 }
                 Ok(Err(_)) => return Err(Error::Conflict("the sandbox is not running".into())),
                 Err(_would_block) => continue,
@@ -102,12 +127,29 @@ async fn recv(fd: &AsyncFd<OwnedFd>, buf: &mut Vec<u8>) -> Option<Event> {
     }
 }
 
-async fn route(fd: Arc<AsyncFd<OwnedFd>>, waiters: Waiters, alive: watch::Sender<bool>, mut buf: Vec<u8>) {
+async fn route(
+    fd: Arc<AsyncFd<OwnedFd>>,
+    waiters: Waiters,
+    alive: watch::Sender<bool>,
+    mut buf: Vec<u8>,
+) {
     while let Some(event) = recv(&fd, &mut buf).await {
         let (id, event) = match event {
             Event::Started { id, pid } => (id, ExecEvent::Started { pid }),
             Event::SpawnFailed { id, error } => (id, ExecEvent::SpawnFailed(error)),
-            Event::Exited { id, code, signal, cpu_us } => (id, ExecEvent::Exited { code, signal, cpu_us }),
+            Event::Exited {
+                id,
+                code,
+                signal,
+                cpu_us,
+            } => (
+                id,
+                ExecEvent::Exited {
+                    code,
+                    signal,
+                    cpu_us,
+                },
+            ),
             Event::Ready | Event::SetupFailed { .. } => continue,
         };
         let waiters = waiters.lock().unwrap_or_else(|p| p.into_inner());

@@ -49,7 +49,7 @@ pub struct Engine {
     pub images: Images,
     spawner: Spawner,
     cgroups: Cgroups,
-    store: Store,
+    store: Arc<Store>,
     live: RwLock<HashMap<String, Arc<Sandbox>>>,
     stopped: Mutex<HashMap<String, (SandboxInfo, Instant)>>,
     uids: Mutex<UidPool>,
@@ -83,15 +83,30 @@ impl UidPool {
 impl Engine {
     /// Opens the state, reaps whatever a previous server left behind, and starts serving.
     /// `spawner` must have been started before any thread.
-    pub fn new(config: Config, config_file: Option<&Path>, spawner: Spawner, features: Features) -> Result<Arc<Engine>> {
-        for dir in [config.data_dir.clone(), config.scratch_dir(), config.images_dir()] {
-            std::fs::create_dir_all(&dir).map_err(|e| Error::Internal(format!("create {}: {e}", dir.display())))?;
+    pub fn new(
+        config: Config,
+        config_file: Option<&Path>,
+        spawner: Spawner,
+        features: Features,
+    ) -> Result<Arc<Engine>> {
+        for dir in [
+            config.data_dir.clone(),
+            config.scratch_dir(),
+            config.images_dir(),
+        ] {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Error::Internal(format!("create {}: {e}", dir.display())))?;
         }
-        let store = Store::open(&config.state_file())?;
+        let store = Arc::new(Store::open(&config.state_file())?);
         let images = Images::load(&config, config_file, &store)?;
         let cgroups = Cgroups::detect(&config.cgroup_parent)?;
         info!(cgroups = %cgroups.describe(), "cgroups");
-        let uids = UidPool { base: config.uid_base, count: config.uid_count.max(1), next: 0, used: HashSet::new() };
+        let uids = UidPool {
+            base: config.uid_base,
+            count: config.uid_count.max(1),
+            next: 0,
+            used: HashSet::new(),
+        };
         let engine = Engine {
             config,
             features,
@@ -114,17 +129,25 @@ impl Engine {
         let mut reaped = 0;
         for Record { mut info, init } in records {
             if info.state == State::Running {
-                if let Some((pid, start)) = init {
-                    if process_start_time(pid) == Some(start) {
-                        let _ = cella_jail::sys::kill(pid, libc::SIGKILL);
-                    }
+                if let Some((pid, start)) = init
+                    && process_start_time(pid) == Some(start)
+                {
+                    let _ = cella_jail::sys::kill(pid, libc::SIGKILL);
                 }
                 let cg = self.cgroups.sandbox(&info.id);
                 cg.kill_all();
                 let _ = cg.remove();
                 info.state = State::Stopped;
                 info.stop_reason = Some("server restarted".into());
-                self.store.put(SANDBOXES, &info.id, &Record { info: info.clone(), init: None }, false)?;
+                self.store.put(
+                    SANDBOXES,
+                    &info.id,
+                    &Record {
+                        info: info.clone(),
+                        init: None,
+                    },
+                    false,
+                )?;
                 reaped += 1;
             }
             self.remember_stopped(info);
@@ -146,20 +169,38 @@ impl Engine {
     }
 
     fn remember_stopped(&self, info: SandboxInfo) {
-        self.stopped.lock().unwrap_or_else(|p| p.into_inner()).insert(info.id.clone(), (info, Instant::now()));
+        self.stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(info.id.clone(), (info, Instant::now()));
     }
 
-    /// Starts the idle/lifetime reaper and the periodic state flush.
+    /// Starts the idle/lifetime reaper and the state flusher.
     pub fn spawn_background(self: &Arc<Self>) {
         let engine = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                let Some(engine) = engine.upgrade() else { return };
+                let Some(engine) = engine.upgrade() else {
+                    return;
+                };
                 engine.reap_expired().await;
-                if let Err(e) = engine.store.flush() {
-                    warn!(error = %e, "state flush failed");
+            }
+        });
+        let engine = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(store) = engine.upgrade().map(|e| e.store.clone()) else {
+                    return;
+                };
+                store.dirtied().await;
+                // Coalesce a burst of writes into one fsync.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                match tokio::task::spawn_blocking(move || store.flush()).await {
+                    Ok(Err(e)) => warn!(error = %e, "state flush failed"),
+                    Err(e) => warn!(error = %e, "state flush panicked"),
+                    Ok(Ok(())) => {}
                 }
             }
         });
@@ -194,8 +235,11 @@ impl Engine {
         let retention = Duration::from_secs(self.config.limits.stopped_retention_secs);
         let expired: Vec<String> = {
             let mut stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
-            let old: Vec<String> =
-                stopped.iter().filter(|(_, (_, at))| at.elapsed() > retention).map(|(id, _)| id.clone()).collect();
+            let old: Vec<String> = stopped
+                .iter()
+                .filter(|(_, (_, at))| at.elapsed() > retention)
+                .map(|(id, _)| id.clone())
+                .collect();
             for id in &old {
                 stopped.remove(id);
             }
@@ -211,19 +255,40 @@ impl Engine {
         let l = &self.config.limits;
         let cpus = req.cpus.unwrap_or(d.cpus);
         if !(0.01..=l.max_cpus).contains(&cpus) {
-            return Err(Error::invalid(format!("cpus must be between 0.01 and {}", l.max_cpus)));
+            return Err(Error::invalid(format!(
+                "cpus must be between 0.01 and {}",
+                l.max_cpus
+            )));
         }
         let check = |name: &str, v: u64, min: u64, max: u64| {
-            if (min..=max).contains(&v) { Ok(v) } else { Err(Error::invalid(format!("{name} must be between {min} and {max}"))) }
+            if (min..=max).contains(&v) {
+                Ok(v)
+            } else {
+                Err(Error::invalid(format!(
+                    "{name} must be between {min} and {max}"
+                )))
+            }
         };
-        let memory_mb = check("memory_mb", req.memory_mb.unwrap_or(d.memory_mb), 16, l.max_memory_mb)?;
+        let memory_mb = check(
+            "memory_mb",
+            req.memory_mb.unwrap_or(d.memory_mb),
+            16,
+            l.max_memory_mb,
+        )?;
         let pids = check("pids", req.pids.unwrap_or(d.pids), 8, l.max_pids)?;
-        let disk_mb = check("disk_mb", req.disk_mb.unwrap_or(d.disk_mb), 1, l.max_disk_mb)?;
+        let disk_mb = check(
+            "disk_mb",
+            req.disk_mb.unwrap_or(d.disk_mb),
+            1,
+            l.max_disk_mb,
+        )?;
         let lifetime = match req.max_lifetime_secs.unwrap_or(d.max_lifetime_secs) {
             0 => l.max_lifetime_secs,
             s => check("max_lifetime_secs", s, 1, l.max_lifetime_secs)?,
         };
-        let image = self.images.resolve(req.image.as_deref().unwrap_or(&d.image))?;
+        let image = self
+            .images
+            .resolve(req.image.as_deref().unwrap_or(&d.image))?;
         let id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
         let hostname = match &req.hostname {
             Some(h) if valid_hostname(h) => h.clone(),
@@ -253,7 +318,9 @@ impl Engine {
     pub async fn create(&self, req: CreateSandbox) -> Result<Arc<Sandbox>> {
         let started = Instant::now();
         let (mut info, image) = self.resolve(&req)?;
-        if self.live.read().unwrap_or_else(|p| p.into_inner()).len() >= self.config.limits.max_sandboxes {
+        if self.live.read().unwrap_or_else(|p| p.into_inner()).len()
+            >= self.config.limits.max_sandboxes
+        {
             return Err(Error::Exhausted(format!(
                 "the server runs its maximum of {} sandboxes",
                 self.config.limits.max_sandboxes
@@ -269,12 +336,16 @@ impl Engine {
         let sandbox = match result {
             Ok(s) => s,
             Err(e) => {
-                self.uids.lock().unwrap_or_else(|p| p.into_inner()).free(info.uid);
+                self.uids
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .free(info.uid);
                 let _ = self.cgroups.sandbox(&info.id).remove();
                 return Err(e);
             }
         };
-        self.store.put(SANDBOXES, &sandbox.id, &sandbox.record(), false)?;
+        self.store
+            .put(SANDBOXES, &sandbox.id, &sandbox.record(), false)?;
         let live_count = {
             let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
             live.insert(sandbox.id.clone(), sandbox.clone());
@@ -285,8 +356,16 @@ impl Engine {
         Ok(sandbox)
     }
 
-    async fn start(&self, info: &mut SandboxInfo, image: crate::image::Image) -> Result<Arc<Sandbox>> {
-        let limits = Limits { memory_bytes: info.memory_mb << 20, pids: info.pids, cpus: info.cpus };
+    async fn start(
+        &self,
+        info: &mut SandboxInfo,
+        image: crate::image::Image,
+    ) -> Result<Arc<Sandbox>> {
+        let limits = Limits {
+            memory_bytes: info.memory_mb << 20,
+            pids: info.pids,
+            cpus: info.cpus,
+        };
         let d = &self.config.sandbox;
         let spec = SandboxSpec {
             id: info.id.clone(),
@@ -315,23 +394,51 @@ impl Engine {
                 }
             }
         })?;
-        let Spawned { pid, pidfd, control } = spawned;
+        let Spawned {
+            pid,
+            pidfd,
+            control,
+        } = spawned;
         let ready = tokio::time::timeout(Duration::from_secs(30), Control::start(control)).await;
         let control = match ready {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(self.abandon(pidfd, &cgroup, e).await),
-            Err(_) => return Err(self.abandon(pidfd, &cgroup, Error::Unavailable("sandbox setup timed out".into())).await),
+            Err(_) => {
+                return Err(self
+                    .abandon(
+                        pidfd,
+                        &cgroup,
+                        Error::Unavailable("sandbox setup timed out".into()),
+                    )
+                    .await);
+            }
         };
         let fs = match SandboxFs::open(pid, info.uid) {
             Ok(fs) => fs,
             Err(e) => return Err(self.abandon(pidfd, &cgroup, Error::internal(e)).await),
         };
         let init = process_start_time(pid).map(|t| (pid, t));
-        let defaults = ExecDefaults { open_files: d.open_files, disk_bytes: info.disk_mb << 20 };
-        Ok(Arc::new(Sandbox::new(info.clone(), init, cgroup, pidfd, control, fs, defaults)?))
+        let defaults = ExecDefaults {
+            open_files: d.open_files,
+            disk_bytes: info.disk_mb << 20,
+        };
+        Ok(Arc::new(Sandbox::new(
+            info.clone(),
+            init,
+            cgroup,
+            pidfd,
+            control,
+            fs,
+            defaults,
+        )?))
     }
 
-    async fn abandon(&self, pidfd: std::os::fd::OwnedFd, cgroup: &cella_jail::cgroup::SandboxCgroup, e: Error) -> Error {
+    async fn abandon(
+        &self,
+        pidfd: std::os::fd::OwnedFd,
+        cgroup: &cella_jail::cgroup::SandboxCgroup,
+        e: Error,
+    ) -> Error {
         use std::os::fd::AsFd;
         let _ = cella_jail::sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
         if let Ok(fd) = cella_jail::async_fd(pidfd) {
@@ -346,7 +453,12 @@ impl Engine {
         if let Some(s) = self.live.read().unwrap_or_else(|p| p.into_inner()).get(id) {
             return Ok(s.clone());
         }
-        if self.stopped.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id) {
+        if self
+            .stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id)
+        {
             return Err(Error::Conflict(format!("sandbox {id} is stopped")));
         }
         Err(Error::not_found("sandbox", id))
@@ -366,11 +478,26 @@ impl Engine {
     }
 
     /// Sandboxes whose labels include every `labels` pair, oldest first.
-    pub fn list(&self, labels: &BTreeMap<String, String>, include_stopped: bool) -> Vec<SandboxInfo> {
-        let mut all: Vec<SandboxInfo> =
-            self.live.read().unwrap_or_else(|p| p.into_inner()).values().map(|s| s.info()).collect();
+    pub fn list(
+        &self,
+        labels: &BTreeMap<String, String>,
+        include_stopped: bool,
+    ) -> Vec<SandboxInfo> {
+        let mut all: Vec<SandboxInfo> = self
+            .live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|s| s.info())
+            .collect();
         if include_stopped {
-            all.extend(self.stopped.lock().unwrap_or_else(|p| p.into_inner()).values().map(|(i, _)| i.clone()));
+            all.extend(
+                self.stopped
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .map(|(i, _)| i.clone()),
+            );
         }
         all.retain(|i| labels.iter().all(|(k, v)| i.labels.get(k) == Some(v)));
         all.sort_by(|a, b| a.created_at.total_cmp(&b.created_at));
@@ -380,7 +507,12 @@ impl Engine {
     /// Stops a sandbox and removes it (and its record).
     pub async fn delete(&self, id: &str) -> Result<()> {
         let was_live = self.stop(id, "deleted").await;
-        let was_stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner()).remove(id).is_some();
+        let was_stopped = self
+            .stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+            .is_some();
         if !was_live && !was_stopped {
             return Err(Error::not_found("sandbox", id));
         }
@@ -390,22 +522,45 @@ impl Engine {
     /// Stops a running sandbox: kills every process, releases its resources and keeps its
     /// record as `stopped`. Returns false if it was not running.
     pub async fn stop(&self, id: &str, reason: &str) -> bool {
-        let Some(sandbox) = self.live.write().unwrap_or_else(|p| p.into_inner()).remove(id) else {
+        let Some(sandbox) = self
+            .live
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+        else {
             return false;
         };
-        metrics::gauge!("cella_sandboxes_live").set(self.live.read().unwrap_or_else(|p| p.into_inner()).len() as f64);
+        metrics::gauge!("cella_sandboxes_live")
+            .set(self.live.read().unwrap_or_else(|p| p.into_inner()).len() as f64);
         sandbox.kill().await;
         remove_cgroup(&sandbox.cgroup).await;
         let info = sandbox.mark_stopped(reason);
-        self.uids.lock().unwrap_or_else(|p| p.into_inner()).free(info.uid);
-        let _ = self.store.put(SANDBOXES, id, &Record { info: info.clone(), init: None }, false);
+        self.uids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .free(info.uid);
+        let _ = self.store.put(
+            SANDBOXES,
+            id,
+            &Record {
+                info: info.clone(),
+                init: None,
+            },
+            false,
+        );
         self.remember_stopped(info);
         true
     }
 
     /// Stops every sandbox (graceful server shutdown).
     pub async fn shutdown(&self) {
-        let ids: Vec<String> = self.live.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        let ids: Vec<String> = self
+            .live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
         let stops = ids.iter().map(|id| self.stop(id, "server shut down"));
         futures::future::join_all(stops).await;
         let _ = self.store.flush();
@@ -441,7 +596,10 @@ async fn remove_cgroup(cgroup: &cella_jail::cgroup::SandboxCgroup) {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    warn!(cgroup = cgroup.name(), "cgroup still busy; it will be swept at next start");
+    warn!(
+        cgroup = cgroup.name(),
+        "cgroup still busy; it will be swept at next start"
+    );
 }
 
 /// Runs blocking setup on the blocking pool.
@@ -450,7 +608,10 @@ fn blocking<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
 }
 
 fn valid_hostname(h: &str) -> bool {
-    !h.is_empty() && h.len() <= 63 && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') && !h.starts_with('-')
+    !h.is_empty()
+        && h.len() <= 63
+        && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !h.starts_with('-')
 }
 
 /// Start time of a process in clock ticks since boot (`/proc/<pid>/stat` field 22).
@@ -467,7 +628,12 @@ mod tests {
 
     #[test]
     fn uid_pool_round_robin_and_exhaustion() {
-        let mut p = UidPool { base: 100, count: 3, next: 0, used: HashSet::new() };
+        let mut p = UidPool {
+            base: 100,
+            count: 3,
+            next: 0,
+            used: HashSet::new(),
+        };
         assert_eq!(p.alloc(), Some(100));
         assert_eq!(p.alloc(), Some(101));
         p.free(100);

@@ -30,7 +30,10 @@ impl Error {
     }
 
     pub fn not_found(kind: &'static str, id: impl Into<String>) -> Error {
-        Error::NotFound { kind, id: id.into() }
+        Error::NotFound {
+            kind,
+            id: id.into(),
+        }
     }
 
     pub fn internal(msg: impl std::fmt::Display) -> Error {
@@ -42,8 +45,12 @@ impl Error {
         let why = match e.raw_os_error() {
             Some(libc::ENOENT) => return Error::not_found("path", path),
             Some(libc::EEXIST) => return Error::Conflict(format!("{path}: already exists")),
-            Some(libc::ENOTEMPTY) => return Error::Conflict(format!("{path}: directory not empty")),
-            Some(libc::EXDEV) => "the path leaves the sandbox's own filesystem (a mount point such as /proc or /dev)",
+            Some(libc::ENOTEMPTY) => {
+                return Error::Conflict(format!("{path}: directory not empty"));
+            }
+            Some(libc::EXDEV) => {
+                "the path leaves the sandbox's own filesystem (a mount point such as /proc or /dev)"
+            }
             Some(libc::ELOOP) => "too many levels of symbolic links",
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
                 return Error::Exhausted(format!("{path}: the sandbox's disk quota is full"));
@@ -54,7 +61,9 @@ impl Error {
             Some(libc::ENAMETOOLONG) => "name too long",
             Some(libc::EACCES) | Some(libc::EPERM) => "permission denied",
             Some(libc::ESRCH) => return Error::Conflict("the sandbox is not running".into()),
-            _ if e.kind() == io::ErrorKind::InvalidInput => return Error::invalid(format!("{path}: {e}")),
+            _ if e.kind() == io::ErrorKind::InvalidInput => {
+                return Error::invalid(format!("{path}: {e}"));
+            }
             _ => return Error::Internal(format!("{path}: {e}")),
         };
         Error::invalid(format!("{path}: {why}"))

@@ -75,8 +75,16 @@ impl Images {
         host_masks.push(config.data_dir.clone());
         host_masks.extend(config_file.map(Path::to_path_buf));
         host_masks.extend(config.images.host_masks.iter().cloned());
-        let registered = store.all::<Record>(IMAGES)?.into_iter().map(|r| (r.name.clone(), r)).collect();
-        Ok(Images { aliases: config.images.aliases.clone(), host_masks, registered: RwLock::new(registered) })
+        let registered = store
+            .all::<Record>(IMAGES)?
+            .into_iter()
+            .map(|r| (r.name.clone(), r))
+            .collect();
+        Ok(Images {
+            aliases: config.images.aliases.clone(),
+            host_masks,
+            registered: RwLock::new(registered),
+        })
     }
 
     fn canonical<'a>(&'a self, name: &'a str) -> &'a str {
@@ -86,20 +94,37 @@ impl Images {
     pub fn resolve(&self, name: &str) -> Result<Image> {
         let canonical = self.canonical(name);
         if canonical == HOST {
-            return Ok(Image { name: HOST.into(), lowerdirs: vec!["/".into()], masks: self.host_masks.clone() });
+            return Ok(Image {
+                name: HOST.into(),
+                lowerdirs: vec!["/".into()],
+                masks: self.host_masks.clone(),
+            });
         }
         let registered = self.registered.read().map_err(Error::internal)?;
-        let record = registered.get(canonical).ok_or_else(|| {
-            Error::not_found("image", name)
-        })?;
-        Ok(Image { name: record.name.clone(), lowerdirs: vec![record.path.clone()], masks: Vec::new() })
+        let record = registered
+            .get(canonical)
+            .ok_or_else(|| Error::not_found("image", name))?;
+        Ok(Image {
+            name: record.name.clone(),
+            lowerdirs: vec![record.path.clone()],
+            masks: Vec::new(),
+        })
     }
 
     pub fn list(&self) -> Result<Vec<ImageInfo>> {
         let aliases_of = |name: &str| {
-            self.aliases.iter().filter(|(_, to)| to.as_str() == name).map(|(a, _)| a.clone()).collect()
+            self.aliases
+                .iter()
+                .filter(|(_, to)| to.as_str() == name)
+                .map(|(a, _)| a.clone())
+                .collect()
         };
-        let mut out = vec![ImageInfo { name: HOST.into(), path: "/".into(), aliases: aliases_of(HOST), created_at: None }];
+        let mut out = vec![ImageInfo {
+            name: HOST.into(),
+            path: "/".into(),
+            aliases: aliases_of(HOST),
+            created_at: None,
+        }];
         let registered = self.registered.read().map_err(Error::internal)?;
         out.extend(registered.values().map(|r| ImageInfo {
             name: r.name.clone(),
@@ -114,13 +139,17 @@ impl Images {
     pub fn register(&self, name: &str, path: &Path, store: &Store) -> Result<ImageInfo> {
         validate_name(name)?;
         if name == HOST || self.aliases.contains_key(name) {
-            return Err(Error::Conflict(format!("image name {name:?} is built in or an alias")));
+            return Err(Error::Conflict(format!(
+                "image name {name:?} is built in or an alias"
+            )));
         }
         let path = validate_rootfs(path)?;
         let record = Record {
             name: name.to_string(),
             path: path.clone(),
-            created_at: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            created_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
         };
         let mut registered = self.registered.write().map_err(Error::internal)?;
         if registered.contains_key(name) {
@@ -128,7 +157,12 @@ impl Images {
         }
         store.put(IMAGES, name, &record, true)?;
         registered.insert(name.to_string(), record.clone());
-        Ok(ImageInfo { name: record.name, path, aliases: Vec::new(), created_at: Some(record.created_at) })
+        Ok(ImageInfo {
+            name: record.name,
+            path,
+            aliases: Vec::new(),
+            created_at: Some(record.created_at),
+        })
     }
 
     pub fn remove(&self, name: &str, store: &Store) -> Result<()> {
@@ -143,15 +177,25 @@ impl Images {
 fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._:-/".contains(c));
-    if ok { Ok(()) } else { Err(Error::invalid(format!("invalid image name {name:?}: use letters, digits and ._:-/"))) }
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._:-/".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "invalid image name {name:?}: use letters, digits and ._:-/"
+        )))
+    }
 }
 
 fn validate_rootfs(path: &Path) -> Result<PathBuf> {
     if !path.is_absolute() {
         return Err(Error::invalid("the image path must be absolute"));
     }
-    let path = path.canonicalize().map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
+    let path = path
+        .canonicalize()
+        .map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
     let text = path.to_string_lossy();
     // overlayfs separates layers with ':' and options with ','.
     if text.contains([':', ',']) {
@@ -160,9 +204,14 @@ fn validate_rootfs(path: &Path) -> Result<PathBuf> {
     if path == Path::new("/") {
         return Err(Error::invalid("`/` is the built-in `host` image"));
     }
-    let has_shell = ["bin/sh", "usr/bin/sh"].iter().any(|sh| path.join(sh).exists());
+    let has_shell = ["bin/sh", "usr/bin/sh"]
+        .iter()
+        .any(|sh| path.join(sh).exists());
     if !path.is_dir() || !has_shell {
-        return Err(Error::invalid(format!("{} is not a root filesystem (no bin/sh)", path.display())));
+        return Err(Error::invalid(format!(
+            "{} is not a root filesystem (no bin/sh)",
+            path.display()
+        )));
     }
     Ok(path)
 }

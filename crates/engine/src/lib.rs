@@ -10,9 +10,9 @@ pub mod process;
 pub mod sandbox;
 pub mod store;
 
+pub use cella_jail::fsops::{Entry as FileEntry, SandboxFs};
+pub use cella_jail::{Spawner, SpawnerConfig, probe};
 pub use config::Config;
 pub use engine::{CreateSandbox, Engine};
 pub use error::{Error, Result};
 pub use sandbox::{Sandbox, SandboxInfo};
-pub use cella_jail::fsops::{Entry as FileEntry, SandboxFs};
-pub use cella_jail::{Spawner, SpawnerConfig, probe};

@@ -66,7 +66,11 @@ impl ExecRequest {
         let argv = match (self.command, self.shell) {
             (Some(argv), None) if !argv.is_empty() => argv,
             (None, Some(shell)) => shell_argv(shell),
-            _ => return Err(Error::invalid("give exactly one of `command` (a non-empty list) or `shell`")),
+            _ => {
+                return Err(Error::invalid(
+                    "give exactly one of `command` (a non-empty list) or `shell`",
+                ));
+            }
         };
         Ok(ExecOptions {
             argv,
@@ -89,7 +93,9 @@ pub fn exec_timeout(config: &Config, secs: Option<f64>) -> Result<Duration> {
     let max = config.limits.max_exec_timeout_secs;
     let secs = secs.unwrap_or(config.sandbox.exec_timeout_secs);
     if !(secs > 0.0 && secs <= max) {
-        return Err(Error::invalid(format!("timeout must be more than 0 and at most {max} seconds")));
+        return Err(Error::invalid(format!(
+            "timeout must be more than 0 and at most {max} seconds"
+        )));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -98,7 +104,9 @@ pub fn output_cap(config: &Config, cap: Option<usize>) -> Result<usize> {
     let cap = cap.unwrap_or(config.sandbox.output_cap_bytes);
     let max = config.limits.max_output_cap_bytes;
     if cap > max {
-        return Err(Error::invalid(format!("output_cap must be at most {max} bytes")));
+        return Err(Error::invalid(format!(
+            "output_cap must be at most {max} bytes"
+        )));
     }
     Ok(cap)
 }
@@ -190,7 +198,12 @@ impl Process {
     /// Waits for the process to end, at most `limit` if given.
     pub async fn wait(&self, limit: Option<Duration>) -> Option<Exit> {
         let mut rx = self.exit.clone();
-        let done = async move { rx.wait_for(Option::is_some).await.ok().and_then(|e| e.clone()) };
+        let done = async move {
+            rx.wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|e| e.clone())
+        };
         match limit {
             Some(limit) => tokio::time::timeout(limit, done).await.ok().flatten(),
             None => done.await,
@@ -232,9 +245,15 @@ pub struct Outcome {
 /// Runs `opts` to the end and collects its output.
 pub async fn run(sandbox: &Arc<Sandbox>, opts: ExecOptions) -> Result<Outcome> {
     let process = start(sandbox, opts, None).await?;
-    let exit = process.wait(None).await.ok_or_else(|| Error::internal("the process pump ended without a result"))?;
+    let exit = process
+        .wait(None)
+        .await
+        .ok_or_else(|| Error::internal("the process pump ended without a result"))?;
     sandbox.forget_process(process.id);
-    Ok(Outcome { exit, output: process.captured() })
+    Ok(Outcome {
+        exit,
+        output: process.captured(),
+    })
 }
 
 fn pipe_pair(big: bool) -> Result<(OwnedFd, OwnedFd)> {
@@ -247,7 +266,11 @@ fn pipe_pair(big: bool) -> Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Starts `opts` in `sandbox`. Returns once the program has been exec'd (or could not be).
-pub async fn start(sandbox: &Arc<Sandbox>, opts: ExecOptions, sink: Option<mpsc::Sender<Chunk>>) -> Result<Arc<Process>> {
+pub async fn start(
+    sandbox: &Arc<Sandbox>,
+    opts: ExecOptions,
+    sink: Option<mpsc::Sender<Chunk>>,
+) -> Result<Arc<Process>> {
     let id = sandbox.next_exec_id();
     let spec = sandbox.exec_spec(id, &opts)?;
     let (stdin_r, stdin_w) = pipe_pair(false)?;
@@ -257,7 +280,10 @@ pub async fn start(sandbox: &Arc<Sandbox>, opts: ExecOptions, sink: Option<mpsc:
     let mut events = control.subscribe(id);
     let oom_before = sandbox.usage().oom_kills;
     let sent = control
-        .send(&Command::Exec(spec.clone()), &[stdin_r.as_fd(), stdout_w.as_fd(), stderr_w.as_fd()])
+        .send(
+            &Command::Exec(spec.clone()),
+            &[stdin_r.as_fd(), stdout_w.as_fd(), stderr_w.as_fd()],
+        )
         .await;
     drop((stdin_r, stdout_w, stderr_w));
     if let Err(e) = sent {
@@ -293,8 +319,20 @@ pub async fn start(sandbox: &Arc<Sandbox>, opts: ExecOptions, sink: Option<mpsc:
         out.stderr.cap = opts.output_cap;
     }
     sandbox.register_process(process.clone());
-    let pump = Pump { sandbox: sandbox.clone(), process: process.clone(), sink, started, oom_before };
-    tokio::spawn(pump.run(events, opts.stdin, opts.timeout, [stdin_w, stdout_r, stderr_r], exit_tx));
+    let pump = Pump {
+        sandbox: sandbox.clone(),
+        process: process.clone(),
+        sink,
+        started,
+        oom_before,
+    };
+    tokio::spawn(pump.run(
+        events,
+        opts.stdin,
+        opts.timeout,
+        [stdin_w, stdout_r, stderr_r],
+        exit_tx,
+    ));
     Ok(process)
 }
 
@@ -317,9 +355,10 @@ impl Pump {
     ) {
         let id = self.process.id;
         let feeder = tokio::spawn(feed(stdin_w, stdin));
-        let readers = [(Stream::Stdout, stdout_r), (Stream::Stderr, stderr_r)].map(|(stream, fd)| {
-            tokio::spawn(drain(fd, stream, self.process.clone(), self.sink.clone()))
-        });
+        let readers =
+            [(Stream::Stdout, stdout_r), (Stream::Stderr, stderr_r)].map(|(stream, fd)| {
+                tokio::spawn(drain(fd, stream, self.process.clone(), self.sink.clone()))
+            });
 
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let (mut timed_out, mut killed) = (false, false);
@@ -395,30 +434,44 @@ impl Pump {
     }
 
     async fn kill_tree(&self, id: u64) {
-        let _ = self.sandbox.control().send(&Command::KillTree { id }, &[]).await;
+        let _ = self
+            .sandbox
+            .control()
+            .send(&Command::KillTree { id }, &[])
+            .await;
     }
 }
 
 async fn feed(fd: OwnedFd, data: Option<Vec<u8>>) {
-    let Some(data) = data.filter(|d| !d.is_empty()) else { return };
+    let Some(data) = data.filter(|d| !d.is_empty()) else {
+        return;
+    };
     if let Ok(mut tx) = pipe::Sender::from_owned_fd(fd) {
         // A program that exits without reading its stdin makes this fail: that is fine.
         let _ = tx.write_all(&data).await;
     }
 }
 
-async fn drain(fd: OwnedFd, stream: Stream, process: Arc<Process>, sink: Option<mpsc::Sender<Chunk>>) {
-    let Ok(mut rx) = pipe::Receiver::from_owned_fd(fd) else { return };
+async fn drain(
+    fd: OwnedFd,
+    stream: Stream,
+    process: Arc<Process>,
+    sink: Option<mpsc::Sender<Chunk>>,
+) {
+    let Ok(mut rx) = pipe::Receiver::from_owned_fd(fd) else {
+        return;
+    };
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match rx.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
                 let kept = process.keep(stream, &buf[..n]);
-                if let Some(sink) = &sink {
-                    if !kept.is_empty() && sink.send(Chunk::Output(stream, kept)).await.is_err() {
-                        // The client went away; keep draining so the program never blocks.
-                    }
+                if let Some(sink) = &sink
+                    && !kept.is_empty()
+                    && sink.send(Chunk::Output(stream, kept)).await.is_err()
+                {
+                    // The client went away; keep draining so the program never blocks.
                 }
             }
         }
@@ -431,7 +484,10 @@ mod tests {
 
     #[test]
     fn capped_keeps_prefix_and_flags_the_rest() {
-        let mut c = Capped { cap: 5, ..Default::default() };
+        let mut c = Capped {
+            cap: 5,
+            ..Default::default()
+        };
         assert_eq!(c.push(b"abc"), b"abc");
         assert_eq!(c.push(b"defg"), b"de");
         assert_eq!(c.push(b"h"), b"");

@@ -74,7 +74,9 @@ pub struct ResourceUsage {
 }
 
 pub(crate) fn now_secs() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Per-exec settings that come from the sandbox.
@@ -136,7 +138,10 @@ impl Sandbox {
     }
 
     pub(crate) fn record(&self) -> Record {
-        Record { info: self.info(), init: self.init }
+        Record {
+            info: self.info(),
+            init: self.init,
+        }
     }
 
     pub(crate) fn mark_stopped(&self, reason: &str) -> SandboxInfo {
@@ -162,7 +167,12 @@ impl Sandbox {
 
     /// Seconds since the last API activity; zero while a process runs.
     pub(crate) fn idle_secs(&self) -> f64 {
-        let busy = self.processes.lock().unwrap_or_else(|p| p.into_inner()).values().any(|p| p.exit().is_none());
+        let busy = self
+            .processes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|p| p.exit().is_none());
         if busy {
             self.touch();
             return 0.0;
@@ -191,7 +201,9 @@ impl Sandbox {
         env.extend(opts.env.clone());
         for (k, v) in &env {
             if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
-                return Err(Error::invalid(format!("invalid environment variable {k:?}")));
+                return Err(Error::invalid(format!(
+                    "invalid environment variable {k:?}"
+                )));
             }
         }
         if opts.argv.iter().any(|a| a.contains('\0')) {
@@ -217,27 +229,42 @@ impl Sandbox {
 
     /// A sandbox path made absolute: relative paths are relative to the home directory.
     pub fn absolute(&self, path: &str) -> String {
-        if path.starts_with('/') { path.to_string() } else { format!("{}/{path}", cella_jail::SANDBOX_HOME) }
+        if path.starts_with('/') {
+            path.to_string()
+        } else {
+            format!("{}/{path}", cella_jail::SANDBOX_HOME)
+        }
     }
 
     pub(crate) fn register_process(&self, p: Arc<Process>) {
         self.touch();
-        self.processes.lock().unwrap_or_else(|p| p.into_inner()).insert(p.id, p);
+        self.processes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(p.id, p);
     }
 
     /// Called when a process ends: keeps the last few finished ones for inspection.
     pub(crate) fn retire_process(&self, id: u64) {
         let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
         finished.push_back(id);
-        if finished.len() > FINISHED_KEPT {
-            if let Some(old) = finished.pop_front() {
-                self.processes.lock().unwrap_or_else(|p| p.into_inner()).remove(&old);
-            }
+        if finished.len() > FINISHED_KEPT
+            && let Some(old) = finished.pop_front()
+        {
+            self.processes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&old);
         }
     }
 
     pub fn processes(&self) -> Vec<Arc<Process>> {
-        self.processes.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        self.processes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn process(&self, id: u64) -> Result<Arc<Process>> {
@@ -251,7 +278,10 @@ impl Sandbox {
 
     /// Forgets a finished process at once (one-shot work that nobody will inspect).
     pub fn forget_process(&self, id: u64) {
-        self.processes.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.processes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
     }
 
     pub fn usage(&self) -> Usage {
@@ -278,7 +308,10 @@ impl Sandbox {
     /// Changes the memory limit of a running sandbox.
     pub fn set_memory_mb(&self, mb: u64) -> Result<()> {
         self.cgroup.set_memory(mb << 20)?;
-        self.info.lock().unwrap_or_else(|p| p.into_inner()).memory_mb = mb;
+        self.info
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .memory_mb = mb;
         Ok(())
     }
 
@@ -289,7 +322,9 @@ impl Sandbox {
     ) -> Result<T> {
         self.touch();
         let fs = self.fs.clone();
-        tokio::task::spawn_blocking(move || f(&fs)).await.map_err(Error::internal)?
+        tokio::task::spawn_blocking(move || f(&fs))
+            .await
+            .map_err(Error::internal)?
     }
 
     /// SIGKILLs the init (the kernel then kills every process of the sandbox) and waits until

@@ -1,9 +1,10 @@
 //! Durable state in one redb file: sandbox records and registered images.
 //!
-//! Sandbox records are written with `Durability::None` on the hot path and made durable by a
-//! periodic [`Store::flush`]: what a crash can lose is at most the last second of records, and
-//! recovery does not depend on them alone, because leftovers are also found by scanning the
-//! cgroup parent (see `Engine::recover`).
+//! Sandbox records are written with `Durability::None` on the hot path and made durable a few
+//! milliseconds later by a background [`Store::flush`] (woken by [`Store::dirtied`]), so no
+//! request waits for an fsync. What a crash can lose is that last moment of records, and
+//! recovery does not depend on them alone: leftovers are also found by scanning the cgroup
+//! parent (see `Engine::recover`).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +21,7 @@ pub const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 pub struct Store {
     db: Database,
     dirty: AtomicBool,
+    dirtied: tokio::sync::Notify,
 }
 
 fn err(e: impl std::fmt::Display) -> Error {
@@ -29,34 +31,68 @@ fn err(e: impl std::fmt::Display) -> Error {
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
         let db = Database::create(path).map_err(|e| {
-            Error::Internal(format!("open state store {}: {e} (is another cella using this data dir?)", path.display()))
+            Error::Internal(format!(
+                "open state store {}: {e} (is another cella using this data dir?)",
+                path.display()
+            ))
         })?;
         let tx = db.begin_write().map_err(err)?;
         tx.open_table(SANDBOXES).map_err(err)?;
         tx.open_table(IMAGES).map_err(err)?;
         tx.commit().map_err(err)?;
-        Ok(Store { db, dirty: AtomicBool::new(false) })
+        Ok(Store {
+            db,
+            dirty: AtomicBool::new(false),
+            dirtied: tokio::sync::Notify::new(),
+        })
     }
 
-    fn write(&self, table: TableDefinition<&str, &[u8]>, durable: bool, f: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<()>) -> Result<()> {
+    fn write(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        durable: bool,
+        f: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<()>,
+    ) -> Result<()> {
         let mut tx = self.db.begin_write().map_err(err)?;
         if !durable {
             tx.set_durability(Durability::None).map_err(err)?;
-            self.dirty.store(true, Ordering::Relaxed);
         }
         {
             let mut t = tx.open_table(table).map_err(err)?;
             f(&mut t)?;
         }
-        tx.commit().map_err(err)
+        tx.commit().map_err(err)?;
+        if !durable {
+            self.dirty.store(true, Ordering::Relaxed);
+            self.dirtied.notify_one();
+        }
+        Ok(())
     }
 
-    pub fn put<T: Serialize>(&self, table: TableDefinition<&str, &[u8]>, key: &str, value: &T, durable: bool) -> Result<()> {
+    /// Resolves after a non-durable write; the flusher waits on this.
+    pub async fn dirtied(&self) {
+        self.dirtied.notified().await
+    }
+
+    pub fn put<T: Serialize>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &T,
+        durable: bool,
+    ) -> Result<()> {
         let bytes = serde_json::to_vec(value).map_err(err)?;
-        self.write(table, durable, |t| t.insert(key, bytes.as_slice()).map(drop).map_err(err))
+        self.write(table, durable, |t| {
+            t.insert(key, bytes.as_slice()).map(drop).map_err(err)
+        })
     }
 
-    pub fn remove(&self, table: TableDefinition<&str, &[u8]>, key: &str, durable: bool) -> Result<()> {
+    pub fn remove(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        durable: bool,
+    ) -> Result<()> {
         self.write(table, durable, |t| t.remove(key).map(drop).map_err(err))
     }
 

@@ -32,8 +32,15 @@ pub struct Usage {
 #[derive(Debug, Clone)]
 enum Layout {
     /// Controller name → mount point, for the controllers we use.
-    V1 { memory: PathBuf, pids: PathBuf, cpu: PathBuf, cpuacct: PathBuf },
-    V2 { root: PathBuf },
+    V1 {
+        memory: PathBuf,
+        pids: PathBuf,
+        cpu: PathBuf,
+        cpuacct: PathBuf,
+    },
+    V2 {
+        root: PathBuf,
+    },
 }
 
 /// The cgroup parent all sandboxes live under (`<hierarchy>/<parent>/<sandbox>`).
@@ -51,7 +58,10 @@ impl Cgroups {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo")
             .map_err(|e| Error::sys("read /proc/self/mountinfo", e))?;
         let layout = detect_layout(&mountinfo)?;
-        let cgroups = Cgroups { layout, parent: parent.to_string() };
+        let cgroups = Cgroups {
+            layout,
+            parent: parent.to_string(),
+        };
         for dir in cgroups.parent_dirs() {
             fs::create_dir_all(&dir)
                 .map_err(|e| Error::sys(format!("create cgroup {}", dir.display()), e))?;
@@ -73,9 +83,16 @@ impl Cgroups {
 
     fn parent_dirs(&self) -> Vec<PathBuf> {
         match &self.layout {
-            Layout::V1 { memory, pids, cpu, cpuacct } => {
-                let mut dirs: Vec<PathBuf> =
-                    [memory, pids, cpu, cpuacct].iter().map(|m| m.join(&self.parent)).collect();
+            Layout::V1 {
+                memory,
+                pids,
+                cpu,
+                cpuacct,
+            } => {
+                let mut dirs: Vec<PathBuf> = [memory, pids, cpu, cpuacct]
+                    .iter()
+                    .map(|m| m.join(&self.parent))
+                    .collect();
                 dirs.dedup();
                 dirs
             }
@@ -85,8 +102,16 @@ impl Cgroups {
 
     /// The cgroup of sandbox `name`, whether or not it exists yet.
     pub fn sandbox(&self, name: &str) -> SandboxCgroup {
-        let dirs = self.parent_dirs().into_iter().map(|d| d.join(name)).collect();
-        SandboxCgroup { layout: self.layout.clone(), dirs, name: name.to_string() }
+        let dirs = self
+            .parent_dirs()
+            .into_iter()
+            .map(|d| d.join(name))
+            .collect();
+        SandboxCgroup {
+            layout: self.layout.clone(),
+            dirs,
+            name: name.to_string(),
+        }
     }
 
     /// Creates sandbox `name`'s cgroups and writes its limits.
@@ -129,14 +154,19 @@ fn detect_layout(mountinfo: &str) -> Result<Layout> {
     let mut v2 = None;
     for line in mountinfo.lines() {
         // ... mount_point ... - fstype source super_options
-        let Some((pre, post)) = line.split_once(" - ") else { continue };
-        let Some(mount_point) = pre.split(' ').nth(4) else { continue };
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        let Some(mount_point) = pre.split(' ').nth(4) else {
+            continue;
+        };
         let mut post = post.split(' ');
         let (fstype, _source, opts) = (post.next(), post.next(), post.next().unwrap_or(""));
         match fstype {
             Some("cgroup") => {
                 for opt in opts.split(',') {
-                    v1.entry(opt.to_string()).or_insert_with(|| PathBuf::from(mount_point));
+                    v1.entry(opt.to_string())
+                        .or_insert_with(|| PathBuf::from(mount_point));
                 }
             }
             Some("cgroup2") => {
@@ -167,7 +197,12 @@ fn detect_layout(mountinfo: &str) -> Result<Layout> {
             "cgroup v1 memory has no memsw files: boot with swapaccount=1 so swap cannot bypass the memory limit".into(),
         ));
     }
-    Ok(Layout::V1 { memory, pids: get("pids")?, cpu: get("cpu")?, cpuacct: get("cpuacct")? })
+    Ok(Layout::V1 {
+        memory,
+        pids: get("pids")?,
+        cpu: get("cpu")?,
+        cpuacct: get("cpuacct")?,
+    })
 }
 
 /// One sandbox's cgroup directories (one per v1 hierarchy, or one v2 directory).
@@ -191,7 +226,11 @@ impl SandboxCgroup {
             (Layout::V1 { cpuacct, .. }, _) => cpuacct,
             (Layout::V2 { root }, _) => root,
         };
-        self.dirs.iter().find(|d| d.starts_with(mount)).cloned().unwrap_or_default()
+        self.dirs
+            .iter()
+            .find(|d| d.starts_with(mount))
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn set_limits(&self, limits: &Limits) -> Result<()> {
@@ -218,8 +257,10 @@ impl SandboxCgroup {
         match &self.layout {
             Layout::V1 { .. } => {
                 let dir = self.dir("memory");
-                let (mem, memsw) =
-                    (dir.join("memory.limit_in_bytes"), dir.join("memory.memsw.limit_in_bytes"));
+                let (mem, memsw) = (
+                    dir.join("memory.limit_in_bytes"),
+                    dir.join("memory.memsw.limit_in_bytes"),
+                );
                 let value = bytes.to_string();
                 // memsw must stay >= limit at every step, so the order depends on the direction.
                 if write(&mem, &value).is_err() {
@@ -300,10 +341,10 @@ impl SandboxCgroup {
     pub fn remove(&self) -> Result<()> {
         let mut result = Ok(());
         for dir in &self.dirs {
-            if let Err(e) = remove_tree(dir) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    result = Err(Error::sys(format!("remove cgroup {}", dir.display()), e));
-                }
+            if let Err(e) = remove_tree(dir)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                result = Err(Error::sys(format!("remove cgroup {}", dir.display()), e));
             }
         }
         result
@@ -333,11 +374,15 @@ fn remove_tree(dir: &Path) -> io::Result<()> {
 }
 
 fn write(path: &Path, value: &str) -> Result<()> {
-    fs::write(path, value).map_err(|e| Error::sys(format!("write {value} to {}", path.display()), e))
+    fs::write(path, value)
+        .map_err(|e| Error::sys(format!("write {value} to {}", path.display()), e))
 }
 
 fn read_u64(path: &Path) -> u64 {
-    fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+    fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Reads `key value` from a flat-keyed cgroup file such as `memory.oom_control`.
@@ -345,7 +390,8 @@ fn read_key(path: &Path, key: &str) -> u64 {
     fs::read_to_string(path)
         .ok()
         .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+            s.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
         })
         .unwrap_or(0)
 }

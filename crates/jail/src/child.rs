@@ -47,20 +47,32 @@ fn setup_and_exec(
     fds: &ChildFds,
     policy: &Policy,
 ) -> Result<std::convert::Infallible, Failure> {
-    at("join exec cgroup", sys::write_all(fds.cgroup_procs.as_fd(), b"0"))?;
+    at(
+        "join exec cgroup",
+        sys::write_all(fds.cgroup_procs.as_fd(), b"0"),
+    )?;
     sys::reset_signals();
     // SAFETY: setsid has no memory-safety preconditions.
     at("setsid", cvt(unsafe { libc::setsid() }))?;
     for (target, fd) in fds.stdio.iter().enumerate() {
         // SAFETY: dup2 onto 0..2 of descriptors we own.
-        at("dup2 stdio", cvt(unsafe { libc::dup2(fd.as_raw_fd(), target as i32) }))?;
+        at(
+            "dup2 stdio",
+            cvt(unsafe { libc::dup2(fd.as_raw_fd(), target as i32) }),
+        )?;
     }
     if spec.tty {
         // SAFETY: stdin is the pty slave; we are a session leader without a controlling tty.
-        at("set controlling tty", cvt(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) }))?;
+        at(
+            "set controlling tty",
+            cvt(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) }),
+        )?;
     }
     drop_privileges(uid)?;
-    at(&format!("chdir {}", spec.cwd), sys::chdir(Path::new(&spec.cwd)))?;
+    at(
+        &format!("chdir {}", spec.cwd),
+        sys::chdir(Path::new(&spec.cwd)),
+    )?;
     // SAFETY: umask only changes this process's file mode mask.
     unsafe { libc::umask(0o022) };
     for &(resource, soft, hard) in &spec.rlimits {
@@ -75,12 +87,23 @@ fn setup_and_exec(
         resolve(&spec.argv, &spec.env),
     )?;
     // SAFETY: prctl with integer arguments.
-    at("no_new_privs", cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }))?;
+    at(
+        "no_new_privs",
+        cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }),
+    )?;
     // Everything but stdio and `err` (already close-on-exec) must not survive the exec.
     // SAFETY: close_range with CLOEXEC only sets flags on our own descriptors.
-    at("close_range", cvt(unsafe {
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC)
-    }))?;
+    at(
+        "close_range",
+        cvt(unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        }),
+    )?;
     at("seccomp", policy.apply())?;
 
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
@@ -89,7 +112,10 @@ fn setup_and_exec(
     envp_ptrs.push(std::ptr::null());
     // SAFETY: NULL-terminated arrays of valid C strings that outlive the call.
     unsafe { libc::execve(program.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr()) };
-    Err((format!("exec {:?}", spec.argv[0]), io::Error::last_os_error()))
+    Err((
+        format!("exec {:?}", spec.argv[0]),
+        io::Error::last_os_error(),
+    ))
 }
 
 /// Becomes the sandbox user. Changing every uid from 0 clears all capability sets.
@@ -104,17 +130,26 @@ fn drop_privileges(uid: u32) -> Result<(), Failure> {
 }
 
 fn cstrings(items: &[String]) -> Result<Vec<CString>, Failure> {
-    items.iter().map(|s| at("argument", sys::cstring(s))).collect()
+    items
+        .iter()
+        .map(|s| at("argument", sys::cstring(s)))
+        .collect()
 }
 
 /// Finds the program as `execvp` would, using the exec's own `PATH`. Runs as the sandbox user,
 /// so `access` answers for that user.
 fn resolve(argv: &[String], env: &[String]) -> io::Result<CString> {
-    let name = argv.first().filter(|a| !a.is_empty()).ok_or(io::ErrorKind::InvalidInput)?;
+    let name = argv
+        .first()
+        .filter(|a| !a.is_empty())
+        .ok_or(io::ErrorKind::InvalidInput)?;
     if name.contains('/') {
         return sys::cstring(name);
     }
-    let path = env.iter().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(DEFAULT_PATH);
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
     let mut denied = false;
     for dir in path.split(':').filter(|d| !d.is_empty()) {
         let candidate = sys::cstring(format!("{dir}/{name}"))?;
@@ -132,5 +167,9 @@ fn resolve(argv: &[String], env: &[String]) -> io::Result<CString> {
         }
         denied = true;
     }
-    Err(io::Error::from_raw_os_error(if denied { libc::EACCES } else { libc::ENOENT }))
+    Err(io::Error::from_raw_os_error(if denied {
+        libc::EACCES
+    } else {
+        libc::ENOENT
+    }))
 }

@@ -27,8 +27,9 @@ const SCOPED: ResolveFlags = ResolveFlags::IN_ROOT
     .union(ResolveFlags::NO_MAGICLINKS)
     .union(ResolveFlags::NO_XDEV);
 /// For walking down from a directory already resolved: no symlinks at all.
-const STRICT: ResolveFlags =
-    ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS).union(ResolveFlags::NO_XDEV);
+const STRICT: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_XDEV);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
@@ -98,7 +99,9 @@ impl SandboxFs {
         let path = checked(path)?.trim_end_matches('/');
         let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
         if name.is_empty() || name == "." || name == ".." {
-            return Err(invalid("the path must name a file, not a directory reference"));
+            return Err(invalid(
+                "the path must name a file, not a directory reference",
+            ));
         }
         let dir = if dir.is_empty() { "/" } else { dir };
         let fd = self.resolve(dir, OFlags::PATH | OFlags::DIRECTORY, 0)?;
@@ -111,7 +114,11 @@ impl SandboxFs {
         let st = rustix::fs::fstat(&fd)?;
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Err(io::Error::from_raw_os_error(
-                if st.st_mode & libc::S_IFMT == libc::S_IFDIR { libc::EISDIR } else { libc::EINVAL },
+                if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                    libc::EISDIR
+                } else {
+                    libc::EINVAL
+                },
             ));
         }
         Ok((File::from(fd), st.st_size as u64))
@@ -133,12 +140,11 @@ impl SandboxFs {
 
     /// Creates or truncates a file (and, if asked, its parent directories) for writing.
     pub fn create(&self, path: &str, mode: u32, parents: bool) -> io::Result<File> {
-        if parents {
-            if let Some((dir, _)) = checked(path)?.trim_end_matches('/').rsplit_once('/') {
-                if !dir.is_empty() {
-                    self.mkdir(dir, true, 0o755)?;
-                }
-            }
+        if parents
+            && let Some((dir, _)) = checked(path)?.trim_end_matches('/').rsplit_once('/')
+            && !dir.is_empty()
+        {
+            self.mkdir(dir, true, 0o755)?;
         }
         let (dir, name) = self.parent(path)?;
         let fd = rustix::fs::openat2(
@@ -171,7 +177,12 @@ impl SandboxFs {
             }
             Err(e) => return Err(e),
         };
-        entry_at(dir.as_fd(), &name, absolute(path), AtFlags::SYMLINK_NOFOLLOW)
+        entry_at(
+            dir.as_fd(),
+            &name,
+            absolute(path),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
     }
 
     /// Lists a directory, descending `depth` levels (1 = its direct children). Symlinks and
@@ -210,7 +221,11 @@ impl SandboxFs {
     }
 
     fn mkdir_at(&self, dir: &OwnedFd, name: &CString, mode: u32) -> io::Result<()> {
-        rustix::fs::mkdirat(dir, name.as_c_str(), Mode::from_bits_truncate(mode & 0o7777))?;
+        rustix::fs::mkdirat(
+            dir,
+            name.as_c_str(),
+            Mode::from_bits_truncate(mode & 0o7777),
+        )?;
         rustix::fs::chownat(
             dir,
             name.as_c_str(),
@@ -233,7 +248,11 @@ impl SandboxFs {
         let (dir, name) = self.parent(path)?;
         let st = rustix::fs::statat(&dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)?;
         if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-            return Ok(rustix::fs::unlinkat(&dir, name.as_c_str(), AtFlags::empty())?);
+            return Ok(rustix::fs::unlinkat(
+                &dir,
+                name.as_c_str(),
+                AtFlags::empty(),
+            )?);
         }
         if recursive {
             let sub = rustix::fs::openat2(
@@ -245,7 +264,11 @@ impl SandboxFs {
             )?;
             remove_children(sub)?;
         }
-        Ok(rustix::fs::unlinkat(&dir, name.as_c_str(), AtFlags::REMOVEDIR)?)
+        Ok(rustix::fs::unlinkat(
+            &dir,
+            name.as_c_str(),
+            AtFlags::REMOVEDIR,
+        )?)
     }
 }
 
@@ -253,7 +276,12 @@ fn remove_children(dir: OwnedFd) -> io::Result<()> {
     let names: Vec<(CString, bool)> = rustix::fs::Dir::read_from(&dir)?
         .filter_map(Result::ok)
         .filter(|e| !matches!(e.file_name().to_bytes(), b"." | b".."))
-        .map(|e| (e.file_name().to_owned(), e.file_type() == rustix::fs::FileType::Directory))
+        .map(|e| {
+            (
+                e.file_name().to_owned(),
+                e.file_type() == rustix::fs::FileType::Directory,
+            )
+        })
         .collect();
     for (name, is_dir) in names {
         if is_dir {
@@ -273,7 +301,13 @@ fn remove_children(dir: OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
-fn list_into(dir: OwnedFd, base: &str, depth: u32, limit: usize, out: &mut Vec<Entry>) -> io::Result<()> {
+fn list_into(
+    dir: OwnedFd,
+    base: &str,
+    depth: u32,
+    limit: usize,
+    out: &mut Vec<Entry>,
+) -> io::Result<()> {
     let mut names: Vec<CString> = rustix::fs::Dir::read_from(&dir)?
         .filter_map(Result::ok)
         .filter(|e| !matches!(e.file_name().to_bytes(), b"." | b".."))
@@ -285,7 +319,10 @@ fn list_into(dir: OwnedFd, base: &str, depth: u32, limit: usize, out: &mut Vec<E
             return Ok(());
         }
         let path = join(base, &String::from_utf8_lossy(name.to_bytes()));
-        let Ok(entry) = entry_at(dir.as_fd(), &name, path.clone(), AtFlags::SYMLINK_NOFOLLOW) else { continue };
+        let Ok(entry) = entry_at(dir.as_fd(), &name, path.clone(), AtFlags::SYMLINK_NOFOLLOW)
+        else {
+            continue;
+        };
         let is_dir = entry.kind == Kind::Dir;
         out.push(entry);
         if is_dir && depth > 1 {
@@ -305,7 +342,12 @@ fn list_into(dir: OwnedFd, base: &str, depth: u32, limit: usize, out: &mut Vec<E
     Ok(())
 }
 
-fn entry_at(dir: BorrowedFd<'_>, name: &std::ffi::CStr, path: String, flags: AtFlags) -> io::Result<Entry> {
+fn entry_at(
+    dir: BorrowedFd<'_>,
+    name: &std::ffi::CStr,
+    path: String,
+    flags: AtFlags,
+) -> io::Result<Entry> {
     let st = rustix::fs::statat(dir, name, flags)?;
     let kind = match st.st_mode & libc::S_IFMT {
         libc::S_IFREG => Kind::File,
@@ -317,7 +359,9 @@ fn entry_at(dir: BorrowedFd<'_>, name: &std::ffi::CStr, path: String, flags: AtF
         .then(|| rustix::fs::readlinkat(dir, name, Vec::new()).ok())
         .flatten()
         .map(|t| String::from_utf8_lossy(t.as_bytes()).into_owned());
-    let file_name = Path::new(&path).file_name().map_or("/".into(), |n| String::from_utf8_lossy(n.as_bytes()).into_owned());
+    let file_name = Path::new(&path).file_name().map_or("/".into(), |n| {
+        String::from_utf8_lossy(n.as_bytes()).into_owned()
+    });
     Ok(Entry {
         name: file_name,
         path,
@@ -347,12 +391,19 @@ fn invalid(msg: &str) -> io::Error {
 
 /// The path as the sandbox names it: absolute, without empty components.
 fn absolute(path: &str) -> String {
-    let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
     format!("/{}", parts.join("/"))
 }
 
 fn join(base: &str, name: &str) -> String {
-    if base == "/" { format!("/{name}") } else { format!("{base}/{name}") }
+    if base == "/" {
+        format!("/{name}")
+    } else {
+        format!("{base}/{name}")
+    }
 }
 
 fn uid(id: u32) -> rustix::fs::Uid {

@@ -45,7 +45,13 @@ pub fn run(spec: &SandboxSpec, fds: InitFds, policy: &Policy) -> ! {
     sys::set_name("cella-init");
     let control = fds.control.as_fd();
     if let Err(e) = setup(spec, &fds) {
-        let _ = proto::send(control, &Event::SetupFailed { error: e.to_string() }, &[]);
+        let _ = proto::send(
+            control,
+            &Event::SetupFailed {
+                error: e.to_string(),
+            },
+            &[],
+        );
         sys::exit_now(1);
     }
     let sigchld = match sys::signalfd(&[libc::SIGCHLD]) {
@@ -89,7 +95,8 @@ fn setup(spec: &SandboxSpec, fds: &InitFds) -> Result<()> {
 
 /// The init inherited the server's stdio; the sandbox must never see the server's terminal.
 fn detach_from_server_tty() -> Result<()> {
-    let null = sys::open(Path::new("/dev/null"), libc::O_RDWR).map_err(|e| Error::sys("open /dev/null", e))?;
+    let null = sys::open(Path::new("/dev/null"), libc::O_RDWR)
+        .map_err(|e| Error::sys("open /dev/null", e))?;
     for target in 0..3 {
         // SAFETY: dup2 onto stdio of a descriptor we own.
         cvt(unsafe { libc::dup2(null.as_raw_fd(), target) }).map_err(|e| Error::sys("dup2", e))?;
@@ -115,7 +122,15 @@ fn drop_capabilities() -> Result<()> {
         }
     }
     // SAFETY: prctl with integer arguments.
-    unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) };
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
     let mask = KEPT_CAPS.iter().fold(0u32, |m, &c| m | (1 << c));
     #[repr(C)]
     struct Header {
@@ -129,8 +144,22 @@ fn drop_capabilities() -> Result<()> {
         permitted: u32,
         inheritable: u32,
     }
-    let header = Header { version: 0x2008_0522, pid: 0 }; // _LINUX_CAPABILITY_VERSION_3
-    let data = [Data { effective: mask, permitted: mask, inheritable: 0 }, Data { effective: 0, permitted: 0, inheritable: 0 }];
+    let header = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    }; // _LINUX_CAPABILITY_VERSION_3
+    let data = [
+        Data {
+            effective: mask,
+            permitted: mask,
+            inheritable: 0,
+        },
+        Data {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        },
+    ];
     // SAFETY: capset with a v3 header and two data words, as the ABI requires.
     cvt(unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) })
         .map_err(|e| Error::sys("capset", e))?;
@@ -170,8 +199,16 @@ impl Init<'_> {
         let mut buf = Vec::new();
         loop {
             let mut pfds = [
-                libc::pollfd { fd: self.control.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: sigchld.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd {
+                    fd: self.control.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: sigchld.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
             ];
             if sys::poll(&mut pfds, -1).is_err() {
                 sys::exit_now(1);
@@ -229,18 +266,31 @@ impl Init<'_> {
         let cgroup = Path::new(&name);
         // SAFETY: mkdirat relative to a directory descriptor we own.
         let made = cvt(unsafe {
-            libc::mkdirat(self.exec_cgroups.as_raw_fd(), sys::cstring(&name).map_err(|e| e.to_string())?.as_ptr(), 0o755)
+            libc::mkdirat(
+                self.exec_cgroups.as_raw_fd(),
+                sys::cstring(&name).map_err(|e| e.to_string())?.as_ptr(),
+                0o755,
+            )
         });
         made.map_err(|e| format!("create exec cgroup: {e}"))?;
-        let procs = sys::openat(Some(self.exec_cgroups), &cgroup.join("cgroup.procs"), libc::O_WRONLY, 0)
-            .map_err(|e| format!("open exec cgroup: {e}"))?;
+        let procs = sys::openat(
+            Some(self.exec_cgroups),
+            &cgroup.join("cgroup.procs"),
+            libc::O_WRONLY,
+            0,
+        )
+        .map_err(|e| format!("open exec cgroup: {e}"))?;
         let (err_r, err_w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
 
         // SAFETY: the init is single-threaded, so the child may run arbitrary code.
         let pid = cvt(unsafe { libc::fork() }).map_err(|e| format!("fork: {e}"))?;
         if pid == 0 {
             drop(err_r);
-            let fds = ChildFds { stdio, cgroup_procs: procs, err: err_w };
+            let fds = ChildFds {
+                stdio,
+                cgroup_procs: procs,
+                err: err_w,
+            };
             crate::in_child(|| child::exec(spec, self.uid, fds, self.policy));
         }
         drop((err_w, procs, stdio));
@@ -270,7 +320,9 @@ impl Init<'_> {
             if pid <= 0 {
                 break;
             }
-            let Some(Running { id }) = self.running.remove(&pid) else { continue };
+            let Some(Running { id }) = self.running.remove(&pid) else {
+                continue;
+            };
             let (code, signal) = if libc::WIFSIGNALED(status) {
                 (None, Some(libc::WTERMSIG(status)))
             } else {
@@ -278,11 +330,19 @@ impl Init<'_> {
             };
             let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
             let cpu_us = micros(usage.ru_utime) + micros(usage.ru_stime);
-            self.send(&Event::Exited { id, code, signal, cpu_us });
+            self.send(&Event::Exited {
+                id,
+                code,
+                signal,
+                cpu_us,
+            });
             self.lingering.push(id);
         }
         let lingering = std::mem::take(&mut self.lingering);
-        self.lingering = lingering.into_iter().filter(|&id| !self.remove_exec_cgroup(id)).collect();
+        self.lingering = lingering
+            .into_iter()
+            .filter(|&id| !self.remove_exec_cgroup(id))
+            .collect();
     }
 
     /// Kills every process in the exec's cgroup, looping because a process may fork while we
@@ -290,14 +350,18 @@ impl Init<'_> {
     fn kill_tree(&mut self, id: u64) {
         let procs = Path::new(&exec_cgroup_name(id)).join("cgroup.procs");
         for _ in 0..1000 {
-            let Ok(fd) = sys::openat(Some(self.exec_cgroups), &procs, libc::O_RDONLY, 0) else { return };
+            let Ok(fd) = sys::openat(Some(self.exec_cgroups), &procs, libc::O_RDONLY, 0) else {
+                return;
+            };
             let mut text = Vec::new();
             let mut chunk = [0u8; 4096];
             while let Ok(n @ 1..) = sys::read(fd.as_fd(), &mut chunk) {
                 text.extend_from_slice(&chunk[..n]);
             }
-            let pids: Vec<i32> =
-                String::from_utf8_lossy(&text).lines().filter_map(|l| l.trim().parse().ok()).collect();
+            let pids: Vec<i32> = String::from_utf8_lossy(&text)
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
             if pids.is_empty() {
                 return;
             }
@@ -310,9 +374,17 @@ impl Init<'_> {
 
     /// Removes an exec's cgroup; false while processes are still in it.
     fn remove_exec_cgroup(&self, id: u64) -> bool {
-        let Ok(name) = sys::cstring(exec_cgroup_name(id)) else { return true };
+        let Ok(name) = sys::cstring(exec_cgroup_name(id)) else {
+            return true;
+        };
         // SAFETY: unlinkat relative to a directory descriptor we own.
-        let r = unsafe { libc::unlinkat(self.exec_cgroups.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) };
+        let r = unsafe {
+            libc::unlinkat(
+                self.exec_cgroups.as_raw_fd(),
+                name.as_ptr(),
+                libc::AT_REMOVEDIR,
+            )
+        };
         r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EBUSY)
     }
 }

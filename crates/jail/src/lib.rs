@@ -24,7 +24,10 @@ pub use spawner::{Spawned, Spawner, SpawnerConfig};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{context}: {source}")]
-    Sys { context: String, source: std::io::Error },
+    Sys {
+        context: String,
+        source: std::io::Error,
+    },
     #[error("unsupported host: {0}")]
     Unsupported(String),
     #[error("seccomp policy: {0}")]
@@ -37,7 +40,10 @@ pub enum Error {
 
 impl Error {
     pub fn sys(context: impl Into<String>, source: std::io::Error) -> Error {
-        Error::Sys { context: context.into(), source }
+        Error::Sys {
+            context: context.into(),
+            source,
+        }
     }
 }
 
@@ -52,7 +58,9 @@ fn in_child(f: impl FnOnce() -> std::convert::Infallible) -> ! {
 
 /// Registers an owned descriptor (a pidfd, a control socket) with the tokio reactor.
 #[cfg(feature = "tokio")]
-pub fn async_fd(fd: std::os::fd::OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+pub fn async_fd(
+    fd: std::os::fd::OwnedFd,
+) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
     // SAFETY: an OwnedFd is open and returns the same descriptor for as long as it lives,
     // which is the whole lifetime of the AsyncFd that takes it.
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)

@@ -33,7 +33,8 @@ pub fn probe() -> Result<Features> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(Error::Unsupported(
-            "cella must run as root: it creates namespaces, mounts and cgroups for each sandbox".into(),
+            "cella must run as root: it creates namespaces, mounts and cgroups for each sandbox"
+                .into(),
         ));
     }
     for ns in ["mnt", "pid", "ipc", "uts", "net", "cgroup"] {
@@ -51,39 +52,75 @@ pub fn probe() -> Result<Features> {
         ("devpts", "sandboxes get a private pty instance"),
     ] {
         if !filesystems.split_whitespace().any(|f| f == fs_name) {
-            return Err(Error::Unsupported(format!("the kernel has no {fs_name} filesystem: {why}")));
+            return Err(Error::Unsupported(format!(
+                "the kernel has no {fs_name} filesystem: {why}"
+            )));
         }
     }
     let seccomp_actions = fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail")
-        .map_err(|_| Error::Unsupported("the kernel has no seccomp filter support (CONFIG_SECCOMP_FILTER)".into()))?
+        .map_err(|_| {
+            Error::Unsupported(
+                "the kernel has no seccomp filter support (CONFIG_SECCOMP_FILTER)".into(),
+            )
+        })?
         .trim()
         .to_string();
     if !seccomp_actions.contains("kill_process") || !seccomp_actions.contains("errno") {
-        return Err(Error::Unsupported(format!("seccomp lacks kill_process/errno actions ({seccomp_actions})")));
+        return Err(Error::Unsupported(format!(
+            "seccomp lacks kill_process/errno actions ({seccomp_actions})"
+        )));
     }
     require_syscall("openat2", "symlink-safe access to sandbox files", || {
         // openat2 with a NULL how must fail with EFAULT, not ENOSYS.
         // SAFETY: the kernel validates the pointers and returns an error.
-        unsafe { libc::syscall(libc::SYS_openat2, libc::AT_FDCWD, c"/".as_ptr(), std::ptr::null::<u8>(), 24) }
-    })?;
-    require_syscall("pidfd_open", "race-free signalling of sandbox inits", || {
-        // SAFETY: plain syscall on our own pid.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
-        if fd >= 0 {
-            // SAFETY: closing the descriptor we just opened.
-            unsafe { libc::close(fd as i32) };
+        unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                libc::AT_FDCWD,
+                c"/".as_ptr(),
+                std::ptr::null::<u8>(),
+                24,
+            )
         }
-        fd
     })?;
+    require_syscall(
+        "pidfd_open",
+        "race-free signalling of sandbox inits",
+        || {
+            // SAFETY: plain syscall on our own pid.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+            if fd >= 0 {
+                // SAFETY: closing the descriptor we just opened.
+                unsafe { libc::close(fd as i32) };
+            }
+            fd
+        },
+    )?;
     // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION) only queries.
-    let abi = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0, 1u32) };
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
-    Ok(Features { kernel, landlock_abi: abi.max(0), seccomp_actions })
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0,
+            1u32,
+        )
+    };
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    Ok(Features {
+        kernel,
+        landlock_abi: abi.max(0),
+        seccomp_actions,
+    })
 }
 
 fn require_syscall(name: &str, why: &str, call: impl FnOnce() -> libc::c_long) -> Result<()> {
     if call() == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
-        return Err(Error::Unsupported(format!("the kernel has no {name}(2), needed for {why} (Linux ≥ 5.6)")));
+        return Err(Error::Unsupported(format!(
+            "the kernel has no {name}(2), needed for {why} (Linux ≥ 5.6)"
+        )));
     }
     Ok(())
 }

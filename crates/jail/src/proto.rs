@@ -77,23 +77,42 @@ pub enum Command {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Event {
     Ready,
-    SetupFailed { error: String },
-    Started { id: u64, pid: i32 },
-    SpawnFailed { id: u64, error: String },
-    Exited { id: u64, code: Option<i32>, signal: Option<i32>, cpu_us: u64 },
+    SetupFailed {
+        error: String,
+    },
+    Started {
+        id: u64,
+        pid: i32,
+    },
+    SpawnFailed {
+        id: u64,
+        error: String,
+    },
+    Exited {
+        id: u64,
+        code: Option<i32>,
+        signal: Option<i32>,
+        cpu_us: u64,
+    },
 }
 
 pub fn send<T: Serialize>(fd: BorrowedFd<'_>, msg: &T, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     let body = serde_json::to_vec(msg).map_err(io::Error::other)?;
     if body.len() > MAX_MESSAGE {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "message too large"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "message too large",
+        ));
     }
     send_raw(fd, &body, fds)
 }
 
 fn send_raw(fd: BorrowedFd<'_>, body: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     assert!(fds.len() <= MAX_FDS);
-    let mut iov = libc::iovec { iov_base: body.as_ptr() as *mut _, iov_len: body.len() };
+    let mut iov = libc::iovec {
+        iov_base: body.as_ptr() as *mut _,
+        iov_len: body.len(),
+    };
     let mut cmsg_buf = [0u64; 8];
     // SAFETY: msghdr is plain data; we fill every field we use below.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -133,7 +152,10 @@ pub fn recv<T: DeserializeOwned>(
     buf: &mut Vec<u8>,
 ) -> io::Result<Option<(T, Vec<OwnedFd>)>> {
     buf.resize(MAX_MESSAGE + 1, 0);
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
     let mut cmsg_buf = [0u64; 8];
     // SAFETY: msghdr is plain data; we fill every field we use below.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -154,7 +176,10 @@ pub fn recv<T: DeserializeOwned>(
         return Ok(None);
     }
     if msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "truncated message"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "truncated message",
+        ));
     }
     let value = serde_json::from_slice(&buf[..n]).map_err(io::Error::other)?;
     Ok(Some((value, fds)))

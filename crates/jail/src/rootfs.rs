@@ -27,8 +27,12 @@ const MS_BIND: libc::c_ulong = libc::MS_BIND;
 const NOSUID_NODEV: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV;
 
 /// Directories that start out empty in every sandbox, with their modes.
-const FRESH_DIRS: &[(&str, u32)] =
-    &[("/tmp", 0o1777), ("/var/tmp", 0o1777), ("/run", 0o755), ("/home", 0o755)];
+const FRESH_DIRS: &[(&str, u32)] = &[
+    ("/tmp", 0o1777),
+    ("/var/tmp", 0o1777),
+    ("/run", 0o755),
+    ("/home", 0o755),
+];
 
 /// Host device nodes bind-mounted into the sandbox's `/dev`.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
@@ -36,7 +40,12 @@ const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 /// procfs entries that expose or change host-wide state: made read-only.
 const PROC_READONLY: &[&str] = &["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"];
 /// procfs files that leak host memory or kernel state: covered with /dev/null.
-const PROC_MASKED: &[&str] = &["/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/kallsyms"];
+const PROC_MASKED: &[&str] = &[
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/timer_list",
+    "/proc/kallsyms",
+];
 
 pub const SANDBOX_USER: &str = "user";
 pub const SANDBOX_HOME: &str = "/home/user";
@@ -50,21 +59,44 @@ fn step<T>(what: impl FnOnce() -> String, r: std::io::Result<T>) -> Result<T> {
 pub fn build(spec: &SandboxSpec) -> Result<()> {
     step(
         || "make / private".into(),
-        sys::mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None),
+        sys::mount(
+            None,
+            Path::new("/"),
+            None,
+            libc::MS_REC | libc::MS_PRIVATE,
+            None,
+        ),
     )?;
     let scratch = &spec.scratch_dir;
     let opts = format!("size={},mode=0755", spec.disk_bytes.max(1 << 20));
     step(
         || format!("mount tmpfs on {}", scratch.display()),
-        sys::mount(Some("tmpfs"), scratch, Some("tmpfs"), NOSUID_NODEV, Some(&opts)),
+        sys::mount(
+            Some("tmpfs"),
+            scratch,
+            Some("tmpfs"),
+            NOSUID_NODEV,
+            Some(&opts),
+        ),
     )?;
-    let (upper, work, root) = (scratch.join("upper"), scratch.join("work"), scratch.join("root"));
+    let (upper, work, root) = (
+        scratch.join("upper"),
+        scratch.join("work"),
+        scratch.join("root"),
+    );
     for dir in [&upper, &work, &root] {
-        step(|| format!("mkdir {}", dir.display()), sys::mkdir(dir, 0o755))?;
+        step(
+            || format!("mkdir {}", dir.display()),
+            sys::mkdir(dir, 0o755),
+        )?;
     }
     prepare_upper(&upper, spec)?;
 
-    let lower: Vec<String> = spec.lowerdirs.iter().map(|p| p.display().to_string()).collect();
+    let lower: Vec<String> = spec
+        .lowerdirs
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
     let overlay = format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.join(":"),
@@ -73,14 +105,23 @@ pub fn build(spec: &SandboxSpec) -> Result<()> {
     );
     step(
         || format!("mount overlay ({overlay})"),
-        sys::mount(Some("overlay"), &root, Some("overlay"), NOSUID_NODEV, Some(&overlay)),
+        sys::mount(
+            Some("overlay"),
+            &root,
+            Some("overlay"),
+            NOSUID_NODEV,
+            Some(&overlay),
+        ),
     )?;
     mount_proc(&root)?;
     mount_dev(&root, spec.shm_bytes)?;
 
     step(|| "chdir to new root".into(), sys::chdir(&root))?;
     step(|| "pivot_root".into(), sys::pivot_root_here())?;
-    step(|| "detach old root".into(), sys::umount_detach(Path::new(".")))?;
+    step(
+        || "detach old root".into(),
+        sys::umount_detach(Path::new(".")),
+    )?;
     step(|| "chdir /".into(), sys::chdir(Path::new("/")))?;
     protect_proc()
 }
@@ -88,7 +129,10 @@ pub fn build(spec: &SandboxSpec) -> Result<()> {
 /// Writes masks, fresh directories, the home directory and the passwd entry into the upper
 /// layer, mirroring the image's ownership and modes for every parent directory it creates.
 fn prepare_upper(upper: &Path, spec: &SandboxSpec) -> Result<()> {
-    let image = Image { lowers: &spec.lowerdirs, upper };
+    let image = Image {
+        lowers: &spec.lowerdirs,
+        upper,
+    };
     for mask in &spec.masks {
         image.mask(mask)?;
     }
@@ -142,7 +186,10 @@ impl Image<'_> {
             };
             step(|| format!("mkdir {}", up.display()), sys::mkdir(&up, mode))?;
             step(|| format!("chmod {}", up.display()), sys::chmod(&up, mode))?;
-            step(|| format!("chown {}", up.display()), sys::lchown(&up, uid, gid))?;
+            step(
+                || format!("chown {}", up.display()),
+                sys::lchown(&up, uid, gid),
+            )?;
         }
         Ok(())
     }
@@ -150,14 +197,19 @@ impl Image<'_> {
     /// Hides `path`: an opaque empty directory in place of a directory, a whiteout in place of
     /// anything else. Paths the image does not have are left alone.
     fn mask(&self, path: &Path) -> Result<()> {
-        let Some((_, meta)) = self.lower_meta(path) else { return Ok(()) };
+        let Some((_, meta)) = self.lower_meta(path) else {
+            return Ok(());
+        };
         if meta.is_dir() {
             return self.fresh_dir(path, meta.mode() & 0o7777, meta.uid(), meta.gid());
         }
         self.mirror_parents(path)?;
         let up = self.upper_path(path);
         // An overlay whiteout is a 0:0 character device.
-        step(|| format!("whiteout {}", path.display()), sys::mknod(&up, libc::S_IFCHR, 0))
+        step(
+            || format!("whiteout {}", path.display()),
+            sys::mknod(&up, libc::S_IFCHR, 0),
+        )
     }
 
     /// An empty directory that hides whatever the image has at `path`.
@@ -166,7 +218,10 @@ impl Image<'_> {
         let up = self.upper_path(path);
         step(|| format!("mkdir {}", up.display()), sys::mkdir(&up, mode))?;
         step(|| format!("chmod {}", up.display()), sys::chmod(&up, mode))?;
-        step(|| format!("chown {}", up.display()), sys::lchown(&up, uid, gid))?;
+        step(
+            || format!("chown {}", up.display()),
+            sys::lchown(&up, uid, gid),
+        )?;
         step(
             || format!("make {} opaque", up.display()),
             sys::setxattr(&up, "trusted.overlay.opaque", b"y"),
@@ -186,7 +241,10 @@ impl Image<'_> {
         content.push('\n');
         self.mirror_parents(path)?;
         let up = self.upper_path(path);
-        step(|| format!("write {}", up.display()), fs::write(&up, content))?;
+        step(
+            || format!("write {}", up.display()),
+            fs::write(&up, content),
+        )?;
         step(
             || format!("chmod {}", up.display()),
             fs::set_permissions(&up, fs::Permissions::from_mode(0o644)),
@@ -196,7 +254,9 @@ impl Image<'_> {
 
 /// `/a/b` → `a/b`, dropping `..` and `.` so a mask can never point outside the layer.
 fn relative(path: &Path) -> PathBuf {
-    path.components().filter(|c| matches!(c, Component::Normal(_))).collect()
+    path.components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect()
 }
 
 fn mount_proc(root: &Path) -> Result<()> {
@@ -231,7 +291,10 @@ fn mount_dev(root: &Path, shm_bytes: u64) -> Result<()> {
     )?;
     for name in DEVICES {
         let (host, target) = (Path::new("/dev").join(name), dev.join(name));
-        step(|| format!("create {}", target.display()), fs::write(&target, b""))?;
+        step(
+            || format!("create {}", target.display()),
+            fs::write(&target, b""),
+        )?;
         step(
             || format!("bind {}", host.display()),
             sys::mount(Some(&host.to_string_lossy()), &target, None, MS_BIND, None),
@@ -268,7 +331,10 @@ fn mount_dev(root: &Path, shm_bytes: u64) -> Result<()> {
         ("/proc/self/fd/1", "stdout"),
         ("/proc/self/fd/2", "stderr"),
     ] {
-        step(|| format!("symlink /dev/{link}"), sys::symlink(target, &dev.join(link)))?;
+        step(
+            || format!("symlink /dev/{link}"),
+            sys::symlink(target, &dev.join(link)),
+        )?;
     }
     Ok(())
 }
@@ -277,7 +343,10 @@ fn mount_dev(root: &Path, shm_bytes: u64) -> Result<()> {
 fn protect_proc() -> Result<()> {
     for p in PROC_READONLY.iter().map(Path::new).filter(|p| p.exists()) {
         let src = p.to_string_lossy();
-        step(|| format!("bind {src}"), sys::mount(Some(&src), p, None, MS_BIND | libc::MS_REC, None))?;
+        step(
+            || format!("bind {src}"),
+            sys::mount(Some(&src), p, None, MS_BIND | libc::MS_REC, None),
+        )?;
         step(
             || format!("remount {src} read-only"),
             sys::mount(
@@ -304,8 +373,14 @@ mod tests {
 
     #[test]
     fn relative_paths_cannot_climb() {
-        assert_eq!(relative(Path::new("/etc/shadow")), PathBuf::from("etc/shadow"));
-        assert_eq!(relative(Path::new("/../../etc/./x")), PathBuf::from("etc/x"));
+        assert_eq!(
+            relative(Path::new("/etc/shadow")),
+            PathBuf::from("etc/shadow")
+        );
+        assert_eq!(
+            relative(Path::new("/../../etc/./x")),
+            PathBuf::from("etc/x")
+        );
         assert_eq!(relative(Path::new("/")), PathBuf::new());
     }
 }

@@ -35,16 +35,26 @@ impl Policy {
         let build = |rules, mismatch, matched| -> Result<BpfProgram> {
             let filter = SeccompFilter::new(rules, mismatch, matched, arch)
                 .map_err(|e| Error::Seccomp(e.to_string()))?;
-            filter.try_into().map_err(|e: seccompiler::BackendError| Error::Seccomp(e.to_string()))
+            filter
+                .try_into()
+                .map_err(|e: seccompiler::BackendError| Error::Seccomp(e.to_string()))
         };
         let filters = vec![
-            build(allowlist()?, SeccompAction::Errno(libc::EPERM as u32), SeccompAction::Allow)?,
+            build(
+                allowlist()?,
+                SeccompAction::Errno(libc::EPERM as u32),
+                SeccompAction::Allow,
+            )?,
             build(
                 unconditional(ABSENT),
                 SeccompAction::Allow,
                 SeccompAction::Errno(libc::ENOSYS as u32),
             )?,
-            build(unconditional(EXPLOIT_ONLY), SeccompAction::Allow, SeccompAction::KillProcess)?,
+            build(
+                unconditional(EXPLOIT_ONLY),
+                SeccompAction::Allow,
+                SeccompAction::KillProcess,
+            )?,
         ];
         Ok(Policy { filters })
     }
@@ -88,7 +98,7 @@ fn allowlist() -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
         libc::SYS_ioctl,
         vec![rule(vec![
             cond(1, Op::Ne, libc::TIOCSTI)?,
-            cond(1, Op::Ne, libc::TIOCLINUX as u64)?,
+            cond(1, Op::Ne, libc::TIOCLINUX)?,
         ])?],
     );
 
@@ -100,7 +110,10 @@ fn allowlist() -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWNET
         | libc::CLONE_NEWCGROUP) as u64;
-    rules.insert(libc::SYS_clone, vec![rule(vec![cond(0, Op::MaskedEq(ns_flags), 0)?])?]);
+    rules.insert(
+        libc::SYS_clone,
+        vec![rule(vec![cond(0, Op::MaskedEq(ns_flags), 0)?])?],
+    );
 
     // personality(2): only the values Docker allows (query, Linux, UNAME26, no-ASLR).
     let personalities = [0u64, 0x0008, 0x20000, 0x20008, 0xffff_ffff];
@@ -439,10 +452,16 @@ mod tests {
             libc::SYS_pivot_root,
             libc::SYS_chroot,
         ] {
-            assert!(!ALLOWED.contains(&denied), "syscall {denied} must not be allowlisted");
+            assert!(
+                !ALLOWED.contains(&denied),
+                "syscall {denied} must not be allowlisted"
+            );
         }
         for nr in ABSENT.iter().chain(EXPLOIT_ONLY) {
-            assert!(!ALLOWED.contains(nr), "syscall {nr} is both allowed and denied");
+            assert!(
+                !ALLOWED.contains(nr),
+                "syscall {nr} is both allowed and denied"
+            );
         }
     }
 }

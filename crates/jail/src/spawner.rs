@@ -46,14 +46,21 @@ impl Spawner {
     pub fn start(config: SpawnerConfig) -> Result<Spawner> {
         let threads = std::fs::read_to_string("/proc/self/status")
             .ok()
-            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().to_string())));
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().to_string()))
+            });
         if threads.as_deref() != Some("1") {
-            return Err(Error::Unsupported("the spawner must be started before any thread".into()));
+            return Err(Error::Unsupported(
+                "the spawner must be started before any thread".into(),
+            ));
         }
         let policy = Policy::compile()?;
-        let (server_end, spawner_end) = sys::seqpacket_pair().map_err(|e| Error::sys("socketpair", e))?;
+        let (server_end, spawner_end) =
+            sys::seqpacket_pair().map_err(|e| Error::sys("socketpair", e))?;
         for fd in [&server_end, &spawner_end] {
-            sys::set_sndbuf(fd.as_fd(), SOCKET_BUFFER).map_err(|e| Error::sys("SO_SNDBUFFORCE", e))?;
+            sys::set_sndbuf(fd.as_fd(), SOCKET_BUFFER)
+                .map_err(|e| Error::sys("SO_SNDBUFFORCE", e))?;
         }
         // SAFETY: getpid has no preconditions.
         let parent = unsafe { libc::getpid() };
@@ -63,14 +70,19 @@ impl Spawner {
             drop(server_end);
             crate::in_child(|| {
                 // SAFETY: getppid has no preconditions.
-                if sys::set_pdeathsig(libc::SIGKILL).is_err() || unsafe { libc::getppid() } != parent {
+                if sys::set_pdeathsig(libc::SIGKILL).is_err()
+                    || unsafe { libc::getppid() } != parent
+                {
                     sys::exit_now(0);
                 }
                 serve(spawner_end, &policy, config.netns_pool)
             });
         }
         drop(spawner_end);
-        Ok(Spawner { channel: Mutex::new((server_end, Vec::new())), pid })
+        Ok(Spawner {
+            channel: Mutex::new((server_end, Vec::new())),
+            pid,
+        })
     }
 
     pub fn pid(&self) -> i32 {
@@ -79,15 +91,24 @@ impl Spawner {
 
     /// Creates a sandbox. Blocking: call it from a blocking thread.
     pub fn spawn(&self, spec: &SandboxSpec) -> Result<Spawned> {
-        let mut guard = self.channel.lock().map_err(|_| Error::Protocol("spawner lock poisoned".into()))?;
+        let mut guard = self
+            .channel
+            .lock()
+            .map_err(|_| Error::Protocol("spawner lock poisoned".into()))?;
         let (fd, buf) = &mut *guard;
         proto::send(fd.as_fd(), spec, &[]).map_err(|e| Error::sys("send to spawner", e))?;
-        let reply = proto::recv::<SpawnReply>(fd.as_fd(), buf).map_err(|e| Error::sys("receive from spawner", e))?;
+        let reply = proto::recv::<SpawnReply>(fd.as_fd(), buf)
+            .map_err(|e| Error::sys("receive from spawner", e))?;
         match reply {
             Some((SpawnReply::Spawned { pid }, fds)) => {
-                let [pidfd, control]: [OwnedFd; 2] =
-                    fds.try_into().map_err(|_| Error::Protocol("spawner sent no descriptors".into()))?;
-                Ok(Spawned { pid, pidfd, control })
+                let [pidfd, control]: [OwnedFd; 2] = fds
+                    .try_into()
+                    .map_err(|_| Error::Protocol("spawner sent no descriptors".into()))?;
+                Ok(Spawned {
+                    pid,
+                    pidfd,
+                    control,
+                })
             }
             Some((SpawnReply::Failed { error }, _)) => Err(Error::Spawn(error)),
             None => Err(Error::Protocol("the spawner exited".into())),
@@ -97,15 +118,27 @@ impl Spawner {
 
 fn serve(channel: OwnedFd, policy: &Policy, pool_size: usize) -> ! {
     sys::set_name("cella-spawner");
-    let Ok(sigchld) = sys::signalfd(&[libc::SIGCHLD]) else { sys::exit_now(1) };
-    let Ok(host_netns) = sys::open(Path::new("/proc/self/ns/net"), libc::O_RDONLY) else { sys::exit_now(1) };
+    let Ok(sigchld) = sys::signalfd(&[libc::SIGCHLD]) else {
+        sys::exit_now(1)
+    };
+    let Ok(host_netns) = sys::open(Path::new("/proc/self/ns/net"), libc::O_RDONLY) else {
+        sys::exit_now(1)
+    };
     let mut pool: Vec<OwnedFd> = Vec::new();
     let mut buf = Vec::new();
     loop {
         let timeout = if pool.len() < pool_size { 0 } else { -1 };
         let mut pfds = [
-            libc::pollfd { fd: channel.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: sigchld.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: channel.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sigchld.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         let ready = sys::poll(&mut pfds, timeout).unwrap_or(0);
         if pfds[1].revents != 0 {
@@ -125,8 +158,18 @@ fn serve(channel: OwnedFd, policy: &Policy, pool_size: usize) -> ! {
             };
             let result = netns.and_then(|ns| spawn(&spec, ns, policy));
             let sent = match result {
-                Ok(s) => proto::send(channel.as_fd(), &SpawnReply::Spawned { pid: s.pid }, &[s.pidfd.as_fd(), s.control.as_fd()]),
-                Err(e) => proto::send(channel.as_fd(), &SpawnReply::Failed { error: e.to_string() }, &[]),
+                Ok(s) => proto::send(
+                    channel.as_fd(),
+                    &SpawnReply::Spawned { pid: s.pid },
+                    &[s.pidfd.as_fd(), s.control.as_fd()],
+                ),
+                Err(e) => proto::send(
+                    channel.as_fd(),
+                    &SpawnReply::Failed {
+                        error: e.to_string(),
+                    },
+                    &[],
+                ),
             };
             if sent.is_err() {
                 sys::exit_now(0);
@@ -145,9 +188,11 @@ fn serve(channel: OwnedFd, policy: &Policy, pool_size: usize) -> ! {
 /// An empty network namespace with loopback up.
 fn new_netns(host: &OwnedFd) -> Result<OwnedFd> {
     sys::unshare(libc::CLONE_NEWNET).map_err(|e| Error::sys("unshare net", e))?;
-    let made = sys::open(Path::new("/proc/self/ns/net"), libc::O_RDONLY).map_err(|e| Error::sys("open netns", e));
+    let made = sys::open(Path::new("/proc/self/ns/net"), libc::O_RDONLY)
+        .map_err(|e| Error::sys("open netns", e));
     let up = sys::loopback_up().map_err(|e| Error::sys("bring up lo", e));
-    sys::setns(host.as_fd(), libc::CLONE_NEWNET).map_err(|e| Error::sys("return to host netns", e))?;
+    sys::setns(host.as_fd(), libc::CLONE_NEWNET)
+        .map_err(|e| Error::sys("return to host netns", e))?;
     up?;
     made
 }
@@ -172,7 +217,9 @@ fn spawn(spec: &SandboxSpec, netns: OwnedFd, policy: &Policy) -> Result<Spawned>
     let cgroup_procs = spec
         .cgroup_procs
         .iter()
-        .map(|p| sys::open(p, libc::O_WRONLY).map_err(|e| Error::sys(format!("open {}", p.display()), e)))
+        .map(|p| {
+            sys::open(p, libc::O_WRONLY).map_err(|e| Error::sys(format!("open {}", p.display()), e))
+        })
         .collect::<Result<Vec<_>>>()?;
     let exec_cgroups = sys::open(&spec.exec_cgroup_dir, libc::O_PATH | libc::O_DIRECTORY)
         .map_err(|e| Error::sys(format!("open {}", spec.exec_cgroup_dir.display()), e))?;
@@ -180,20 +227,29 @@ fn spawn(spec: &SandboxSpec, netns: OwnedFd, policy: &Policy) -> Result<Spawned>
     for fd in [&control, &init_control] {
         sys::set_sndbuf(fd.as_fd(), SOCKET_BUFFER).map_err(|e| Error::sys("SO_SNDBUFFORCE", e))?;
     }
-    let fds = InitFds { control: init_control, netns, cgroup_procs, exec_cgroups };
+    let fds = InitFds {
+        control: init_control,
+        netns,
+        cgroup_procs,
+        exec_cgroups,
+    };
 
     let mut pidfd: i32 = -1;
     let args = CloneArgs {
-        flags: (libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS | libc::CLONE_PIDFD)
-            as u64,
+        flags: (libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_PIDFD) as u64,
         pidfd: &mut pidfd as *mut i32 as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..Default::default()
     };
     // SAFETY: clone3 without CLONE_VM and without a stack behaves like fork: the child gets a
     // copy of this single-threaded process and continues here.
-    let pid = cvt(unsafe { libc::syscall(libc::SYS_clone3, &args, std::mem::size_of::<CloneArgs>()) })
-        .map_err(|e| Error::sys("clone3", e))? as i32;
+    let pid =
+        cvt(unsafe { libc::syscall(libc::SYS_clone3, &args, std::mem::size_of::<CloneArgs>()) })
+            .map_err(|e| Error::sys("clone3", e))? as i32;
     if pid == 0 {
         // Only the init's own descriptors may cross into the sandbox. The spawner's other
         // descriptors are closed underneath their owners, which is sound because this child
@@ -204,5 +260,9 @@ fn spawn(spec: &SandboxSpec, netns: OwnedFd, policy: &Policy) -> Result<Spawned>
     drop(fds);
     // SAFETY: clone3 wrote a fresh pidfd that nothing else owns.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    Ok(Spawned { pid, pidfd, control })
+    Ok(Spawned {
+        pid,
+        pidfd,
+        control,
+    })
 }

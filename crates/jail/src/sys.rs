@@ -114,7 +114,13 @@ pub fn setxattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
     let name = cstring(name)?;
     // SAFETY: valid C strings and a byte buffer of the given length.
     cvt(unsafe {
-        libc::setxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
     })
     .map(drop)
 }
@@ -278,8 +284,16 @@ pub fn signalfd(sigs: &[libc::c_int]) -> io::Result<OwnedFd> {
         for &s in sigs {
             libc::sigaddset(&mut set, s);
         }
-        cvt(libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()))?;
-        let fd = cvt(libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK))?;
+        cvt(libc::sigprocmask(
+            libc::SIG_BLOCK,
+            &set,
+            std::ptr::null_mut(),
+        ))?;
+        let fd = cvt(libc::signalfd(
+            -1,
+            &set,
+            libc::SFD_CLOEXEC | libc::SFD_NONBLOCK,
+        ))?;
         Ok(OwnedFd::from_raw_fd(fd))
     }
 }
@@ -318,7 +332,11 @@ pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
 pub fn loopback_up() -> io::Result<()> {
     // SAFETY: a throwaway socket used only for the SIOC[GS]IFFLAGS ioctls on a zeroed ifreq.
     unsafe {
-        let sock = cvt(libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0))?;
+        let sock = cvt(libc::socket(
+            libc::AF_INET,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            0,
+        ))?;
         let sock = OwnedFd::from_raw_fd(sock);
         let mut req: libc::ifreq = std::mem::zeroed();
         for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
@@ -332,7 +350,10 @@ pub fn loopback_up() -> io::Result<()> {
 }
 
 pub fn set_rlimit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> io::Result<()> {
-    let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
     // SAFETY: valid rlimit struct.
     cvt(unsafe { libc::setrlimit(resource, &lim) }).map(drop)
 }

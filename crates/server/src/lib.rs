@@ -37,7 +37,10 @@ struct ApiDoc;
 
 /// The OpenAPI document of the native API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    OpenApiRouter::<Arc<Engine>>::with_openapi(ApiDoc::openapi()).nest("/api/v1", native::router()).split_for_parts().1
+    OpenApiRouter::<Arc<Engine>>::with_openapi(ApiDoc::openapi())
+        .nest("/api/v1", native::router())
+        .split_for_parts()
+        .1
 }
 
 #[derive(Serialize)]
@@ -48,7 +51,11 @@ struct Health {
 }
 
 async fn healthz(State(engine): State<Arc<Engine>>) -> Json<Health> {
-    Json(Health { status: "ok", version: env!("CARGO_PKG_VERSION"), sandboxes: engine.live_count() })
+    Json(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+        sandboxes: engine.live_count(),
+    })
 }
 
 async fn not_found() -> ApiError {
@@ -56,18 +63,25 @@ async fn not_found() -> ApiError {
 }
 
 pub fn app(engine: Arc<Engine>, metrics: PrometheusHandle) -> Router {
-    let (native, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", native::router()).split_for_parts();
+    let (native, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/api/v1", native::router())
+        .split_for_parts();
     let doc = Arc::new(doc);
     let body_limit = engine.config.limits.max_body_bytes;
     Router::new()
         .merge(native)
-        .route("/openapi.json", get(move || async move { axum::Json(doc.as_ref().clone()) }))
+        .route(
+            "/openapi.json",
+            get(move || async move { axum::Json(doc.as_ref().clone()) }),
+        )
         .route("/healthz", get(healthz))
         .route("/metrics", get(move || async move { metrics.render() }))
         .fallback(not_found)
         .with_state(engine)
         .layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(body_limit))
+        // Streamed bodies (raw uploads) are not covered by DefaultBodyLimit.
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(body_limit))
         .layer(TraceLayer::new_for_http())
 }
 
@@ -80,7 +94,9 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     engine.spawn_background();
     let app = app(engine.clone(), metrics);
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
     engine.shutdown().await;
     result
 }

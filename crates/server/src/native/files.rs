@@ -10,8 +10,8 @@ use axum::extract::{Multipart, Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use cella_engine::{Engine, Error, Sandbox};
 use cella_engine::FileEntry as Entry;
+use cella_engine::{Engine, Error, Sandbox};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -109,26 +109,44 @@ async fn on_path<T: Send + 'static>(
     op: impl FnOnce(&cella_engine::SandboxFs, &str) -> std::io::Result<T> + Send + 'static,
 ) -> ApiResult<T> {
     let path = sandbox.absolute(path);
-    Ok(sandbox.with_fs(move |fs| op(fs, &path).map_err(|e| Error::file(&path, e))).await?)
+    Ok(sandbox
+        .with_fs(move |fs| op(fs, &path).map_err(|e| Error::file(&path, e)))
+        .await?)
 }
 
 #[utoipa::path(get, path = "/sandboxes/{id}/files/read", tag = "files", params(PathQuery),
     responses((status = 200, body = FileContent), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
-pub async fn read(State(engine): State<Arc<Engine>>, Path(id): Path<String>, Query(q): Query<PathQuery>) -> ApiResult<Json<FileContent>> {
+pub async fn read(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+    Query(q): Query<PathQuery>,
+) -> ApiResult<Json<FileContent>> {
     let sandbox = sandbox(&engine, &id)?;
     let max = engine.config.limits.max_read_bytes;
     let data = on_path(&sandbox, &q.path, move |fs, p| fs.read(p, max)).await?;
     let size = data.len() as u64;
     let (encoding, content) = match String::from_utf8(data) {
         Ok(text) => (Encoding::Utf8, text),
-        Err(e) => (Encoding::Base64, base64::engine::general_purpose::STANDARD.encode(e.as_bytes())),
+        Err(e) => (
+            Encoding::Base64,
+            base64::engine::general_purpose::STANDARD.encode(e.as_bytes()),
+        ),
     };
-    Ok(Json(FileContent { path: sandbox.absolute(&q.path), size, encoding, content }))
+    Ok(Json(FileContent {
+        path: sandbox.absolute(&q.path),
+        size,
+        encoding,
+        content,
+    }))
 }
 
 #[utoipa::path(post, path = "/sandboxes/{id}/files/write", tag = "files", request_body = WriteFile,
     responses((status = 200, body = Entry), (status = 400, body = ErrorBody), (status = 507, body = ErrorBody)))]
-pub async fn write(State(engine): State<Arc<Engine>>, Path(id): Path<String>, Json(req): Json<WriteFile>) -> ApiResult<Json<Entry>> {
+pub async fn write(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+    Json(req): Json<WriteFile>,
+) -> ApiResult<Json<Entry>> {
     let sandbox = sandbox(&engine, &id)?;
     let data = match req.encoding {
         Encoding::Utf8 => req.content.into_bytes(),
@@ -159,11 +177,18 @@ pub async fn put_raw(
 ) -> ApiResult<Json<Entry>> {
     let sandbox = sandbox(&engine, &id)?;
     let mode = parse_mode(q.mode.as_deref(), 0o644)?;
-    Ok(Json(write_stream(&sandbox, &q.path, mode, body.into_data_stream()).await?))
+    Ok(Json(
+        write_stream(&sandbox, &q.path, mode, body.into_data_stream()).await?,
+    ))
 }
 
 /// Streams chunks into a new file in the sandbox without holding the whole body in memory.
-async fn write_stream<S, E>(sandbox: &Sandbox, path: &str, mode: u32, mut chunks: S) -> ApiResult<Entry>
+async fn write_stream<S, E>(
+    sandbox: &Sandbox,
+    path: &str,
+    mode: u32,
+    mut chunks: S,
+) -> ApiResult<Entry>
 where
     S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
@@ -177,11 +202,24 @@ where
         fs.stat(p)
     });
     let feeder = async move {
+        let mut tx = Some(tx);
         while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the upload failed: {e}")))?;
-            // A closed channel means the writer stopped on an error, which it reports.
-            if tx.send(chunk).await.is_err() {
-                break;
+            let chunk = chunk.map_err(|e| {
+                let msg = format!("reading the upload failed: {e}");
+                // http-body-util's LengthLimitError, from the request body limit.
+                if msg.contains("length limit exceeded") {
+                    ApiError::from(Error::TooLarge(msg))
+                } else {
+                    ApiError::bad_request(msg)
+                }
+            })?;
+            // A closed channel means the writer stopped on an error, which it reports. The rest
+            // of the body is still read (and dropped) so the client gets that answer rather
+            // than a broken pipe.
+            if let Some(sender) = &tx
+                && sender.send(chunk).await.is_err()
+            {
+                tx = None;
             }
         }
         Ok::<(), ApiError>(())
@@ -196,13 +234,28 @@ where
         description = "Fields: `file` (the content, with a file name) and optional `path` (the destination; a \
                        directory ending in `/`, or a file). Without `path` the file goes to the home directory."),
     responses((status = 201, body = Vec<Entry>), (status = 400, body = ErrorBody)))]
-pub async fn upload(State(engine): State<Arc<Engine>>, Path(id): Path<String>, mut form: Multipart) -> ApiResult<(StatusCode, Json<Vec<Entry>>)> {
+pub async fn upload(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+    mut form: Multipart,
+) -> ApiResult<(StatusCode, Json<Vec<Entry>>)> {
     let sandbox = sandbox(&engine, &id)?;
     let mut target: Option<String> = None;
     let mut written = Vec::new();
-    while let Some(field) = form.next_field().await.map_err(|e| ApiError::bad_request(e.body_text()))? {
+    while let Some(field) = form
+        .next_field()
+        .await
+        .map_err(|e| ApiError::bad_request(e.body_text()))?
+    {
         match field.name() {
-            Some("path") => target = Some(field.text().await.map_err(|e| ApiError::bad_request(e.body_text()))?),
+            Some("path") => {
+                target = Some(
+                    field
+                        .text()
+                        .await
+                        .map_err(|e| ApiError::bad_request(e.body_text()))?,
+                )
+            }
             Some("file") => {
                 let name = field.file_name().unwrap_or("upload").to_string();
                 let dest = match &target {
@@ -224,11 +277,19 @@ pub async fn upload(State(engine): State<Arc<Engine>>, Path(id): Path<String>, m
 #[utoipa::path(get, path = "/sandboxes/{id}/files", tag = "files", params(PathQuery),
     description = "Downloads a file as raw bytes.",
     responses((status = 200, content_type = "application/octet-stream"), (status = 404, body = ErrorBody)))]
-pub async fn download(State(engine): State<Arc<Engine>>, Path(id): Path<String>, Query(q): Query<PathQuery>) -> ApiResult<Response> {
+pub async fn download(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+    Query(q): Query<PathQuery>,
+) -> ApiResult<Response> {
     let sandbox = sandbox(&engine, &id)?;
     let (file, size) = on_path(&sandbox, &q.path, |fs, p| fs.open_read(p)).await?;
-    let name = std::path::Path::new(&q.path).file_name().map_or("download".into(), |n| n.to_string_lossy().into_owned());
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file)));
+    let name = std::path::Path::new(&q.path)
+        .file_name()
+        .map_or("download".into(), |n| n.to_string_lossy().into_owned());
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(
+        tokio::fs::File::from_std(file),
+    ));
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
@@ -255,22 +316,36 @@ pub fn content_disposition(name: &str) -> String {
 
 #[utoipa::path(get, path = "/sandboxes/{id}/files/list", tag = "files", params(PathQuery),
     responses((status = 200, body = Vec<Entry>), (status = 404, body = ErrorBody)))]
-pub async fn list(State(engine): State<Arc<Engine>>, Path(id): Path<String>, Query(q): Query<PathQuery>) -> ApiResult<Json<Vec<Entry>>> {
+pub async fn list(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+    Query(q): Query<PathQuery>,
+) -> ApiResult<Json<Vec<Entry>>> {
     let sandbox = sandbox(&engine, &id)?;
     let depth = q.depth.unwrap_or(1).clamp(1, 32);
-    Ok(Json(on_path(&sandbox, &q.path, move |fs, p| fs.list(p, depth, 100_000)).await?))
+    Ok(Json(
+        on_path(&sandbox, &q.path, move |fs, p| fs.list(p, depth, 100_000)).await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/sandboxes/{id}/files/stat", tag = "files", params(PathQuery),
     responses((status = 200, body = Entry), (status = 404, body = ErrorBody)))]
-pub async fn stat(State(engine): State<Arc<Engine>>, Path(id): Path<String>, Query(q): Query<PathQuery>) -> ApiResult<Json<Entry>> {
+pub async fn stat(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+    Query(q): Query<PathQuery>,
+) -> ApiResult<Json<Entry>> {
     let sandbox = sandbox(&engine, &id)?;
     Ok(Json(on_path(&sandbox, &q.path, |fs, p| fs.stat(p)).await?))
 }
 
 #[utoipa::path(post, path = "/sandboxes/{id}/files/mkdir", tag = "files", request_body = MakeDir,
     responses((status = 200, body = Entry), (status = 409, body = ErrorBody)))]
-pub async fn mkdir(State(engine): State<Arc<Engine>>, Path(id): Path<String>, Json(req): Json<MakeDir>) -> ApiResult<Json<Entry>> {
+pub async fn mkdir(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+    Json(req): Json<MakeDir>,
+) -> ApiResult<Json<Entry>> {
     let sandbox = sandbox(&engine, &id)?;
     let mode = parse_mode(req.mode.as_deref(), 0o755)?;
     let parents = req.parents;
@@ -285,7 +360,11 @@ pub async fn mkdir(State(engine): State<Arc<Engine>>, Path(id): Path<String>, Js
 
 #[utoipa::path(post, path = "/sandboxes/{id}/files/move", tag = "files", request_body = MoveFile,
     responses((status = 200, body = Entry), (status = 404, body = ErrorBody)))]
-pub async fn rename(State(engine): State<Arc<Engine>>, Path(id): Path<String>, Json(req): Json<MoveFile>) -> ApiResult<Json<Entry>> {
+pub async fn rename(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+    Json(req): Json<MoveFile>,
+) -> ApiResult<Json<Entry>> {
     let sandbox = sandbox(&engine, &id)?;
     let to = sandbox.absolute(&req.destination);
     Ok(Json(
@@ -299,7 +378,11 @@ pub async fn rename(State(engine): State<Arc<Engine>>, Path(id): Path<String>, J
 
 #[utoipa::path(delete, path = "/sandboxes/{id}/files", tag = "files", params(PathQuery),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn remove(State(engine): State<Arc<Engine>>, Path(id): Path<String>, Query(q): Query<PathQuery>) -> ApiResult<StatusCode> {
+pub async fn remove(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+    Query(q): Query<PathQuery>,
+) -> ApiResult<StatusCode> {
     let sandbox = sandbox(&engine, &id)?;
     let recursive = q.recursive;
     on_path(&sandbox, &q.path, move |fs, p| fs.remove(p, recursive)).await?;

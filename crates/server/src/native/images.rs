@@ -28,13 +28,22 @@ pub async fn list(State(engine): State<Arc<Engine>>) -> ApiResult<Json<Vec<Image
 
 #[utoipa::path(post, path = "/images", tag = "images", request_body = RegisterImage,
     responses((status = 201, body = ImageInfo), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn register(State(engine): State<Arc<Engine>>, Json(req): Json<RegisterImage>) -> ApiResult<(StatusCode, Json<ImageInfo>)> {
-    Ok((StatusCode::CREATED, Json(engine.register_image(&req.name, &req.path)?)))
+pub async fn register(
+    State(engine): State<Arc<Engine>>,
+    Json(req): Json<RegisterImage>,
+) -> ApiResult<(StatusCode, Json<ImageInfo>)> {
+    Ok((
+        StatusCode::CREATED,
+        Json(engine.register_image(&req.name, &req.path)?),
+    ))
 }
 
 #[utoipa::path(delete, path = "/images/{name}", tag = "images",
     responses((status = 204), (status = 404, body = ErrorBody)))]
-pub async fn remove(State(engine): State<Arc<Engine>>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+pub async fn remove(
+    State(engine): State<Arc<Engine>>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
     engine.remove_image(&name)?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -10,8 +10,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
-use cella_engine::process::{self, Captured, Chunk, ExecRequest, Exit, Outcome, Process, Stream};
 use cella_engine::Engine;
+use cella_engine::process::{self, Captured, Chunk, ExecRequest, Exit, Outcome, Process, Stream};
 use futures::{Stream as FStream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -46,7 +46,11 @@ impl ExecResult {
 
 #[utoipa::path(post, path = "/sandboxes/{id}/exec", tag = "processes", request_body = ExecRequest,
     responses((status = 200, body = ExecResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn exec(State(engine): State<Arc<Engine>>, Path(id): Path<String>, Json(req): Json<ExecRequest>) -> ApiResult<Json<ExecResult>> {
+pub async fn exec(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+    Json(req): Json<ExecRequest>,
+) -> ApiResult<Json<ExecResult>> {
     let sandbox = engine.get(&id)?;
     let opts = req.into_options(&engine.config)?;
     let Outcome { exit, output } = process::run(&sandbox, opts).await?;
@@ -57,9 +61,16 @@ pub async fn exec(State(engine): State<Arc<Engine>>, Path(id): Path<String>, Jso
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum StreamEvent {
-    Started { id: u64, pid: i32 },
-    Stdout { data: String },
-    Stderr { data: String },
+    Started {
+        id: u64,
+        pid: i32,
+    },
+    Stdout {
+        data: String,
+    },
+    Stderr {
+        data: String,
+    },
     Exit {
         #[serde(flatten)]
         exit: Exit,
@@ -94,10 +105,18 @@ pub async fn exec_stream(
     let (tx, rx) = mpsc::channel(64);
     let process = process::start(&sandbox, opts, Some(tx)).await?;
     let events = events(process, rx);
-    let sse = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("text/event-stream"));
+    let sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
     if sse {
         let events = events.map(|e| {
-            Ok::<_, Infallible>(Event::default().event(e.name()).json_data(&e).unwrap_or_default())
+            Ok::<_, Infallible>(
+                Event::default()
+                    .event(e.name())
+                    .json_data(&e)
+                    .unwrap_or_default(),
+            )
         });
         return Ok(Sse::new(events).into_response());
     }
@@ -106,11 +125,18 @@ pub async fn exec_stream(
         line.push(b'\n');
         Ok::<_, Infallible>(line)
     });
-    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines)).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response())
 }
 
 fn events(process: Arc<Process>, rx: mpsc::Receiver<Chunk>) -> impl FStream<Item = StreamEvent> {
-    let started = StreamEvent::Started { id: process.id, pid: process.pid };
+    let started = StreamEvent::Started {
+        id: process.id,
+        pid: process.pid,
+    };
     let output = tokio_stream_from(rx).map(|Chunk::Output(stream, data)| {
         let data = String::from_utf8_lossy(&data).into_owned();
         match stream {
@@ -128,7 +154,9 @@ fn events(process: Arc<Process>, rx: mpsc::Receiver<Chunk>) -> impl FStream<Item
         })
     })
     .filter_map(|e| async move { e });
-    futures::stream::once(async move { started }).chain(output).chain(end)
+    futures::stream::once(async move { started })
+        .chain(output)
+        .chain(end)
 }
 
 fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl FStream<Item = T> {
@@ -164,7 +192,10 @@ impl From<&Process> for ProcessInfo {
             pid: p.pid,
             command: p.argv.clone(),
             cwd: p.cwd.clone(),
-            started_at: p.started_at.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+            started_at: p
+                .started_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
             running: exit.is_none(),
             exit,
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -190,19 +221,34 @@ pub async fn spawn(
         opts.timeout = None;
     }
     let process = process::start(&sandbox, opts, None).await?;
-    Ok((StatusCode::CREATED, Json(ProcessInfo::from(process.as_ref()))))
+    Ok((
+        StatusCode::CREATED,
+        Json(ProcessInfo::from(process.as_ref())),
+    ))
 }
 
 #[utoipa::path(get, path = "/sandboxes/{id}/processes", tag = "processes",
     responses((status = 200, body = Vec<ProcessInfo>)))]
-pub async fn list(State(engine): State<Arc<Engine>>, Path(id): Path<String>) -> ApiResult<Json<Vec<ProcessInfo>>> {
+pub async fn list(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<ProcessInfo>>> {
     let sandbox = engine.get(&id)?;
-    Ok(Json(sandbox.processes().iter().map(|p| ProcessInfo::from(p.as_ref())).collect()))
+    Ok(Json(
+        sandbox
+            .processes()
+            .iter()
+            .map(|p| ProcessInfo::from(p.as_ref()))
+            .collect(),
+    ))
 }
 
 #[utoipa::path(get, path = "/sandboxes/{id}/processes/{pid}", tag = "processes",
     responses((status = 200, body = ProcessInfo), (status = 404, body = ErrorBody)))]
-pub async fn get(State(engine): State<Arc<Engine>>, Path((id, pid)): Path<(String, u64)>) -> ApiResult<Json<ProcessInfo>> {
+pub async fn get(
+    State(engine): State<Arc<Engine>>,
+    Path((id, pid)): Path<(String, u64)>,
+) -> ApiResult<Json<ProcessInfo>> {
     let process = engine.get(&id)?.process(pid)?;
     Ok(Json(ProcessInfo::from(process.as_ref())))
 }
@@ -233,7 +279,10 @@ pub async fn wait(
 #[utoipa::path(post, path = "/sandboxes/{id}/processes/{pid}/kill", tag = "processes",
     description = "Kills the process and every process it started; answers once it has ended.",
     responses((status = 200, body = ProcessInfo), (status = 404, body = ErrorBody)))]
-pub async fn kill(State(engine): State<Arc<Engine>>, Path((id, pid)): Path<(String, u64)>) -> ApiResult<Json<ProcessInfo>> {
+pub async fn kill(
+    State(engine): State<Arc<Engine>>,
+    Path((id, pid)): Path<(String, u64)>,
+) -> ApiResult<Json<ProcessInfo>> {
     let process = engine.get(&id)?.process(pid)?;
     process.kill();
     process.wait(Some(Duration::from_secs(10))).await;

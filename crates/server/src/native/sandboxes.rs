@@ -14,7 +14,10 @@ use crate::extract::{Json, Query};
 
 #[utoipa::path(post, path = "/sandboxes", tag = "sandboxes", request_body = CreateSandbox,
     responses((status = 201, body = SandboxInfo), (status = 400, body = ErrorBody), (status = 507, body = ErrorBody)))]
-pub async fn create(State(engine): State<Arc<Engine>>, Json(req): Json<CreateSandbox>) -> ApiResult<(StatusCode, Json<SandboxInfo>)> {
+pub async fn create(
+    State(engine): State<Arc<Engine>>,
+    Json(req): Json<CreateSandbox>,
+) -> ApiResult<(StatusCode, Json<SandboxInfo>)> {
     let sandbox = engine.create(req).await?;
     Ok((StatusCode::CREATED, Json(sandbox.info())))
 }
@@ -31,10 +34,20 @@ pub struct ListQuery {
 
 #[utoipa::path(get, path = "/sandboxes", tag = "sandboxes", params(ListQuery),
     responses((status = 200, body = Vec<SandboxInfo>)))]
-pub async fn list(State(engine): State<Arc<Engine>>, Query(q): Query<ListQuery>) -> ApiResult<Json<Vec<SandboxInfo>>> {
+pub async fn list(
+    State(engine): State<Arc<Engine>>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Vec<SandboxInfo>>> {
     let mut labels = BTreeMap::new();
-    for pair in q.label.iter().flat_map(|l| l.split(',')).filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').ok_or_else(|| ApiError::bad_request(format!("label filter {pair:?} is not key=value")))?;
+    for pair in q
+        .label
+        .iter()
+        .flat_map(|l| l.split(','))
+        .filter(|p| !p.is_empty())
+    {
+        let (k, v) = pair.split_once('=').ok_or_else(|| {
+            ApiError::bad_request(format!("label filter {pair:?} is not key=value"))
+        })?;
         labels.insert(k.to_string(), v.to_string());
     }
     Ok(Json(engine.list(&labels, q.all)))
@@ -42,20 +55,29 @@ pub async fn list(State(engine): State<Arc<Engine>>, Query(q): Query<ListQuery>)
 
 #[utoipa::path(get, path = "/sandboxes/{id}", tag = "sandboxes",
     responses((status = 200, body = SandboxInfo), (status = 404, body = ErrorBody)))]
-pub async fn get(State(engine): State<Arc<Engine>>, Path(id): Path<String>) -> ApiResult<Json<SandboxInfo>> {
+pub async fn get(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SandboxInfo>> {
     Ok(Json(engine.info(&id)?))
 }
 
 #[utoipa::path(delete, path = "/sandboxes/{id}", tag = "sandboxes",
     responses((status = 204), (status = 404, body = ErrorBody)))]
-pub async fn delete(State(engine): State<Arc<Engine>>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     engine.delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/sandboxes/{id}/usage", tag = "sandboxes",
     responses((status = 200, body = ResourceUsage), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn usage(State(engine): State<Arc<Engine>>, Path(id): Path<String>) -> ApiResult<Json<ResourceUsage>> {
+pub async fn usage(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ResourceUsage>> {
     let sandbox = engine.get(&id)?;
     Ok(Json(sandbox.resource_usage()))
 }

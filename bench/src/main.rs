@@ -1,0 +1,275 @@
+//! `cella-bench`: drives a running cella server and reports p50/p99 latency and throughput.
+//!
+//! Each scenario runs a fixed number of operations at a given concurrency (that many workers
+//! issuing back-to-back requests). Latency is what the client observes, end to end.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use reqwest::Client;
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+struct Args {
+    /// Base URL of the server.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// Which suites to run: engine, fusion (comma-separated).
+    #[arg(long, default_value = "engine,fusion")]
+    suites: String,
+    /// Scale the number of operations per scenario.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+}
+
+struct Stats {
+    name: String,
+    concurrency: usize,
+    latencies: Vec<Duration>,
+    errors: usize,
+    elapsed: Duration,
+}
+
+impl Stats {
+    fn pct(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[i].as_secs_f64() * 1000.0
+    }
+
+    fn print(&self) {
+        let ops = self.latencies.len() as f64 / self.elapsed.as_secs_f64();
+        println!(
+            "{:<40} c={:<3} n={:<5} p50={:>8.2}ms p99={:>8.2}ms {:>8.1}/s errors={}",
+            self.name,
+            self.concurrency,
+            self.latencies.len(),
+            self.pct(0.50),
+            self.pct(0.99),
+            ops,
+            self.errors
+        );
+    }
+}
+
+/// Runs `op` `total` times with `concurrency` workers.
+async fn measure<F, Fut>(name: &str, concurrency: usize, total: usize, op: F) -> Stats
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers = (0..concurrency).map(|_| {
+        let (op, next) = (op.clone(), next.clone());
+        tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0;
+            let mut first_error = None;
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                let t = Instant::now();
+                match op().await {
+                    Ok(()) => lat.push(t.elapsed()),
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            (lat, errors, first_error)
+        })
+    });
+    let mut stats = Stats {
+        name: name.into(),
+        concurrency,
+        latencies: Vec::new(),
+        errors: 0,
+        elapsed: Duration::ZERO,
+    };
+    for w in futures::future::join_all(workers).await {
+        let (lat, errors, first_error) = w.expect("worker panicked");
+        stats.latencies.extend(lat);
+        stats.errors += errors;
+        if let Some(e) = first_error {
+            eprintln!("  {name}: error: {e}");
+        }
+    }
+    stats.elapsed = started.elapsed();
+    stats.latencies.sort();
+    stats.print();
+    stats
+}
+
+async fn post(http: &Client, url: &str, body: &Value) -> Result<Value, String> {
+    let resp = http
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(format!("{status}: {text}"));
+    }
+    serde_json::from_str(&text).map_err(|e| e.to_string())
+}
+
+async fn delete(http: &Client, url: &str) -> Result<(), String> {
+    let resp = http.delete(url).send().await.map_err(|e| e.to_string())?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(resp.status().to_string())
+    }
+}
+
+async fn engine_suite(http: Client, base: String, scale: f64) {
+    let n = |k: f64| ((k * scale) as usize).max(4);
+    let api = format!("{base}/api/v1");
+    println!("== engine: sandboxes and execs ==");
+
+    // create→ready, deleting outside the measured operation.
+    {
+        let (h, a) = (http.clone(), api.clone());
+        let ids = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let idsc = ids.clone();
+        measure("sandbox create→ready", 1, n(200.0), move || {
+            let (h, a, ids) = (h.clone(), a.clone(), idsc.clone());
+            async move {
+                let s = post(&h, &format!("{a}/sandboxes"), &json!({})).await?;
+                ids.lock()
+                    .unwrap()
+                    .push(s["id"].as_str().unwrap_or_default().to_string());
+                Ok(())
+            }
+        })
+        .await;
+        let ids = std::mem::take(&mut *ids.lock().unwrap());
+        for id in ids {
+            let _ = delete(&http, &format!("{api}/sandboxes/{id}")).await;
+        }
+    }
+
+    // exec /bin/true in a live sandbox.
+    let sbx = post(&http, &format!("{api}/sandboxes"), &json!({}))
+        .await
+        .expect("create sandbox");
+    let id = sbx["id"].as_str().unwrap_or_default().to_string();
+    for c in [1, 8] {
+        let (h, url) = (http.clone(), format!("{api}/sandboxes/{id}/exec"));
+        measure("exec /bin/true (live sandbox)", c, n(500.0), move || {
+            let (h, url) = (h.clone(), url.clone());
+            async move {
+                let r = post(&h, &url, &json!({"command": ["/bin/true"]})).await?;
+                if r["exit_code"] != 0 {
+                    return Err(format!("unexpected result {r}"));
+                }
+                Ok(())
+            }
+        })
+        .await;
+    }
+    let _ = delete(&http, &format!("{api}/sandboxes/{id}")).await;
+
+    // The full lifecycle.
+    for c in [1, 8, 32] {
+        let (h, a) = (http.clone(), api.clone());
+        measure(
+            "create+exec+delete",
+            c,
+            n(100.0 + 10.0 * c as f64),
+            move || {
+                let (h, a) = (h.clone(), a.clone());
+                async move {
+                    let s = post(&h, &format!("{a}/sandboxes"), &json!({})).await?;
+                    let id = s["id"].as_str().unwrap_or_default();
+                    let r = post(
+                        &h,
+                        &format!("{a}/sandboxes/{id}/exec"),
+                        &json!({"command": ["/bin/true"]}),
+                    )
+                    .await;
+                    delete(&h, &format!("{a}/sandboxes/{id}")).await?;
+                    r.map(drop)
+                }
+            },
+        )
+        .await;
+    }
+}
+
+async fn fusion_suite(http: Client, base: String, scale: f64) {
+    let n = |k: f64| ((k * scale) as usize).max(4);
+    println!("== SandboxFusion /run_code and /run_jupyter ==");
+    let url = format!("{base}/run_code");
+    let cases = [
+        (
+            "run_code python print(1)",
+            json!({"language": "python", "code": "print(1)"}),
+            "1\n",
+        ),
+        (
+            "run_code cpp hello",
+            json!({"language": "cpp", "code": "#include <cstdio>\nint main(){puts(\"hello\");}"}),
+            "hello\n",
+        ),
+    ];
+    for (name, body, expect) in cases {
+        for c in [1, 4, 16, 64] {
+            let (h, url, body) = (http.clone(), url.clone(), body.clone());
+            let count = if name.contains("cpp") {
+                n(40.0 + 4.0 * c as f64)
+            } else {
+                n(150.0 + 10.0 * c as f64)
+            };
+            measure(name, c, count, move || {
+                let (h, url, body) = (h.clone(), url.clone(), body.clone());
+                async move {
+                    let r = post(&h, &url, &body).await?;
+                    if r["status"] != "Success" || r["run_result"]["stdout"] != expect {
+                        return Err(format!("unexpected result {r}"));
+                    }
+                    Ok(())
+                }
+            })
+            .await;
+        }
+    }
+    let (h, url) = (http.clone(), format!("{base}/run_jupyter"));
+    measure("run_jupyter 2 cells", 1, n(20.0), move || {
+        let (h, url) = (h.clone(), url.clone());
+        async move {
+            let r = post(&h, &url, &json!({"cells": ["x = 1", "print(x + 1)"]})).await?;
+            if r["status"] != "Success" || r["cells"][1]["stdout"] != "2\n" {
+                return Err(format!("unexpected result {r}"));
+            }
+            Ok(())
+        }
+    })
+    .await;
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let http = Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("http client");
+    let base = args.server.trim_end_matches('/').to_string();
+    for suite in args.suites.split(',') {
+        match suite.trim() {
+            "engine" => engine_suite(http.clone(), base.clone(), args.scale).await,
+            "fusion" => fusion_suite(http.clone(), base.clone(), args.scale).await,
+            other => eprintln!("unknown suite {other:?}"),
+        }
+    }
+}

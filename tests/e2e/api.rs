@@ -1,0 +1,439 @@
+//! The native API, route by route, against a real server; and bad input.
+
+use std::sync::OnceLock;
+
+use cella_e2e::{Server, json_of};
+use serde_json::{Value, json};
+
+fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(Server::start)
+}
+
+#[test]
+fn health_openapi_and_metrics() {
+    let s = server();
+    let health = json_of(s.http.get(format!("{}/healthz", s.url)).send().unwrap());
+    assert_eq!(health["status"], "ok");
+
+    let doc = json_of(
+        s.http
+            .get(format!("{}/openapi.json", s.url))
+            .send()
+            .unwrap(),
+    );
+    assert!(doc["openapi"].as_str().unwrap().starts_with('3'));
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/api/v1/sandboxes",
+        "/api/v1/sandboxes/{id}",
+        "/api/v1/sandboxes/{id}/exec",
+        "/api/v1/sandboxes/{id}/exec/stream",
+        "/api/v1/sandboxes/{id}/processes",
+        "/api/v1/sandboxes/{id}/files",
+        "/api/v1/sandboxes/{id}/files/upload",
+        "/api/v1/images",
+    ] {
+        assert!(paths.contains_key(p), "openapi lacks {p}");
+    }
+
+    let id = s.sandbox(json!({}));
+    s.sh(&id, "true");
+    let metrics = s
+        .http
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    for m in [
+        "cella_sandbox_create_seconds_bucket",
+        "cella_exec_seconds_bucket",
+        "cella_sandboxes_live",
+        "cella_http_requests_total",
+    ] {
+        assert!(metrics.contains(m), "metrics lack {m}:\n{metrics}");
+    }
+    assert_eq!(s.delete(&format!("/sandboxes/{id}")).status(), 204);
+}
+
+#[test]
+fn sandbox_lifecycle() {
+    let s = server();
+    let r = s.post(
+        "/sandboxes",
+        json!({"cpus": 0.5, "memory_mb": 256, "pids": 64, "disk_mb": 32, "env": {"GREETING": "hi"},
+               "labels": {"team": "rl", "run": "7"}, "idle_timeout_secs": 60, "max_lifetime_secs": 120,
+               "hostname": "box"}),
+    );
+    assert_eq!(r.status(), 201);
+    let info = json_of(r);
+    let id = info["id"].as_str().unwrap().to_string();
+    assert_eq!(info["state"], "running");
+    assert_eq!(
+        (
+            info["cpus"].as_f64(),
+            info["memory_mb"].as_u64(),
+            info["pids"].as_u64()
+        ),
+        (Some(0.5), Some(256), Some(64))
+    );
+    assert!(
+        info.get("init").is_none(),
+        "internal fields must not leak: {info}"
+    );
+
+    let got = json_of(s.get(&format!("/sandboxes/{id}")));
+    assert_eq!(got["labels"]["team"], "rl");
+    let listed = json_of(s.get("/sandboxes?label=team=rl,run=7"));
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == id.as_str())
+    );
+    let none = json_of(s.get("/sandboxes?label=team=other"));
+    assert!(
+        !none
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == id.as_str())
+    );
+
+    let out = s.sh(&id, "echo $GREETING; hostname; whoami; pwd");
+    assert_eq!(out["stdout"], "hi\nbox\nuser\n/home/user\n");
+
+    let usage = json_of(s.get(&format!("/sandboxes/{id}/usage")));
+    assert_eq!(usage["memory_limit_bytes"], 256u64 << 20);
+    assert_eq!(usage["pids_limit"], 64);
+    assert!(usage["cpu_seconds"].as_f64().unwrap() > 0.0);
+    assert!(usage["memory_bytes"].as_u64().unwrap() > 0);
+
+    assert_eq!(s.delete(&format!("/sandboxes/{id}")).status(), 204);
+    assert_eq!(s.get(&format!("/sandboxes/{id}")).status(), 404);
+    assert_eq!(s.delete(&format!("/sandboxes/{id}")).status(), 404);
+}
+
+#[test]
+fn exec_collects_everything() {
+    let s = server();
+    let id = s.sandbox(json!({}));
+    let r = s.exec(&id, json!({"command": ["python3", "-c", "import sys; print(sys.stdin.read().upper()); print('err', file=sys.stderr); sys.exit(3)"], "stdin": "abc"}));
+    assert_eq!(r["exit_code"], 3);
+    assert_eq!(r["stdout"], "ABC\n");
+    assert_eq!(r["stderr"], "err\n");
+    assert_eq!(r["timed_out"], false);
+    assert!(r["wall_time"].as_f64().unwrap() > 0.0);
+    assert!(r["cpu_time"].as_f64().unwrap() > 0.0, "{r}");
+
+    let r = s.exec(&id, json!({"shell": "kill -TERM $$"}));
+    assert_eq!(
+        (r["exit_code"].clone(), r["signal"].clone()),
+        (Value::Null, json!(15))
+    );
+
+    let r = s.exec(
+        &id,
+        json!({"command": ["pwd"], "cwd": "/tmp", "env": {"X": "1"}}),
+    );
+    assert_eq!(r["stdout"], "/tmp\n");
+
+    // A missing program is a clear 400, not a hang or a 500.
+    let r = s.post(
+        &format!("/sandboxes/{id}/exec"),
+        json!({"command": ["no-such-program"]}),
+    );
+    assert_eq!(r.status(), 400);
+    assert!(
+        json_of(r)["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("No such file")
+    );
+    let r = s.post(
+        &format!("/sandboxes/{id}/exec"),
+        json!({"command": ["true"], "cwd": "/nonexistent"}),
+    );
+    assert_eq!(r.status(), 400);
+    s.delete(&format!("/sandboxes/{id}"));
+}
+
+#[test]
+fn exec_streams_ndjson_and_sse() {
+    let s = server();
+    let id = s.sandbox(json!({}));
+    let body = json!({"shell": "echo one; sleep 0.3; echo two >&2; exit 4"});
+    let text = s
+        .http
+        .post(s.api(&format!("/sandboxes/{id}/exec/stream")))
+        .json(&body)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let events: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events[0]["type"], "started");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "stdout" && e["data"] == "one\n")
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "stderr" && e["data"] == "two\n")
+    );
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last["type"].as_str(), last["exit_code"].as_i64()),
+        (Some("exit"), Some(4))
+    );
+
+    let sse = s
+        .http
+        .post(s.api(&format!("/sandboxes/{id}/exec/stream")))
+        .header("accept", "text/event-stream")
+        .json(&body)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(sse.contains("event: stdout"), "{sse}");
+    assert!(sse.contains("event: exit"), "{sse}");
+    s.delete(&format!("/sandboxes/{id}"));
+}
+
+#[test]
+fn background_processes() {
+    let s = server();
+    let id = s.sandbox(json!({}));
+    let r = s.post(
+        &format!("/sandboxes/{id}/processes"),
+        json!({"shell": "echo started; sleep 30; echo never"}),
+    );
+    assert_eq!(r.status(), 201);
+    let p = json_of(r);
+    let pid = p["id"].as_u64().unwrap();
+    assert_eq!(p["running"], true);
+
+    let list = json_of(s.get(&format!("/sandboxes/{id}/processes")));
+    assert!(list.as_array().unwrap().iter().any(|x| x["id"] == pid));
+
+    // Waiting with a short limit returns while it still runs, with the output so far.
+    let w = json_of(s.post(
+        &format!("/sandboxes/{id}/processes/{pid}/wait?timeout=0.5"),
+        json!(null),
+    ));
+    assert_eq!(w["running"], true);
+    assert_eq!(w["stdout"], "started\n");
+
+    let k = json_of(s.post(
+        &format!("/sandboxes/{id}/processes/{pid}/kill"),
+        json!(null),
+    ));
+    assert_eq!(k["running"], false);
+    assert_eq!(k["exit"]["killed"], true);
+    assert_eq!(k["stdout"], "started\n");
+    assert_eq!(s.sh(&id, "pgrep -c sleep || true")["stdout"], "0\n");
+
+    let quick = json_of(s.post(
+        &format!("/sandboxes/{id}/processes"),
+        json!({"command": ["sh", "-c", "exit 7"]}),
+    ));
+    let w = json_of(s.post(
+        &format!("/sandboxes/{id}/processes/{}/wait", quick["id"]),
+        json!(null),
+    ));
+    assert_eq!(w["exit"]["exit_code"], 7);
+    assert_eq!(
+        s.get(&format!("/sandboxes/{id}/processes/999999")).status(),
+        404
+    );
+    s.delete(&format!("/sandboxes/{id}"));
+}
+
+#[test]
+fn registered_images() {
+    let s = server();
+    let list = json_of(s.get("/images"));
+    let host = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "host")
+        .unwrap()
+        .clone();
+    assert!(
+        host["aliases"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("python:3.11"))
+    );
+
+    // A minimal root filesystem: dash and the C library it needs.
+    let root = s.data_dir.with_extension("rootfs");
+    for dir in ["bin", "lib/x86_64-linux-gnu", "lib64", "etc"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    std::fs::copy("/usr/bin/dash", root.join("bin/sh")).unwrap();
+    std::fs::copy(
+        "/lib/x86_64-linux-gnu/libc.so.6",
+        root.join("lib/x86_64-linux-gnu/libc.so.6"),
+    )
+    .unwrap();
+    std::fs::copy(
+        "/lib64/ld-linux-x86-64.so.2",
+        root.join("lib64/ld-linux-x86-64.so.2"),
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/marker"), "tiny image\n").unwrap();
+
+    let r = s.post("/images", json!({"name": "tiny", "path": root}));
+    assert_eq!(r.status(), 201, "{}", json_of(r));
+    assert_eq!(
+        s.post("/images", json!({"name": "tiny", "path": root}))
+            .status(),
+        409
+    );
+    assert_eq!(
+        s.post("/images", json!({"name": "bad", "path": "/nonexistent"}))
+            .status(),
+        400
+    );
+    assert_eq!(
+        s.post("/images", json!({"name": "bad", "path": "/tmp"}))
+            .status(),
+        400
+    );
+
+    let id = s.sandbox(json!({"image": "tiny"}));
+    let r = s.exec(&id, json!({"command": ["/bin/sh", "-c", "read x < /etc/marker; echo $x; echo > /tmp/w && echo writable"]}));
+    assert_eq!(r["stdout"], "tiny image\nwritable\n", "{r}");
+    // The image itself is read-only underneath the sandbox.
+    assert!(root.join("tmp/w").metadata().is_err());
+    s.delete(&format!("/sandboxes/{id}"));
+    assert_eq!(s.delete("/images/tiny").status(), 204);
+    assert_eq!(s.post("/sandboxes", json!({"image": "tiny"})).status(), 404);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn bad_input_gets_clear_4xx() {
+    let s = server();
+    let raw = |method: reqwest::Method, path: &str, body: &'static str| {
+        s.http
+            .request(method, s.api(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap()
+    };
+    let r = raw(reqwest::Method::POST, "/sandboxes", "{not json");
+    assert_eq!(r.status(), 400);
+    let e = json_of(r);
+    assert_eq!(e["error"]["code"], "invalid_json");
+
+    assert_eq!(
+        raw(
+            reqwest::Method::POST,
+            "/sandboxes",
+            r#"{"memory_mb": "lots"}"#
+        )
+        .status(),
+        422
+    );
+    assert_eq!(
+        raw(
+            reqwest::Method::POST,
+            "/sandboxes",
+            r#"{"no_such_field": 1}"#
+        )
+        .status(),
+        422
+    );
+    assert_eq!(s.post("/sandboxes", json!({"memory_mb": 1})).status(), 400);
+    assert_eq!(s.post("/sandboxes", json!({"cpus": 1000})).status(), 400);
+    assert_eq!(
+        s.post("/sandboxes", json!({"image": "no-such-image"}))
+            .status(),
+        404
+    );
+    assert_eq!(
+        s.post("/sandboxes", json!({"hostname": "bad host!"}))
+            .status(),
+        400
+    );
+    assert_eq!(s.get("/sandboxes/does-not-exist").status(), 404);
+    assert_eq!(
+        s.post("/sandboxes/does-not-exist/exec", json!({"shell": "true"}))
+            .status(),
+        404
+    );
+    assert_eq!(
+        s.http
+            .get(format!("{}/no/such/route", s.url))
+            .send()
+            .unwrap()
+            .status(),
+        404
+    );
+
+    let id = s.sandbox(json!({}));
+    assert_eq!(
+        s.post(&format!("/sandboxes/{id}/exec"), json!({})).status(),
+        400
+    );
+    assert_eq!(
+        s.post(&format!("/sandboxes/{id}/exec"), json!({"command": []}))
+            .status(),
+        400
+    );
+    assert_eq!(
+        s.post(
+            &format!("/sandboxes/{id}/exec"),
+            json!({"shell": "x", "command": ["y"]})
+        )
+        .status(),
+        400
+    );
+    assert_eq!(
+        s.post(
+            &format!("/sandboxes/{id}/exec"),
+            json!({"shell": "true", "timeout": -1})
+        )
+        .status(),
+        400
+    );
+    assert_eq!(
+        s.post(
+            &format!("/sandboxes/{id}/exec"),
+            json!({"command": ["a\u{0}b"]})
+        )
+        .status(),
+        400
+    );
+    assert_eq!(
+        s.post(
+            &format!("/sandboxes/{id}/exec"),
+            json!({"shell": "true", "env": {"A=B": "1"}})
+        )
+        .status(),
+        400
+    );
+
+    // A body over the limit is refused before it is read into memory.
+    let big = vec![b'x'; 300 << 20];
+    let r = s
+        .http
+        .put(s.api(&format!("/sandboxes/{id}/files?path=big")))
+        .body(big)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    s.delete(&format!("/sandboxes/{id}"));
+}

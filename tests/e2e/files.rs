@@ -1,0 +1,209 @@
+//! The files API: every operation, its errors and its limits.
+
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use cella_e2e::{Server, json_of};
+use reqwest::blocking::multipart::{Form, Part};
+use serde_json::json;
+
+fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(Server::start)
+}
+
+#[test]
+fn write_read_stat_list() {
+    let s = server();
+    let id = s.sandbox(json!({}));
+    let f = |p: &str| format!("/sandboxes/{id}/files{p}");
+    let w = json_of(s.post(
+        &f("/write"),
+        json!({"path": "deep/er/note.txt", "content": "héllo\n", "mode": "600"}),
+    ));
+    assert_eq!(w["path"], "/home/user/deep/er/note.txt");
+    assert_eq!(w["mode"], 0o600);
+    assert_eq!(w["size"], 7);
+    // Files the API writes belong to the sandbox user, so its programs may change them.
+    assert_eq!(
+        s.sh(
+            &id,
+            "echo more >> deep/er/note.txt && stat -c %U deep/er/note.txt"
+        )["stdout"],
+        "user\n"
+    );
+
+    let r = json_of(s.get(&f("/read?path=deep/er/note.txt")));
+    assert_eq!(
+        (r["encoding"].as_str(), r["content"].as_str()),
+        (Some("utf-8"), Some("héllo\nmore\n"))
+    );
+
+    let bin = base64::engine::general_purpose::STANDARD.encode([0u8, 159, 146, 150]);
+    s.post(
+        &f("/write"),
+        json!({"path": "/tmp/bin", "content": bin, "encoding": "base64"}),
+    );
+    let r = json_of(s.get(&f("/read?path=/tmp/bin")));
+    assert_eq!(
+        (r["encoding"].as_str(), r["content"].as_str()),
+        (Some("base64"), Some(bin.as_str()))
+    );
+
+    let st = json_of(s.get(&f("/stat?path=deep")));
+    assert_eq!(st["kind"], "dir");
+    let root = json_of(s.get(&f("/stat?path=/")));
+    assert_eq!(root["kind"], "dir");
+
+    let one = json_of(s.get(&f("/list?path=deep")));
+    assert_eq!(one.as_array().unwrap().len(), 1);
+    let all = json_of(s.get(&f("/list?path=deep&depth=5")));
+    let paths: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["/home/user/deep/er", "/home/user/deep/er/note.txt"]);
+    s.delete(&format!("/sandboxes/{id}"));
+}
+
+#[test]
+fn upload_download_raw_and_multipart() {
+    let s = server();
+    let id = s.sandbox(json!({}));
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let r = s
+        .http
+        .put(s.api(&format!("/sandboxes/{id}/files?path=/tmp/blob&mode=755")))
+        .body(data.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(json_of(r)["mode"], 0o755);
+    let got = s
+        .http
+        .get(s.api(&format!("/sandboxes/{id}/files?path=/tmp/blob")))
+        .send()
+        .unwrap();
+    assert_eq!(
+        got.headers()["content-disposition"],
+        "attachment; filename*=UTF-8''blob"
+    );
+    assert_eq!(got.bytes().unwrap().as_ref(), data.as_slice());
+    assert_eq!(
+        s.sh(&id, "md5sum < /tmp/blob | cut -c1-8")["stdout"]
+            .as_str()
+            .unwrap()
+            .len(),
+        9
+    );
+
+    let form = Form::new().text("path", "uploads/").part(
+        "file",
+        Part::bytes(b"print('up')\n".to_vec()).file_name("main.py"),
+    );
+    let r = s
+        .http
+        .post(s.api(&format!("/sandboxes/{id}/files/upload")))
+        .multipart(form)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(json_of(r)[0]["path"], "/home/user/uploads/main.py");
+    assert_eq!(s.sh(&id, "python3 uploads/main.py")["stdout"], "up\n");
+
+    let r = s
+        .http
+        .post(s.api(&format!("/sandboxes/{id}/files/upload")))
+        .multipart(Form::new().text("path", "x"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    s.delete(&format!("/sandboxes/{id}"));
+}
+
+#[test]
+fn mkdir_move_remove_and_their_errors() {
+    let s = server();
+    let id = s.sandbox(json!({}));
+    let f = |p: &str| format!("/sandboxes/{id}/files{p}");
+    assert_eq!(s.post(&f("/mkdir"), json!({"path": "a/b/c"})).status(), 200);
+    assert_eq!(
+        s.post(&f("/mkdir"), json!({"path": "a/b/c", "parents": false}))
+            .status(),
+        409
+    );
+    assert_eq!(
+        s.post(&f("/mkdir"), json!({"path": "x/y", "parents": false}))
+            .status(),
+        404
+    );
+    s.post(&f("/write"), json!({"path": "a/b/c/f", "content": "1"}));
+    let m = s.post(
+        &f("/move"),
+        json!({"source": "a/b/c/f", "destination": "a/g"}),
+    );
+    assert_eq!(m.status(), 200);
+    assert_eq!(json_of(m)["path"], "/home/user/a/g");
+    assert_eq!(
+        s.post(&f("/move"), json!({"source": "nope", "destination": "a/h"}))
+            .status(),
+        404
+    );
+
+    assert_eq!(
+        s.delete(&f("?path=a")).status(),
+        409,
+        "non-empty directory without recursive"
+    );
+    assert_eq!(s.delete(&f("?path=a&recursive=true")).status(), 204);
+    assert_eq!(s.get(&f("/stat?path=a")).status(), 404);
+    assert_eq!(s.delete(&f("?path=a")).status(), 404);
+
+    assert_eq!(
+        s.get(&f("/read?path=/tmp")).status(),
+        400,
+        "reading a directory"
+    );
+    assert_eq!(s.get(&f("/read?path=")).status(), 400);
+    assert_eq!(s.get(&f("/read")).status(), 400, "missing path");
+    assert_eq!(
+        s.post(&f("/write"), json!({"path": "/tmp/", "content": ""}))
+            .status(),
+        400
+    );
+    assert_eq!(
+        s.post(
+            &f("/write"),
+            json!({"path": "z", "content": "!", "encoding": "base64"})
+        )
+        .status(),
+        400
+    );
+    assert_eq!(
+        s.post(
+            &f("/write"),
+            json!({"path": "z", "content": "", "mode": "999"})
+        )
+        .status(),
+        400
+    );
+    s.delete(&format!("/sandboxes/{id}"));
+}
+
+#[test]
+fn read_size_is_limited() {
+    let s = Server::start_with(&[("CELLA_LIMITS__MAX_READ_BYTES", "1000")]);
+    let id = s.sandbox(json!({}));
+    s.sh(&id, "head -c 2000 /dev/zero > big");
+    let r = s.get(&format!("/sandboxes/{id}/files/read?path=big"));
+    assert_eq!(r.status(), 413);
+    // Download streams and has no such limit.
+    let d = s
+        .http
+        .get(s.api(&format!("/sandboxes/{id}/files?path=big")))
+        .send()
+        .unwrap();
+    assert_eq!(d.bytes().unwrap().len(), 2000);
+}

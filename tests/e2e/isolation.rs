@@ -1,0 +1,328 @@
+//! Hostile code: every escape attempt fails, checked from inside the sandbox and from the host.
+
+use std::sync::OnceLock;
+
+use cella_e2e::{Server, json_of};
+use serde_json::{Value, json};
+
+fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(Server::start)
+}
+
+/// Runs Python in a fresh sandbox and returns the result.
+fn python(code: &str) -> Value {
+    let s = server();
+    let id = s.sandbox(json!({}));
+    let r = s.exec(
+        &id,
+        json!({"command": ["python3", "-c", code], "timeout": 20}),
+    );
+    s.delete(&format!("/sandboxes/{id}"));
+    r
+}
+
+/// A Python prelude that makes raw syscalls and reports errno names.
+const SYSCALL: &str = r#"
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+def sc(nr, *args):
+    r = libc.syscall(nr, *[ctypes.c_long(a) for a in args])
+    return 'ok' if r >= 0 else errno.errorcode[ctypes.get_errno()]
+"#;
+
+#[test]
+fn runs_unprivileged_with_seccomp_and_no_capabilities() {
+    let r = python("print(open('/proc/self/status').read())");
+    let status = r["stdout"].as_str().unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_ne!(field("Uid:").split_whitespace().next(), Some("0"));
+    assert_eq!(field("CapEff:"), "0000000000000000");
+    assert_eq!(field("CapPrm:"), "0000000000000000");
+    assert_eq!(field("NoNewPrivs:"), "1");
+    assert_eq!(field("Seccomp:"), "2");
+}
+
+#[test]
+fn cannot_read_host_secrets() {
+    let s = server();
+    let marker = format!("/root/cella-secret-{}", std::process::id());
+    std::fs::write(&marker, "top secret").unwrap();
+    let id = s.sandbox(json!({}));
+    let r = s.sh(
+        &id,
+        &format!(
+            "cat {marker}; cat /etc/shadow; ls -A /root; ls -A /home; ls {}; ls /var/log | wc -l",
+            s.data_dir.display()
+        ),
+    );
+    let out = format!("{}{}", r["stdout"], r["stderr"]);
+    assert!(!out.contains("top secret"), "{out}");
+    assert!(!out.contains("root:"), "{out}");
+    // The data dir is masked, not just unreadable.
+    assert!(
+        r["stderr"].as_str().unwrap().contains("No such file")
+            || r["stdout"].as_str().unwrap().contains("\n0\n"),
+        "{r}"
+    );
+    // From the host: the API cannot reach it either.
+    let api = json_of(s.get(&format!("/sandboxes/{id}/files/read?path={marker}")));
+    assert_eq!(api["error"]["code"], "not_found", "{api}");
+    s.delete(&format!("/sandboxes/{id}"));
+    std::fs::remove_file(&marker).unwrap();
+}
+
+#[test]
+fn host_files_are_never_touched() {
+    let s = server();
+    let id = s.sandbox(json!({}));
+    let stamp = format!("cella-touch-{}", std::process::id());
+    let r = s.sh(
+        &id,
+        &format!(
+            "echo x > /tmp/{stamp}; echo x > /{stamp}; echo hacked >> /etc/hosts 2>&1; echo $?"
+        ),
+    );
+    // Writing /etc/hosts fails for the unprivileged user; the others land in the overlay only.
+    assert_eq!(r["stdout"], "1\n", "{r}");
+    assert!(!std::path::Path::new(&format!("/tmp/{stamp}")).exists());
+    assert!(!std::path::Path::new(&format!("/{stamp}")).exists());
+    assert!(
+        !std::fs::read_to_string("/etc/hosts")
+            .unwrap()
+            .contains("hacked")
+    );
+    s.delete(&format!("/sandboxes/{id}"));
+}
+
+#[test]
+fn no_network_but_loopback() {
+    let r = python(
+        r#"
+import socket, os
+print(sorted(os.listdir('/proc/self/net/dev_snmp6')) if os.path.exists('/proc/self/net/dev_snmp6') else open('/proc/net/dev').read().count(':'))
+for host in [('1.1.1.1', 53), ('10.0.0.1', 80)]:
+    s = socket.socket(); s.settimeout(2)
+    try:
+        s.connect(host); print('connected', host)
+    except OSError as e:
+        print('blocked', e.errno)
+srv = socket.socket(); srv.bind(('127.0.0.1', 0)); srv.listen(); port = srv.getsockname()[1]
+c = socket.create_connection(('127.0.0.1', port)); a, _ = srv.accept(); c.send(b'ping'); print(a.recv(4))
+"#,
+    );
+    let out = r["stdout"].as_str().unwrap();
+    assert!(!out.contains("connected"), "{out}");
+    assert!(
+        out.contains("blocked 101"),
+        "network unreachable expected: {out}"
+    );
+    assert!(out.contains("b'ping'"), "loopback must work: {out}");
+}
+
+#[test]
+fn cannot_reach_the_server_or_host_loopback() {
+    let s = server();
+    let port = s.url.rsplit(':').next().unwrap().to_string();
+    let r = python(&format!(
+        "import socket\ntry:\n  socket.create_connection(('127.0.0.1', {port}), timeout=2); print('reached')\nexcept OSError as e: print('refused', e.errno)"
+    ));
+    assert!(r["stdout"].as_str().unwrap().starts_with("refused"), "{r}");
+}
+
+#[test]
+fn sees_only_its_own_processes() {
+    let r = python("import os; print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))");
+    let pids: Vec<i64> = serde_json::from_str(r["stdout"].as_str().unwrap().trim()).unwrap();
+    // Only the python process itself (its init is hidden): nothing from the host.
+    assert!(pids.len() <= 2 && pids.iter().all(|&p| p < 100), "{pids:?}");
+    let r = python(&format!(
+        "import os\ntry:\n  os.kill({}, 0); print('signalled')\nexcept OSError as e: print(e.errno)",
+        std::process::id()
+    ));
+    assert_eq!(
+        r["stdout"], "3\n",
+        "the host pid must not exist inside: {r}"
+    );
+}
+
+#[test]
+fn escape_syscalls_are_refused() {
+    let code = format!(
+        r#"{SYSCALL}
+import socket
+print('mount', sc(165, 0, 0, 0, 0, 0))
+print('unshare_user', sc(272, 0x10000000))
+print('unshare_net', sc(272, 0x40000000))
+print('setns', sc(308, 0, 0))
+print('chroot', sc(161, 0))
+print('pivot_root', sc(155, 0, 0))
+print('ptrace_attach', sc(101, 16, 1, 0, 0))
+print('ptrace_traceme', sc(101, 0, 0, 0, 0))
+print('process_vm_readv', sc(310, 1, 0, 0, 0, 0, 0))
+print('io_uring_setup', sc(425, 1, 0))
+print('keyctl', sc(250, 0, 0, 0, 0))
+print('perf_event_open', sc(298, 0, 0, -1, -1, 0))
+print('setuid0', sc(105, 0))
+print('clone_newns', sc(56, 0x00020000 | 17, 0, 0, 0, 0))
+print('tiocsti', sc(16, 0, 0x5412, 0))
+print('tiocsti_highbits', sc(16, 0, 0x5412 | (1 << 32), 0))
+print('tioclinux', sc(16, 0, 0x541C, 0))
+for fam, name in [(16, 'netlink'), (17, 'packet'), (40, 'vsock')]:
+    try:
+        socket.socket(fam, socket.SOCK_RAW if fam != 40 else socket.SOCK_STREAM); print(name, 'ok')
+    except OSError as e: print(name, errno.errorcode[e.errno])
+"#
+    );
+    let r = python(&code);
+    let out = r["stdout"].as_str().unwrap();
+    let result = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or("missing")
+            .to_string()
+    };
+    for name in [
+        "mount",
+        "unshare_user",
+        "unshare_net",
+        "setns",
+        "chroot",
+        "pivot_root",
+        "ptrace_attach",
+        "ptrace_traceme",
+        "process_vm_readv",
+        "keyctl",
+        "perf_event_open",
+        "setuid0",
+        "clone_newns",
+        "tiocsti",
+        "tiocsti_highbits",
+        "tioclinux",
+        "netlink",
+        "packet",
+        "vsock",
+    ] {
+        assert_eq!(
+            result(name),
+            "EPERM",
+            "{name} must be refused by seccomp: {out}\n{}",
+            r["stderr"]
+        );
+    }
+    assert_eq!(result("io_uring_setup"), "ENOSYS", "{out}");
+}
+
+#[test]
+fn exploit_only_syscalls_kill_the_process() {
+    let r = python(&format!(
+        "{SYSCALL}\nprint('before', flush=True)\nsc(321, 0, 0, 0)\nprint('after')"
+    ));
+    assert_eq!(r["stdout"], "before\n");
+    assert_eq!(r["signal"], 31, "bpf(2) must kill with SIGSYS: {r}");
+}
+
+#[test]
+fn setuid_binaries_do_not_elevate() {
+    let s = server();
+    let id = s.sandbox(json!({}));
+    // `su` and `passwd` are setuid root on the host; mounts are nosuid and no_new_privs is set.
+    let r = s.sh(&id, "su -c id root </dev/null; echo rc=$?; id -u");
+    assert!(!r["stdout"].as_str().unwrap().contains("uid=0"), "{r}");
+    assert!(r["stdout"].as_str().unwrap().contains("rc=1"), "{r}");
+    s.delete(&format!("/sandboxes/{id}"));
+}
+
+#[test]
+fn sandboxes_cannot_reach_each_other() {
+    let s = server();
+    let a = s.sandbox(json!({}));
+    let b = s.sandbox(json!({}));
+    // A listens on an abstract unix socket and on loopback TCP, and leaves a file in /dev/shm.
+    let listen = r#"
+import socket, time, os
+u = socket.socket(socket.AF_UNIX); u.bind('\0cella-test'); u.listen()
+t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); t.bind(('127.0.0.1', 7777)); t.listen()
+open('/dev/shm/a-was-here', 'w').write('x')
+time.sleep(20)
+"#;
+    let started = json_of(s.post(
+        &format!("/sandboxes/{a}/processes"),
+        json!({"command": ["python3", "-c", listen]}),
+    ));
+    assert_eq!(started["running"], true);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let probe = r#"
+import socket, os
+for target, fam in [('\0cella-test', socket.AF_UNIX), (('127.0.0.1', 7777), socket.AF_INET)]:
+    s = socket.socket(fam)
+    try:
+        s.connect(target); print('reached')
+    except OSError as e: print('isolated', e.errno)
+print(os.path.exists('/dev/shm/a-was-here'))
+"#;
+    let r = s.exec(&b, json!({"command": ["python3", "-c", probe]}));
+    assert_eq!(r["stdout"], "isolated 111\nisolated 111\nFalse\n", "{r}");
+    s.delete(&format!("/sandboxes/{a}"));
+    s.delete(&format!("/sandboxes/{b}"));
+}
+
+#[test]
+fn planted_symlinks_cannot_redirect_the_file_api() {
+    let s = server();
+    let id = s.sandbox(json!({}));
+    let stamp = format!("cella-pwned-{}", std::process::id());
+    // The Judge0 pattern: links to host paths, to the root, and to /proc magic links.
+    s.sh(&id, "ln -s /etc/passwd pw; ln -s / rootlink; ln -s /proc/self/root selfroot; ln -s ../../../../../.. up; mkdir d");
+    let read = |p: &str| json_of(s.get(&format!("/sandboxes/{id}/files/read?path={p}")));
+    // Resolved inside the sandbox: its own /etc/passwd (with the sandbox user), never the host's.
+    let pw = read("pw");
+    assert!(pw["content"].as_str().unwrap().contains("user:x:"), "{pw}");
+    assert_eq!(
+        read("selfroot/etc/hostname")["error"]["code"],
+        "invalid_argument"
+    );
+    let w = s.post(
+        &format!("/sandboxes/{id}/files/write"),
+        json!({"path": format!("rootlink/tmp/{stamp}"), "content": "x"}),
+    );
+    assert_eq!(w.status(), 200);
+    let w = s.post(
+        &format!("/sandboxes/{id}/files/write"),
+        json!({"path": format!("up/tmp/{stamp}-2"), "content": "x"}),
+    );
+    assert_eq!(w.status(), 200);
+    assert!(!std::path::Path::new(&format!("/tmp/{stamp}")).exists());
+    assert!(!std::path::Path::new(&format!("/tmp/{stamp}-2")).exists());
+    // Both landed in the sandbox's own /tmp.
+    assert_eq!(
+        s.sh(&id, &format!("ls /tmp/{stamp} /tmp/{stamp}-2 | wc -l"))["stdout"],
+        "2\n"
+    );
+    // /proc and /dev are other mounts: the file API does not cross into them.
+    for p in [
+        "/proc/sys/kernel/core_pattern",
+        "/proc/1/environ",
+        "/dev/null",
+    ] {
+        let r = s.post(
+            &format!("/sandboxes/{id}/files/write"),
+            json!({"path": p, "content": "|/tmp/x"}),
+        );
+        assert_eq!(r.status(), 400, "{p} must be refused");
+    }
+    assert_ne!(
+        std::fs::read_to_string("/proc/sys/kernel/core_pattern")
+            .unwrap()
+            .trim(),
+        "|/tmp/x"
+    );
+    s.delete(&format!("/sandboxes/{id}"));
+}

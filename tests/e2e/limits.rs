@@ -1,0 +1,172 @@
+//! Every limit: timeouts kill the whole tree, memory, pids, disk quota, output cap, CPU — and
+//! the server keeps serving while a sandbox misbehaves.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use cella_e2e::Server;
+use serde_json::json;
+
+fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(Server::start)
+}
+
+#[test]
+fn timeout_kills_the_whole_tree() {
+    let s = server();
+    let id = s.sandbox(json!({}));
+    let started = Instant::now();
+    // Children in the background, one detached into its own session, one double-forked.
+    let r = s.exec(&id, json!({"shell": "sleep 1000 & setsid sleep 1001 & (sleep 1002 &) ; echo up; sleep 1003", "timeout": 1}));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(r["timed_out"], true);
+    assert_eq!(r["stdout"], "up\n");
+    assert_eq!(r["signal"], 9);
+    let left = s.sh(&id, "ps -eo comm= | grep -c sleep || true");
+    assert_eq!(left["stdout"], "0\n", "the tree survived: {left}");
+    s.delete(&format!("/sandboxes/{id}"));
+}
+
+#[test]
+fn memory_limit_oom_kills_and_says_so() {
+    let s = server();
+    let id = s.sandbox(json!({"memory_mb": 128}));
+    let r = s.exec(&id, json!({"command": ["python3", "-c", "x = bytearray(512 << 20); print('survived')"], "timeout": 30}));
+    assert_eq!(r["oom_killed"], true, "{r}");
+    assert_eq!(r["signal"], 9);
+    assert_eq!(r["stdout"], "");
+    // The sandbox is still usable afterwards.
+    assert_eq!(s.sh(&id, "echo alive")["stdout"], "alive\n");
+    s.delete(&format!("/sandboxes/{id}"));
+}
+
+#[test]
+fn fork_bomb_is_contained_and_the_server_keeps_serving() {
+    let s = server();
+    let id = s.sandbox(json!({"pids": 64}));
+    let bomb = {
+        let (http, url) = (s.http.clone(), s.api(&format!("/sandboxes/{id}/exec")));
+        std::thread::spawn(move || {
+            http.post(url)
+                .json(&json!({"shell": "b(){ b|b& }; b; sleep 5", "timeout": 4}))
+                .send()
+                .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    // Others are served promptly meanwhile.
+    let t = Instant::now();
+    let other = s.sandbox(json!({}));
+    assert_eq!(s.sh(&other, "echo fine")["stdout"], "fine\n");
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "server slowed to {:?}",
+        t.elapsed()
+    );
+    let usage = cella_e2e::json_of(s.get(&format!("/sandboxes/{id}/usage")));
+    assert!(usage["pids"].as_u64().unwrap() <= 64, "{usage}");
+    let r = cella_e2e::json_of(bomb.join().unwrap());
+    assert_eq!(r["timed_out"], true, "{r}");
+    assert!(cella_e2e::eventually(5.0, || cella_e2e::json_of(
+        s.get(&format!("/sandboxes/{id}/usage"))
+    )["pids"]
+        == 1));
+    s.delete(&format!("/sandboxes/{id}"));
+    s.delete(&format!("/sandboxes/{other}"));
+}
+
+#[test]
+fn disk_quota_gives_enospc() {
+    let s = server();
+    let id = s.sandbox(json!({"disk_mb": 32, "memory_mb": 512}));
+    let r = s.sh(
+        &id,
+        "dd if=/dev/zero of=/tmp/big bs=1M count=100 2>&1; echo rc=$?",
+    );
+    let out = r["stdout"].as_str().unwrap();
+    assert!(
+        out.contains("No space left on device") || out.contains("File too large"),
+        "{out}"
+    );
+    let usage = cella_e2e::json_of(s.get(&format!("/sandboxes/{id}/usage")));
+    assert!(usage["disk_bytes"].as_u64().unwrap() <= 32 << 20, "{usage}");
+    // The file API hits the same quota.
+    let r = s
+        .http
+        .put(s.api(&format!("/sandboxes/{id}/files?path=more")))
+        .body(vec![0u8; 40 << 20])
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 507);
+    s.delete(&format!("/sandboxes/{id}"));
+}
+
+#[test]
+fn huge_output_is_capped_without_blocking() {
+    let s = server();
+    let id = s.sandbox(json!({}));
+    let t = Instant::now();
+    let r = s.exec(&id, json!({
+        "command": ["python3", "-c", "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(64): sys.stdout.write(chunk)\nprint('done', file=sys.stderr)"],
+        "output_cap": 1 << 20,
+        "timeout": 30,
+    }));
+    assert_eq!(r["exit_code"], 0, "{r}");
+    assert_eq!(r["stdout_truncated"], true);
+    assert_eq!(r["stdout"].as_str().unwrap().len(), 1 << 20);
+    assert_eq!(r["stderr"], "done\n");
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "64 MB took {:?}",
+        t.elapsed()
+    );
+    s.delete(&format!("/sandboxes/{id}"));
+}
+
+#[test]
+fn infinite_loop_times_out_and_cpu_is_limited() {
+    let s = server();
+    let id = s.sandbox(json!({"cpus": 0.25}));
+    let r = s.exec(
+        &id,
+        json!({"command": ["python3", "-c", "while True: pass"], "timeout": 2}),
+    );
+    assert_eq!(r["timed_out"], true);
+    let (wall, cpu) = (
+        r["wall_time"].as_f64().unwrap(),
+        r["cpu_time"].as_f64().unwrap(),
+    );
+    // A quarter of a core: well under the wall time.
+    assert!(cpu < wall * 0.5, "cpu {cpu} for wall {wall}");
+    s.delete(&format!("/sandboxes/{id}"));
+}
+
+#[test]
+fn idle_sandboxes_are_stopped() {
+    let s = server();
+    let id = s.sandbox(json!({"idle_timeout_secs": 1}));
+    assert!(cella_e2e::eventually(6.0, || cella_e2e::json_of(
+        s.get(&format!("/sandboxes/{id}"))
+    )["state"]
+        == "stopped"));
+    let info = cella_e2e::json_of(s.get(&format!("/sandboxes/{id}")));
+    assert_eq!(info["stop_reason"], "idle timeout");
+    assert_eq!(
+        s.post(&format!("/sandboxes/{id}/exec"), json!({"shell": "true"}))
+            .status(),
+        409
+    );
+    assert_eq!(s.delete(&format!("/sandboxes/{id}")).status(), 204);
+
+    let id = s.sandbox(json!({"max_lifetime_secs": 1}));
+    assert!(cella_e2e::eventually(6.0, || cella_e2e::json_of(
+        s.get(&format!("/sandboxes/{id}"))
+    )["stop_reason"]
+        == "max lifetime reached"));
+    s.delete(&format!("/sandboxes/{id}"));
+}

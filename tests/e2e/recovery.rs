@@ -1,0 +1,172 @@
+//! Crash recovery, graceful shutdown, and a soak that looks for leaks afterwards.
+
+use std::collections::HashSet;
+
+use cella_e2e::{
+    Server, cgroups_under, eventually, host_mounts_containing, json_of, processes_with_uid_in,
+};
+use serde_json::json;
+
+/// Namespace inodes referenced by the server and its descendants, as process namespaces or
+/// open descriptors (the spawner's pool of network namespaces).
+fn namespaces(server: u32) -> HashSet<String> {
+    let mut out = HashSet::new();
+    let mut pids = cella_e2e::descendants(server);
+    pids.push(server);
+    for pid in pids {
+        for sub in ["ns", "fd"] {
+            let Ok(links) = std::fs::read_dir(format!("/proc/{pid}/{sub}")) else {
+                continue;
+            };
+            for l in links.flatten() {
+                if let Ok(target) = std::fs::read_link(l.path()) {
+                    let t = target.to_string_lossy().into_owned();
+                    if t.contains(":[")
+                        && (t.starts_with("mnt")
+                            || t.starts_with("net")
+                            || t.starts_with("pid")
+                            || t.starts_with("ipc")
+                            || t.starts_with("uts")
+                            || t.starts_with("cgroup"))
+                    {
+                        out.insert(t);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn restart_after_kill9_reaps_everything() {
+    let mut s = Server::start();
+    let a = s.sandbox(json!({"labels": {"k": "v"}}));
+    let b = s.sandbox(json!({}));
+    s.post(
+        &format!("/sandboxes/{a}/processes"),
+        json!({"shell": "sleep 1000"}),
+    );
+    s.post(
+        &format!("/sandboxes/{b}/processes"),
+        json!({"shell": "setsid sleep 1000 & sleep 1000"}),
+    );
+    assert!(eventually(5.0, || processes_with_uid_in(s.uid_base, 1000)
+        .len()
+        >= 3));
+    assert!(!cgroups_under(&s.cgroup_parent).is_empty());
+
+    s.kill9();
+    // The spawner and every sandbox die with the server: nothing runs as a sandbox uid.
+    assert!(
+        eventually(5.0, || processes_with_uid_in(s.uid_base, 1000).is_empty()),
+        "sandbox processes survived the server: {:?}",
+        processes_with_uid_in(s.uid_base, 1000)
+    );
+    assert!(host_mounts_containing(&s.data_dir.to_string_lossy()).is_empty());
+
+    s.restart();
+    assert!(
+        cgroups_under(&s.cgroup_parent).is_empty(),
+        "cgroups left: {:?}",
+        cgroups_under(&s.cgroup_parent)
+    );
+    let info = json_of(s.get(&format!("/sandboxes/{a}")));
+    assert_eq!(info["state"], "stopped", "{info}");
+    assert_eq!(info["stop_reason"], "server restarted");
+    assert_eq!(info["labels"]["k"], "v");
+    assert_eq!(
+        s.post(&format!("/sandboxes/{a}/exec"), json!({"shell": "true"}))
+            .status(),
+        409
+    );
+    // A fresh sandbox works, and the old records can be deleted.
+    let c = s.sandbox(json!({}));
+    assert_eq!(s.sh(&c, "echo ok")["stdout"], "ok\n");
+    assert_eq!(s.delete(&format!("/sandboxes/{a}")).status(), 204);
+    assert_eq!(s.get(&format!("/sandboxes/{a}")).status(), 404);
+}
+
+#[test]
+fn graceful_shutdown_stops_every_sandbox() {
+    let mut s = Server::start();
+    for _ in 0..3 {
+        let id = s.sandbox(json!({}));
+        s.post(
+            &format!("/sandboxes/{id}/processes"),
+            json!({"shell": "sleep 1000"}),
+        );
+    }
+    assert!(eventually(5.0, || processes_with_uid_in(s.uid_base, 1000)
+        .len()
+        >= 3));
+    let status = s.terminate();
+    assert!(status.success(), "{status}");
+    assert!(processes_with_uid_in(s.uid_base, 1000).is_empty());
+    assert!(cgroups_under(&s.cgroup_parent).is_empty());
+}
+
+#[test]
+fn soak_500_sandboxes_leaves_nothing_behind() {
+    let s = Server::start_with(&[("CELLA_POOL__NETNS", "4")]);
+    // Let the namespace pool fill before taking the baseline.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let before = namespaces(s.pid()).len();
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let (http, api) = (s.http.clone(), s.api(""));
+            std::thread::spawn(move || {
+                for i in 0..125 {
+                    let r = http
+                        .post(format!("{api}/sandboxes"))
+                        .json(&json!({}))
+                        .send()
+                        .unwrap();
+                    assert_eq!(r.status(), 201);
+                    let id = json_of(r)["id"].as_str().unwrap().to_string();
+                    if i % 5 == 0 {
+                        let r = http
+                            .post(format!("{api}/sandboxes/{id}/exec"))
+                            .json(&json!({"shell": "sleep 100 & echo $((6*7))"}))
+                            .send()
+                            .unwrap();
+                        assert_eq!(json_of(r)["stdout"], "42\n", "worker {w}");
+                    }
+                    assert_eq!(
+                        http.delete(format!("{api}/sandboxes/{id}"))
+                            .send()
+                            .unwrap()
+                            .status(),
+                        204
+                    );
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(
+        json_of(s.http.get(format!("{}/healthz", s.url)).send().unwrap())["sandboxes"],
+        0
+    );
+    assert!(
+        processes_with_uid_in(s.uid_base, 1000).is_empty(),
+        "leaked processes"
+    );
+    assert!(
+        cgroups_under(&s.cgroup_parent).is_empty(),
+        "leaked cgroups: {:?}",
+        cgroups_under(&s.cgroup_parent)
+    );
+    assert!(
+        host_mounts_containing(&s.data_dir.to_string_lossy()).is_empty(),
+        "leaked mounts"
+    );
+    // What the server holds is back to its baseline: its own namespaces and a full pool.
+    assert!(
+        eventually(10.0, || namespaces(s.pid()).len() == before),
+        "namespaces held: {:?} (baseline {before})",
+        namespaces(s.pid())
+    );
+}

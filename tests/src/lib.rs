@@ -1,0 +1,309 @@
+//! Test harness: starts a real `cella serve` on a free port with its own data directory,
+//! cgroup parent and uid range, and talks to it over HTTP.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use serde_json::{Value, json};
+
+pub use serde_json;
+
+static SERVERS: AtomicU32 = AtomicU32::new(0);
+
+/// The `cella` binary under test: `$CELLA_BIN`, or the workspace's release/debug build.
+pub fn cella_bin() -> PathBuf {
+    if let Ok(bin) = std::env::var("CELLA_BIN") {
+        return bin.into();
+    }
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let bin = target.join(profile).join("cella");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace` (same profile) first",
+        bin.display()
+    );
+    bin
+}
+
+pub struct Server {
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub cgroup_parent: String,
+    pub uid_base: u32,
+    child: Option<Child>,
+    pub http: Client,
+    extra_env: Vec<(String, String)>,
+    port: u16,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl Server {
+    /// Starts a server with the given extra `CELLA_*` settings.
+    pub fn start_with(env: &[(&str, &str)]) -> Server {
+        let n = SERVERS.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{}-{n}", std::process::id());
+        let data_dir = std::env::temp_dir().join(format!("cella-test-{tag}"));
+        let _ = std::fs::remove_dir_all(&data_dir);
+        let mut server = Server {
+            url: String::new(),
+            data_dir,
+            cgroup_parent: format!("cella-test-{tag}"),
+            uid_base: 1_000_000 + ((std::process::id() % 1000) * 16 + n % 16) * 1000,
+            child: None,
+            http: Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("http client"),
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            port: free_port(),
+        };
+        server.url = format!("http://127.0.0.1:{}", server.port);
+        server.launch();
+        server
+    }
+
+    pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    fn launch(&mut self) {
+        let mut cmd = Command::new(cella_bin());
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .env("CELLA_CGROUP_PARENT", &self.cgroup_parent)
+            .env("CELLA_UID_BASE", self.uid_base.to_string())
+            .env("CELLA_UID_COUNT", "1000")
+            .env("CELLA_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start cella");
+        // Forward the server's log to the test output.
+        if let Some(err) = child.stderr.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    eprintln!("[server] {line}");
+                }
+            });
+        }
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = self.http.get(format!("{}/healthz", self.url)).send()
+                && r.status().is_success()
+            {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("cella exited during start-up: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("cella did not become healthy");
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("running")
+    }
+
+    /// SIGKILLs the server, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.launch();
+    }
+
+    /// Stops the server with SIGTERM and waits for its graceful shutdown.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        c.wait().expect("wait")
+    }
+
+    pub fn api(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.url)
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        self.http.get(self.api(path)).send().expect("request")
+    }
+
+    pub fn post(&self, path: &str, body: Value) -> Response {
+        self.http
+            .post(self.api(path))
+            .json(&body)
+            .send()
+            .expect("request")
+    }
+
+    pub fn delete(&self, path: &str) -> Response {
+        self.http.delete(self.api(path)).send().expect("request")
+    }
+
+    pub fn send(&self, req: RequestBuilder) -> Response {
+        req.send().expect("request")
+    }
+
+    /// Creates a sandbox and returns its id.
+    pub fn sandbox(&self, body: Value) -> String {
+        let r = self.post("/sandboxes", body);
+        let (status, v) = (r.status(), json_of(r));
+        assert_eq!(status, 201, "create sandbox: {v}");
+        v["id"].as_str().expect("id").to_string()
+    }
+
+    /// Runs a shell line in a sandbox and returns the result JSON.
+    pub fn sh(&self, id: &str, line: &str) -> Value {
+        self.exec(id, json!({"shell": line}))
+    }
+
+    pub fn exec(&self, id: &str, body: Value) -> Value {
+        let r = self.post(&format!("/sandboxes/{id}/exec"), body);
+        let (status, v) = (r.status(), json_of(r));
+        assert_eq!(status, 200, "exec: {v}");
+        v
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.terminate();
+        }
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+        for hierarchy in ["memory", "pids", "cpu", "cpuacct"] {
+            let _ = std::fs::remove_dir(
+                Path::new("/sys/fs/cgroup")
+                    .join(hierarchy)
+                    .join(&self.cgroup_parent),
+            );
+        }
+    }
+}
+
+pub fn json_of(r: Response) -> Value {
+    let text = r.text().expect("body");
+    serde_json::from_str(&text).unwrap_or(Value::String(text))
+}
+
+/// Host processes running as a uid in `[base, base + count)`.
+pub fn processes_with_uid_in(base: u32, count: u32) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().next()?.parse::<u32>().ok());
+        if uid.is_some_and(|u| (base..base + count).contains(&u)) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Mount points on the host whose path contains `needle`.
+pub fn host_mounts_containing(needle: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Cgroups left under a parent, across the v1 hierarchies.
+pub fn cgroups_under(parent: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for hierarchy in ["memory", "pids", "cpu", "cpuacct"] {
+        if let Ok(entries) =
+            std::fs::read_dir(Path::new("/sys/fs/cgroup").join(hierarchy).join(parent))
+        {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    out.push(format!("{hierarchy}/{}", e.file_name().to_string_lossy()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Processes whose parent chain leads to `root` (excluding it).
+pub fn descendants(root: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        if let Some(ppid) = rest.split(' ').nth(1).and_then(|p| p.parse::<u32>().ok()) {
+            parent_of.push((pid, ppid));
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// Polls `f` until it is true or `secs` pass.
+pub fn eventually(secs: f64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
