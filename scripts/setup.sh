@@ -10,10 +10,11 @@ APT_PACKAGES=(
   python3 python3-numpy python3-pandas python3-matplotlib python3-scipy python3-pytest
   python3-ipykernel python3-jupyter-client
   # Compiled and interpreted languages of the SandboxFusion table.
-  g++ golang-go default-jdk-headless junit5 php-cli mono-mcs ruby lua5.4 r-base-core perl
-  scala racket ldc iverilog sqlite3 kotlin rustc nodejs
+  g++ libgtest-dev libssl-dev golang-go default-jdk-headless junit5 php-cli mono-mcs ruby lua5.4
+  r-base-core perl scala racket ldc iverilog sqlite3 kotlin rustc nodejs
 )
-NPM_PACKAGES=(typescript tsx jest ts-jest @types/jest @types/node)
+# Versions that work together: ts-jest 29 needs jest 29 and TypeScript 5's compiler API.
+NPM_PACKAGES=(typescript@5 tsx jest@29 ts-jest@29 @types/jest@29 @types/node lodash)
 PIP_PACKAGES=(sandbox-fusion==0.3.7 pytest pytest-xdist requests)
 
 log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
@@ -33,7 +34,12 @@ fi
 
 npm_root=$(npm root -g 2>/dev/null)
 npm_missing=()
-for p in "${NPM_PACKAGES[@]}"; do [ -e "$npm_root/$p/package.json" ] || npm_missing+=("$p"); done
+for p in "${NPM_PACKAGES[@]}"; do
+  name=${p%@*}; [ -n "$name" ] || name=$p   # strip a version, keep a leading @scope
+  want=${p#"$name"}; want=${want#@}
+  have=$(node -p "require('$npm_root/$name/package.json').version" 2>/dev/null || true)
+  [ -n "$have" ] && { [ -z "$want" ] || [ "${have%%.*}" = "$want" ]; } || npm_missing+=("$p")
+done
 if [ ${#npm_missing[@]} -gt 0 ]; then
   log "npm: installing ${npm_missing[*]}"
   npm install -g --no-fund --no-audit --loglevel=error "${npm_missing[@]}"

@@ -175,10 +175,13 @@ print('clone_newns', sc(56, 0x00020000 | 17, 0, 0, 0, 0))
 print('tiocsti', sc(16, 0, 0x5412, 0))
 print('tiocsti_highbits', sc(16, 0, 0x5412 | (1 << 32), 0))
 print('tioclinux', sc(16, 0, 0x541C, 0))
-for fam, name in [(16, 'netlink'), (17, 'packet'), (40, 'vsock')]:
+for fam, kind, proto, name in [(16, socket.SOCK_RAW, 12, 'netlink_netfilter'), (16, socket.SOCK_RAW, 9, 'netlink_audit'),
+                               (17, socket.SOCK_RAW, 0, 'packet'), (40, socket.SOCK_STREAM, 0, 'vsock')]:
     try:
-        socket.socket(fam, socket.SOCK_RAW if fam != 40 else socket.SOCK_STREAM); print(name, 'ok')
+        socket.socket(fam, kind, proto); print(name, 'ok')
     except OSError as e: print(name, errno.errorcode[e.errno])
+# Route netlink (what getifaddrs uses) works, and shows only this sandbox's loopback.
+print('interfaces', [n for _, n in socket.if_nameindex()])
 "#
     );
     let r = python(&code);
@@ -218,6 +221,7 @@ for fam, name in [(16, 'netlink'), (17, 'packet'), (40, 'vsock')]:
         );
     }
     assert_eq!(result("io_uring_setup"), "ENOSYS", "{out}");
+    assert_eq!(result("interfaces"), "['lo']", "{out}");
 }
 
 #[test]

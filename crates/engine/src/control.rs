@@ -19,7 +19,10 @@ pub enum ExecEvent {
     Started {
         pid: i32,
     },
-    SpawnFailed(String),
+    SpawnFailed {
+        error: String,
+        missing_program: bool,
+    },
     Exited {
         code: Option<i32>,
         signal: Option<i32>,
@@ -136,7 +139,17 @@ async fn route(
     while let Some(event) = recv(&fd, &mut buf).await {
         let (id, event) = match event {
             Event::Started { id, pid } => (id, ExecEvent::Started { pid }),
-            Event::SpawnFailed { id, error } => (id, ExecEvent::SpawnFailed(error)),
+            Event::SpawnFailed {
+                id,
+                error,
+                missing_program,
+            } => (
+                id,
+                ExecEvent::SpawnFailed {
+                    error,
+                    missing_program,
+                },
+            ),
             Event::Exited {
                 id,
                 code,

@@ -499,6 +499,9 @@ impl Engine {
                     .map(|(i, _)| i.clone()),
             );
         }
+        // One-shot run sandboxes are internal unless asked for by their label.
+        let internal = crate::run::RUN_LABEL;
+        all.retain(|i| !i.labels.contains_key(internal) || labels.contains_key(internal));
         all.retain(|i| labels.iter().all(|(k, v)| i.labels.get(k) == Some(v)));
         all.sort_by(|a, b| a.created_at.total_cmp(&b.created_at));
         all

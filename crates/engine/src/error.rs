@@ -11,6 +11,9 @@ pub enum Error {
     NotFound { kind: &'static str, id: String },
     #[error("{0}")]
     Conflict(String),
+    /// The program to run does not exist in the sandbox.
+    #[error("{0}")]
+    MissingProgram(String),
     #[error("{0}")]
     TooLarge(String),
     /// A quota or capacity limit was reached (sandbox count, disk quota, queue).
@@ -18,6 +21,9 @@ pub enum Error {
     Exhausted(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Too much work is queued: retry later.
+    #[error("{0}")]
+    Busy(String),
     #[error("{0}")]
     Internal(String),
 }

@@ -6,7 +6,10 @@ pub mod control;
 pub mod engine;
 pub mod error;
 pub mod image;
+pub mod jupyter;
+pub mod language;
 pub mod process;
+pub mod run;
 pub mod sandbox;
 pub mod store;
 

@@ -16,7 +16,7 @@ use cella_jail::proto::Command;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::control::ExecEvent;
@@ -187,7 +187,14 @@ pub struct Process {
     pub started_at: SystemTime,
     output: Mutex<Output>,
     exit: watch::Receiver<Option<Exit>>,
-    kill: Notify,
+    actions: mpsc::UnboundedSender<Action>,
+}
+
+/// What the API may ask of a running process; the pump carries it out.
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Signal(i32),
+    KillTree,
 }
 
 impl Process {
@@ -212,7 +219,14 @@ impl Process {
 
     /// Kills the process and every process it started.
     pub fn kill(&self) {
-        self.kill.notify_one();
+        let _ = self.actions.send(Action::KillTree);
+    }
+
+    /// Sends a signal to the process itself (not to its children).
+    pub async fn signal(&self, signal: i32) -> Result<()> {
+        self.actions
+            .send(Action::Signal(signal))
+            .map_err(|_| Error::Conflict("the process has ended".into()))
     }
 
     pub fn captured(&self) -> Captured {
@@ -292,9 +306,16 @@ pub async fn start(
     }
     let pid = match events.recv().await {
         Some(ExecEvent::Started { pid }) => pid,
-        Some(ExecEvent::SpawnFailed(why)) => {
+        Some(ExecEvent::SpawnFailed {
+            error,
+            missing_program,
+        }) => {
             control.unsubscribe(id);
-            return Err(Error::invalid(why));
+            return Err(if missing_program {
+                Error::MissingProgram(error)
+            } else {
+                Error::invalid(error)
+            });
         }
         _ => {
             control.unsubscribe(id);
@@ -303,6 +324,7 @@ pub async fn start(
     };
     let started = Instant::now();
     let (exit_tx, exit_rx) = watch::channel(None);
+    let (actions, actions_rx) = mpsc::unbounded_channel();
     let process = Arc::new(Process {
         id,
         pid,
@@ -311,7 +333,7 @@ pub async fn start(
         started_at: SystemTime::now(),
         output: Mutex::default(),
         exit: exit_rx,
-        kill: Notify::new(),
+        actions,
     });
     {
         let mut out = process.output.lock().unwrap_or_else(|p| p.into_inner());
@@ -328,6 +350,7 @@ pub async fn start(
     };
     tokio::spawn(pump.run(
         events,
+        actions_rx,
         opts.stdin,
         opts.timeout,
         [stdin_w, stdout_r, stderr_r],
@@ -348,6 +371,7 @@ impl Pump {
     async fn run(
         self,
         mut events: mpsc::UnboundedReceiver<ExecEvent>,
+        mut actions: mpsc::UnboundedReceiver<Action>,
         stdin: Option<Vec<u8>>,
         timeout: Option<Duration>,
         [stdin_w, stdout_r, stderr_r]: [OwnedFd; 3],
@@ -379,10 +403,15 @@ impl Pump {
                     timed_out = true;
                     self.kill_tree(id).await;
                 }
-                () = self.process.kill.notified() => {
-                    killed = true;
-                    self.kill_tree(id).await;
-                }
+                Some(action) = actions.recv() => match action {
+                    Action::KillTree => {
+                        killed = true;
+                        self.kill_tree(id).await;
+                    }
+                    Action::Signal(signal) => {
+                        let _ = self.sandbox.control().send(&Command::Signal { id, signal }, &[]).await;
+                    }
+                },
             }
         };
         let wall = self.started.elapsed();

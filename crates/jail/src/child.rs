@@ -3,7 +3,8 @@
 //! Order matters and follows runc/youki: join the exec's cgroup (still root), new session and
 //! stdio, drop to the sandbox uid (which clears every capability), chdir as that user, rlimits,
 //! `no_new_privs`, mark every other descriptor close-on-exec, seccomp last, then `execve`.
-//! Any failure is written to `err` (close-on-exec, so success is EOF) and the child exits 127.
+//! Any failure is written to `err` (close-on-exec, so success is EOF) and the child exits 127:
+//! one byte saying whether the program itself was not found, then the message.
 
 use std::ffi::CString;
 use std::io;
@@ -27,11 +28,14 @@ pub struct ChildFds {
 
 pub fn exec(spec: &ExecSpec, uid: u32, fds: ChildFds, policy: &Policy) -> ! {
     let err = fds.err.as_fd();
-    let stage = match setup_and_exec(spec, uid, &fds, policy) {
-        Err((stage, e)) => format!("{stage}: {e}"),
+    let (stage, e) = match setup_and_exec(spec, uid, &fds, policy) {
+        Err(failure) => failure,
         Ok(never) => match never {},
     };
-    let _ = sys::write_all(err, stage.as_bytes());
+    let missing = stage.starts_with("exec ") && e.raw_os_error() == Some(libc::ENOENT);
+    let mut report = vec![u8::from(missing)];
+    report.extend_from_slice(format!("{stage}: {e}").as_bytes());
+    let _ = sys::write_all(err, &report);
     sys::exit_now(127)
 }
 

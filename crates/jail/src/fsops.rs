@@ -124,6 +124,17 @@ impl SandboxFs {
         Ok((File::from(fd), st.st_size as u64))
     }
 
+    /// An `O_PATH` descriptor of a UNIX socket in the sandbox; connect to it through
+    /// `/proc/self/fd/<fd>`, which reaches exactly that socket.
+    pub fn open_socket(&self, path: &str) -> io::Result<OwnedFd> {
+        let fd = self.resolve(path, OFlags::PATH, 0)?;
+        let st = rustix::fs::fstat(&fd)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+            return Err(io::Error::from_raw_os_error(libc::ENOTSOCK));
+        }
+        Ok(fd)
+    }
+
     /// Reads a whole file, refusing one larger than `max` bytes.
     pub fn read(&self, path: &str, max: u64) -> io::Result<Vec<u8>> {
         let (file, size) = self.open_read(path)?;

@@ -242,9 +242,13 @@ impl Init<'_> {
                         self.running.insert(pid, Running { id });
                         self.send(&Event::Started { id, pid });
                     }
-                    Err(error) => {
+                    Err((error, missing_program)) => {
                         self.remove_exec_cgroup(id);
-                        self.send(&Event::SpawnFailed { id, error });
+                        self.send(&Event::SpawnFailed {
+                            id,
+                            error,
+                            missing_program,
+                        });
                     }
                 }
             }
@@ -257,8 +261,21 @@ impl Init<'_> {
         }
     }
 
-    /// Forks the exec's process; returns its pid once it has exec'd, or why it could not.
-    fn start(&mut self, spec: &ExecSpec, fds: Vec<OwnedFd>) -> std::result::Result<i32, String> {
+    /// Forks the exec's process; returns its pid once it has exec'd, or why it could not (and
+    /// whether that was because the program does not exist).
+    fn start(
+        &mut self,
+        spec: &ExecSpec,
+        fds: Vec<OwnedFd>,
+    ) -> std::result::Result<i32, (String, bool)> {
+        self.fork_exec(spec, fds).map_err(|e| (e, false))?
+    }
+
+    fn fork_exec(
+        &mut self,
+        spec: &ExecSpec,
+        fds: Vec<OwnedFd>,
+    ) -> std::result::Result<std::result::Result<i32, (String, bool)>, String> {
         let Ok::<[OwnedFd; 3], _>(stdio) = fds.try_into() else {
             return Err("exec needs exactly three stdio descriptors".into());
         };
@@ -300,13 +317,15 @@ impl Init<'_> {
             msg.extend_from_slice(&chunk[..n]);
         }
         if msg.is_empty() {
-            Ok(pid)
-        } else {
-            // The child exits 127 right after writing; reap it here so it is never reported.
-            // SAFETY: waitpid on our own child.
-            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
-            Err(String::from_utf8_lossy(&msg).into_owned())
+            return Ok(Ok(pid));
         }
+        // The child exits 127 right after writing; reap it here so it is never reported.
+        // SAFETY: waitpid on our own child.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        Ok(Err((
+            String::from_utf8_lossy(&msg[1..]).into_owned(),
+            msg[0] == 1,
+        )))
     }
 
     /// Reaps every exited process; reports the ones that are exec main processes.

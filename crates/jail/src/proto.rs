@@ -84,9 +84,11 @@ pub enum Event {
         id: u64,
         pid: i32,
     },
+    /// The process could not be started; `missing_program` when the program does not exist.
     SpawnFailed {
         id: u64,
         error: String,
+        missing_program: bool,
     },
     Exited {
         id: u64,

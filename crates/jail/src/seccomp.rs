@@ -3,6 +3,7 @@
 //! It starts from Docker's default allowlist (the de-facto baseline that Python, Node, the JVM
 //! and Go all run under) and removes what a sandbox never needs: namespace and mount creation,
 //! `io_uring`, `bpf`, `perf_event_open`, `ptrace` and cross-process memory access, keyrings,
+//! netlink other than `NETLINK_ROUTE`, raw packet and vsock sockets,
 //! `userfaultfd`, module and kexec loading, time setting and `TIOCSTI`/`TIOCLINUX` injection.
 //! The policy is three stacked filters, because one seccompiler filter has one action:
 //!
@@ -84,12 +85,18 @@ fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule> {
 fn allowlist() -> Result<BTreeMap<i64, Vec<SeccompRule>>> {
     let mut rules = unconditional(ALLOWED);
 
-    // socket(2): only UNIX and IP families; no netlink, packet or vsock.
+    // socket(2): UNIX and IP families, and netlink only for NETLINK_ROUTE, which
+    // getifaddrs(3) needs (libzmq, Java, Node list interfaces) and which an unprivileged user
+    // can only read; no other netlink protocol (netfilter, audit, ...), no packet, no vsock.
     let families = [libc::AF_UNIX, libc::AF_INET, libc::AF_INET6];
-    let socket_rules = families
+    let mut socket_rules = families
         .iter()
         .map(|&af| rule(vec![cond(0, Op::Eq, af as u64)?]))
         .collect::<Result<Vec<_>>>()?;
+    socket_rules.push(rule(vec![
+        cond(0, Op::Eq, libc::AF_NETLINK as u64)?,
+        cond(2, Op::Eq, libc::NETLINK_ROUTE as u64)?,
+    ])?);
     rules.insert(libc::SYS_socket, socket_rules);
 
     // ioctl(2): everything but terminal input injection. The comparison is on the low 32 bits

@@ -45,11 +45,13 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> ApiError {
         let (status, code) = match &e {
             Error::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "invalid_argument"),
+            Error::MissingProgram(_) => (StatusCode::BAD_REQUEST, "missing_program"),
             Error::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             Error::Exhausted(_) => (StatusCode::INSUFFICIENT_STORAGE, "exhausted"),
             Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Error::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         if status.is_server_error() {

@@ -5,16 +5,18 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRef, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use cella_engine::Engine;
+use cella_engine::run::Runs;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+mod compat;
 pub mod error;
 mod extract;
 pub mod metrics;
@@ -31,16 +33,16 @@ use extract::Json;
         (name = "processes", description = "Commands run in a sandbox"),
         (name = "files", description = "A sandbox's files, reached without leaving it"),
         (name = "images", description = "Root filesystems sandboxes are made from"),
+        (name = "runs", description = "One-shot runs of source code in any supported language"),
     )
 )]
 struct ApiDoc;
 
-/// The OpenAPI document of the native API.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    OpenApiRouter::<Arc<Engine>>::with_openapi(ApiDoc::openapi())
-        .nest("/api/v1", native::router())
-        .split_for_parts()
-        .1
+/// What every handler can reach.
+#[derive(Clone, FromRef)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub runs: Arc<Runs>,
 }
 
 #[derive(Serialize)]
@@ -62,14 +64,15 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
-pub fn app(engine: Arc<Engine>, metrics: PrometheusHandle) -> Router {
+pub fn app(state: AppState, metrics: PrometheusHandle) -> Router {
     let (native, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", native::router())
         .split_for_parts();
     let doc = Arc::new(doc);
-    let body_limit = engine.config.limits.max_body_bytes;
+    let body_limit = state.engine.config.limits.max_body_bytes;
     Router::new()
         .merge(native)
+        .merge(compat::fusion::router())
         .route(
             "/openapi.json",
             get(move || async move { axum::Json(doc.as_ref().clone()) }),
@@ -77,7 +80,7 @@ pub fn app(engine: Arc<Engine>, metrics: PrometheusHandle) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(move || async move { metrics.render() }))
         .fallback(not_found)
-        .with_state(engine)
+        .with_state(state)
         .layer(axum::middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(body_limit))
         // Streamed bodies (raw uploads) are not covered by DefaultBodyLimit.
@@ -93,7 +96,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     engine.spawn_background();
-    let app = app(engine.clone(), metrics);
+    let runs = Runs::new(engine.clone());
+    runs.probe_languages();
+    let app = app(
+        AppState {
+            engine: engine.clone(),
+            runs,
+        },
+        metrics,
+    );
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;

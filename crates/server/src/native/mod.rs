@@ -1,17 +1,17 @@
 //! The native API, mounted under `/api/v1` and described by `/openapi.json`.
 
-use std::sync::Arc;
-
-use cella_engine::Engine;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+
+use crate::AppState;
 
 pub mod files;
 pub mod images;
 pub mod processes;
+pub mod runs;
 pub mod sandboxes;
 
-pub fn router() -> OpenApiRouter<Arc<Engine>> {
+pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(sandboxes::create, sandboxes::list))
         .routes(routes!(sandboxes::get, sandboxes::delete))
@@ -32,4 +32,6 @@ pub fn router() -> OpenApiRouter<Arc<Engine>> {
         .routes(routes!(files::rename))
         .routes(routes!(images::list, images::register))
         .routes(routes!(images::remove))
+        .routes(routes!(runs::run))
+        .routes(routes!(runs::languages))
 }

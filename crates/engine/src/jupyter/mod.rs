@@ -1,0 +1,378 @@
+//! Jupyter kernels inside sandboxes, spoken to over ZeroMQ.
+//!
+//! A real `ipykernel` runs as the sandbox user with the `ipc` transport: its sockets are UNIX
+//! socket files in the sandbox's `/tmp`, so it needs no network at all. The server connects
+//! to them through a descriptor opened with the jail's scoped resolver (a symlink planted in
+//! their place cannot redirect the server to a host socket), speaks ZMTP to them
+//! ([`zmtp`]) and signs messages with the kernel's HMAC key. Interrupts are SIGINT to the
+//! kernel process.
+
+mod wire;
+pub mod zmtp;
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::process::{self, ExecOptions, Process};
+use crate::sandbox::Sandbox;
+use wire::{Message, Session};
+use zmtp::{Kind, Socket};
+
+const DIR: &str = "/tmp/.cella-jupyter";
+/// How long an interrupted cell may take to stop before the kernel is declared dead.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
+
+/// One output of a cell, in the order the kernel produced it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Output {
+    Stream {
+        name: String,
+        text: String,
+    },
+    DisplayData {
+        data: Value,
+        metadata: Value,
+    },
+    ExecuteResult {
+        data: Value,
+        metadata: Value,
+        execution_count: Option<i64>,
+    },
+    Error {
+        ename: String,
+        evalue: String,
+        traceback: Vec<String>,
+    },
+}
+
+/// Everything one cell produced.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct CellResult {
+    pub outputs: Vec<Output>,
+    pub execution_count: Option<i64>,
+    /// The cell hit its timeout and was interrupted.
+    pub timed_out: bool,
+}
+
+impl CellResult {
+    pub fn stream(&self, name: &str) -> String {
+        self.outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Stream { name: n, text } if n == name => Some(text.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// MIME bundles of `display_data` and `execute_result`, in order.
+    pub fn displays(&self) -> Vec<Value> {
+        self.outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::DisplayData { data, .. } | Output::ExecuteResult { data, .. } => {
+                    Some(data.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Error contents (`ename`, `evalue`, `traceback`).
+    pub fn errors(&self) -> Vec<Value> {
+        self.outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Error {
+                    ename,
+                    evalue,
+                    traceback,
+                } => Some(json!({ "ename": ename, "evalue": evalue, "traceback": traceback })),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// A running kernel and the server's connection to it.
+pub struct Kernel {
+    process: Arc<Process>,
+    session: Session,
+    shell: Socket,
+    /// Messages from the iopub socket, read by a task so reading stays cancel-safe.
+    iopub: mpsc::Receiver<Message>,
+    dead: bool,
+}
+
+impl Kernel {
+    /// Starts `python3 -m ipykernel_launcher` in the sandbox and connects to it.
+    pub async fn start(sandbox: &Arc<Sandbox>, startup_timeout: Duration) -> Result<Kernel> {
+        let session = Session::new();
+        let prefix = format!("{DIR}/kernel");
+        let connection = json!({
+            "transport": "ipc", "ip": prefix, "shell_port": 1, "iopub_port": 2, "stdin_port": 3,
+            "control_port": 4, "hb_port": 5, "key": session.key_hex(), "signature_scheme": "hmac-sha256",
+            "kernel_name": "python3",
+        });
+        let conn_path = format!("{DIR}/connection.json");
+        let conn_bytes = connection.to_string().into_bytes();
+        let file = conn_path.clone();
+        sandbox
+            .with_fs(move |fs| {
+                fs.mkdir(DIR, true, 0o700)
+                    .map_err(|e| Error::file(DIR, e))?;
+                fs.write(&file, &conn_bytes, 0o600, false)
+                    .map_err(|e| Error::file(&file, e))
+            })
+            .await?;
+        let opts = ExecOptions {
+            argv: ["python3", "-m", "ipykernel_launcher", "-f", &conn_path]
+                .map(String::from)
+                .to_vec(),
+            env: [
+                ("PYDEVD_DISABLE_FILE_VALIDATION", "1"),
+                ("MPLBACKEND", "module://matplotlib_inline.backend_inline"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into(),
+            cwd: None,
+            stdin: None,
+            timeout: None,
+            output_cap: 64 << 10,
+        };
+        let process = process::start(sandbox, opts, None).await?;
+        let deadline = Instant::now() + startup_timeout;
+        let shell = connect(
+            sandbox,
+            &process,
+            &format!("{prefix}-1"),
+            Kind::Dealer,
+            deadline,
+        )
+        .await?;
+        let iopub = connect(
+            sandbox,
+            &process,
+            &format!("{prefix}-2"),
+            Kind::Sub,
+            deadline,
+        )
+        .await?;
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(read_iopub(iopub, session.clone(), tx));
+        let mut kernel = Kernel {
+            process,
+            session,
+            shell,
+            iopub: rx,
+            dead: false,
+        };
+        kernel.sync(deadline).await?;
+        Ok(kernel)
+    }
+
+    /// Waits until iopub delivers: a subscription takes effect asynchronously, so messages
+    /// published before it would be lost. `kernel_info_request` makes the kernel publish.
+    async fn sync(&mut self, deadline: Instant) -> Result<()> {
+        let mut wait = Duration::from_millis(50);
+        while Instant::now() < deadline {
+            let id = self.request("kernel_info_request", json!({})).await?;
+            let until = tokio::time::Instant::now() + wait;
+            loop {
+                match tokio::time::timeout_at(until, self.iopub.recv()).await {
+                    Ok(Some(m)) if m.parent_id() == id => {
+                        // Drain the matching shell reply.
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(5), self.shell.recv()).await;
+                        return Ok(());
+                    }
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return Err(self.died("while starting").await),
+                    Err(_) => break,
+                }
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.shell.recv()).await;
+            wait = (wait * 2).min(Duration::from_secs(1));
+        }
+        Err(Error::Unavailable(
+            "the Jupyter kernel did not become ready in time".into(),
+        ))
+    }
+
+    async fn request(&mut self, msg_type: &str, content: Value) -> Result<String> {
+        let (id, frames) = self.session.encode(msg_type, &content);
+        let refs: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
+        self.shell
+            .send(&refs)
+            .await
+            .map_err(|e| Error::Unavailable(format!("the Jupyter kernel is gone: {e}")))?;
+        Ok(id)
+    }
+
+    async fn died(&mut self, when: &str) -> Error {
+        self.dead = true;
+        let exit = self.process.wait(Some(Duration::from_secs(1))).await;
+        let err = String::from_utf8_lossy(&self.process.captured().stderr).into_owned();
+        let tail: String = err
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        Error::Unavailable(format!(
+            "the Jupyter kernel died {when} (exit {exit:?}): {tail}"
+        ))
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.dead
+    }
+
+    /// Runs one cell; at `timeout` the kernel is interrupted.
+    pub async fn execute(&mut self, code: &str, timeout: Duration) -> Result<CellResult> {
+        if self.dead {
+            return Err(Error::Unavailable("the Jupyter kernel is dead".into()));
+        }
+        let content = json!({
+            "code": code, "silent": false, "store_history": true, "user_expressions": {},
+            "allow_stdin": false, "stop_on_error": false,
+        });
+        let id = self.request("execute_request", content).await?;
+        let mut result = CellResult::default();
+        let mut deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let msg = match tokio::time::timeout_at(deadline, self.iopub.recv()).await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Err(self.died("during the cell").await),
+                Err(_) if !result.timed_out => {
+                    result.timed_out = true;
+                    self.process.signal(libc::SIGINT).await?;
+                    deadline = tokio::time::Instant::now() + INTERRUPT_GRACE;
+                    continue;
+                }
+                Err(_) => {
+                    // It ignored the interrupt: it is no longer usable.
+                    self.process.kill();
+                    self.dead = true;
+                    return Ok(result);
+                }
+            };
+            if msg.parent_id() != id {
+                continue;
+            }
+            let c = &msg.content;
+            let text = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+            match msg.msg_type() {
+                "stream" => result.outputs.push(Output::Stream {
+                    name: text("name"),
+                    text: text("text"),
+                }),
+                "display_data" => result.outputs.push(Output::DisplayData {
+                    data: c["data"].clone(),
+                    metadata: c["metadata"].clone(),
+                }),
+                "execute_result" => {
+                    result.execution_count = c["execution_count"].as_i64();
+                    result.outputs.push(Output::ExecuteResult {
+                        data: c["data"].clone(),
+                        metadata: c["metadata"].clone(),
+                        execution_count: c["execution_count"].as_i64(),
+                    })
+                }
+                "execute_input" => result.execution_count = c["execution_count"].as_i64(),
+                "error" => result.outputs.push(Output::Error {
+                    ename: text("ename"),
+                    evalue: text("evalue"),
+                    traceback: c["traceback"]
+                        .as_array()
+                        .map(|t| {
+                            t.iter()
+                                .filter_map(|l| l.as_str().map(String::from))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }),
+                "status" if c["execution_state"] == "idle" => break,
+                _ => {}
+            }
+        }
+        // The execute_reply on the shell socket.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.shell.recv()).await;
+        Ok(result)
+    }
+
+    /// Interrupts the running cell (SIGINT, as `interrupt_mode: signal` kernels expect).
+    pub async fn interrupt(&self) -> Result<()> {
+        self.process.signal(libc::SIGINT).await
+    }
+
+    /// Stops the kernel process.
+    pub fn shutdown(&self) {
+        self.process.kill();
+    }
+}
+
+/// Connects to one of the kernel's sockets once it exists, without following anything the
+/// sandbox could have planted on the path.
+async fn connect(
+    sandbox: &Arc<Sandbox>,
+    kernel: &Arc<Process>,
+    path: &str,
+    kind: Kind,
+    deadline: Instant,
+) -> Result<Socket> {
+    loop {
+        let p = path.to_string();
+        match sandbox
+            .with_fs(move |fs| fs.open_socket(&p).map_err(|e| Error::file(&p, e)))
+            .await
+        {
+            Ok(fd) => {
+                let target = format!("/proc/self/fd/{}", fd.as_raw_fd());
+                let stream = UnixStream::connect(&target)
+                    .await
+                    .map_err(|e| Error::Unavailable(format!("connect to the kernel: {e}")))?;
+                drop(fd);
+                return Socket::handshake(stream, kind)
+                    .await
+                    .map_err(|e| Error::Unavailable(e.to_string()));
+            }
+            Err(Error::NotFound { .. }) if Instant::now() < deadline && kernel.exit().is_none() => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(Error::NotFound { .. }) if kernel.exit().is_some() => {
+                let err = String::from_utf8_lossy(&kernel.captured().stderr).into_owned();
+                return Err(Error::Unavailable(format!(
+                    "the Jupyter kernel exited while starting: {err}"
+                )));
+            }
+            Err(Error::NotFound { .. }) => {
+                return Err(Error::Unavailable(
+                    "the Jupyter kernel did not start in time".into(),
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn read_iopub(mut socket: Socket, session: Session, tx: mpsc::Sender<Message>) {
+    while let Ok(frames) = socket.recv().await {
+        if let Some(msg) = session.decode(frames)
+            && tx.send(msg).await.is_err()
+        {
+            return;
+        }
+    }
+}

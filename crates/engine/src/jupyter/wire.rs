@@ -1,0 +1,157 @@
+//! The Jupyter messaging wire format (protocol 5.3): `<IDS|MSG>`, an HMAC-SHA256 signature,
+//! then header, parent header, metadata and content as JSON frames.
+
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+const DELIMITER: &[u8] = b"<IDS|MSG>";
+
+#[derive(Clone)]
+pub struct Session {
+    key: Vec<u8>,
+    id: String,
+}
+
+#[derive(Debug)]
+pub struct Message {
+    pub header: Value,
+    pub parent: Value,
+    pub content: Value,
+}
+
+impl Message {
+    pub fn msg_type(&self) -> &str {
+        self.header["msg_type"].as_str().unwrap_or_default()
+    }
+
+    pub fn parent_id(&self) -> &str {
+        self.parent["msg_id"].as_str().unwrap_or_default()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// UTC now as ISO 8601, as Jupyter headers carry it.
+fn now_iso8601() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let (secs, micros) = (now.as_secs() as i64, now.subsec_micros());
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+impl Session {
+    pub fn new() -> Session {
+        Session {
+            key: new_id().into_bytes(),
+            id: new_id(),
+        }
+    }
+
+    pub fn key_hex(&self) -> String {
+        String::from_utf8_lossy(&self.key).into_owned()
+    }
+
+    fn sign(&self, parts: &[&[u8]]) -> String {
+        // HMAC accepts keys of any length; this cannot fail.
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        for p in parts {
+            mac.update(p);
+        }
+        hex(&mac.finalize().into_bytes())
+    }
+
+    /// A request's frames, and its message id.
+    pub fn encode(&self, msg_type: &str, content: &Value) -> (String, Vec<Vec<u8>>) {
+        let id = new_id();
+        let header = json!({
+            "msg_id": id, "session": self.id, "username": "cella", "date": now_iso8601(),
+            "msg_type": msg_type, "version": "5.3",
+        });
+        let parts: Vec<Vec<u8>> = [header, json!({}), json!({}), content.clone()]
+            .iter()
+            .map(|v| v.to_string().into_bytes())
+            .collect();
+        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        let signature = self.sign(&refs).into_bytes();
+        let mut frames = vec![DELIMITER.to_vec(), signature];
+        frames.extend(parts);
+        (id, frames)
+    }
+
+    /// Parses a received message; `None` if it is malformed or its signature is wrong.
+    pub fn decode(&self, frames: Vec<Vec<u8>>) -> Option<Message> {
+        let at = frames.iter().position(|f| f == DELIMITER)?;
+        let rest = frames.get(at + 1..at + 6)?;
+        let parts: Vec<&[u8]> = rest[1..].iter().map(Vec::as_slice).collect();
+        let expected = self.sign(&parts);
+        // Constant-time comparison of the hex digests.
+        let given = &rest[0];
+        if given.len() != expected.len()
+            || given
+                .iter()
+                .zip(expected.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                != 0
+        {
+            return None;
+        }
+        Some(Message {
+            header: serde_json::from_slice(&rest[1]).ok()?,
+            parent: serde_json::from_slice(&rest[2]).ok()?,
+            content: serde_json::from_slice(&rest[4]).ok()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_decode_round_trip_and_tamper() {
+        let s = Session::new();
+        let (id, mut frames) = s.encode("kernel_info_request", &json!({"a": 1}));
+        frames.insert(0, b"topic".to_vec());
+        let m = s.decode(frames.clone()).unwrap();
+        assert_eq!(m.msg_type(), "kernel_info_request");
+        assert_eq!(m.header["msg_id"], id);
+        assert_eq!(m.content["a"], 1);
+        frames[5] = b"{\"a\": 2}".to_vec();
+        assert!(
+            s.decode(frames).is_none(),
+            "a tampered message must be rejected"
+        );
+        assert!(s.decode(vec![b"junk".to_vec()]).is_none());
+    }
+
+    #[test]
+    fn dates() {
+        let d = now_iso8601();
+        assert_eq!(d.len(), 27, "{d}");
+        assert!(d.starts_with("20") && d.ends_with('Z'));
+    }
+}

@@ -1,0 +1,510 @@
+//! The language table: one row per language, saying where the source goes and how it is
+//! compiled and run. Adding a language is adding a row (and a test).
+//!
+//! Commands are argv templates run in the sandbox's work directory, without a shell unless a
+//! row asks for one. Placeholders: `{main}` (the class or object name found in the code) and
+//! `{memory_mb}` (the run's memory limit, for JVMs that cannot see their cgroup).
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+use serde::Serialize;
+
+pub struct Language {
+    pub name: &'static str,
+    /// File the code is written to; `{main}` is replaced by the detected name.
+    pub source: &'static str,
+    pub compile: Option<&'static [&'static str]>,
+    pub run: &'static [&'static str],
+    /// Prints the toolchain's version; also tells whether it is installed.
+    pub version: &'static [&'static str],
+    /// Extra environment for both steps.
+    pub env: &'static [(&'static str, &'static str)],
+    /// Files written beside the source (name, content).
+    pub support: &'static [(&'static str, &'static str)],
+    /// How `{main}` is found in the code.
+    pub main: Main,
+    /// Set for languages this server cannot run at all, with the reason.
+    pub missing: Option<&'static str>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Main {
+    None,
+    /// `public class X` (default `Main`).
+    JavaClass,
+    /// `object X`; a run without one is refused.
+    ScalaObject,
+}
+
+const JUNIT: &str = "/usr/share/java/junit-platform-console-standalone.jar";
+const NODE_ENV: &[(&str, &str)] = &[
+    ("NODE_PATH", "/usr/lib/node_modules"),
+    ("FORCE_COLOR", "0"),
+    ("NO_COLOR", "1"),
+];
+const JEST_CONFIG: &str = r#"module.exports = {
+  testEnvironment: 'node',
+  rootDir: '.',
+  modulePaths: ['/usr/lib/node_modules'],
+  cacheDirectory: '/tmp/jest-cache',
+  transform: { '^.+\\.[tj]sx?$': ['/usr/lib/node_modules/ts-jest', { isolatedModules: true, diagnostics: false }] },
+};
+"#;
+const GO_MOD: &str = "module sandbox\n\ngo 1.19\n";
+const NO_TOOLCHAIN: &str = "no toolchain for it is packaged for this server's platform";
+
+const fn lang(
+    name: &'static str,
+    source: &'static str,
+    run: &'static [&'static str],
+    version: &'static [&'static str],
+) -> Language {
+    Language {
+        name,
+        source,
+        compile: None,
+        run,
+        version,
+        env: &[],
+        support: &[],
+        main: Main::None,
+        missing: None,
+    }
+}
+
+const fn compiled(
+    name: &'static str,
+    source: &'static str,
+    compile: &'static [&'static str],
+    run: &'static [&'static str],
+    version: &'static [&'static str],
+) -> Language {
+    Language {
+        compile: Some(compile),
+        ..lang(name, source, run, version)
+    }
+}
+
+const fn missing(name: &'static str) -> Language {
+    Language {
+        missing: Some(NO_TOOLCHAIN),
+        ..lang(name, "main", &[], &[])
+    }
+}
+
+/// Every language SandboxFusion (and its newer client) names.
+pub static LANGUAGES: &[Language] = &[
+    lang(
+        "python",
+        "main.py",
+        &["python3", "main.py"],
+        &["python3", "--version"],
+    ),
+    lang(
+        "pytest",
+        "test_main.py",
+        &[
+            "python3",
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "test_main.py",
+        ],
+        &["python3", "-m", "pytest", "--version"],
+    ),
+    compiled(
+        "cpp",
+        "main.cpp",
+        &[
+            "g++",
+            "-std=c++17",
+            "main.cpp",
+            "-o",
+            "main",
+            "-lpthread",
+            "-lssl",
+            "-lcrypto",
+        ],
+        &["./main"],
+        &["g++", "--version"],
+    ),
+    compiled(
+        "gtest",
+        "main.cpp",
+        &[
+            "g++",
+            "-std=c++17",
+            "main.cpp",
+            "-o",
+            "main",
+            "-lgtest",
+            "-lgtest_main",
+            "-pthread",
+        ],
+        &["./main"],
+        &["g++", "--version"],
+    ),
+    compiled(
+        "go",
+        "main.go",
+        &["go", "build", "-o", "main", "main.go"],
+        &["./main"],
+        &["go", "version"],
+    ),
+    Language {
+        support: &[("go.mod", GO_MOD)],
+        ..lang(
+            "go_test",
+            "main_test.go",
+            &["go", "test", "-count=1", "main_test.go"],
+            &["go", "version"],
+        )
+    },
+    compiled(
+        "java",
+        "Main.java",
+        &["javac", "-encoding", "UTF-8", "-cp", ".:*", "Main.java"],
+        &[
+            "java",
+            "-XX:MaxRAM={memory_mb}m",
+            "-cp",
+            ".:*",
+            "-ea",
+            "Main",
+        ],
+        &["javac", "-version"],
+    ),
+    Language {
+        main: Main::JavaClass,
+        ..compiled(
+            "junit",
+            "{main}.java",
+            &[
+                "javac",
+                "-encoding",
+                "UTF-8",
+                "-cp",
+                ".:*:/usr/share/java/junit-platform-console-standalone.jar",
+                "{main}.java",
+            ],
+            &[
+                "java",
+                "-XX:MaxRAM={memory_mb}m",
+                "-jar",
+                JUNIT,
+                "--disable-banner",
+                "--class-path",
+                ".",
+                "--scan-class-path",
+            ],
+            &["javac", "-version"],
+        )
+    },
+    Language {
+        env: NODE_ENV,
+        ..lang(
+            "nodejs",
+            "main.js",
+            &["node", "main.js"],
+            &["node", "--version"],
+        )
+    },
+    Language {
+        env: NODE_ENV,
+        ..lang(
+            "typescript",
+            "main.ts",
+            &["tsx", "main.ts"],
+            &["tsc", "--version"],
+        )
+    },
+    Language {
+        env: NODE_ENV,
+        support: &[("jest.config.js", JEST_CONFIG)],
+        ..lang(
+            "jest",
+            "main.test.ts",
+            &["jest", "--ci"],
+            &["jest", "--version"],
+        )
+    },
+    lang(
+        "php",
+        "main.php",
+        &["php", "-f", "main.php"],
+        &["php", "--version"],
+    ),
+    compiled(
+        "csharp",
+        "main.cs",
+        &["mcs", "-out:main.exe", "-r:System.Numerics.dll", "main.cs"],
+        &["mono", "main.exe"],
+        &["mcs", "--version"],
+    ),
+    lang(
+        "bash",
+        "main.sh",
+        &["bash", "main.sh"],
+        &["bash", "--version"],
+    ),
+    compiled(
+        "rust",
+        "main.rs",
+        &["rustc", "--edition", "2021", "-o", "main", "main.rs"],
+        &["./main"],
+        &["rustc", "--version"],
+    ),
+    lang("lua", "main.lua", &["lua", "main.lua"], &["lua", "-v"]),
+    lang(
+        "R",
+        "main.R",
+        &["Rscript", "main.R"],
+        &["Rscript", "--version"],
+    ),
+    lang(
+        "perl",
+        "main.pl",
+        &["perl", "main.pl"],
+        &["perl", "-e", "print \"perl $^V\\n\""],
+    ),
+    lang(
+        "ruby",
+        "main.rb",
+        &["ruby", "main.rb"],
+        &["ruby", "--version"],
+    ),
+    Language {
+        main: Main::ScalaObject,
+        ..compiled(
+            "scala",
+            "main.scala",
+            &["scalac", "main.scala"],
+            &["scala", "{main}"],
+            &["scalac", "-version"],
+        )
+    },
+    lang(
+        "kotlin_script",
+        "main.kts",
+        &["kotlinc", "-script", "main.kts"],
+        &["kotlinc", "-version"],
+    ),
+    lang(
+        "racket",
+        "main.rkt",
+        &["racket", "main.rkt"],
+        &["racket", "--version"],
+    ),
+    compiled(
+        "D_ut",
+        "main.d",
+        &["ldmd2", "main.d", "-unittest", "-of=main"],
+        &["./main"],
+        &["ldc2", "--version"],
+    ),
+    compiled(
+        "verilog",
+        "main.sv",
+        &[
+            "iverilog",
+            "-Wall",
+            "-Winfloop",
+            "-Wno-timescale",
+            "-g2012",
+            "-s",
+            "tb",
+            "-o",
+            "test.vvp",
+            "main.sv",
+        ],
+        &["vvp", "-n", "test.vvp"],
+        &["iverilog", "-V"],
+    ),
+    lang(
+        "sql",
+        "main.sql",
+        &["sqlite3", "-bail", "-batch", ":memory:", ".read main.sql"],
+        &["sqlite3", "--version"],
+    ),
+    missing("julia"),
+    missing("swift"),
+    missing("lean"),
+    missing("cuda"),
+    missing("python_gpu"),
+    missing("python2"),
+    missing("react"),
+];
+
+pub fn find(name: &str) -> Option<&'static Language> {
+    LANGUAGES.iter().find(|l| l.name == name)
+}
+
+impl Language {
+    /// The name `{main}` stands for, found in the code.
+    pub fn main_name(&self, code: &str) -> Result<String, String> {
+        match self.main {
+            Main::None => Ok(String::new()),
+            Main::JavaClass => {
+                Ok(identifier_after(code, &["public", "class"]).unwrap_or_else(|| "Main".into()))
+            }
+            Main::ScalaObject => {
+                identifier_after(code, &["object"]).ok_or_else(|| "Object name not found.".into())
+            }
+        }
+    }
+
+    /// The code as it is written to the source file.
+    pub fn source_text<'a>(&self, code: &'a str) -> std::borrow::Cow<'a, str> {
+        if self.name == "php" && !code.contains("<?php") {
+            return format!("<?php\n{code}").into();
+        }
+        code.into()
+    }
+}
+
+/// The identifier following the words `keywords` (separated by whitespace) in `code`.
+fn identifier_after(code: &str, keywords: &[&str]) -> Option<String> {
+    let words: Vec<&str> = code.split_whitespace().collect();
+    words.windows(keywords.len() + 1).find_map(|w| {
+        if w[..keywords.len()] != *keywords {
+            return None;
+        }
+        let ident: String = w[keywords.len()]
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        (!ident.is_empty()).then_some(ident)
+    })
+}
+
+/// Substitutes placeholders in a command template.
+pub fn render(template: &[&str], main: &str, memory_mb: u64) -> Vec<String> {
+    template
+        .iter()
+        .map(|a| {
+            a.replace("{main}", main)
+                .replace("{memory_mb}", &memory_mb.to_string())
+        })
+        .collect()
+}
+
+/// What `GET /api/v1/languages` says about one language.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct LanguageInfo {
+    pub name: String,
+    pub available: bool,
+    /// The toolchain's version line, when it is installed.
+    pub version: Option<String>,
+    /// Why it cannot run, when it cannot.
+    pub reason: Option<String>,
+    pub compiled: bool,
+}
+
+/// Availability of each language, as probed in a sandbox at start-up.
+#[derive(Default)]
+pub struct Availability {
+    probed: RwLock<BTreeMap<&'static str, LanguageInfo>>,
+}
+
+impl Availability {
+    pub fn record(&self, info: LanguageInfo) {
+        let name = LANGUAGES
+            .iter()
+            .find(|l| l.name == info.name)
+            .map_or("", |l| l.name);
+        self.probed
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, info);
+    }
+
+    /// Why `lang` cannot run, if it is known that it cannot.
+    pub fn unavailable(&self, lang: &Language) -> Option<String> {
+        if let Some(why) = lang.missing {
+            return Some(why.to_string());
+        }
+        let probed = self.probed.read().unwrap_or_else(|p| p.into_inner());
+        probed
+            .get(lang.name)
+            .filter(|i| !i.available)
+            .and_then(|i| i.reason.clone())
+    }
+
+    pub fn list(&self) -> Vec<LanguageInfo> {
+        let probed = self.probed.read().unwrap_or_else(|p| p.into_inner());
+        LANGUAGES
+            .iter()
+            .map(|l| {
+                probed.get(l.name).cloned().unwrap_or_else(|| LanguageInfo {
+                    name: l.name.to_string(),
+                    available: l.missing.is_none(),
+                    version: None,
+                    reason: l
+                        .missing
+                        .map(str::to_string)
+                        .or_else(|| Some("not probed yet".into())),
+                    compiled: l.compile.is_some(),
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_complete() {
+        let mut names: Vec<_> = LANGUAGES.iter().map(|l| l.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), LANGUAGES.len());
+        for required in [
+            "python",
+            "cpp",
+            "go",
+            "java",
+            "junit",
+            "jest",
+            "sql",
+            "D_ut",
+            "verilog",
+            "kotlin_script",
+            "gtest",
+            "python2",
+            "react",
+        ] {
+            assert!(find(required).is_some(), "{required}");
+        }
+    }
+
+    #[test]
+    fn main_names() {
+        let junit = find("junit").unwrap();
+        assert_eq!(
+            junit
+                .main_name("import x;\npublic class SolutionTest {\n}")
+                .unwrap(),
+            "SolutionTest"
+        );
+        assert_eq!(junit.main_name("class Foo {}").unwrap(), "Main");
+        let scala = find("scala").unwrap();
+        assert_eq!(
+            scala.main_name("object Hello extends App {}").unwrap(),
+            "Hello"
+        );
+        assert!(scala.main_name("class X").is_err());
+        assert_eq!(
+            render(&["java", "-XX:MaxRAM={memory_mb}m", "{main}"], "M", 64),
+            ["java", "-XX:MaxRAM=64m", "M"]
+        );
+        assert_eq!(
+            find("php").unwrap().source_text("echo 1;"),
+            "<?php\necho 1;"
+        );
+    }
+}

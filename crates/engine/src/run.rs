@@ -1,0 +1,523 @@
+//! One-shot runs (SandboxFusion's `run_code`): a fresh sandbox, the code and files written,
+//! compile, run, fetch files, destroy.
+//!
+//! This is the hottest path, so sandboxes come from a small pool kept ready in the background,
+//! and destruction happens after the answer. Runs are admitted through a bounded number of
+//! slots with a FIFO queue behind them: overload makes runs wait their turn instead of timing
+//! out or starving the machine.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, Semaphore, SemaphorePermit};
+use tracing::{info, warn};
+
+use crate::engine::{CreateSandbox, Engine};
+use crate::error::{Error, Result};
+use crate::jupyter::{CellResult, Kernel};
+use crate::language::{self, Availability, Language, LanguageInfo};
+use crate::process::{self, Captured, ExecOptions, Exit, Outcome};
+use crate::sandbox::Sandbox;
+
+/// Label carried by the sandboxes of one-shot runs; such sandboxes are internal and are not
+/// listed by the native API.
+pub const RUN_LABEL: &str = "cella.run";
+/// Compilers and build tools get at least this much memory, whatever the run's limit.
+const COMPILE_MEMORY_MB: u64 = 2048;
+const MIN_MEMORY_MB: u64 = 32;
+
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub language: String,
+    pub code: String,
+    pub stdin: Option<Vec<u8>>,
+    pub compile_timeout: Duration,
+    pub run_timeout: Duration,
+    /// Memory limit of the run step (`None`: the configured default).
+    pub memory_mb: Option<u64>,
+    /// Files written before compiling: relative paths are in the work directory.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// Files read back after the run; missing ones are left out.
+    pub fetch_files: Vec<String>,
+}
+
+/// A notebook run (SandboxFusion's `run_jupyter`): cells in order in a fresh kernel.
+#[derive(Debug, Clone)]
+pub struct NotebookRequest {
+    pub cells: Vec<String>,
+    /// Each cell is interrupted after this long (`None`: only the total applies).
+    pub cell_timeout: Option<Duration>,
+    pub total_timeout: Duration,
+    pub memory_mb: Option<u64>,
+    pub files: Vec<(String, Vec<u8>)>,
+    pub fetch_files: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NotebookOutcome {
+    /// One result per cell that ran; a failing cell does not stop the next.
+    pub cells: Vec<CellResult>,
+    pub files: Vec<(String, Vec<u8>)>,
+    pub wall: Duration,
+    /// The total timeout ended the notebook before every cell ran.
+    pub timed_out: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepStatus {
+    Finished,
+    TimeLimitExceeded,
+    /// The step could not be carried out (its message says why).
+    Error,
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub status: StepStatus,
+    pub exit: Option<Exit>,
+    pub output: Captured,
+}
+
+impl Step {
+    fn error(message: String) -> Step {
+        let output = Captured {
+            stderr: message.into_bytes(),
+            ..Default::default()
+        };
+        Step {
+            status: StepStatus::Error,
+            exit: None,
+            output,
+        }
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.status == StepStatus::Finished
+            && self.exit.as_ref().is_some_and(|e| e.exit_code == Some(0))
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOutcome {
+    pub compile: Option<Step>,
+    pub run: Option<Step>,
+    pub files: Vec<(String, Vec<u8>)>,
+    /// Set when the language cannot run on this server, with the reason.
+    pub unavailable: Option<String>,
+}
+
+pub struct Runs {
+    engine: Arc<Engine>,
+    pub availability: Availability,
+    slots: Semaphore,
+    waiting: AtomicUsize,
+    pool: Mutex<Vec<Arc<Sandbox>>>,
+    refill: Notify,
+    pool_started: AtomicBool,
+}
+
+impl Runs {
+    pub fn new(engine: Arc<Engine>) -> Arc<Runs> {
+        let slots = engine.config.runs.max_concurrency.max(1);
+        Arc::new(Runs {
+            engine,
+            availability: Availability::default(),
+            slots: Semaphore::new(slots),
+            waiting: AtomicUsize::new(0),
+            pool: Mutex::default(),
+            refill: Notify::new(),
+            pool_started: AtomicBool::new(false),
+        })
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    fn shape(&self) -> CreateSandbox {
+        CreateSandbox {
+            memory_mb: Some(self.engine.config.runs.memory_mb),
+            labels: [(RUN_LABEL.to_string(), "true".to_string())].into(),
+            idle_timeout_secs: Some(0),
+            ..Default::default()
+        }
+    }
+
+    /// Waits for a run slot, or refuses at once when the queue is full.
+    pub async fn admit(&self) -> Result<SemaphorePermit<'_>> {
+        if let Ok(permit) = self.slots.try_acquire() {
+            return Ok(permit);
+        }
+        let max_queue = self.engine.config.runs.max_queue;
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= max_queue {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::Busy(format!(
+                "the run queue is full ({max_queue} waiting); retry later"
+            )));
+        }
+        let queued = Instant::now();
+        let permit = self.slots.acquire().await.map_err(Error::internal);
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        metrics::histogram!("cella_run_queue_seconds").record(queued.elapsed().as_secs_f64());
+        permit
+    }
+
+    /// A fresh sandbox of the run shape, from the pool when one is ready.
+    pub async fn claim(self: &Arc<Self>) -> Result<Arc<Sandbox>> {
+        self.start_pool();
+        let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        self.refill.notify_one();
+        match pooled {
+            Some(s) => Ok(s),
+            None => self.engine.create(self.shape()).await,
+        }
+    }
+
+    /// Destroys a used sandbox after the caller has its answer.
+    pub fn discard(&self, sandbox: Arc<Sandbox>) {
+        let engine = self.engine.clone();
+        tokio::spawn(async move {
+            let _ = engine.delete(&sandbox.id).await;
+        });
+    }
+
+    /// Starts keeping `pool.warm_sandboxes` run sandboxes ready, on first use.
+    fn start_pool(self: &Arc<Self>) {
+        let target = self.engine.config.pool.warm_sandboxes;
+        if target == 0 || self.pool_started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let runs = self.clone();
+        tokio::spawn(async move {
+            loop {
+                while runs.pool.lock().unwrap_or_else(|p| p.into_inner()).len() < target {
+                    match runs.engine.create(runs.shape()).await {
+                        Ok(s) => runs.pool.lock().unwrap_or_else(|p| p.into_inner()).push(s),
+                        Err(e) => {
+                            warn!(error = %e, "could not refill the run pool");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            break;
+                        }
+                    }
+                }
+                runs.refill.notified().await;
+            }
+        });
+    }
+
+    pub async fn run(self: &Arc<Self>, req: RunRequest) -> Result<RunOutcome> {
+        let lang = language::find(&req.language)
+            .ok_or_else(|| Error::invalid(format!("unknown language {:?}", req.language)))?;
+        if let Some(why) = self.availability.unavailable(lang) {
+            return Ok(unavailable(lang, &why));
+        }
+        let main = match lang.main_name(&req.code) {
+            Ok(m) => m,
+            Err(why) => {
+                return Ok(RunOutcome {
+                    compile: Some(Step::error(why)),
+                    ..Default::default()
+                });
+            }
+        };
+        let started = Instant::now();
+        let _slot = self.admit().await?;
+        let sandbox = self.claim().await?;
+        let outcome = self.run_in(&sandbox, lang, &main, req).await;
+        self.discard(sandbox);
+        metrics::histogram!("cella_run_seconds", "language" => lang.name)
+            .record(started.elapsed().as_secs_f64());
+        match outcome {
+            Err(Error::MissingProgram(why)) => Ok(unavailable(lang, &why)),
+            other => other,
+        }
+    }
+
+    pub async fn run_notebook(self: &Arc<Self>, req: NotebookRequest) -> Result<NotebookOutcome> {
+        let started = Instant::now();
+        let _slot = self.admit().await?;
+        let sandbox = self.claim().await?;
+        let outcome = self.notebook_in(&sandbox, req, started).await;
+        self.discard(sandbox);
+        metrics::histogram!("cella_run_seconds", "language" => "jupyter")
+            .record(started.elapsed().as_secs_f64());
+        outcome
+    }
+
+    async fn notebook_in(
+        &self,
+        sandbox: &Arc<Sandbox>,
+        req: NotebookRequest,
+        started: Instant,
+    ) -> Result<NotebookOutcome> {
+        let config = &self.engine.config;
+        let memory_mb = req
+            .memory_mb
+            .unwrap_or(config.runs.memory_mb)
+            .clamp(MIN_MEMORY_MB, config.limits.max_memory_mb);
+        sandbox.set_memory_mb(memory_mb)?;
+        self.write_files(sandbox, req.files).await?;
+        let deadline = started + req.total_timeout;
+        let mut kernel = Kernel::start(sandbox, req.total_timeout).await?;
+        let mut outcome = NotebookOutcome::default();
+        for code in &req.cells {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || kernel.is_dead() {
+                outcome.timed_out = left.is_zero();
+                break;
+            }
+            let limit = req.cell_timeout.map_or(left, |t| t.min(left));
+            let cell = kernel.execute(code, limit).await?;
+            outcome.timed_out = cell.timed_out && limit == left;
+            outcome.cells.push(cell);
+        }
+        kernel.shutdown();
+        outcome.files = self.fetch_files(sandbox, req.fetch_files).await?;
+        outcome.wall = started.elapsed();
+        Ok(outcome)
+    }
+
+    /// Writes request files: relative paths are in the home directory.
+    async fn write_files(
+        &self,
+        sandbox: &Arc<Sandbox>,
+        files: Vec<(String, Vec<u8>)>,
+    ) -> Result<()> {
+        let writes: Vec<(String, Vec<u8>)> = files
+            .into_iter()
+            .map(|(path, data)| (sandbox.absolute(&path), data))
+            .collect();
+        sandbox
+            .with_fs(move |fs| {
+                for (path, data) in &writes {
+                    fs.write(path, data, 0o644, true)
+                        .map_err(|e| Error::file(path, e))?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Reads back the files asked for, keyed as asked; missing ones are left out.
+    async fn fetch_files(
+        &self,
+        sandbox: &Arc<Sandbox>,
+        paths: Vec<String>,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let max = self.engine.config.limits.max_read_bytes;
+        let wanted: Vec<(String, String)> = paths
+            .into_iter()
+            .map(|p| (sandbox.absolute(&p), p))
+            .collect();
+        sandbox
+            .with_fs(move |fs| {
+                Ok(wanted
+                    .into_iter()
+                    .filter_map(|(abs, key)| fs.read(&abs, max).ok().map(|d| (key, d)))
+                    .collect())
+            })
+            .await
+    }
+
+    async fn run_in(
+        &self,
+        sandbox: &Arc<Sandbox>,
+        lang: &'static Language,
+        main: &str,
+        req: RunRequest,
+    ) -> Result<RunOutcome> {
+        let config = &self.engine.config;
+        let memory_mb = req
+            .memory_mb
+            .unwrap_or(config.runs.memory_mb)
+            .clamp(MIN_MEMORY_MB, config.limits.max_memory_mb);
+        let source = lang.source.replace("{main}", main);
+        let mut files = req.files;
+        files.extend(
+            lang.support
+                .iter()
+                .map(|(name, content)| (name.to_string(), content.as_bytes().to_vec())),
+        );
+        files.push((
+            source,
+            lang.source_text(&req.code).into_owned().into_bytes(),
+        ));
+        self.write_files(sandbox, files).await?;
+
+        let mut outcome = RunOutcome::default();
+        if let Some(compile) = lang.compile {
+            sandbox.set_memory_mb(memory_mb.max(COMPILE_MEMORY_MB))?;
+            let argv = language::render(compile, main, memory_mb);
+            let step = self
+                .step(sandbox, lang, argv, req.compile_timeout, None)
+                .await?;
+            let ok = step.succeeded();
+            outcome.compile = Some(step);
+            if !ok {
+                return Ok(outcome);
+            }
+        }
+        sandbox.set_memory_mb(memory_mb)?;
+        let argv = language::render(lang.run, main, memory_mb);
+        outcome.run = Some(
+            self.step(sandbox, lang, argv, req.run_timeout, req.stdin)
+                .await?,
+        );
+
+        outcome.files = self.fetch_files(sandbox, req.fetch_files).await?;
+        Ok(outcome)
+    }
+
+    async fn step(
+        &self,
+        sandbox: &Arc<Sandbox>,
+        lang: &Language,
+        argv: Vec<String>,
+        timeout: Duration,
+        stdin: Option<Vec<u8>>,
+    ) -> Result<Step> {
+        let opts = ExecOptions {
+            argv,
+            env: lang_env(lang),
+            cwd: None,
+            stdin,
+            timeout: Some(timeout),
+            output_cap: self.engine.config.sandbox.output_cap_bytes,
+        };
+        match process::run(sandbox, opts).await {
+            Ok(Outcome { exit, output }) => {
+                let status = if exit.timed_out {
+                    StepStatus::TimeLimitExceeded
+                } else {
+                    StepStatus::Finished
+                };
+                Ok(Step {
+                    status,
+                    exit: Some(exit),
+                    output,
+                })
+            }
+            Err(e @ Error::MissingProgram(_)) => Err(e),
+            Err(e) => Ok(Step::error(e.to_string())),
+        }
+    }
+
+    /// Checks every language's toolchain in a sandbox, in the background, and records which
+    /// can run. Until a language is probed it is assumed available.
+    pub fn probe_languages(self: &Arc<Self>) {
+        let runs = self.clone();
+        tokio::spawn(async move {
+            let sandbox = match runs
+                .engine
+                .create(CreateSandbox {
+                    labels: runs.shape().labels,
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(s) => s,
+                Err(e) => return warn!(error = %e, "could not probe languages"),
+            };
+            // Four at a time: some toolchains (JVMs) take a second to answer.
+            let limit = Arc::new(Semaphore::new(4));
+            let probes: Vec<_> = language::LANGUAGES
+                .iter()
+                .filter(|l| l.missing.is_none())
+                .map(|lang| tokio::spawn(probe(sandbox.clone(), lang, limit.clone())))
+                .collect();
+            let mut results = Vec::new();
+            for p in probes {
+                if let Ok(r) = p.await {
+                    results.push(r);
+                }
+            }
+            let mut available = Vec::new();
+            for (lang, result) in results {
+                let info = probe_result(lang, result);
+                if info.available {
+                    available.push(lang.name);
+                }
+                runs.availability.record(info);
+            }
+            let _ = runs.engine.delete(&sandbox.id).await;
+            info!(count = available.len(), languages = %available.join(" "), "languages available");
+        });
+    }
+
+    pub fn languages(&self) -> Vec<LanguageInfo> {
+        self.availability.list()
+    }
+}
+
+async fn probe(
+    sandbox: Arc<Sandbox>,
+    lang: &'static Language,
+    limit: Arc<Semaphore>,
+) -> (&'static Language, Result<Outcome>) {
+    let _permit = limit.acquire().await;
+    let opts = ExecOptions {
+        argv: lang.version.iter().map(|s| s.to_string()).collect(),
+        env: lang_env(lang),
+        cwd: None,
+        stdin: None,
+        timeout: Some(Duration::from_secs(60)),
+        output_cap: 4096,
+    };
+    (lang, process::run(&sandbox, opts).await)
+}
+
+fn lang_env(lang: &Language) -> std::collections::BTreeMap<String, String> {
+    lang.env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn probe_result(lang: &Language, result: Result<Outcome>) -> LanguageInfo {
+    let mut info = LanguageInfo {
+        name: lang.name.to_string(),
+        available: false,
+        version: None,
+        reason: None,
+        compiled: lang.compile.is_some(),
+    };
+    match result {
+        Ok(Outcome { exit, output }) if exit.exit_code == Some(0) => {
+            let text = [output.stdout, output.stderr].concat();
+            let text = String::from_utf8_lossy(&text);
+            info.available = true;
+            info.version = text
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .map(str::to_string);
+        }
+        Ok(Outcome { output, .. }) => {
+            let err = String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            info.reason = Some(format!(
+                "the toolchain check `{}` failed: {err}",
+                lang.version.join(" ")
+            ));
+        }
+        Err(Error::MissingProgram(_)) => {
+            info.reason = Some(format!("`{}` is not installed", lang.version[0]))
+        }
+        Err(e) => info.reason = Some(e.to_string()),
+    }
+    info
+}
+
+fn unavailable(lang: &Language, why: &str) -> RunOutcome {
+    RunOutcome {
+        unavailable: Some(format!(
+            "language {} is unavailable on this server: {why}",
+            lang.name
+        )),
+        ..Default::default()
+    }
+}

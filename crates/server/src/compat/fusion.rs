@@ -1,0 +1,352 @@
+//! The SandboxFusion face: `POST /run_code`, `POST /run_jupyter`, `GET /v1/ping`.
+//!
+//! Field names, field order, nulls, status derivation and the 422 body follow SandboxFusion
+//! and its `sandbox-fusion` client (see `shared/specs/sandboxfusion.md`). Differences are
+//! deliberate: `memory_limit_MB` is enforced by the cgroup (compilers get more), `cpu_time` is
+//! filled, `files` and `fetch_files` never leave the sandbox, output beyond the cap is cut and
+//! flagged, and a language this server lacks answers at once with status `Failed` (which the
+//! client does not retry) instead of a retried `SandboxError`.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use cella_engine::jupyter::CellResult;
+use cella_engine::run::{
+    NotebookOutcome, NotebookRequest, RunOutcome, RunRequest, Step, StepStatus,
+};
+use cella_engine::{Error, language};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::pydantic::{self, Fields};
+use crate::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/run_code", post(run_code))
+        .route("/run_jupyter", post(run_jupyter))
+        .route("/v1/ping", get(|| async { axum::Json("pong") }))
+}
+
+/// The `Language` literal of the server and of the 0.3.7 client.
+pub fn language_names() -> Vec<&'static str> {
+    language::LANGUAGES.iter().map(|l| l.name).collect()
+}
+
+#[derive(Serialize)]
+pub struct CommandRunResult {
+    pub status: &'static str,
+    pub execution_time: Option<f64>,
+    pub return_code: Option<i32>,
+    pub stdout: Option<String>,
+    pub stderr: Option<String>,
+    pub cpu_time: Option<f64>,
+    /// cella: output past the cap was cut.
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+}
+
+impl CommandRunResult {
+    pub fn from_step(step: &Step) -> CommandRunResult {
+        let text = |b: &[u8]| Some(String::from_utf8_lossy(b).into_owned());
+        let exit = step.exit.as_ref();
+        CommandRunResult {
+            status: match step.status {
+                StepStatus::Finished => "Finished",
+                StepStatus::TimeLimitExceeded => "TimeLimitExceeded",
+                StepStatus::Error => "Error",
+            },
+            execution_time: exit.map(|e| e.wall_time),
+            // As Python's subprocess reports it: the exit status, or minus the signal.
+            return_code: match step.status {
+                StepStatus::Finished => exit.and_then(|e| e.exit_code.or(e.signal.map(|s| -s))),
+                _ => None,
+            },
+            stdout: text(&step.output.stdout),
+            stderr: text(&step.output.stderr),
+            cpu_time: exit.map(|e| e.cpu_time),
+            stdout_truncated: step.output.stdout_truncated,
+            stderr_truncated: step.output.stderr_truncated,
+        }
+    }
+
+    /// What SandboxFusion answers when a toolchain is missing: `command not found`.
+    pub fn missing_toolchain(message: &str) -> CommandRunResult {
+        CommandRunResult {
+            status: "Finished",
+            execution_time: Some(0.0),
+            return_code: Some(127),
+            stdout: Some(String::new()),
+            stderr: Some(message.to_string()),
+            cpu_time: Some(0.0),
+            stdout_truncated: false,
+            stderr_truncated: false,
+        }
+    }
+}
+
+/// SandboxFusion's `parse_run_status`: an `Error` step makes `SandboxError` (its stderr is the
+/// message), a timeout or a non-zero exit makes `Failed`, otherwise `Success`.
+pub fn run_status(results: &[&CommandRunResult]) -> (&'static str, String) {
+    if let Some(e) = results.iter().find(|r| r.status == "Error") {
+        return ("SandboxError", e.stderr.clone().unwrap_or_default());
+    }
+    if results.iter().any(|r| r.status == "TimeLimitExceeded") {
+        return ("Failed", String::new());
+    }
+    if results
+        .iter()
+        .any(|r| r.return_code.is_some_and(|c| c != 0))
+    {
+        return ("Failed", String::new());
+    }
+    ("Success", String::new())
+}
+
+#[derive(Serialize)]
+pub struct RunCodeResponse {
+    pub status: &'static str,
+    pub message: String,
+    pub compile_result: Option<CommandRunResult>,
+    pub run_result: Option<CommandRunResult>,
+    pub executor_pod_name: Option<String>,
+    pub files: serde_json::Map<String, Value>,
+}
+
+pub fn pod_name() -> Option<String> {
+    std::env::var("MY_POD_NAME").ok()
+}
+
+impl RunCodeResponse {
+    fn sandbox_error(message: String) -> RunCodeResponse {
+        RunCodeResponse {
+            status: "SandboxError",
+            message,
+            compile_result: None,
+            run_result: None,
+            executor_pod_name: pod_name(),
+            files: Default::default(),
+        }
+    }
+
+    fn from_outcome(outcome: RunOutcome) -> RunCodeResponse {
+        if let Some(why) = outcome.unavailable {
+            return RunCodeResponse {
+                status: "Failed",
+                run_result: Some(CommandRunResult::missing_toolchain(&why)),
+                message: why,
+                compile_result: None,
+                executor_pod_name: pod_name(),
+                files: Default::default(),
+            };
+        }
+        let compile_result = outcome.compile.as_ref().map(CommandRunResult::from_step);
+        let run_result = outcome.run.as_ref().map(CommandRunResult::from_step);
+        let present: Vec<&CommandRunResult> =
+            compile_result.iter().chain(run_result.iter()).collect();
+        let (status, message) = run_status(&present);
+        RunCodeResponse {
+            status,
+            message,
+            compile_result,
+            run_result,
+            executor_pod_name: pod_name(),
+            files: encode_files(outcome.files),
+        }
+    }
+}
+
+pub fn encode_files(files: Vec<(String, Vec<u8>)>) -> serde_json::Map<String, Value> {
+    files
+        .into_iter()
+        .map(|(k, v)| (k, json!(B64.encode(v))))
+        .collect()
+}
+
+/// `files` of a request: base64 contents; null values and `IGNORE_THIS_FILE` names skipped.
+pub fn decode_files(
+    files: Vec<(String, Option<String>)>,
+) -> Result<Vec<(String, Vec<u8>)>, String> {
+    files
+        .into_iter()
+        .filter(|(name, _)| !name.contains("IGNORE_THIS_FILE"))
+        .filter_map(|(name, content)| content.map(|c| (name, c)))
+        .map(|(name, content)| {
+            B64.decode(content.trim().as_bytes())
+                .map(|d| (name.clone(), d))
+                .map_err(|e| format!("file {name:?} is not valid base64: {e}"))
+        })
+        .collect()
+}
+
+fn seconds(value: f64) -> Duration {
+    Duration::from_secs_f64(value.clamp(0.001, 86_400.0))
+}
+
+/// Answers an overloaded queue with 504, the one status both verl and the client retry.
+pub fn overloaded(e: Error) -> Response {
+    (
+        StatusCode::GATEWAY_TIMEOUT,
+        axum::Json(json!({ "detail": e.to_string() })),
+    )
+        .into_response()
+}
+
+async fn run_code(State(state): State<AppState>, body: Bytes) -> Response {
+    let body = match pydantic::object(&body) {
+        Ok(b) => b,
+        Err(invalid) => return invalid.into_response(),
+    };
+    let mut f = Fields::new(&body);
+    let compile_timeout = f.float("compile_timeout", 10.0);
+    let run_timeout = f.float("run_timeout", 10.0);
+    let memory_limit = f.int("memory_limit_MB", -1);
+    let code = f.string("code");
+    let stdin = f.optional_string("stdin");
+    let language = f.literal("language", &language_names(), None);
+    let files = f.string_map("files", true);
+    let fetch_files = f.string_list("fetch_files");
+    if let Err(invalid) = f.errors.into_result(()) {
+        return invalid.into_response();
+    }
+    let files = match decode_files(files) {
+        Ok(files) => files,
+        Err(e) => return axum::Json(RunCodeResponse::sandbox_error(e)).into_response(),
+    };
+    let req = RunRequest {
+        language,
+        code,
+        stdin: stdin.map(String::into_bytes),
+        compile_timeout: seconds(compile_timeout),
+        run_timeout: seconds(run_timeout),
+        memory_mb: u64::try_from(memory_limit).ok().filter(|m| *m > 0),
+        files,
+        fetch_files,
+    };
+    match state.runs.run(req).await {
+        Ok(outcome) => axum::Json(RunCodeResponse::from_outcome(outcome)).into_response(),
+        Err(e @ Error::Busy(_)) => overloaded(e),
+        Err(e) => axum::Json(RunCodeResponse::sandbox_error(e.to_string())).into_response(),
+    }
+}
+
+#[derive(Serialize)]
+pub struct CellRunResult {
+    pub stdout: String,
+    pub stderr: String,
+    pub display: Vec<Value>,
+    pub error: Vec<Value>,
+}
+
+impl From<&CellResult> for CellRunResult {
+    fn from(c: &CellResult) -> CellRunResult {
+        CellRunResult {
+            stdout: c.stream("stdout"),
+            stderr: c.stream("stderr"),
+            display: c.displays(),
+            error: c.errors(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct RunJupyterResponse {
+    pub status: &'static str,
+    pub message: String,
+    pub driver: Option<CommandRunResult>,
+    pub cells: Vec<CellRunResult>,
+    pub executor_pod_name: Option<String>,
+    pub files: serde_json::Map<String, Value>,
+}
+
+impl RunJupyterResponse {
+    fn sandbox_error(message: String) -> RunJupyterResponse {
+        RunJupyterResponse {
+            status: "SandboxError",
+            message,
+            driver: None,
+            cells: Vec::new(),
+            executor_pod_name: pod_name(),
+            files: Default::default(),
+        }
+    }
+
+    /// The kernel stands in for SandboxFusion's driver process: it `Finished`, or hit the
+    /// total timeout (then the status is `Failed`).
+    fn from_outcome(o: NotebookOutcome) -> RunJupyterResponse {
+        let driver = CommandRunResult {
+            status: if o.timed_out {
+                "TimeLimitExceeded"
+            } else {
+                "Finished"
+            },
+            execution_time: Some(o.wall.as_secs_f64()),
+            return_code: if o.timed_out { None } else { Some(0) },
+            stdout: Some(String::new()),
+            stderr: Some(String::new()),
+            cpu_time: None,
+            stdout_truncated: false,
+            stderr_truncated: false,
+        };
+        RunJupyterResponse {
+            status: if o.timed_out { "Failed" } else { "Success" },
+            message: String::new(),
+            driver: Some(driver),
+            cells: o.cells.iter().map(CellRunResult::from).collect(),
+            executor_pod_name: pod_name(),
+            files: encode_files(o.files),
+        }
+    }
+}
+
+async fn run_jupyter(State(state): State<AppState>, body: Bytes) -> Response {
+    let body = match pydantic::object(&body) {
+        Ok(b) => b,
+        Err(invalid) => return invalid.into_response(),
+    };
+    let mut f = Fields::new(&body);
+    let cells = match body.get("cells") {
+        None => {
+            f.string("cells");
+            Vec::new()
+        }
+        Some(_) => f.string_list("cells"),
+    };
+    let cell_timeout = f.float("cell_timeout", 0.0);
+    let total_timeout = f.float("total_timeout", 45.0);
+    let memory_limit = f.int("memory_limit_MB", -1);
+    f.literal("kernel", &["python3"], Some("python3"));
+    let files = f.string_map("files", false);
+    let fetch_files = f.string_list("fetch_files");
+    if let Err(invalid) = f.errors.into_result(()) {
+        return invalid.into_response();
+    }
+    let files = match decode_files(files) {
+        Ok(files) => files,
+        Err(e) => return axum::Json(RunJupyterResponse::sandbox_error(e)).into_response(),
+    };
+    let req = NotebookRequest {
+        cells,
+        cell_timeout: (cell_timeout > 0.0).then(|| seconds(cell_timeout)),
+        total_timeout: seconds(if total_timeout > 0.0 {
+            total_timeout
+        } else {
+            45.0
+        }),
+        memory_mb: u64::try_from(memory_limit).ok().filter(|m| *m > 0),
+        files,
+        fetch_files,
+    };
+    match state.runs.run_notebook(req).await {
+        Ok(outcome) => axum::Json(RunJupyterResponse::from_outcome(outcome)).into_response(),
+        Err(e @ Error::Busy(_)) => overloaded(e),
+        Err(e) => axum::Json(RunJupyterResponse::sandbox_error(e.to_string())).into_response(),
+    }
+}

@@ -1,0 +1,131 @@
+//! `/api/v1/runs` and `/api/v1/languages`: one-shot runs of source code.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::extract::State;
+use base64::Engine as _;
+use cella_engine::language::LanguageInfo;
+use cella_engine::run::{RunRequest, Step, StepStatus};
+use serde::{Deserialize, Serialize};
+
+use super::processes::ExecResult;
+use crate::AppState;
+use crate::error::{ApiResult, ErrorBody};
+use crate::extract::Json;
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunBody {
+    /// A name from `GET /api/v1/languages`.
+    pub language: String,
+    pub code: String,
+    pub stdin: Option<String>,
+    /// Seconds (default 10).
+    pub compile_timeout: Option<f64>,
+    /// Seconds (default 10).
+    pub run_timeout: Option<f64>,
+    /// Memory limit of the run step.
+    pub memory_mb: Option<u64>,
+    /// Files written first (path → UTF-8 content); relative paths are in the work directory.
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
+    /// Files returned after the run, base64-encoded.
+    #[serde(default)]
+    pub fetch_files: Vec<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RunStep {
+    /// `finished`, `time_limit_exceeded` or `error`.
+    pub status: &'static str,
+    #[serde(flatten)]
+    pub result: Option<ExecResult>,
+    /// Why the step could not be carried out (status `error`).
+    pub error: Option<String>,
+}
+
+impl From<Step> for RunStep {
+    fn from(step: Step) -> RunStep {
+        let status = match step.status {
+            StepStatus::Finished => "finished",
+            StepStatus::TimeLimitExceeded => "time_limit_exceeded",
+            StepStatus::Error => "error",
+        };
+        match step.exit {
+            Some(exit) => RunStep {
+                status,
+                result: Some(ExecResult::new(exit, step.output)),
+                error: None,
+            },
+            None => RunStep {
+                status,
+                result: None,
+                error: Some(String::from_utf8_lossy(&step.output.stderr).into_owned()),
+            },
+        }
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RunResult {
+    /// `success` (every step exited 0), `failed`, or `unavailable` (the language cannot run here).
+    pub status: &'static str,
+    pub message: Option<String>,
+    pub compile: Option<RunStep>,
+    pub run: Option<RunStep>,
+    /// Fetched files, base64-encoded.
+    pub files: BTreeMap<String, String>,
+}
+
+fn seconds(v: Option<f64>) -> Duration {
+    Duration::from_secs_f64(v.unwrap_or(10.0).clamp(0.001, 86_400.0))
+}
+
+#[utoipa::path(post, path = "/runs", tag = "runs", request_body = RunBody,
+    description = "Runs code once in a fresh sandbox: write files, compile, run, fetch files, destroy.",
+    responses((status = 200, body = RunResult), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn run(
+    State(state): State<AppState>,
+    Json(body): Json<RunBody>,
+) -> ApiResult<Json<RunResult>> {
+    let req = RunRequest {
+        language: body.language,
+        code: body.code,
+        stdin: body.stdin.map(String::into_bytes),
+        compile_timeout: seconds(body.compile_timeout),
+        run_timeout: seconds(body.run_timeout),
+        memory_mb: body.memory_mb,
+        files: body
+            .files
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes()))
+            .collect(),
+        fetch_files: body.fetch_files,
+    };
+    let outcome = state.runs.run(req).await?;
+    let ok = |s: &Option<Step>| s.as_ref().is_none_or(Step::succeeded);
+    let status = match &outcome.unavailable {
+        Some(_) => "unavailable",
+        None if outcome.run.is_some() && ok(&outcome.compile) && ok(&outcome.run) => "success",
+        None => "failed",
+    };
+    Ok(Json(RunResult {
+        status,
+        message: outcome.unavailable,
+        compile: outcome.compile.map(RunStep::from),
+        run: outcome.run.map(RunStep::from),
+        files: outcome
+            .files
+            .into_iter()
+            .map(|(k, v)| (k, base64::engine::general_purpose::STANDARD.encode(v)))
+            .collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/languages", tag = "runs",
+    description = "Every language, its toolchain version and whether this server can run it (probed in a sandbox at start-up).",
+    responses((status = 200, body = Vec<LanguageInfo>)))]
+pub async fn languages(State(state): State<AppState>) -> Json<Vec<LanguageInfo>> {
+    Json(state.runs.languages())
+}
