@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything cella needs on Debian: language toolchains for sandboxes (apt),
-# JS tooling (npm, global), and the Python test clients (a venv in .venv).
+# JS tooling (npm, in /opt/cella/node), and the Python test clients (a venv in .venv).
 # Idempotent and quick when everything is present: each step checks before it installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,8 +13,11 @@ APT_PACKAGES=(
   g++ libgtest-dev libssl-dev golang-go default-jdk-headless junit5 php-cli mono-mcs ruby lua5.4
   r-base-core perl scala racket ldc iverilog sqlite3 kotlin rustc nodejs
 )
-# Versions that work together: ts-jest 29 needs jest 29 and TypeScript 5's compiler API.
-NPM_PACKAGES=(typescript@5 tsx jest@29 ts-jest@29 @types/jest@29 @types/node lodash)
+# JavaScript tooling for sandboxes, in one project directory so that peers resolve each other
+# (ts-jest needs jest's own modules). Versions that work together: ts-jest 29 needs jest 29
+# and TypeScript 5's compiler API.
+NODE_DIR=/opt/cella/node
+NPM_PACKAGES=(typescript@5 tsx@4 jest@29 ts-jest@29 @types/jest@29 @types/node@20 lodash@4)
 PIP_PACKAGES=(sandbox-fusion==0.3.7 pytest pytest-xdist requests)
 
 log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
@@ -32,7 +35,7 @@ else
   log "apt: all packages present"
 fi
 
-npm_root=$(npm root -g 2>/dev/null)
+npm_root=$NODE_DIR/node_modules
 npm_missing=()
 for p in "${NPM_PACKAGES[@]}"; do
   name=${p%@*}; [ -n "$name" ] || name=$p   # strip a version, keep a leading @scope
@@ -42,7 +45,9 @@ for p in "${NPM_PACKAGES[@]}"; do
 done
 if [ ${#npm_missing[@]} -gt 0 ]; then
   log "npm: installing ${npm_missing[*]}"
-  npm install -g --no-fund --no-audit --loglevel=error "${npm_missing[@]}"
+  mkdir -p "$NODE_DIR"
+  [ -f "$NODE_DIR/package.json" ] || echo '{"name": "cella-sandbox-node", "private": true}' > "$NODE_DIR/package.json"
+  npm install --prefix "$NODE_DIR" --no-fund --no-audit --loglevel=error "${npm_missing[@]}"
 else
   log "npm: all packages present"
 fi

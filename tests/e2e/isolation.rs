@@ -209,7 +209,8 @@ print('interfaces', [n for _, n in socket.if_nameindex()])
         "tiocsti",
         "tiocsti_highbits",
         "tioclinux",
-        "netlink",
+        "netlink_netfilter",
+        "netlink_audit",
         "packet",
         "vsock",
     ] {

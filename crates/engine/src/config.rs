@@ -96,10 +96,12 @@ pub struct PoolConfig {
 pub struct RunsConfig {
     /// One-shot runs executing at once; the rest wait in a queue.
     pub max_concurrency: usize,
-    /// Runs waiting beyond this are refused at once with 429/503.
+    /// Runs waiting beyond this are refused at once (503; 504 on the SandboxFusion face).
     pub max_queue: usize,
     /// Default memory of a one-shot run when the request has no limit.
     pub memory_mb: u64,
+    /// Python runs fork from a warm interpreter (the zygote) instead of starting one.
+    pub python_zygote: bool,
 }
 
 fn cores() -> usize {
@@ -195,6 +197,7 @@ impl Default for RunsConfig {
             max_concurrency: 2 * cores(),
             max_queue: 10_000,
             memory_mb: 2048,
+            python_zygote: true,
         }
     }
 }

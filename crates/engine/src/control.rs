@@ -130,6 +130,38 @@ async fn recv(fd: &AsyncFd<OwnedFd>, buf: &mut Vec<u8>) -> Option<Event> {
     }
 }
 
+/// An init (or zygote) event as the exec it concerns sees it.
+fn exec_event(event: Event) -> Option<(u64, ExecEvent)> {
+    Some(match event {
+        Event::Started { id, pid } => (id, ExecEvent::Started { pid }),
+        Event::SpawnFailed {
+            id,
+            error,
+            missing_program,
+        } => (
+            id,
+            ExecEvent::SpawnFailed {
+                error,
+                missing_program,
+            },
+        ),
+        Event::Exited {
+            id,
+            code,
+            signal,
+            cpu_us,
+        } => (
+            id,
+            ExecEvent::Exited {
+                code,
+                signal,
+                cpu_us,
+            },
+        ),
+        Event::Ready | Event::SetupFailed { .. } => return None,
+    })
+}
+
 async fn route(
     fd: Arc<AsyncFd<OwnedFd>>,
     waiters: Waiters,
@@ -137,33 +169,8 @@ async fn route(
     mut buf: Vec<u8>,
 ) {
     while let Some(event) = recv(&fd, &mut buf).await {
-        let (id, event) = match event {
-            Event::Started { id, pid } => (id, ExecEvent::Started { pid }),
-            Event::SpawnFailed {
-                id,
-                error,
-                missing_program,
-            } => (
-                id,
-                ExecEvent::SpawnFailed {
-                    error,
-                    missing_program,
-                },
-            ),
-            Event::Exited {
-                id,
-                code,
-                signal,
-                cpu_us,
-            } => (
-                id,
-                ExecEvent::Exited {
-                    code,
-                    signal,
-                    cpu_us,
-                },
-            ),
-            Event::Ready | Event::SetupFailed { .. } => continue,
+        let Some((id, event)) = exec_event(event) else {
+            continue;
         };
         let waiters = waiters.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(tx) = waiters.get(&id) {
@@ -175,4 +182,29 @@ async fn route(
     for (_, tx) in waiters.drain() {
         let _ = tx.send(ExecEvent::Lost);
     }
+}
+
+/// The events of one process reported on a channel of its own (the zygote's); `Lost` when
+/// the channel closes early.
+pub fn events_of(fd: OwnedFd) -> Result<mpsc::UnboundedReceiver<ExecEvent>> {
+    cella_jail::sys::set_nonblocking(fd.as_fd()).map_err(Error::internal)?;
+    let fd = cella_jail::async_fd(fd).map_err(Error::internal)?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut buf = Vec::new();
+        while let Some(event) = recv(&fd, &mut buf).await {
+            if let Some((_, event)) = exec_event(event) {
+                let done = matches!(
+                    event,
+                    ExecEvent::Exited { .. } | ExecEvent::SpawnFailed { .. }
+                );
+                let _ = tx.send(event);
+                if done {
+                    return;
+                }
+            }
+        }
+        let _ = tx.send(ExecEvent::Lost);
+    });
+    Ok(rx)
 }

@@ -38,17 +38,23 @@ pub enum Main {
 }
 
 const JUNIT: &str = "/usr/share/java/junit-platform-console-standalone.jar";
+/// JavaScript tooling lives in one project directory (installed by `scripts/setup.sh`), so
+/// that peer packages resolve each other; its `.bin` leads `PATH`.
 const NODE_ENV: &[(&str, &str)] = &[
-    ("NODE_PATH", "/usr/lib/node_modules"),
+    ("NODE_PATH", "/opt/cella/node/node_modules"),
+    (
+        "PATH",
+        "/opt/cella/node/node_modules/.bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
     ("FORCE_COLOR", "0"),
     ("NO_COLOR", "1"),
 ];
 const JEST_CONFIG: &str = r#"module.exports = {
   testEnvironment: 'node',
   rootDir: '.',
-  modulePaths: ['/usr/lib/node_modules'],
+  modulePaths: ['/opt/cella/node/node_modules'],
   cacheDirectory: '/tmp/jest-cache',
-  transform: { '^.+\\.[tj]sx?$': ['/usr/lib/node_modules/ts-jest', { isolatedModules: true, diagnostics: false }] },
+  transform: { '^.+\\.[tj]sx?$': ['/opt/cella/node/node_modules/ts-jest', { isolatedModules: true }] },
 };
 "#;
 const GO_MOD: &str = "module sandbox\n\ngo 1.19\n";
@@ -442,10 +448,7 @@ impl Availability {
                     name: l.name.to_string(),
                     available: l.missing.is_none(),
                     version: None,
-                    reason: l
-                        .missing
-                        .map(str::to_string)
-                        .or_else(|| Some("not probed yet".into())),
+                    reason: l.missing.map(str::to_string),
                     compiled: l.compile.is_some(),
                 })
             })

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use cella_jail::proto::Command;
+use cella_jail::proto::{Command, ExecSpec};
+use cella_jail::zygote::Zygote;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
@@ -258,7 +259,15 @@ pub struct Outcome {
 
 /// Runs `opts` to the end and collects its output.
 pub async fn run(sandbox: &Arc<Sandbox>, opts: ExecOptions) -> Result<Outcome> {
-    let process = start(sandbox, opts, None).await?;
+    run_with(sandbox, opts, Launcher::Init).await
+}
+
+pub async fn run_with(
+    sandbox: &Arc<Sandbox>,
+    opts: ExecOptions,
+    launcher: Launcher<'_>,
+) -> Result<Outcome> {
+    let process = start_with(sandbox, opts, None, launcher).await?;
     let exit = process
         .wait(None)
         .await
@@ -280,10 +289,30 @@ fn pipe_pair(big: bool) -> Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Starts `opts` in `sandbox`. Returns once the program has been exec'd (or could not be).
+/// How a process is started.
+#[derive(Clone, Copy)]
+pub enum Launcher<'a> {
+    /// Forked by the sandbox's init: any program.
+    Init,
+    /// Forked from the warm Python zygote: `python3 <script>` or `python3 -m <module>` in a
+    /// sandbox of the `host` image.
+    Zygote(&'a Zygote),
+}
+
+/// Starts `opts` in `sandbox`. Returns once the program has been exec'd (or could not be).
 pub async fn start(
     sandbox: &Arc<Sandbox>,
     opts: ExecOptions,
     sink: Option<mpsc::Sender<Chunk>>,
+) -> Result<Arc<Process>> {
+    start_with(sandbox, opts, sink, Launcher::Init).await
+}
+
+pub async fn start_with(
+    sandbox: &Arc<Sandbox>,
+    opts: ExecOptions,
+    sink: Option<mpsc::Sender<Chunk>>,
+    launcher: Launcher<'_>,
 ) -> Result<Arc<Process>> {
     let id = sandbox.next_exec_id();
     let spec = sandbox.exec_spec(id, &opts)?;
@@ -291,19 +320,14 @@ pub async fn start(
     let (stdout_r, stdout_w) = pipe_pair(true)?;
     let (stderr_r, stderr_w) = pipe_pair(true)?;
     let control = sandbox.control();
-    let mut events = control.subscribe(id);
     let oom_before = sandbox.usage().oom_kills;
-    let sent = control
-        .send(
-            &Command::Exec(spec.clone()),
-            &[stdin_r.as_fd(), stdout_w.as_fd(), stderr_w.as_fd()],
-        )
-        .await;
-    drop((stdin_r, stdout_w, stderr_w));
-    if let Err(e) = sent {
-        control.unsubscribe(id);
-        return Err(e);
-    }
+    let stdio = [stdin_r, stdout_w, stderr_w];
+    let launched = match launcher {
+        Launcher::Init => launch_by_init(sandbox, &spec, &stdio).await,
+        Launcher::Zygote(zygote) => launch_by_zygote(sandbox, zygote, &spec, &stdio),
+    };
+    drop(stdio);
+    let mut events = launched?;
     let pid = match events.recv().await {
         Some(ExecEvent::Started { pid }) => pid,
         Some(ExecEvent::SpawnFailed {
@@ -342,6 +366,7 @@ pub async fn start(
     }
     sandbox.register_process(process.clone());
     let pump = Pump {
+        zygote: matches!(launcher, Launcher::Zygote(_)),
         sandbox: sandbox.clone(),
         process: process.clone(),
         sink,
@@ -359,7 +384,50 @@ pub async fn start(
     Ok(process)
 }
 
+async fn launch_by_init(
+    sandbox: &Sandbox,
+    spec: &ExecSpec,
+    stdio: &[OwnedFd; 3],
+) -> Result<mpsc::UnboundedReceiver<ExecEvent>> {
+    let control = sandbox.control();
+    let events = control.subscribe(spec.id);
+    let fds = stdio.each_ref().map(|f| f.as_fd());
+    if let Err(e) = control.send(&Command::Exec(spec.clone()), &fds).await {
+        control.unsubscribe(spec.id);
+        return Err(e);
+    }
+    Ok(events)
+}
+
+fn launch_by_zygote(
+    sandbox: &Sandbox,
+    zygote: &Zygote,
+    spec: &ExecSpec,
+    stdio: &[OwnedFd; 3],
+) -> Result<mpsc::UnboundedReceiver<ExecEvent>> {
+    let procs = sandbox
+        .cgroup
+        .exec_procs(spec.id)?
+        .iter()
+        .map(|p| {
+            cella_jail::sys::open(p, libc::O_WRONLY)
+                .map_err(|e| Error::Internal(format!("open {}: {e}", p.display())))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (ours, theirs) = cella_jail::sys::seqpacket_pair().map_err(Error::internal)?;
+    let mut fds = vec![sandbox.pidfd(), theirs.as_fd()];
+    fds.extend(stdio.iter().map(|f| f.as_fd()));
+    fds.extend(procs.iter().map(|f| f.as_fd()));
+    zygote
+        .launch(spec, sandbox.info().uid, &fds)
+        .map_err(|e| Error::Unavailable(format!("the Python zygote: {e}")))?;
+    crate::control::events_of(ours)
+}
+
 struct Pump {
+    /// Started by the zygote: its processes are outside the init's Landlock domain, so the
+    /// host kills them.
+    zygote: bool,
     sandbox: Arc<Sandbox>,
     process: Arc<Process>,
     sink: Option<mpsc::Sender<Chunk>>,
@@ -463,11 +531,16 @@ impl Pump {
     }
 
     async fn kill_tree(&self, id: u64) {
-        let _ = self
-            .sandbox
-            .control()
-            .send(&Command::KillTree { id }, &[])
-            .await;
+        if self.zygote {
+            let sandbox = self.sandbox.clone();
+            let _ = tokio::task::spawn_blocking(move || sandbox.cgroup.kill_exec(id)).await;
+        } else {
+            let _ = self
+                .sandbox
+                .control()
+                .send(&Command::KillTree { id }, &[])
+                .await;
+        }
     }
 }
 

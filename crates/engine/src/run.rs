@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cella_jail::seccomp::Policy;
+use cella_jail::zygote::Zygote;
 use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 use tracing::{info, warn};
 
@@ -17,7 +19,7 @@ use crate::engine::{CreateSandbox, Engine};
 use crate::error::{Error, Result};
 use crate::jupyter::{CellResult, Kernel};
 use crate::language::{self, Availability, Language, LanguageInfo};
-use crate::process::{self, Captured, ExecOptions, Exit, Outcome};
+use crate::process::{self, Captured, ExecOptions, Exit, Launcher, Outcome};
 use crate::sandbox::Sandbox;
 
 /// Label carried by the sandboxes of one-shot runs; such sandboxes are internal and are not
@@ -115,6 +117,10 @@ pub struct Runs {
     pool: Mutex<Vec<Arc<Sandbox>>>,
     refill: Notify,
     pool_started: AtomicBool,
+    /// The warm Python runs fork from (restarted if it dies); `None` when disabled or failed.
+    zygote: tokio::sync::Mutex<Option<Arc<Zygote>>>,
+    /// Set once the toolchains have been checked.
+    probed: tokio::sync::OnceCell<()>,
 }
 
 impl Runs {
@@ -128,6 +134,8 @@ impl Runs {
             pool: Mutex::default(),
             refill: Notify::new(),
             pool_started: AtomicBool::new(false),
+            zygote: tokio::sync::Mutex::new(None),
+            probed: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -172,6 +180,46 @@ impl Runs {
             Some(s) => Ok(s),
             None => self.engine.create(self.shape()).await,
         }
+    }
+
+    /// The Python zygote, started (or restarted) on demand. `None` if disabled or it cannot
+    /// start; Python then starts the ordinary way.
+    async fn zygote(&self) -> Option<Arc<Zygote>> {
+        if !self.engine.config.runs.python_zygote {
+            return None;
+        }
+        let mut slot = self.zygote.lock().await;
+        if let Some(z) = slot.as_ref().filter(|z| z.alive()) {
+            return Some(z.clone());
+        }
+        let landlock_abi = self.engine.features.landlock_abi;
+        let started = tokio::task::spawn_blocking(move || {
+            let python = find_program("python3")
+                .ok_or_else(|| Error::MissingProgram("python3 is not installed".into()))?;
+            let policy = Policy::compile()?;
+            Ok::<_, Error>(Zygote::start(&python, &policy, landlock_abi)?)
+        })
+        .await
+        .map_err(Error::internal)
+        .and_then(|r| r);
+        match started {
+            Ok(z) => {
+                info!("the Python zygote is warm");
+                *slot = Some(Arc::new(z));
+            }
+            Err(e) => {
+                warn!(error = %e, "no Python zygote; Python runs start the interpreter each time")
+            }
+        }
+        slot.clone()
+    }
+
+    /// Starts the warm pieces (the Python zygote) before the first run needs them.
+    pub fn warm_up(self: &Arc<Self>) {
+        let runs = self.clone();
+        tokio::spawn(async move {
+            runs.zygote().await;
+        });
     }
 
     /// Destroys a used sandbox after the caller has its answer.
@@ -385,7 +433,14 @@ impl Runs {
             timeout: Some(timeout),
             output_cap: self.engine.config.sandbox.output_cap_bytes,
         };
-        match process::run(sandbox, opts).await {
+        let zygote = match opts.argv.first() {
+            Some(program) if program == "python3" && sandbox.info().image == crate::image::HOST => {
+                self.zygote().await
+            }
+            _ => None,
+        };
+        let launcher = zygote.as_deref().map_or(Launcher::Init, Launcher::Zygote);
+        match process::run_with(sandbox, opts, launcher).await {
             Ok(Outcome { exit, output }) => {
                 let status = if exit.timed_out {
                     StepStatus::TimeLimitExceeded
@@ -403,50 +458,49 @@ impl Runs {
         }
     }
 
-    /// Checks every language's toolchain in a sandbox, in the background, and records which
-    /// can run. Until a language is probed it is assumed available.
-    pub fn probe_languages(self: &Arc<Self>) {
+    /// Every language and whether it can run here. The toolchains are checked in a sandbox
+    /// the first time this is asked (once; runs never wait for it: a missing toolchain is
+    /// also noticed when a run cannot start it).
+    pub async fn languages(self: &Arc<Self>) -> Vec<LanguageInfo> {
         let runs = self.clone();
-        tokio::spawn(async move {
-            let sandbox = match runs
-                .engine
-                .create(CreateSandbox {
-                    labels: runs.shape().labels,
-                    ..Default::default()
-                })
-                .await
-            {
-                Ok(s) => s,
-                Err(e) => return warn!(error = %e, "could not probe languages"),
-            };
-            // Four at a time: some toolchains (JVMs) take a second to answer.
-            let limit = Arc::new(Semaphore::new(4));
-            let probes: Vec<_> = language::LANGUAGES
-                .iter()
-                .filter(|l| l.missing.is_none())
-                .map(|lang| tokio::spawn(probe(sandbox.clone(), lang, limit.clone())))
-                .collect();
-            let mut results = Vec::new();
-            for p in probes {
-                if let Ok(r) = p.await {
-                    results.push(r);
-                }
-            }
-            let mut available = Vec::new();
-            for (lang, result) in results {
-                let info = probe_result(lang, result);
-                if info.available {
-                    available.push(lang.name);
-                }
-                runs.availability.record(info);
-            }
-            let _ = runs.engine.delete(&sandbox.id).await;
-            info!(count = available.len(), languages = %available.join(" "), "languages available");
-        });
+        self.probed
+            .get_or_init(|| async move {
+                // Its own task, so a client that goes away cannot abandon the probe sandbox.
+                let _ = tokio::spawn(async move { runs.probe_languages().await }).await;
+            })
+            .await;
+        self.availability.list()
     }
 
-    pub fn languages(&self) -> Vec<LanguageInfo> {
-        self.availability.list()
+    async fn probe_languages(&self) {
+        let shape = CreateSandbox {
+            labels: self.shape().labels,
+            ..Default::default()
+        };
+        let sandbox = match self.engine.create(shape).await {
+            Ok(s) => s,
+            Err(e) => return warn!(error = %e, "could not probe languages"),
+        };
+        // Four at a time: some toolchains (JVMs) take a second to answer.
+        let limit = Arc::new(Semaphore::new(4));
+        let probes: Vec<_> = language::LANGUAGES
+            .iter()
+            .filter(|l| l.missing.is_none())
+            .map(|lang| tokio::spawn(probe(sandbox.clone(), lang, limit.clone())))
+            .collect();
+        let mut available = Vec::new();
+        for p in probes {
+            let Ok((lang, result)) = p.await else {
+                continue;
+            };
+            let info = probe_result(lang, result);
+            if info.available {
+                available.push(lang.name);
+            }
+            self.availability.record(info);
+        }
+        let _ = self.engine.delete(&sandbox.id).await;
+        info!(count = available.len(), languages = %available.join(" "), "languages available");
     }
 }
 
@@ -465,6 +519,14 @@ async fn probe(
         output_cap: 4096,
     };
     (lang, process::run(&sandbox, opts).await)
+}
+
+/// Where a sandbox of the `host` image finds `name` on its default `PATH`.
+fn find_program(name: &str) -> Option<std::path::PathBuf> {
+    cella_jail::DEFAULT_PATH
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(name))
+        .find(|p| p.is_file())
 }
 
 fn lang_env(lang: &Language) -> std::collections::BTreeMap<String, String> {
@@ -487,10 +549,11 @@ fn probe_result(lang: &Language, result: Result<Outcome>) -> LanguageInfo {
             let text = [output.stdout, output.stderr].concat();
             let text = String::from_utf8_lossy(&text);
             info.available = true;
+            // The first line that is not a warning (the JVM launchers print some first).
             info.version = text
                 .lines()
                 .map(str::trim)
-                .find(|l| !l.is_empty())
+                .find(|l| !l.is_empty() && !l.to_ascii_lowercase().contains("warning"))
                 .map(str::to_string);
         }
         Ok(Outcome { output, .. }) => {

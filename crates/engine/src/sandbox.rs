@@ -157,6 +157,11 @@ impl Sandbox {
         &self.control
     }
 
+    /// The init's pidfd: it names every namespace of the sandbox.
+    pub(crate) fn pidfd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.pidfd.get_ref().as_fd()
+    }
+
     pub(crate) fn next_exec_id(&self) -> u64 {
         self.exec_ids.fetch_add(1, Ordering::Relaxed)
     }

@@ -288,6 +288,27 @@ impl SandboxCgroup {
         self.dir("pids")
     }
 
+    /// Creates exec `id`'s own cgroup and returns the `cgroup.procs` files a process joins to
+    /// be in the sandbox (every hierarchy) and in that exec (the pids one).
+    pub fn exec_procs(&self, id: u64) -> Result<Vec<PathBuf>> {
+        let exec = self.exec_parent().join(exec_cgroup_name(id));
+        fs::create_dir(&exec)
+            .map_err(|e| Error::sys(format!("create cgroup {}", exec.display()), e))?;
+        let mut procs: Vec<PathBuf> = self
+            .dirs
+            .iter()
+            .filter(|d| **d != self.exec_parent())
+            .map(|d| d.join("cgroup.procs"))
+            .collect();
+        procs.push(exec.join("cgroup.procs"));
+        Ok(procs)
+    }
+
+    /// Kills every process of exec `id` from the host side.
+    pub fn kill_exec(&self, id: u64) {
+        kill_until_empty(&[self.exec_parent().join(exec_cgroup_name(id))]);
+    }
+
     pub fn usage(&self) -> Usage {
         match &self.layout {
             Layout::V1 { .. } => {
@@ -316,24 +337,7 @@ impl SandboxCgroup {
     /// SIGKILLs every process in the sandbox's cgroups until none is left. Used when the
     /// sandbox's init is already gone (e.g. reaping what a crashed server left behind).
     pub fn kill_all(&self) {
-        for _ in 0..100 {
-            let pids = self.pids();
-            if pids.is_empty() {
-                return;
-            }
-            for pid in pids {
-                let _ = crate::sys::kill(pid, libc::SIGKILL);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-    }
-
-    fn pids(&self) -> Vec<i32> {
-        let mut pids = Vec::new();
-        for dir in &self.dirs {
-            collect_pids(dir, &mut pids);
-        }
-        pids
+        kill_until_empty(&self.dirs);
     }
 
     /// Removes the cgroup directories, children first. Fails with `EBUSY` while a process is
@@ -349,6 +353,29 @@ impl SandboxCgroup {
         }
         result
     }
+}
+
+/// SIGKILLs the processes of cgroups (and their children) until none is left: a process may
+/// fork while the list is read, but a killed one cannot, so the list shrinks to nothing.
+fn kill_until_empty(dirs: &[PathBuf]) {
+    for _ in 0..1000 {
+        let mut pids = Vec::new();
+        for dir in dirs {
+            collect_pids(dir, &mut pids);
+        }
+        if pids.is_empty() {
+            return;
+        }
+        for pid in pids {
+            let _ = crate::sys::kill(pid, libc::SIGKILL);
+        }
+        std::thread::sleep(std::time::Duration::from_micros(500));
+    }
+}
+
+/// The name of exec `id`'s cgroup under its sandbox's (pids hierarchy).
+pub fn exec_cgroup_name(id: u64) -> String {
+    format!("x{id}")
 }
 
 fn collect_pids(dir: &Path, out: &mut Vec<i32>) {

@@ -12,6 +12,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::Duration;
 
+use crate::cgroup::exec_cgroup_name;
 use crate::child::{self, ChildFds};
 use crate::proto::{self, Command, Event, ExecSpec, SandboxSpec};
 use crate::seccomp::Policy;
@@ -406,8 +407,4 @@ impl Init<'_> {
         };
         r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EBUSY)
     }
-}
-
-fn exec_cgroup_name(id: u64) -> String {
-    format!("x{id}")
 }

@@ -4,6 +4,7 @@
 //! - `init` / `rootfs` / `child`: what runs inside a sandbox: its pid 1, its root filesystem,
 //!   and the last steps before user code.
 //! - [`proto`]: the messages on the server ↔ spawner ↔ init channels.
+//! - [`zygote`]: a warm Python that forks into sandboxes (the fast path of Python runs).
 //! - [`seccomp`], [`cgroup`], [`fsops`] (symlink-safe host-side file access), [`probe`].
 
 pub mod cgroup;
@@ -16,6 +17,7 @@ mod rootfs;
 pub mod seccomp;
 pub mod spawner;
 pub mod sys;
+pub mod zygote;
 
 pub use child::DEFAULT_PATH;
 pub use rootfs::{SANDBOX_HOME, SANDBOX_USER};

@@ -15,7 +15,7 @@ use crate::sys::cvt;
 
 /// The largest message a channel carries. It bounds argv+env of one exec.
 pub const MAX_MESSAGE: usize = 2 << 20;
-const MAX_FDS: usize = 4;
+const MAX_FDS: usize = 12;
 
 /// What the spawner needs to start one sandbox.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -115,7 +115,7 @@ fn send_raw(fd: BorrowedFd<'_>, body: &[u8], fds: &[BorrowedFd<'_>]) -> io::Resu
         iov_base: body.as_ptr() as *mut _,
         iov_len: body.len(),
     };
-    let mut cmsg_buf = [0u64; 8];
+    let mut cmsg_buf = [0u64; 16];
     // SAFETY: msghdr is plain data; we fill every field we use below.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -127,7 +127,7 @@ fn send_raw(fd: BorrowedFd<'_>, body: &[u8], fds: &[BorrowedFd<'_>]) -> io::Resu
         let space = unsafe { libc::CMSG_SPACE(data_len) } as usize;
         msg.msg_control = cmsg_buf.as_mut_ptr().cast();
         msg.msg_controllen = space;
-        // SAFETY: the control buffer is 64 bytes, large enough for MAX_FDS descriptors, and
+        // SAFETY: the control buffer is 128 bytes, large enough for MAX_FDS descriptors, and
         // CMSG_FIRSTHDR/CMSG_DATA point inside it.
         unsafe {
             let cmsg = libc::CMSG_FIRSTHDR(&msg);
@@ -158,7 +158,7 @@ pub fn recv<T: DeserializeOwned>(
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
-    let mut cmsg_buf = [0u64; 8];
+    let mut cmsg_buf = [0u64; 16];
     // SAFETY: msghdr is plain data; we fill every field we use below.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;

@@ -12,8 +12,8 @@
 //!
 //! Masks are overlay whiteouts and opaque directories in the upper layer, so a masked path is
 //! absent from the merged tree itself, not covered by a mount that could be peeled off.
-//! `/tmp`, `/var/tmp`, `/run` and `/home` start empty; `/home/user` belongs to the sandbox uid,
-//! which gets a `user` entry in `/etc/passwd` and `/etc/group`.
+//! `/tmp`, `/var/tmp`, `/run` and `/home` start empty; `/home/user` and `/mnt` belong to the
+//! sandbox uid, which gets a `user` entry in `/etc/passwd` and `/etc/group`.
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -139,8 +139,11 @@ fn prepare_upper(upper: &Path, spec: &SandboxSpec) -> Result<()> {
     for (dir, mode) in FRESH_DIRS {
         image.fresh_dir(Path::new(dir), *mode, 0, 0)?;
     }
-    let home = Path::new(SANDBOX_HOME);
-    image.fresh_dir(home, 0o750, spec.uid, spec.uid)?;
+    // The user's own: its home, and /mnt as a scratch place (SandboxFusion programs write
+    // there, as they would as root in its container).
+    for dir in [SANDBOX_HOME, "/mnt"] {
+        image.fresh_dir(Path::new(dir), 0o755, spec.uid, spec.uid)?;
+    }
     let uid = spec.uid;
     image.append_line(
         Path::new("/etc/passwd"),

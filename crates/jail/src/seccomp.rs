@@ -60,6 +60,26 @@ impl Policy {
         Ok(Policy { filters })
     }
 
+    /// The filters as raw `sock_filter` arrays (8 bytes per instruction, native endian), for
+    /// installing them from another program (the Python zygote).
+    pub fn to_bytes(&self) -> Vec<Vec<u8>> {
+        self.filters
+            .iter()
+            .map(|prog| {
+                prog.iter()
+                    .flat_map(|i| {
+                        let mut b = Vec::with_capacity(8);
+                        b.extend_from_slice(&i.code.to_ne_bytes());
+                        b.push(i.jt);
+                        b.push(i.jf);
+                        b.extend_from_slice(&i.k.to_ne_bytes());
+                        b
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
     /// Installs the filters on the calling thread. `no_new_privs` must already be set.
     /// Only syscalls: safe in a forked child.
     pub fn apply(&self) -> std::io::Result<()> {

@@ -97,7 +97,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     engine.spawn_background();
     let runs = Runs::new(engine.clone());
-    runs.probe_languages();
+    runs.warm_up();
     let app = app(
         AppState {
             engine: engine.clone(),

@@ -124,8 +124,8 @@ pub async fn run(
 }
 
 #[utoipa::path(get, path = "/languages", tag = "runs",
-    description = "Every language, its toolchain version and whether this server can run it (probed in a sandbox at start-up).",
+    description = "Every language, its toolchain version and whether this server can run it (checked in a sandbox on the first call).",
     responses((status = 200, body = Vec<LanguageInfo>)))]
 pub async fn languages(State(state): State<AppState>) -> Json<Vec<LanguageInfo>> {
-    Json(state.runs.languages())
+    Json(state.runs.languages().await)
 }

@@ -1,0 +1,36 @@
+# cella: the two commands of the README, and a few more for developers.
+#   make run    install what is needed, build, and start the server with its embedded defaults
+#   make test   install what is needed, build once, and run every test
+
+CARGO ?= cargo
+JOBS ?= 2
+
+.PHONY: setup build run test test-rust test-clients bench lint
+
+setup:
+	./scripts/setup.sh
+
+build:
+	$(CARGO) build --release --workspace
+
+run: setup build
+	./target/release/cella serve
+
+test: setup build
+	$(MAKE) test-rust
+	$(MAKE) test-clients
+
+# Unit tests and end-to-end tests against a real server (release, the profile just built).
+test-rust:
+	$(CARGO) test --release --workspace
+
+# The real client packages from PyPI against a real server.
+test-clients:
+	.venv/bin/pytest tests/clients -q -n $(JOBS)
+
+bench: setup build
+	./scripts/bench.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --release --all-targets -- -D warnings

@@ -1,0 +1,239 @@
+# cella's Python zygote: a warm interpreter that forks into sandboxes.
+#
+# Started by the server as `python3 -c <this file>` with a SOCK_SEQPACKET channel on fd 3. It
+# imports everything it will ever need now, then never imports again while privileged: after a
+# fork, the child joins a sandbox's namespaces (its root is then the sandbox's root, whose
+# files the sandbox's user controls), and only the grandchild, after dropping to the sandbox's
+# uid with no capabilities, no_new_privs, Landlock and the same seccomp filters as every other
+# sandbox process, runs user code.
+#
+# Per request (JSON, with descriptors): the sandbox init's pidfd, a channel for events, stdin,
+# stdout, stderr, then the cgroup.procs files to join. Events are the init's wire format:
+# {"Started": ...}, {"SpawnFailed": ...}, {"Exited": ...}.
+
+import sys
+
+if sys.path and sys.path[0] == "":
+    del sys.path[0]  # never import from the current directory
+
+import atexit  # noqa: E402
+import ctypes  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import runpy  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import threading  # noqa: E402
+import traceback  # noqa: E402
+
+# Commonly imported at the top of programs: loaded once here instead of in every run.
+import bisect, collections, dataclasses, datetime, decimal, fractions, functools, heapq  # noqa: E401,E402,F401
+import itertools, math, random, re, string, typing  # noqa: E401,E402,F401
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+LIBC.syscall.restype = ctypes.c_long
+CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = (
+    0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x20000000, 0x40000000)
+PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 24, 38, 22, 2
+SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_RESTRICT_SELF = 444, 446
+LANDLOCK_ACCESS_FS_MAKE_CHAR, LANDLOCK_ACCESS_FS_MAKE_BLOCK = 1 << 6, 1 << 10
+LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET, LANDLOCK_SCOPE_SIGNAL = 1, 2
+CHANNEL = socket.socket(fileno=3)
+RUNPY_FILES = {runpy.__file__, "<frozen runpy>", "<string>"}
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+class LandlockRuleset(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint64)]
+
+
+def check(ret, what):
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def send(sock, event):
+    sock.send(json.dumps(event).encode())
+
+
+def landlock(abi):
+    """The sandbox's Landlock domain: no device nodes; no signals or abstract sockets across it."""
+    if abi < 1:
+        return
+    attr = LandlockRuleset(LANDLOCK_ACCESS_FS_MAKE_CHAR | LANDLOCK_ACCESS_FS_MAKE_BLOCK, 0,
+                           (LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | LANDLOCK_SCOPE_SIGNAL) if abi >= 6 else 0)
+    size = ctypes.sizeof(attr) if abi >= 6 else 8
+    fd = check(LIBC.syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), size, 0), "landlock_create_ruleset")
+    check(LIBC.syscall(SYS_LANDLOCK_RESTRICT_SELF, fd, 0), "landlock_restrict_self")
+    os.close(fd)
+
+
+def drop_privileges(req, filters, landlock_abi):
+    for cap in range(64):
+        if LIBC.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            break
+    uid = req["uid"]
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)  # clears every capability set
+    os.chdir(req["cwd"])
+    os.umask(0o022)
+    for res, soft, hard in req["rlimits"]:
+        resource.setrlimit(res, (soft, hard))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    check(LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    landlock(landlock_abi)
+    for prog in filters:
+        buf = ctypes.create_string_buffer(prog, len(prog))
+        fprog = SockFprog(len(prog) // 8, ctypes.cast(buf, ctypes.c_void_p))
+        check(LIBC.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp")
+
+
+def user_frames(tb):
+    while tb is not None and tb.tb_frame.f_code.co_filename in RUNPY_FILES:
+        tb = tb.tb_next
+    return tb
+
+
+def run_user(req):
+    """What `python3 <args>` would do, in this already-started interpreter. Never returns."""
+    os.environ.clear()
+    os.environ.update(kv.split("=", 1) for kv in req["env"])
+    # The standard streams as CPython sets them up for these descriptors.
+    def stream(fd, mode, **kw):
+        return io.TextIOWrapper(io.open(fd, mode + "b", closefd=False), encoding="utf-8", **kw)
+
+    sys.stdin = sys.__stdin__ = stream(0, "r")
+    sys.stdout = sys.__stdout__ = stream(1, "w", line_buffering=os.isatty(1))
+    sys.stderr = sys.__stderr__ = stream(2, "w", errors="backslashreplace", line_buffering=True)
+    args = req["argv"][1:]
+    code = 0
+    try:
+        if args[:1] == ["-m"]:
+            sys.argv = args[1:]
+            sys.path.insert(0, os.getcwd())
+            runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = args
+            script = os.path.abspath(args[0])  # __file__ of __main__ is absolute since 3.9
+            sys.path.insert(0, os.path.dirname(script))
+            runpy.run_path(script, run_name="__main__")
+    except SystemExit as e:
+        if e.code is None:
+            code = 0
+        elif isinstance(e.code, int):
+            code = e.code & 0xFF
+        else:
+            print(e.code, file=sys.stderr)
+            code = 1
+    except BaseException as e:  # noqa: BLE001 - reported as Python would
+        traceback.print_exception(type(e), e, user_frames(e.__traceback__))
+        code = 1
+    try:
+        threading._shutdown()
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:  # noqa: BLE001
+        code = code or 120
+    os._exit(code)
+
+
+def grandchild(req, report, stdio, procs, filters, landlock_abi):
+    try:
+        for fd in procs:
+            os.write(fd, b"0")
+        os.setsid()
+        for target, fd in enumerate(stdio):
+            os.dup2(fd, target)
+        drop_privileges(req, filters, landlock_abi)
+        os.closerange(3, report)
+        os.closerange(report + 1, 65536)
+        os.write(report, b"P%d" % os.getpid())
+        os.close(report)
+    except BaseException as e:  # noqa: BLE001
+        os.write(report, b"E" + str(e).encode())
+        os._exit(127)
+    run_user(req)
+
+
+def child(req, fds, filters, landlock_abi):
+    """Joins the sandbox, forks the process that runs the code, and reports on it."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    CHANNEL.close()
+    pidfd, events_fd, *rest = fds
+    stdio, procs = rest[:3], rest[3:]
+    events = socket.socket(fileno=events_fd)
+    exec_id = req["id"]
+    # One call joins every namespace of the init; the mount namespace also moves our root.
+    flags = CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNET
+    if LIBC.setns(pidfd, flags) != 0:
+        err = ctypes.get_errno()
+        send(events, {"SpawnFailed": {"id": exec_id, "error": f"setns: {os.strerror(err)}", "missing_program": False}})
+        os._exit(1)
+    os.close(pidfd)
+    read_end, report = os.pipe()
+    pid = os.fork()  # the first process in the sandbox's pid namespace from here
+    if pid == 0:
+        os.close(read_end)
+        events.close()
+        try:
+            grandchild(req, report, stdio, procs, filters, landlock_abi)
+        except BaseException:  # noqa: BLE001 - a bug here must still say something
+            os.write(2, traceback.format_exc().encode())
+            os._exit(1)
+    os.close(report)
+    for fd in (*stdio, *procs):
+        os.close(fd)
+    message = b""
+    while chunk := os.read(read_end, 4096):
+        message += chunk
+    if not message.startswith(b"P"):
+        os.waitpid(pid, 0)
+        error = message[1:].decode(errors="replace") or "the process died while starting"
+        send(events, {"SpawnFailed": {"id": exec_id, "error": error, "missing_program": False}})
+        os._exit(0)
+    send(events, {"Started": {"id": exec_id, "pid": int(message[1:])}})
+    _, status, usage = os.wait4(pid, 0)
+    cpu_us = int((usage.ru_utime + usage.ru_stime) * 1e6)
+    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+    sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+    send(events, {"Exited": {"id": exec_id, "code": code, "signal": sig, "cpu_us": cpu_us}})
+    os._exit(0)
+
+
+def main():
+    config = json.loads(CHANNEL.recv(1 << 20))
+    filters = [bytes.fromhex(f) for f in config["filters"]]
+    landlock_abi = config["landlock_abi"]
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    CHANNEL.send(b'"Ready"')
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(CHANNEL, 1 << 20, 16)
+        except InterruptedError:
+            continue
+        if not data:
+            os._exit(0)  # the server is gone
+        try:
+            pid = os.fork()
+        except OSError:
+            pid = -1
+        if pid == 0:
+            try:
+                child(json.loads(data), fds, filters, landlock_abi)
+            finally:
+                os._exit(1)
+        for fd in fds:
+            os.close(fd)
+
+
+main()

@@ -1,0 +1,169 @@
+"""The SandboxFusion wire contract through the real client (and raw JSON as verl sends it):
+files, concurrency, Jupyter, memory limits, validation errors, big output and hostile code."""
+
+import base64
+import os
+import time
+
+import requests
+from sandbox_fusion import (RunCodeRequest, RunJupyterRequest, run_code, run_concurrent, run_jupyter,
+                            summary_run_code_result, SummaryMapping)
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def test_ping(endpoint):
+    r = requests.get(f"{endpoint}/v1/ping")
+    assert r.status_code == 200
+    assert r.text == '"pong"'
+    assert r.headers["content-type"].startswith("application/json")
+
+
+def test_response_has_every_field_in_order(endpoint):
+    r = requests.post(f"{endpoint}/run_code", json={"code": "print(1)", "language": "python"}).json()
+    assert list(r) == ["status", "message", "compile_result", "run_result", "executor_pod_name", "files"]
+    assert r["compile_result"] is None and r["executor_pod_name"] is None and r["files"] == {}
+    rr = r["run_result"]
+    assert list(rr)[:6] == ["status", "execution_time", "return_code", "stdout", "stderr", "cpu_time"]
+    assert rr["cpu_time"] > 0 and rr["execution_time"] > 0
+
+
+def test_files_and_fetch_files_stay_inside_the_sandbox(endpoint):
+    marker = f"/tmp/cella-fusion-{os.getpid()}"
+    code = (
+        "print(open('dir1/dir2/dir3/secret_flag').read())\n"
+        "open('a.txt', 'w').write('A')\n"
+        "open('/mnt/b', 'w').write('B')\n"
+        f"print(open('{marker}').read())\n"
+    )
+    r = run_code(RunCodeRequest(code=code, language="python",
+                                files={"dir1/dir2/dir3/secret_flag": b64("flag{x}"), marker: b64("inside"),
+                                       "skipped": None, "IGNORE_THIS_FILE": b64("no")},
+                                fetch_files=["a.txt", "/mnt/b", "missing.txt"]), max_attempts=1)
+    assert r.status == "Success", r
+    assert r.run_result.stdout == "flag{x}\ninside\n"
+    assert r.files == {"a.txt": b64("A"), "/mnt/b": b64("B")}
+    # The absolute paths were the sandbox's own, never the host's.
+    assert not os.path.exists(marker)
+    assert not os.path.exists("/mnt/b")
+
+
+def test_run_concurrent_200_programs(endpoint):
+    codes = [f"print({i} * {i})" for i in range(200)]
+    results = run_concurrent(run_code, args=[[RunCodeRequest(code=c, language="python")] for c in codes], concurrency=32)
+    assert [r.run_result.stdout for r in results] == [f"{i * i}\n" for i in range(200)]
+    assert all(r.status == "Success" for r in results)
+
+
+def test_summary_mapping(endpoint):
+    r = run_code(RunCodeRequest(code="int main( {", language="cpp"), max_attempts=1)
+    assert summary_run_code_result(r, SummaryMapping(CompileFailed="CE")) == "CE"
+    r = run_code(RunCodeRequest(code="while True: pass", language="python", run_timeout=0.5), max_attempts=1)
+    assert summary_run_code_result(r, SummaryMapping(RunTimeout="TLE")) == "TLE"
+
+
+def test_jupyter_cells(endpoint):
+    r = run_jupyter(RunJupyterRequest(cells=[
+        "print(123)",
+        "'hello'",
+        "assert 1 == 2",
+        "x = 41\nx + 1",
+        "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()",
+        "import sys; print('err', file=sys.stderr)",
+    ]), max_attempts=1)
+    assert r.status == "Success", r
+    cells = r.cells
+    assert cells[0].stdout == "123\n"
+    assert cells[1].display[0]["text/plain"] == "'hello'"
+    assert cells[2].error[0]["ename"] == "AssertionError"
+    # A failing cell does not stop the next; state persists between cells.
+    assert cells[3].display[0]["text/plain"] == "42"
+    png = base64.b64decode(cells[4].display[0]["image/png"])
+    assert png.startswith(b"\x89PNG")
+    assert cells[5].stderr == "err\n"
+
+
+def test_jupyter_timeouts_interrupt_the_kernel(endpoint):
+    started = time.time()
+    r = requests.post(f"{endpoint}/run_jupyter", json={
+        "cells": ["import time\nwhile True: time.sleep(0.01)", "print('after')"], "cell_timeout": 1, "total_timeout": 30,
+    }).json()
+    assert r["status"] == "Success", r
+    assert r["cells"][0]["error"][0]["ename"] == "KeyboardInterrupt"
+    assert r["cells"][1]["stdout"] == "after\n"
+    r = requests.post(f"{endpoint}/run_jupyter", json={"cells": ["while True: pass", "print(1)"], "total_timeout": 3}).json()
+    assert r["status"] == "Failed", r
+    assert r["driver"]["status"] == "TimeLimitExceeded"
+    assert time.time() - started < 20
+
+
+def test_raw_json_as_verl_sends_it(endpoint):
+    payload = {"compile_timeout": 10, "run_timeout": 10, "code": "import sys\nprint(sum(map(int, sys.stdin.read().split())))",
+               "stdin": "1 2 3", "memory_limit_MB": 1024, "language": "python", "files": {}, "fetch_files": []}
+    r = requests.post(f"{endpoint}/run_code", json=payload, timeout=30)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "Success"
+    assert body["run_result"]["stdout"] == "6\n"
+    assert body["compile_result"] is None
+
+
+def test_memory_limit_is_enforced_but_compilers_and_jvms_still_work(endpoint):
+    hog = "x = bytearray(600 << 20)\nprint('survived')"
+    r = requests.post(f"{endpoint}/run_code", json={"code": hog, "language": "python", "memory_limit_MB": 128}).json()
+    assert r["status"] == "Failed", r
+    assert r["run_result"]["return_code"] == -9, r
+    assert r["run_result"]["stdout"] == ""
+    java = 'public class Main { public static void main(String[] a){ System.out.println("jvm ok"); } }'
+    r = requests.post(f"{endpoint}/run_code", json={"code": java, "language": "java", "memory_limit_MB": 256,
+                                                    "compile_timeout": 60, "run_timeout": 30}).json()
+    assert r["status"] == "Success", r
+    assert r["run_result"]["stdout"] == "jvm ok\n"
+
+
+def test_invalid_requests_get_fastapi_422(endpoint):
+    r = requests.post(f"{endpoint}/run_code", json={"language": "python"})
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert detail[0]["type"] == "missing" and detail[0]["loc"] == ["body", "code"]
+    r = requests.post(f"{endpoint}/run_code", json={"code": "x", "language": "cobol"})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["type"] == "literal_error"
+    r = requests.post(f"{endpoint}/run_code", json={"code": "x", "language": "python", "run_timeout": "soon"})
+    assert r.json()["detail"][0]["type"] == "float_parsing"
+    r = requests.post(f"{endpoint}/run_code", data="{oops", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
+    r = requests.post(f"{endpoint}/run_jupyter", json={"cells": "not a list"})
+    assert r.status_code == 422 and r.json()["detail"][0]["type"] == "list_type"
+    # Numeric strings are accepted, as pydantic's lax mode does.
+    r = requests.post(f"{endpoint}/run_code", json={"code": "print(2)", "language": "python", "run_timeout": "5"})
+    assert r.status_code == 200 and r.json()["status"] == "Success"
+
+
+def test_64mb_of_output_finishes_and_is_flagged(endpoint):
+    code = "import sys\nchunk = 'y' * (1 << 20)\nfor _ in range(64): sys.stdout.write(chunk)"
+    started = time.time()
+    r = requests.post(f"{endpoint}/run_code", json={"code": code, "language": "python", "run_timeout": 30}).json()
+    assert r["status"] == "Success", {k: v for k, v in r.items() if k != "run_result"}
+    assert r["run_result"]["stdout_truncated"] is True
+    assert 0 < len(r["run_result"]["stdout"]) < 64 << 20
+    assert time.time() - started < 20
+
+
+def test_hostile_code_is_contained(endpoint):
+    checks = {
+        "shadow": "print(open('/etc/shadow').read())",
+        "network": "import socket; socket.create_connection(('1.1.1.1', 80), timeout=2)",
+        "mount": "import ctypes; libc = ctypes.CDLL(None, use_errno=True); assert libc.mount(b'x', b'/tmp', b'tmpfs', 0, None) == 0",
+        "setuid": "import os; os.setuid(0)",
+    }
+    for name, code in checks.items():
+        r = run_code(RunCodeRequest(code=code, language="python"), max_attempts=1)
+        assert r.status == "Failed", (name, r)
+    bomb = run_code(RunCodeRequest(code="import os\nwhile True:\n    os.fork()", language="python", run_timeout=2), max_attempts=1)
+    assert bomb.status == "Failed"
+    # The server still answers everyone else.
+    ok = run_code(RunCodeRequest(code="print('still here')", language="python"), max_attempts=1)
+    assert ok.run_result.stdout == "still here\n"

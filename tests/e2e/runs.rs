@@ -1,0 +1,205 @@
+//! One-shot runs through the native API and the CLI, the Python zygote's isolation, and
+//! admission control.
+
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use cella_e2e::{Server, cella_bin, json_of};
+use serde_json::{Value, json};
+
+fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(Server::start)
+}
+
+fn run(s: &Server, body: Value) -> Value {
+    let r = s.post("/runs", body);
+    let status = r.status();
+    let v = json_of(r);
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+#[test]
+fn languages_are_listed_with_versions() {
+    let s = server();
+    let langs = json_of(s.get("/languages"));
+    let find = |n: &str| {
+        langs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == n)
+            .cloned()
+            .unwrap()
+    };
+    let python = find("python");
+    assert_eq!(python["available"], true);
+    assert!(python["version"].as_str().unwrap().starts_with("Python 3"));
+    assert_eq!(find("cpp")["compiled"], true);
+    let julia = find("julia");
+    assert_eq!(julia["available"], false);
+    assert!(julia["reason"].as_str().is_some());
+}
+
+#[test]
+fn runs_with_stdin_files_and_fetch() {
+    let s = server();
+    let r = run(
+        s,
+        json!({"language": "python", "code": "import sys\nd = open('data/in.txt').read()\nopen('out.txt', 'w').write(d.upper())\nprint(sys.stdin.read())",
+               "stdin": "from stdin", "files": {"data/in.txt": "hello"}, "fetch_files": ["out.txt", "nope"]}),
+    );
+    assert_eq!(r["status"], "success", "{r}");
+    assert_eq!(r["run"]["stdout"], "from stdin\n");
+    assert_eq!(r["files"]["out.txt"], "SEVMTE8=");
+    assert!(r["files"].get("nope").is_none());
+
+    let r = run(s, json!({"language": "cpp", "code": "int main( {"}));
+    assert_eq!(r["status"], "failed");
+    assert_ne!(r["compile"]["exit_code"], 0);
+    assert!(r["run"].is_null());
+
+    let r = run(s, json!({"language": "julia", "code": "println(1)"}));
+    assert_eq!(r["status"], "unavailable");
+    assert!(r["message"].as_str().unwrap().contains("julia"));
+    assert_eq!(
+        s.post("/runs", json!({"language": "cobol", "code": ""}))
+            .status(),
+        400
+    );
+}
+
+#[test]
+fn python_runs_from_the_zygote_are_fully_confined() {
+    let s = server();
+    let code = r#"
+import os, subprocess
+status = dict(l.split(':', 1) for l in open('/proc/self/status').read().splitlines())
+print(status['Uid'].split()[0] != '0', status['CapEff'].strip(), status['CapBnd'].strip(), status['NoNewPrivs'].strip(), status['Seccomp'].strip())
+print(os.path.exists('/etc/shadow'), sorted(os.listdir('/home/user')))
+import ctypes; libc = ctypes.CDLL(None, use_errno=True)
+print(libc.syscall(165, 0, 0, 0, 0, 0), ctypes.get_errno())  # mount: EPERM
+print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit())[:3])
+"#;
+    let r = run(s, json!({"language": "python", "code": code}));
+    assert_eq!(r["status"], "success", "{r}");
+    let lines: Vec<&str> = r["run"]["stdout"].as_str().unwrap().lines().collect();
+    assert_eq!(lines[0], "True 0000000000000000 0000000000000000 1 2");
+    assert_eq!(lines[1], "False ['main.py']");
+    assert_eq!(lines[2], "-1 1");
+    // Only sandbox processes are visible, with sandbox pids.
+    let pids: Vec<i64> = serde_json::from_str(lines[3]).unwrap();
+    assert!(pids.iter().all(|&p| p < 100), "{pids:?}");
+
+    // A timeout kills the program and the processes it started.
+    let started = Instant::now();
+    let r = run(
+        s,
+        json!({"language": "python", "run_timeout": 1,
+        "code": "import subprocess, time\nsubprocess.Popen(['sleep', '100'])\nsubprocess.Popen(['setsid', 'sleep', '100'])\ntime.sleep(100)"}),
+    );
+    assert_eq!(r["run"]["status"], "time_limit_exceeded", "{r}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        cella_e2e::processes_with_uid_in(s.uid_base, 1000)
+            .iter()
+            .all(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .map_or(true, |c| c.trim() != "sleep")
+            })
+    );
+
+    // Exceptions read as Python prints them, without the zygote's frames.
+    let r = run(
+        s,
+        json!({"language": "python", "code": "def f():\n    raise ValueError('x')\nf()"}),
+    );
+    let err = r["run"]["stderr"].as_str().unwrap();
+    assert!(
+        err.starts_with("Traceback (most recent call last):\n  File \"/home/user/main.py\""),
+        "{err}"
+    );
+    assert!(err.ends_with("ValueError: x\n"), "{err}");
+    assert!(!err.contains("runpy"), "{err}");
+    assert_eq!(r["run"]["exit_code"], 1);
+    let r = run(
+        s,
+        json!({"language": "python", "code": "import sys\nprint('bye')\nsys.exit(4)"}),
+    );
+    assert_eq!(
+        (r["run"]["exit_code"].as_i64(), r["run"]["stdout"].as_str()),
+        (Some(4), Some("bye\n"))
+    );
+}
+
+#[test]
+fn cli_run_and_exec() {
+    let s = server();
+    let dir = s.data_dir.with_extension("cli");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("hello.py");
+    std::fs::write(&file, "print('hello from a file')\n").unwrap();
+    let out = Command::new(cella_bin())
+        .arg("run")
+        .arg(&file)
+        .env("CELLA_SERVER", &s.url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from a file\n");
+
+    let out = Command::new(cella_bin())
+        .args(["exec", "--", "sh", "-c", "echo out; echo err >&2; exit 3"])
+        .env("CELLA_SERVER", &s.url)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let bad = Command::new(cella_bin())
+        .args(["exec", "--server", "http://127.0.0.1:1", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("cannot reach the server"));
+}
+
+#[test]
+fn a_full_queue_refuses_at_once() {
+    let s = Server::start_with(&[
+        ("CELLA_RUNS__MAX_CONCURRENCY", "1"),
+        ("CELLA_RUNS__MAX_QUEUE", "1"),
+    ]);
+    let slow =
+        json!({"language": "python", "code": "import time; time.sleep(3)", "run_timeout": 10});
+    let hold: Vec<_> = (0..2)
+        .map(|_| {
+            let (http, url, body) = (s.http.clone(), s.api("/runs"), slow.clone());
+            std::thread::spawn(move || http.post(url).json(&body).send().unwrap().status())
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1000));
+    let t = Instant::now();
+    let r = s.post("/runs", json!({"language": "python", "code": "print(1)"}));
+    assert_eq!(r.status(), 503);
+    assert_eq!(json_of(r)["error"]["code"], "busy");
+    let r = s
+        .http
+        .post(format!("{}/run_code", s.url))
+        .json(&json!({"language": "python", "code": "print(1)"}))
+        .send()
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        504,
+        "the SandboxFusion face answers what its clients retry"
+    );
+    assert!(t.elapsed() < Duration::from_secs(1));
+    for h in hold {
+        assert_eq!(h.join().unwrap(), 200);
+    }
+}
