@@ -115,6 +115,7 @@ def test_memory_limit_is_enforced_but_compilers_and_jvms_still_work(endpoint):
     r = requests.post(f"{endpoint}/run_code", json={"code": hog, "language": "python", "memory_limit_MB": 128}).json()
     assert r["status"] == "Failed", r
     assert r["run_result"]["return_code"] == -9, r
+    assert r["run_result"]["oom_killed"] is True, r
     assert r["run_result"]["stdout"] == ""
     java = 'public class Main { public static void main(String[] a){ System.out.println("jvm ok"); } }'
     r = requests.post(f"{endpoint}/run_code", json={"code": java, "language": "java", "memory_limit_MB": 256,
@@ -167,3 +168,37 @@ def test_hostile_code_is_contained(endpoint):
     # The server still answers everyone else.
     ok = run_code(RunCodeRequest(code="print('still here')", language="python"), max_attempts=1)
     assert ok.run_result.stdout == "still here\n"
+
+
+def test_python_has_the_scientific_stack(endpoint):
+    code = "import numpy, pandas, matplotlib, scipy, pytest, ipykernel\nprint(numpy.arange(3).sum())"
+    r = run_code(RunCodeRequest(code=code, language="python"), max_attempts=1)
+    assert r.status == "Success", r
+    assert r.run_result.stdout == "3\n"
+
+
+def test_500_concurrent_requests_all_complete(endpoint):
+    codes = [f"print({i})" for i in range(500)]
+    results = run_concurrent(run_code, args=[[RunCodeRequest(code=c, language="python"), "", 1, 120] for c in codes],
+                             concurrency=500)
+    assert [r.run_result.stdout for r in results] == [f"{i}\n" for i in range(500)]
+
+
+def test_a_flood_of_infinite_loops_does_not_starve_others(endpoint):
+    from concurrent.futures import ThreadPoolExecutor
+
+    loop = RunCodeRequest(code="while True: pass", language="python", run_timeout=4)
+    with ThreadPoolExecutor(8) as pool:
+        floods = [pool.submit(run_code, loop, "", 1) for _ in range(8)]
+        time.sleep(1)
+        t = time.time()
+        assert requests.get(f"{endpoint}/v1/ping", timeout=5).status_code == 200
+        ping = time.time() - t
+        t = time.time()
+        short = run_code(RunCodeRequest(code="print('quick')", language="python"), max_attempts=1)
+        quick = time.time() - t
+        assert all(f.result().run_result.status == "TimeLimitExceeded" for f in floods)
+    assert short.run_result.stdout == "quick\n"
+    assert ping < 0.2, ping
+    # Nine runs on two cores: the short one gets its share at once, not after the loops.
+    assert quick < 2, quick

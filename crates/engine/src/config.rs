@@ -71,6 +71,8 @@ pub struct Limits {
     pub max_read_bytes: u64,
     /// Stopped sandboxes stay visible (state `stopped`) this long before they are forgotten.
     pub stopped_retention_secs: u64,
+    /// Memory of all sandboxes together (0: 90% of the host's memory).
+    pub total_memory_mb: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -158,6 +160,7 @@ impl Default for Limits {
             max_body_bytes: 256 << 20,
             max_read_bytes: 64 << 20,
             stopped_retention_secs: 3600,
+            total_memory_mb: 0,
         }
     }
 }
@@ -194,7 +197,9 @@ impl Default for PoolConfig {
 impl Default for RunsConfig {
     fn default() -> Self {
         RunsConfig {
-            max_concurrency: 2 * cores(),
+            // CPU-bound runs share the CPU fairly among themselves; slots bound memory and
+            // processes, not CPU, so a flood of infinite loops does not queue short runs.
+            max_concurrency: 8 * cores(),
             max_queue: 10_000,
             memory_mb: 2048,
             python_zygote: true,

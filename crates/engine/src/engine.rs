@@ -100,7 +100,12 @@ impl Engine {
         let store = Arc::new(Store::open(&config.state_file())?);
         let images = Images::load(&config, config_file, &store)?;
         let cgroups = Cgroups::detect(&config.cgroup_parent)?;
-        info!(cgroups = %cgroups.describe(), "cgroups");
+        let total_mb = match config.limits.total_memory_mb {
+            0 => host_memory_mb() * 9 / 10,
+            mb => mb,
+        };
+        cgroups.limit_total_memory(total_mb << 20)?;
+        info!(cgroups = %cgroups.describe(), total_memory_mb = total_mb, "cgroups");
         let uids = UidPool {
             base: config.uid_base,
             count: config.uid_count.max(1),
@@ -615,6 +620,23 @@ fn valid_hostname(h: &str) -> bool {
         && h.len() <= 63
         && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         && !h.starts_with('-')
+}
+
+/// The host's memory in MiB, from `/proc/meminfo`.
+fn host_memory_mb() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().find_map(|l| {
+                l.strip_prefix("MemTotal:")?
+                    .trim()
+                    .strip_suffix("kB")?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+        })
+        .map_or(4096, |kb| kb / 1024)
 }
 
 /// Start time of a process in clock ticks since boot (`/proc/<pid>/stat` field 22).

@@ -299,11 +299,7 @@ impl Runs {
         req: NotebookRequest,
         started: Instant,
     ) -> Result<NotebookOutcome> {
-        let config = &self.engine.config;
-        let memory_mb = req
-            .memory_mb
-            .unwrap_or(config.runs.memory_mb)
-            .clamp(MIN_MEMORY_MB, config.limits.max_memory_mb);
+        let memory_mb = self.memory_mb(req.memory_mb);
         sandbox.set_memory_mb(memory_mb)?;
         self.write_files(sandbox, req.files).await?;
         let deadline = started + req.total_timeout;
@@ -324,6 +320,14 @@ impl Runs {
         outcome.files = self.fetch_files(sandbox, req.fetch_files).await?;
         outcome.wall = started.elapsed();
         Ok(outcome)
+    }
+
+    /// A run's memory limit: the request's, or the configured default, within bounds.
+    fn memory_mb(&self, requested: Option<u64>) -> u64 {
+        let config = &self.engine.config;
+        requested
+            .unwrap_or(config.runs.memory_mb)
+            .clamp(MIN_MEMORY_MB, config.limits.max_memory_mb)
     }
 
     /// Writes request files: relative paths are in the home directory.
@@ -375,11 +379,7 @@ impl Runs {
         main: &str,
         req: RunRequest,
     ) -> Result<RunOutcome> {
-        let config = &self.engine.config;
-        let memory_mb = req
-            .memory_mb
-            .unwrap_or(config.runs.memory_mb)
-            .clamp(MIN_MEMORY_MB, config.limits.max_memory_mb);
+        let memory_mb = self.memory_mb(req.memory_mb);
         let source = lang.source.replace("{main}", main);
         let mut files = req.files;
         files.extend(

@@ -74,6 +74,17 @@ impl Cgroups {
         Ok(cgroups)
     }
 
+    /// Caps the memory of all sandboxes together, so that their sum can never push the host
+    /// (and the server) into a global out-of-memory kill.
+    pub fn limit_total_memory(&self, bytes: u64) -> Result<()> {
+        let parent = SandboxCgroup {
+            layout: self.layout.clone(),
+            dirs: self.parent_dirs(),
+            name: self.parent.clone(),
+        };
+        parent.set_memory(bytes)
+    }
+
     pub fn describe(&self) -> String {
         match &self.layout {
             Layout::V1 { .. } => "cgroup v1 (memory+memsw, pids, cpu, cpuacct)".into(),

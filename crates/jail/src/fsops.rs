@@ -266,13 +266,7 @@ impl SandboxFs {
             )?);
         }
         if recursive {
-            let sub = rustix::fs::openat2(
-                &dir,
-                name.as_c_str(),
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-                STRICT,
-            )?;
+            let sub = open_subdir(&dir, &name)?;
             remove_children(sub)?;
         }
         Ok(rustix::fs::unlinkat(
@@ -281,6 +275,17 @@ impl SandboxFs {
             AtFlags::REMOVEDIR,
         )?)
     }
+}
+
+/// A directory entry of an already resolved directory, entered without following anything.
+fn open_subdir(dir: &OwnedFd, name: &CString) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat2(
+        dir,
+        name.as_c_str(),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        STRICT,
+    )?)
 }
 
 fn remove_children(dir: OwnedFd) -> io::Result<()> {
@@ -296,13 +301,7 @@ fn remove_children(dir: OwnedFd) -> io::Result<()> {
         .collect();
     for (name, is_dir) in names {
         if is_dir {
-            let sub = rustix::fs::openat2(
-                &dir,
-                name.as_c_str(),
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-                STRICT,
-            )?;
+            let sub = open_subdir(&dir, &name)?;
             remove_children(sub)?;
             rustix::fs::unlinkat(&dir, name.as_c_str(), AtFlags::REMOVEDIR)?;
         } else {
@@ -337,13 +336,7 @@ fn list_into(
         let is_dir = entry.kind == Kind::Dir;
         out.push(entry);
         if is_dir && depth > 1 {
-            let sub = rustix::fs::openat2(
-                &dir,
-                name.as_c_str(),
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-                STRICT,
-            );
+            let sub = open_subdir(&dir, &name);
             // A mount point (EXDEV) or a racing change is listed but not entered.
             if let Ok(sub) = sub {
                 list_into(sub, &path, depth - 1, limit, out)?;

@@ -199,26 +199,15 @@ impl Init<'_> {
     fn serve(&mut self, sigchld: BorrowedFd<'_>) -> ! {
         let mut buf = Vec::new();
         loop {
-            let mut pfds = [
-                libc::pollfd {
-                    fd: self.control.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: sigchld.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            if sys::poll(&mut pfds, -1).is_err() {
-                sys::exit_now(1);
-            }
-            if pfds[1].revents != 0 {
+            let Ok([command, child_exited]) = sys::poll_readable([self.control, sigchld], -1)
+            else {
+                sys::exit_now(1)
+            };
+            if child_exited {
                 sys::drain_signalfd(sigchld);
                 self.reap();
             }
-            if pfds[0].revents != 0 {
+            if command {
                 match proto::recv::<Command>(self.control, &mut buf) {
                     Ok(Some((cmd, fds))) => self.handle(cmd, fds),
                     // The server is gone: exiting kills the whole sandbox.

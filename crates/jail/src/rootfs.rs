@@ -69,16 +69,7 @@ pub fn build(spec: &SandboxSpec) -> Result<()> {
     )?;
     let scratch = &spec.scratch_dir;
     let opts = format!("size={},mode=0755", spec.disk_bytes.max(1 << 20));
-    step(
-        || format!("mount tmpfs on {}", scratch.display()),
-        sys::mount(
-            Some("tmpfs"),
-            scratch,
-            Some("tmpfs"),
-            NOSUID_NODEV,
-            Some(&opts),
-        ),
-    )?;
+    mount_new(scratch, "tmpfs", 0o755, NOSUID_NODEV, &opts)?;
     let (upper, work, root) = (
         scratch.join("upper"),
         scratch.join("work"),
@@ -262,35 +253,44 @@ fn relative(path: &Path) -> PathBuf {
         .collect()
 }
 
-fn mount_proc(root: &Path) -> Result<()> {
-    let proc = root.join("proc");
-    step(|| "mkdir /proc".into(), sys::mkdir(&proc, 0o555))?;
+/// Creates `target` (with `mode`) and mounts a fresh `fstype` filesystem on it.
+fn mount_new(
+    target: &Path,
+    fstype: &str,
+    mode: u32,
+    flags: libc::c_ulong,
+    data: &str,
+) -> Result<()> {
     step(
-        || "mount /proc".into(),
-        sys::mount(
-            Some("proc"),
-            &proc,
-            Some("proc"),
-            NOSUID_NODEV | libc::MS_NOEXEC,
-            // Sandbox users see only their own processes, not the init (nor its cmdline,
-            // which is the server's).
-            Some("hidepid=invisible"),
-        ),
+        || format!("mkdir {}", target.display()),
+        sys::mkdir(target, mode),
+    )?;
+    step(
+        || format!("mount {fstype} on {}", target.display()),
+        sys::mount(Some(fstype), target, Some(fstype), flags, Some(data)),
+    )
+}
+
+fn mount_proc(root: &Path) -> Result<()> {
+    // Sandbox users see only their own processes, not the init (nor its cmdline, which is
+    // the server's).
+    mount_new(
+        &root.join("proc"),
+        "proc",
+        0o555,
+        NOSUID_NODEV | libc::MS_NOEXEC,
+        "hidepid=invisible",
     )
 }
 
 fn mount_dev(root: &Path, shm_bytes: u64) -> Result<()> {
     let dev = root.join("dev");
-    step(|| "mkdir /dev".into(), sys::mkdir(&dev, 0o755))?;
-    step(
-        || "mount /dev".into(),
-        sys::mount(
-            Some("tmpfs"),
-            &dev,
-            Some("tmpfs"),
-            libc::MS_NOSUID | libc::MS_NOEXEC,
-            Some("mode=0755,size=1m"),
-        ),
+    mount_new(
+        &dev,
+        "tmpfs",
+        0o755,
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "mode=0755,size=1m",
     )?;
     for name in DEVICES {
         let (host, target) = (Path::new("/dev").join(name), dev.join(name));
@@ -303,30 +303,16 @@ fn mount_dev(root: &Path, shm_bytes: u64) -> Result<()> {
             sys::mount(Some(&host.to_string_lossy()), &target, None, MS_BIND, None),
         )?;
     }
-    let pts = dev.join("pts");
-    step(|| "mkdir /dev/pts".into(), sys::mkdir(&pts, 0o755))?;
-    step(
-        || "mount /dev/pts".into(),
-        sys::mount(
-            Some("devpts"),
-            &pts,
-            Some("devpts"),
-            libc::MS_NOSUID | libc::MS_NOEXEC,
-            Some("newinstance,ptmxmode=0666,mode=0620"),
-        ),
+    let devpts = "newinstance,ptmxmode=0666,mode=0620";
+    mount_new(
+        &dev.join("pts"),
+        "devpts",
+        0o755,
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        devpts,
     )?;
-    let shm = dev.join("shm");
-    step(|| "mkdir /dev/shm".into(), sys::mkdir(&shm, 0o1777))?;
-    step(
-        || "mount /dev/shm".into(),
-        sys::mount(
-            Some("tmpfs"),
-            &shm,
-            Some("tmpfs"),
-            NOSUID_NODEV,
-            Some(&format!("mode=1777,size={}", shm_bytes.max(1 << 20))),
-        ),
-    )?;
+    let shm = format!("mode=1777,size={}", shm_bytes.max(1 << 20));
+    mount_new(&dev.join("shm"), "tmpfs", 0o1777, NOSUID_NODEV, &shm)?;
     for (target, link) in [
         ("pts/ptmx", "ptmx"),
         ("/proc/self/fd", "fd"),

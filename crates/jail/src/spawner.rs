@@ -8,7 +8,7 @@
 //! the init's pidfd and the server's end of the init's control channel; after that the server
 //! talks to the init directly and the spawner only reaps it.
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -128,25 +128,14 @@ fn serve(channel: OwnedFd, policy: &Policy, pool_size: usize) -> ! {
     let mut buf = Vec::new();
     loop {
         let timeout = if pool.len() < pool_size { 0 } else { -1 };
-        let mut pfds = [
-            libc::pollfd {
-                fd: channel.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: sigchld.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        let ready = sys::poll(&mut pfds, timeout).unwrap_or(0);
-        if pfds[1].revents != 0 {
+        let [request, child_exited] =
+            sys::poll_readable([channel.as_fd(), sigchld.as_fd()], timeout).unwrap_or([false; 2]);
+        if child_exited {
             sys::drain_signalfd(sigchld.as_fd());
             // SAFETY: reaping our own children without status.
             while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
         }
-        if pfds[0].revents != 0 {
+        if request {
             let spec = match proto::recv::<SandboxSpec>(channel.as_fd(), &mut buf) {
                 Ok(Some((spec, _))) => spec,
                 // The server is gone; our inits follow us through PDEATHSIG.
@@ -175,7 +164,7 @@ fn serve(channel: OwnedFd, policy: &Policy, pool_size: usize) -> ! {
                 sys::exit_now(0);
             }
         }
-        if ready == 0 && pool.len() < pool_size {
+        if !request && !child_exited && pool.len() < pool_size {
             match new_netns(&host_netns) {
                 Ok(ns) => pool.push(ns),
                 // Out of namespaces for now (user.max_net_namespaces): back off.

@@ -51,6 +51,8 @@ pub struct CommandRunResult {
     /// cella: output past the cap was cut.
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
+    /// cella: the kernel killed it at the memory limit (`return_code` is then -9).
+    pub oom_killed: bool,
 }
 
 impl CommandRunResult {
@@ -74,6 +76,7 @@ impl CommandRunResult {
             cpu_time: exit.map(|e| e.cpu_time),
             stdout_truncated: step.output.stdout_truncated,
             stderr_truncated: step.output.stderr_truncated,
+            oom_killed: exit.is_some_and(|e| e.oom_killed),
         }
     }
 
@@ -88,6 +91,7 @@ impl CommandRunResult {
             cpu_time: Some(0.0),
             stdout_truncated: false,
             stderr_truncated: false,
+            oom_killed: false,
         }
     }
 }
@@ -294,6 +298,7 @@ impl RunJupyterResponse {
             cpu_time: None,
             stdout_truncated: false,
             stderr_truncated: false,
+            oom_killed: false,
         };
         RunJupyterResponse {
             status: if o.timed_out { "Failed" } else { "Success" },

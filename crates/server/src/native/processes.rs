@@ -19,11 +19,9 @@ use tokio::sync::mpsc;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, Query};
 
-/// The result of a finished command.
+/// What a command printed.
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct ExecResult {
-    #[serde(flatten)]
-    pub exit: Exit,
+pub struct Output {
     /// Output decoded as UTF-8 (invalid sequences replaced).
     pub stdout: String,
     pub stderr: String,
@@ -32,14 +30,31 @@ pub struct ExecResult {
     pub stderr_truncated: bool,
 }
 
-impl ExecResult {
-    pub fn new(exit: Exit, out: Captured) -> ExecResult {
-        ExecResult {
-            exit,
+impl From<Captured> for Output {
+    fn from(out: Captured) -> Output {
+        Output {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             stdout_truncated: out.stdout_truncated,
             stderr_truncated: out.stderr_truncated,
+        }
+    }
+}
+
+/// The result of a finished command.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ExecResult {
+    #[serde(flatten)]
+    pub exit: Exit,
+    #[serde(flatten)]
+    pub output: Output,
+}
+
+impl ExecResult {
+    pub fn new(exit: Exit, out: Captured) -> ExecResult {
+        ExecResult {
+            exit,
+            output: out.into(),
         }
     }
 }
@@ -177,15 +192,13 @@ pub struct ProcessInfo {
     pub running: bool,
     /// How it ended, once it has.
     pub exit: Option<Exit>,
-    pub stdout: String,
-    pub stderr: String,
-    pub stdout_truncated: bool,
-    pub stderr_truncated: bool,
+    /// What it printed so far.
+    #[serde(flatten)]
+    pub output: Output,
 }
 
 impl From<&Process> for ProcessInfo {
     fn from(p: &Process) -> ProcessInfo {
-        let out = p.captured();
         let exit = p.exit();
         ProcessInfo {
             id: p.id,
@@ -198,10 +211,7 @@ impl From<&Process> for ProcessInfo {
                 .map_or(0.0, |d| d.as_secs_f64()),
             running: exit.is_none(),
             exit,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            stdout_truncated: out.stdout_truncated,
-            stderr_truncated: out.stderr_truncated,
+            output: p.captured().into(),
         }
     }
 }
