@@ -128,6 +128,20 @@ fn exec_collects_everything() {
     assert!(r["wall_time"].as_f64().unwrap() > 0.0);
     assert!(r["cpu_time"].as_f64().unwrap() > 0.0, "{r}");
 
+    // A background child keeping stdout open does not hold the answer back, nor lose what
+    // was written before the program exited.
+    let t = std::time::Instant::now();
+    let r = s.exec(
+        &id,
+        json!({"shell": "head -c 300000 /dev/zero | tr '\\0' x; echo; sleep 30 &"}),
+    );
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(r["stdout"].as_str().unwrap().len(), 300_001);
+
     let r = s.exec(&id, json!({"shell": "kill -TERM $$"}));
     assert_eq!(
         (r["exit_code"].clone(), r["signal"].clone()),

@@ -91,6 +91,8 @@ pub struct PoolConfig {
     pub netns: usize,
     /// Ready sandboxes of the default shape kept for one-shot runs.
     pub warm_sandboxes: usize,
+    /// Ready sandboxes with a started Jupyter kernel kept for notebook runs.
+    pub warm_kernels: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -190,6 +192,7 @@ impl Default for PoolConfig {
         PoolConfig {
             netns: 16,
             warm_sandboxes: 4,
+            warm_kernels: 2,
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod image;
 pub mod jupyter;
 pub mod language;
+mod pool;
 pub mod process;
 pub mod run;
 pub mod sandbox;

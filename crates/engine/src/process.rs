@@ -447,9 +447,16 @@ impl Pump {
     ) {
         let id = self.process.id;
         let feeder = tokio::spawn(feed(stdin_w, stdin));
+        let (stop, stopped) = watch::channel(false);
         let readers =
             [(Stream::Stdout, stdout_r), (Stream::Stderr, stderr_r)].map(|(stream, fd)| {
-                tokio::spawn(drain(fd, stream, self.process.clone(), self.sink.clone()))
+                tokio::spawn(drain(
+                    fd,
+                    stream,
+                    self.process.clone(),
+                    self.sink.clone(),
+                    stopped.clone(),
+                ))
             });
 
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
@@ -486,14 +493,14 @@ impl Pump {
         self.sandbox.control().unsubscribe(id);
         feeder.abort();
         // Output already written is read to the end; a background child holding the pipes
-        // gets a short grace, then the pipes are dropped.
-        let grace = tokio::time::sleep(OUTPUT_GRACE);
-        tokio::pin!(grace);
-        for reader in readers {
-            let abort = reader.abort_handle();
-            tokio::select! {
-                _ = reader => {}
-                () = &mut grace => abort.abort(),
+        // gets a short grace, then what it has written so far is taken and the pipes dropped.
+        let readers = futures::future::join_all(readers);
+        tokio::pin!(readers);
+        tokio::select! {
+            _ = &mut readers => {}
+            () = tokio::time::sleep(OUTPUT_GRACE) => {
+                let _ = stop.send(true);
+                readers.await;
             }
         }
         let exit = match ended {
@@ -554,29 +561,40 @@ async fn feed(fd: OwnedFd, data: Option<Vec<u8>>) {
     }
 }
 
+/// Reads one output pipe to its end. When `stop` is set (the program has exited but something
+/// still holds the pipe), it takes what is already buffered and returns.
 async fn drain(
     fd: OwnedFd,
     stream: Stream,
     process: Arc<Process>,
     sink: Option<mpsc::Sender<Chunk>>,
+    mut stop: watch::Receiver<bool>,
 ) {
     let Ok(mut rx) = pipe::Receiver::from_owned_fd(fd) else {
         return;
     };
     let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match rx.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                let kept = process.keep(stream, &buf[..n]);
-                if let Some(sink) = &sink
-                    && !kept.is_empty()
-                    && sink.send(Chunk::Output(stream, kept)).await.is_err()
-                {
-                    // The client went away; keep draining so the program never blocks.
-                }
-            }
+    let keep = async |data: &[u8]| {
+        let kept = process.keep(stream, data);
+        if let Some(sink) = &sink
+            && !kept.is_empty()
+        {
+            // A client that went away is not waited for; draining goes on regardless.
+            let _ = sink.send(Chunk::Output(stream, kept)).await;
         }
+    };
+    loop {
+        tokio::select! {
+            biased;
+            read = rx.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => keep(&buf[..n]).await,
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    while let Ok(n @ 1..) = rx.try_read(&mut buf) {
+        keep(&buf[..n]).await;
     }
 }
 

@@ -1,24 +1,26 @@
 //! One-shot runs (SandboxFusion's `run_code`): a fresh sandbox, the code and files written,
 //! compile, run, fetch files, destroy.
 //!
-//! This is the hottest path, so sandboxes come from a small pool kept ready in the background,
+//! This is the hottest path, so sandboxes (and, for notebooks, sandboxes with a started
+//! kernel) come from small pools kept ready in the background,
 //! and destruction happens after the answer. Runs are admitted through a bounded number of
 //! slots with a FIFO queue behind them: overload makes runs wait their turn instead of timing
 //! out or starving the machine.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cella_jail::seccomp::Policy;
 use cella_jail::zygote::Zygote;
-use tokio::sync::{Notify, Semaphore, SemaphorePermit};
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::{info, warn};
 
 use crate::engine::{CreateSandbox, Engine};
 use crate::error::{Error, Result};
 use crate::jupyter::{CellResult, Kernel};
 use crate::language::{self, Availability, Language, LanguageInfo};
+use crate::pool::WarmPool;
 use crate::process::{self, Captured, ExecOptions, Exit, Launcher, Outcome};
 use crate::sandbox::Sandbox;
 
@@ -114,9 +116,10 @@ pub struct Runs {
     pub availability: Availability,
     slots: Semaphore,
     waiting: AtomicUsize,
-    pool: Mutex<Vec<Arc<Sandbox>>>,
-    refill: Notify,
-    pool_started: AtomicBool,
+    /// Ready sandboxes of the run shape.
+    sandboxes: Arc<WarmPool<Arc<Sandbox>>>,
+    /// Ready sandboxes with a started Jupyter kernel.
+    kernels: Arc<WarmPool<(Arc<Sandbox>, Kernel)>>,
     /// The warm Python runs fork from (restarted if it dies); `None` when disabled or failed.
     zygote: tokio::sync::Mutex<Option<Arc<Zygote>>>,
     /// Set once the toolchains have been checked.
@@ -126,14 +129,18 @@ pub struct Runs {
 impl Runs {
     pub fn new(engine: Arc<Engine>) -> Arc<Runs> {
         let slots = engine.config.runs.max_concurrency.max(1);
+        let pools = &engine.config.pool;
+        let (sandboxes, kernels) = (
+            WarmPool::new("sandboxes", pools.warm_sandboxes),
+            WarmPool::new("kernels", pools.warm_kernels),
+        );
         Arc::new(Runs {
             engine,
             availability: Availability::default(),
             slots: Semaphore::new(slots),
             waiting: AtomicUsize::new(0),
-            pool: Mutex::default(),
-            refill: Notify::new(),
-            pool_started: AtomicBool::new(false),
+            sandboxes,
+            kernels,
             zygote: tokio::sync::Mutex::new(None),
             probed: tokio::sync::OnceCell::new(),
         })
@@ -173,12 +180,47 @@ impl Runs {
 
     /// A fresh sandbox of the run shape, from the pool when one is ready.
     pub async fn claim(self: &Arc<Self>) -> Result<Arc<Sandbox>> {
-        self.start_pool();
-        let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        self.refill.notify_one();
-        match pooled {
+        let runs = self.clone();
+        self.sandboxes.start(move || {
+            let runs = runs.clone();
+            async move { runs.engine.create(runs.shape()).await }
+        });
+        match self.sandboxes.take() {
             Some(s) => Ok(s),
             None => self.engine.create(self.shape()).await,
+        }
+    }
+
+    /// A fresh sandbox with a started kernel, from the pool when one is ready.
+    async fn claim_kernel(
+        self: &Arc<Self>,
+        startup_timeout: Duration,
+    ) -> Result<(Arc<Sandbox>, Kernel)> {
+        let runs = self.clone();
+        self.kernels.start(move || {
+            let runs = runs.clone();
+            async move { runs.start_kernel(Duration::from_secs(60)).await }
+        });
+        while let Some((sandbox, kernel)) = self.kernels.take() {
+            if !kernel.is_dead() {
+                return Ok((sandbox, kernel));
+            }
+            self.discard(sandbox);
+        }
+        self.start_kernel(startup_timeout).await
+    }
+
+    async fn start_kernel(
+        self: &Arc<Self>,
+        startup_timeout: Duration,
+    ) -> Result<(Arc<Sandbox>, Kernel)> {
+        let sandbox = self.claim().await?;
+        match Kernel::start(&sandbox, startup_timeout).await {
+            Ok(kernel) => Ok((sandbox, kernel)),
+            Err(e) => {
+                self.discard(sandbox);
+                Err(e)
+            }
         }
     }
 
@@ -230,30 +272,6 @@ impl Runs {
         });
     }
 
-    /// Starts keeping `pool.warm_sandboxes` run sandboxes ready, on first use.
-    fn start_pool(self: &Arc<Self>) {
-        let target = self.engine.config.pool.warm_sandboxes;
-        if target == 0 || self.pool_started.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let runs = self.clone();
-        tokio::spawn(async move {
-            loop {
-                while runs.pool.lock().unwrap_or_else(|p| p.into_inner()).len() < target {
-                    match runs.engine.create(runs.shape()).await {
-                        Ok(s) => runs.pool.lock().unwrap_or_else(|p| p.into_inner()).push(s),
-                        Err(e) => {
-                            warn!(error = %e, "could not refill the run pool");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                            break;
-                        }
-                    }
-                }
-                runs.refill.notified().await;
-            }
-        });
-    }
-
     pub async fn run(self: &Arc<Self>, req: RunRequest) -> Result<RunOutcome> {
         let lang = language::find(&req.language)
             .ok_or_else(|| Error::invalid(format!("unknown language {:?}", req.language)))?;
@@ -285,8 +303,8 @@ impl Runs {
     pub async fn run_notebook(self: &Arc<Self>, req: NotebookRequest) -> Result<NotebookOutcome> {
         let started = Instant::now();
         let _slot = self.admit().await?;
-        let sandbox = self.claim().await?;
-        let outcome = self.notebook_in(&sandbox, req, started).await;
+        let (sandbox, kernel) = self.claim_kernel(req.total_timeout).await?;
+        let outcome = self.notebook_in(&sandbox, kernel, req, started).await;
         self.discard(sandbox);
         metrics::histogram!("cella_run_seconds", "language" => "jupyter")
             .record(started.elapsed().as_secs_f64());
@@ -296,6 +314,7 @@ impl Runs {
     async fn notebook_in(
         &self,
         sandbox: &Arc<Sandbox>,
+        mut kernel: Kernel,
         req: NotebookRequest,
         started: Instant,
     ) -> Result<NotebookOutcome> {
@@ -303,7 +322,6 @@ impl Runs {
         sandbox.set_memory_mb(memory_mb)?;
         self.write_files(sandbox, req.files).await?;
         let deadline = started + req.total_timeout;
-        let mut kernel = Kernel::start(sandbox, req.total_timeout).await?;
         let mut outcome = NotebookOutcome::default();
         for code in &req.cells {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -340,13 +340,23 @@ async fn connect(
         {
             Ok(fd) => {
                 let target = format!("/proc/self/fd/{}", fd.as_raw_fd());
-                let stream = UnixStream::connect(&target)
-                    .await
-                    .map_err(|e| Error::Unavailable(format!("connect to the kernel: {e}")))?;
-                drop(fd);
-                return Socket::handshake(stream, kind)
-                    .await
-                    .map_err(|e| Error::Unavailable(e.to_string()));
+                match UnixStream::connect(&target).await {
+                    Ok(stream) => {
+                        return Socket::handshake(stream, kind)
+                            .await
+                            .map_err(|e| Error::Unavailable(e.to_string()));
+                    }
+                    // The socket file exists from bind(2) a moment before listen(2).
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::ConnectionRefused
+                            && Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err(e) => {
+                        return Err(Error::Unavailable(format!("connect to the kernel: {e}")));
+                    }
+                }
             }
             Err(Error::NotFound { .. }) if Instant::now() < deadline && kernel.exit().is_none() => {
                 tokio::time::sleep(Duration::from_millis(5)).await;

@@ -1,0 +1,71 @@
+//! Warm pools: things made ahead of time in the background (ready sandboxes, started Jupyter
+//! kernels), so that a request takes one instead of waiting for it to be made.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tracing::warn;
+
+use crate::error::Result;
+
+pub struct WarmPool<T> {
+    what: &'static str,
+    target: usize,
+    items: Mutex<Vec<T>>,
+    refill: Notify,
+    started: AtomicBool,
+}
+
+impl<T: Send + 'static> WarmPool<T> {
+    pub fn new(what: &'static str, target: usize) -> Arc<WarmPool<T>> {
+        Arc::new(WarmPool {
+            what,
+            target,
+            items: Mutex::default(),
+            refill: Notify::new(),
+            started: AtomicBool::new(false),
+        })
+    }
+
+    /// A ready item, if there is one; asks for a replacement either way.
+    pub fn take(&self) -> Option<T> {
+        let item = self.items.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        self.refill.notify_one();
+        item
+    }
+
+    /// Starts keeping `target` items ready (once; later calls do nothing). Pools start on
+    /// first use, so a server that never needs an item never makes one.
+    pub fn start<F, Fut>(self: &Arc<Self>, make: F)
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>> + Send,
+    {
+        if self.target == 0 || self.started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let pool = self.clone();
+        tokio::spawn(async move {
+            loop {
+                while pool.items.lock().unwrap_or_else(|p| p.into_inner()).len() < pool.target {
+                    match make().await {
+                        Ok(item) => pool
+                            .items
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(item),
+                        Err(e) => {
+                            warn!(pool = pool.what, error = %e, "could not refill a warm pool");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            break;
+                        }
+                    }
+                }
+                pool.refill.notified().await;
+            }
+        });
+    }
+}
