@@ -185,10 +185,14 @@ impl Runs {
             let runs = runs.clone();
             async move { runs.engine.create(runs.shape()).await }
         });
-        match self.sandboxes.take() {
-            Some(s) => Ok(s),
-            None => self.engine.create(self.shape()).await,
+        // A pooled sandbox may have been stopped meanwhile (its lifetime ran out).
+        while let Some(s) = self.sandboxes.take() {
+            if s.is_running() {
+                return Ok(s);
+            }
+            self.discard(s);
         }
+        self.engine.create(self.shape()).await
     }
 
     /// A fresh sandbox with a started kernel, from the pool when one is ready.
@@ -202,7 +206,7 @@ impl Runs {
             async move { runs.start_kernel(Duration::from_secs(60)).await }
         });
         while let Some((sandbox, kernel)) = self.kernels.take() {
-            if !kernel.is_dead() {
+            if sandbox.is_running() && !kernel.is_dead() {
                 return Ok((sandbox, kernel));
             }
             self.discard(sandbox);

@@ -144,6 +144,11 @@ impl Sandbox {
         }
     }
 
+    pub fn is_running(&self) -> bool {
+        self.info.lock().unwrap_or_else(|p| p.into_inner()).state == State::Running
+            && !self.control.is_closed()
+    }
+
     pub(crate) fn mark_stopped(&self, reason: &str) -> SandboxInfo {
         let mut info = self.info.lock().unwrap_or_else(|p| p.into_inner());
         if info.state == State::Running {

@@ -2,7 +2,8 @@
 //!
 //! Order matters and follows runc/youki: join the exec's cgroup (still root), new session and
 //! stdio, drop to the sandbox uid (which clears every capability), chdir as that user, rlimits,
-//! `no_new_privs`, mark every other descriptor close-on-exec, seccomp last, then `execve`.
+//! `no_new_privs`, mark every other descriptor close-on-exec, then `execve`. The seccomp
+//! filters are already in force: the init installed them and every child inherits them.
 //! Any failure is written to `err` (close-on-exec, so success is EOF) and the child exits 127:
 //! one byte saying whether the program itself was not found, then the message.
 
@@ -12,7 +13,6 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 
 use crate::proto::ExecSpec;
-use crate::seccomp::Policy;
 use crate::sys::{self, cvt};
 
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -26,9 +26,9 @@ pub struct ChildFds {
     pub err: OwnedFd,
 }
 
-pub fn exec(spec: &ExecSpec, uid: u32, fds: ChildFds, policy: &Policy) -> ! {
+pub fn exec(spec: &ExecSpec, uid: u32, fds: ChildFds) -> ! {
     let err = fds.err.as_fd();
-    let (stage, e) = match setup_and_exec(spec, uid, &fds, policy) {
+    let (stage, e) = match setup_and_exec(spec, uid, &fds) {
         Err(failure) => failure,
         Ok(never) => match never {},
     };
@@ -49,7 +49,6 @@ fn setup_and_exec(
     spec: &ExecSpec,
     uid: u32,
     fds: &ChildFds,
-    policy: &Policy,
 ) -> Result<std::convert::Infallible, Failure> {
     at(
         "join exec cgroup",
@@ -108,7 +107,6 @@ fn setup_and_exec(
             )
         }),
     )?;
-    at("seccomp", policy.apply())?;
 
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());

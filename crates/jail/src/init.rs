@@ -45,7 +45,7 @@ const KEPT_CAPS: [u32; 3] = [CAP_KILL, CAP_SETGID, CAP_SETUID];
 pub fn run(spec: &SandboxSpec, fds: InitFds, policy: &Policy) -> ! {
     sys::set_name("cella-init");
     let control = fds.control.as_fd();
-    if let Err(e) = setup(spec, &fds) {
+    if let Err(e) = setup(spec, &fds, policy) {
         let _ = proto::send(
             control,
             &Event::SetupFailed {
@@ -70,14 +70,13 @@ pub fn run(spec: &SandboxSpec, fds: InitFds, policy: &Policy) -> ! {
         control,
         exec_cgroups: fds.exec_cgroups.as_fd(),
         uid: spec.uid,
-        policy,
         running: HashMap::new(),
         lingering: Vec::new(),
     };
     init.serve(sigchld.as_fd())
 }
 
-fn setup(spec: &SandboxSpec, fds: &InitFds) -> Result<()> {
+fn setup(spec: &SandboxSpec, fds: &InitFds, policy: &Policy) -> Result<()> {
     // If the spawner (and so the server) is gone, stop at once.
     sys::set_pdeathsig(libc::SIGKILL).map_err(|e| Error::sys("PR_SET_PDEATHSIG", e))?;
     detach_from_server_tty()?;
@@ -91,7 +90,9 @@ fn setup(spec: &SandboxSpec, fds: &InitFds) -> Result<()> {
     rootfs::build(spec)?;
     drop_capabilities()?;
     restrict_landlock();
-    Ok(())
+    // Installed once here, inherited by every process of the sandbox (the init itself needs
+    // nothing the policy refuses), instead of compiled into each exec.
+    policy.apply().map_err(|e| Error::sys("install seccomp", e))
 }
 
 /// The init inherited the server's stdio; the sandbox must never see the server's terminal.
@@ -188,7 +189,6 @@ struct Init<'a> {
     control: BorrowedFd<'a>,
     exec_cgroups: BorrowedFd<'a>,
     uid: u32,
-    policy: &'a Policy,
     /// Host of each running exec's main process: pid → exec.
     running: HashMap<i32, Running>,
     /// Exec cgroups whose main process is gone but which still hold processes.
@@ -298,7 +298,7 @@ impl Init<'_> {
                 cgroup_procs: procs,
                 err: err_w,
             };
-            crate::in_child(|| child::exec(spec, self.uid, fds, self.policy));
+            crate::in_child(|| child::exec(spec, self.uid, fds));
         }
         drop((err_w, procs, stdio));
         let mut msg = Vec::new();
