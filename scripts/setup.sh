@@ -10,7 +10,7 @@ APT_PACKAGES=(
   python3 python3-numpy python3-pandas python3-matplotlib python3-scipy python3-pytest
   python3-ipykernel python3-jupyter-client
   # Compiled and interpreted languages of the SandboxFusion table.
-  g++ libgtest-dev libssl-dev golang-go default-jdk-headless junit5 php-cli mono-mcs ruby lua5.4
+  g++ libgtest-dev libssl-dev golang-go default-jdk-headless junit5 libjavatuples-java php-cli mono-mcs ruby lua5.4
   r-base-core perl scala racket ldc iverilog sqlite3 kotlin rustc nodejs
 )
 # JavaScript tooling for sandboxes, in one project directory so that peers resolve each other

@@ -31,7 +31,8 @@ PROGRAMS = {
                     syntax='package main\nimport "testing"\nfunc TestX(t *testing.T { }',
                     crash='package main\nimport "testing"\nfunc TestFail(t *testing.T){ t.Fatal("no") }',
                     loop='package main\nimport "testing"\nfunc TestLoop(t *testing.T){ for {} }'),
-    "java": dict(hello='public class Main { public static void main(String[] a){ System.out.println("hello"); } }',
+    "java": dict(hello='import org.javatuples.Pair;\npublic class Main { public static void main(String[] a){ '
+                       'System.out.println(Pair.with("hel", "lo").getValue0() + "lo"); } }',
                  echo='import java.util.*;\npublic class Main { public static void main(String[] a){ Scanner s=new Scanner(System.in); '
                       'System.out.println(new StringBuilder(s.next()).reverse()); } }',
                  syntax="public class Main { public static void main(String[] a) { }",

@@ -11,7 +11,7 @@ use cella_jail::probe::Features;
 use cella_jail::proto::SandboxSpec;
 use cella_jail::{Spawned, Spawner};
 use serde::Deserialize;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::control::Control;
@@ -358,6 +358,7 @@ impl Engine {
         };
         metrics::gauge!("cella_sandboxes_live").set(live_count as f64);
         metrics::histogram!("cella_sandbox_create_seconds").record(started.elapsed().as_secs_f64());
+        debug!(sandbox = %sandbox.id, image = %info.image, uid = info.uid, elapsed = ?started.elapsed(), "sandbox created");
         Ok(sandbox)
     }
 
@@ -556,6 +557,7 @@ impl Engine {
             },
             false,
         );
+        debug!(sandbox = id, reason, "sandbox stopped");
         self.remember_stopped(info);
         true
     }

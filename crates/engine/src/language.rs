@@ -38,6 +38,11 @@ pub enum Main {
 }
 
 const JUNIT: &str = "/usr/share/java/junit-platform-console-standalone.jar";
+/// The work directory, jars uploaded into it, and javatuples (which MultiPL-E's Java tests
+/// and SandboxFusion's own Java runtime use).
+const JAVA_CP: &str = ".:*:/usr/share/java/javatuples.jar";
+const JUNIT_CP: &str =
+    ".:*:/usr/share/java/javatuples.jar:/usr/share/java/junit-platform-console-standalone.jar";
 /// JavaScript tooling lives in one project directory (installed by `scripts/setup.sh`), so
 /// that peer packages resolve each other; its `.bin` leads `PATH`.
 const NODE_ENV: &[(&str, &str)] = &[
@@ -172,12 +177,12 @@ pub static LANGUAGES: &[Language] = &[
     compiled(
         "java",
         "Main.java",
-        &["javac", "-encoding", "UTF-8", "-cp", ".:*", "Main.java"],
+        &["javac", "-encoding", "UTF-8", "-cp", JAVA_CP, "Main.java"],
         &[
             "java",
             "-XX:MaxRAM={memory_mb}m",
             "-cp",
-            ".:*",
+            JAVA_CP,
             "-ea",
             "Main",
         ],
@@ -193,7 +198,7 @@ pub static LANGUAGES: &[Language] = &[
                 "-encoding",
                 "UTF-8",
                 "-cp",
-                ".:*:/usr/share/java/junit-platform-console-standalone.jar",
+                JUNIT_CP,
                 "{main}.java",
             ],
             &[
@@ -203,7 +208,7 @@ pub static LANGUAGES: &[Language] = &[
                 JUNIT,
                 "--disable-banner",
                 "--class-path",
-                ".",
+                JAVA_CP,
                 "--scan-class-path",
             ],
             &["javac", "-version"],
