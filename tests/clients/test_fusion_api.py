@@ -202,3 +202,33 @@ def test_a_flood_of_infinite_loops_does_not_starve_others(endpoint):
     assert ping < 0.2, ping
     # Nine runs on two cores: the short one gets its share at once, not after the loops.
     assert quick < 2, quick
+
+
+def test_python_runs_get_the_same_seccomp_policy(endpoint):
+    """Python runs fork from the zygote rather than the sandbox init: same confinement."""
+    code = """
+import ctypes, errno, socket
+libc = ctypes.CDLL(None, use_errno=True)
+def sc(nr, *args):
+    r = libc.syscall(nr, *[ctypes.c_long(a) for a in args])
+    return 'ok' if r >= 0 else errno.errorcode[ctypes.get_errno()]
+print('mount', sc(165, 0, 0, 0, 0, 0))
+print('unshare', sc(272, 0x10000000))
+print('ptrace', sc(101, 16, 1, 0, 0))
+print('keyctl', sc(250, 0, 0, 0, 0))
+print('tiocsti', sc(16, 0, 0x5412 | (1 << 32), 0))
+print('io_uring', sc(425, 1, 0))
+try:
+    socket.socket(16, socket.SOCK_RAW, 12)
+except OSError as e:
+    print('netfilter', errno.errorcode[e.errno])
+print(open('/proc/self/status').read().split('Seccomp:')[1].split()[0], flush=True)
+sc(321, 0, 0, 0)  # bpf: killed
+print('survived')
+"""
+    r = requests.post(f"{endpoint}/run_code", json={"code": code, "language": "python"}).json()
+    out = r["run_result"]["stdout"].split("\n")
+    assert out[:8] == ["mount EPERM", "unshare EPERM", "ptrace EPERM", "keyctl EPERM", "tiocsti EPERM",
+                       "io_uring ENOSYS", "netfilter EPERM", "2"], r
+    assert "survived" not in r["run_result"]["stdout"]
+    assert r["run_result"]["return_code"] == -31, r  # SIGSYS
