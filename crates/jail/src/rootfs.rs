@@ -178,12 +178,7 @@ impl Image<'_> {
                 Some((_, m)) if m.is_dir() => (m.mode() & 0o7777, m.uid(), m.gid()),
                 _ => (0o755, 0, 0),
             };
-            step(|| format!("mkdir {}", up.display()), sys::mkdir(&up, mode))?;
-            step(|| format!("chmod {}", up.display()), sys::chmod(&up, mode))?;
-            step(
-                || format!("chown {}", up.display()),
-                sys::lchown(&up, uid, gid),
-            )?;
+            make_dir(&up, mode, uid, gid)?;
         }
         Ok(())
     }
@@ -210,12 +205,7 @@ impl Image<'_> {
     fn fresh_dir(&self, path: &Path, mode: u32, uid: u32, gid: u32) -> Result<()> {
         self.mirror_parents(path)?;
         let up = self.upper_path(path);
-        step(|| format!("mkdir {}", up.display()), sys::mkdir(&up, mode))?;
-        step(|| format!("chmod {}", up.display()), sys::chmod(&up, mode))?;
-        step(
-            || format!("chown {}", up.display()),
-            sys::lchown(&up, uid, gid),
-        )?;
+        make_dir(&up, mode, uid, gid)?;
         step(
             || format!("make {} opaque", up.display()),
             sys::setxattr(&up, "trusted.overlay.opaque", b"y"),
@@ -244,6 +234,22 @@ impl Image<'_> {
             fs::set_permissions(&up, fs::Permissions::from_mode(0o644)),
         )
     }
+}
+
+/// A directory with exactly this mode (no umask) and owner.
+fn make_dir(path: &Path, mode: u32, uid: u32, gid: u32) -> Result<()> {
+    step(
+        || format!("mkdir {}", path.display()),
+        sys::mkdir(path, mode),
+    )?;
+    step(
+        || format!("chmod {}", path.display()),
+        sys::chmod(path, mode),
+    )?;
+    step(
+        || format!("chown {}", path.display()),
+        sys::lchown(path, uid, gid),
+    )
 }
 
 /// `/a/b` → `a/b`, dropping `..` and `.` so a mask can never point outside the layer.

@@ -190,6 +190,26 @@ pub fn decode_files(
         .collect()
 }
 
+/// The fields `/run_code` and `/run_jupyter` share.
+struct Common {
+    /// `memory_limit_MB`; -1 (the default) or 0 means the server's default.
+    memory_mb: Option<u64>,
+    files: Vec<(String, Option<String>)>,
+    fetch_files: Vec<String>,
+}
+
+impl Common {
+    /// `run_code` allows null file contents (skipped); `run_jupyter` does not.
+    fn read(f: &mut Fields<'_>, nullable_files: bool) -> Common {
+        let memory = f.int("memory_limit_MB", -1);
+        Common {
+            memory_mb: u64::try_from(memory).ok().filter(|m| *m > 0),
+            files: f.string_map("files", nullable_files),
+            fetch_files: f.string_list("fetch_files"),
+        }
+    }
+}
+
 fn seconds(value: f64) -> Duration {
     Duration::from_secs_f64(value.clamp(0.001, 86_400.0))
 }
@@ -211,16 +231,15 @@ async fn run_code(State(state): State<AppState>, body: Bytes) -> Response {
     let mut f = Fields::new(&body);
     let compile_timeout = f.float("compile_timeout", 10.0);
     let run_timeout = f.float("run_timeout", 10.0);
-    let memory_limit = f.int("memory_limit_MB", -1);
     let code = f.string("code");
     let stdin = f.optional_string("stdin");
     let language = f.literal("language", &language_names(), None);
-    let files = f.string_map("files", true);
-    let fetch_files = f.string_list("fetch_files");
+    let common = Common::read(&mut f, true);
     if let Err(invalid) = f.errors.into_result(()) {
         return invalid.into_response();
     }
-    let files = match decode_files(files) {
+    let (memory_mb, fetch_files) = (common.memory_mb, common.fetch_files);
+    let files = match decode_files(common.files) {
         Ok(files) => files,
         Err(e) => return axum::Json(RunCodeResponse::sandbox_error(e)).into_response(),
     };
@@ -230,7 +249,7 @@ async fn run_code(State(state): State<AppState>, body: Bytes) -> Response {
         stdin: stdin.map(String::into_bytes),
         compile_timeout: seconds(compile_timeout),
         run_timeout: seconds(run_timeout),
-        memory_mb: u64::try_from(memory_limit).ok().filter(|m| *m > 0),
+        memory_mb,
         files,
         fetch_files,
     };
@@ -326,14 +345,13 @@ async fn run_jupyter(State(state): State<AppState>, body: Bytes) -> Response {
     };
     let cell_timeout = f.float("cell_timeout", 0.0);
     let total_timeout = f.float("total_timeout", 45.0);
-    let memory_limit = f.int("memory_limit_MB", -1);
     f.literal("kernel", &["python3"], Some("python3"));
-    let files = f.string_map("files", false);
-    let fetch_files = f.string_list("fetch_files");
+    let common = Common::read(&mut f, false);
     if let Err(invalid) = f.errors.into_result(()) {
         return invalid.into_response();
     }
-    let files = match decode_files(files) {
+    let (memory_mb, fetch_files) = (common.memory_mb, common.fetch_files);
+    let files = match decode_files(common.files) {
         Ok(files) => files,
         Err(e) => return axum::Json(RunJupyterResponse::sandbox_error(e)).into_response(),
     };
@@ -345,7 +363,7 @@ async fn run_jupyter(State(state): State<AppState>, body: Bytes) -> Response {
         } else {
             45.0
         }),
-        memory_mb: u64::try_from(memory_limit).ok().filter(|m| *m > 0),
+        memory_mb,
         files,
         fetch_files,
     };
