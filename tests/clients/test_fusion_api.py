@@ -232,3 +232,11 @@ print('survived')
                        "io_uring ENOSYS", "netfilter EPERM", "2"], r
     assert "survived" not in r["run_result"]["stdout"]
     assert r["run_result"]["return_code"] == -31, r  # SIGSYS
+
+
+def test_a_notebook_flooding_output_is_capped(endpoint):
+    flood = "import sys\nfor _ in range(50):\n    sys.stdout.write('z' * (1 << 20))\n    sys.stdout.flush()"
+    r = requests.post(f"{endpoint}/run_jupyter", json={"cells": [flood, "print('next')"], "total_timeout": 60}).json()
+    assert r["status"] == "Success", {k: v for k, v in r.items() if k != "cells"}
+    assert 0 < len(r["cells"][0]["stdout"]) <= 4 << 20
+    assert r["cells"][1]["stdout"] == "next\n"

@@ -159,7 +159,7 @@ impl Default for Limits {
             max_lifetime_secs: 7 * 86_400,
             max_exec_timeout_secs: 86_400.0,
             max_output_cap_bytes: 256 << 20,
-            max_body_bytes: 256 << 20,
+            max_body_bytes: 64 << 20,
             max_read_bytes: 64 << 20,
             stopped_retention_secs: 3600,
             total_memory_mb: 0,

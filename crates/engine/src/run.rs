@@ -334,7 +334,9 @@ impl Runs {
                 break;
             }
             let limit = req.cell_timeout.map_or(left, |t| t.min(left));
-            let cell = kernel.execute(code, limit).await?;
+            let cell = kernel
+                .execute(code, limit, self.engine.config.sandbox.output_cap_bytes)
+                .await?;
             outcome.timed_out = cell.timed_out && limit == left;
             outcome.cells.push(cell);
         }

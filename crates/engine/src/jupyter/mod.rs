@@ -60,6 +60,8 @@ pub struct CellResult {
     pub execution_count: Option<i64>,
     /// The cell hit its timeout and was interrupted.
     pub timed_out: bool,
+    /// The cell produced more output than the cap; later outputs were dropped.
+    pub truncated: bool,
 }
 
 impl CellResult {
@@ -166,7 +168,8 @@ impl Kernel {
             deadline,
         )
         .await?;
-        let (tx, rx) = mpsc::channel(1024);
+        // A short queue: a kernel flooding iopub waits for the server, not the other way.
+        let (tx, rx) = mpsc::channel(16);
         tokio::spawn(read_iopub(iopub, session.clone(), tx));
         let mut kernel = Kernel {
             process,
@@ -239,8 +242,14 @@ impl Kernel {
         self.dead
     }
 
-    /// Runs one cell; at `timeout` the kernel is interrupted.
-    pub async fn execute(&mut self, code: &str, timeout: Duration) -> Result<CellResult> {
+    /// Runs one cell; at `timeout` the kernel is interrupted. Outputs beyond `output_cap`
+    /// bytes are dropped (and `truncated` set).
+    pub async fn execute(
+        &mut self,
+        code: &str,
+        timeout: Duration,
+        output_cap: usize,
+    ) -> Result<CellResult> {
         if self.dead {
             return Err(Error::Unavailable("the Jupyter kernel is dead".into()));
         }
@@ -250,6 +259,7 @@ impl Kernel {
         });
         let id = self.request("execute_request", content).await?;
         let mut result = CellResult::default();
+        let mut kept = 0;
         let mut deadline = tokio::time::Instant::now() + timeout;
         loop {
             let msg = match tokio::time::timeout_at(deadline, self.iopub.recv()).await {
@@ -273,25 +283,24 @@ impl Kernel {
             }
             let c = &msg.content;
             let text = |k: &str| c[k].as_str().unwrap_or_default().to_string();
-            match msg.msg_type() {
-                "stream" => result.outputs.push(Output::Stream {
+            let output = match msg.msg_type() {
+                "stream" => Output::Stream {
                     name: text("name"),
                     text: text("text"),
-                }),
-                "display_data" => result.outputs.push(Output::DisplayData {
+                },
+                "display_data" => Output::DisplayData {
                     data: c["data"].clone(),
                     metadata: c["metadata"].clone(),
-                }),
+                },
                 "execute_result" => {
                     result.execution_count = c["execution_count"].as_i64();
-                    result.outputs.push(Output::ExecuteResult {
+                    Output::ExecuteResult {
                         data: c["data"].clone(),
                         metadata: c["metadata"].clone(),
                         execution_count: c["execution_count"].as_i64(),
-                    })
+                    }
                 }
-                "execute_input" => result.execution_count = c["execution_count"].as_i64(),
-                "error" => result.outputs.push(Output::Error {
+                "error" => Output::Error {
                     ename: text("ename"),
                     evalue: text("evalue"),
                     traceback: c["traceback"]
@@ -302,9 +311,20 @@ impl Kernel {
                                 .collect()
                         })
                         .unwrap_or_default(),
-                }),
+                },
+                "execute_input" => {
+                    result.execution_count = c["execution_count"].as_i64();
+                    continue;
+                }
                 "status" if c["execution_state"] == "idle" => break,
-                _ => {}
+                _ => continue,
+            };
+            // Whatever the cell prints, the server keeps at most `output_cap` bytes of it.
+            if kept + msg.size > output_cap {
+                result.truncated = true;
+            } else {
+                kept += msg.size;
+                result.outputs.push(output);
             }
         }
         // The execute_reply on the shell socket.

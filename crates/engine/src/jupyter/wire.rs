@@ -18,6 +18,8 @@ pub struct Message {
     pub header: Value,
     pub parent: Value,
     pub content: Value,
+    /// Bytes of the content frame, for output accounting.
+    pub size: usize,
 }
 
 impl Message {
@@ -123,6 +125,7 @@ impl Session {
             header: serde_json::from_slice(&rest[1]).ok()?,
             parent: serde_json::from_slice(&rest[2]).ok()?,
             content: serde_json::from_slice(&rest[4]).ok()?,
+            size: rest[4].len(),
         })
     }
 }

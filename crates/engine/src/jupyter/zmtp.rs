@@ -10,8 +10,8 @@ use std::io;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-/// Largest frame accepted (a PNG in a display bundle fits comfortably).
-const MAX_FRAME: u64 = 64 << 20;
+/// Largest message accepted, all frames together (a PNG in a display bundle fits easily).
+const MAX_MESSAGE: u64 = 64 << 20;
 const MAX_FRAMES: usize = 256;
 
 const FLAG_MORE: u8 = 0x01;
@@ -65,7 +65,7 @@ impl Socket {
         ready.extend_from_slice(kind.name());
         let mut socket = Socket { stream };
         socket.write_frame(&ready, FLAG_COMMAND).await?;
-        let (flags, body) = socket.read_frame().await?;
+        let (flags, body) = socket.read_frame(MAX_MESSAGE).await?;
         if flags & FLAG_COMMAND == 0 || !body.starts_with(b"\x05READY") {
             return Err(bad("the peer did not answer READY"));
         }
@@ -89,15 +89,16 @@ impl Socket {
         self.stream.write_all(body).await
     }
 
-    async fn read_frame(&mut self) -> io::Result<(u8, Vec<u8>)> {
+    /// Reads one frame of at most `budget` bytes.
+    async fn read_frame(&mut self, budget: u64) -> io::Result<(u8, Vec<u8>)> {
         let flags = self.stream.read_u8().await?;
         let len = if flags & FLAG_LONG != 0 {
             self.stream.read_u64().await?
         } else {
             u64::from(self.stream.read_u8().await?)
         };
-        if len > MAX_FRAME {
-            return Err(bad("frame too large"));
+        if len > budget {
+            return Err(bad("message too large"));
         }
         let mut body = vec![0u8; len as usize];
         self.stream.read_exact(&mut body).await?;
@@ -116,14 +117,16 @@ impl Socket {
     /// Receives one multipart message, skipping commands (a peer's PING or ERROR).
     pub async fn recv(&mut self) -> io::Result<Vec<Vec<u8>>> {
         let mut frames = Vec::new();
+        let mut budget = MAX_MESSAGE;
         loop {
-            let (flags, body) = self.read_frame().await?;
+            let (flags, body) = self.read_frame(budget).await?;
             if flags & FLAG_COMMAND != 0 {
                 if body.starts_with(b"\x05ERROR") {
                     return Err(bad("the peer sent ERROR"));
                 }
                 continue;
             }
+            budget -= body.len() as u64;
             frames.push(body);
             if frames.len() > MAX_FRAMES {
                 return Err(bad("too many frames in one message"));
