@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use cella_e2e::{
+use cella_e2e::{descendants, 
     Server, cgroups_under, eventually, host_mounts_containing, json_of, processes_with_uid_in,
 };
 use serde_json::json;
@@ -51,12 +51,30 @@ fn restart_after_kill9_reaps_everything() {
         &format!("/sandboxes/{b}/processes"),
         json!({"shell": "setsid sleep 1000 & sleep 1000"}),
     );
-    assert!(eventually(5.0, || processes_with_uid_in(s.uid_base, 1000)
+    // A Python run in flight: it goes through the zygote and its helper processes.
+    let run = {
+        let (http, url) = (s.http.clone(), s.api("/runs"));
+        std::thread::spawn(move || {
+            let body = json!({"language": "python", "code": "import time; time.sleep(1000)", "run_timeout": 1000});
+            let _ = http.post(url).json(&body).send();
+        })
+    };
+    assert!(eventually(10.0, || processes_with_uid_in(s.uid_base, 1000)
         .len()
-        >= 3));
+        >= 4));
     assert!(!cgroups_under(&s.cgroup_parent).is_empty());
+    let helpers = || descendants(s.pid());
+    assert!(!helpers().is_empty());
+    let before = helpers();
 
     s.kill9();
+    let _ = run.join();
+    // Nothing the server started outlives it: not the spawner, not the zygote nor its forks.
+    assert!(
+        eventually(5.0, || before.iter().all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())),
+        "server helpers survived: {:?}",
+        before.iter().filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists()).collect::<Vec<_>>()
+    );
     // The spawner and every sandbox die with the server: nothing runs as a sandbox uid.
     assert!(
         eventually(5.0, || processes_with_uid_in(s.uid_base, 1000).is_empty()),
