@@ -2,8 +2,9 @@
 
 use std::collections::HashSet;
 
-use cella_e2e::{descendants, 
-    Server, cgroups_under, eventually, host_mounts_containing, json_of, processes_with_uid_in,
+use cella_e2e::{
+    Server, cgroups_under, descendants, eventually, host_mounts_containing, json_of,
+    processes_with_uid_in,
 };
 use serde_json::json;
 
@@ -71,9 +72,14 @@ fn restart_after_kill9_reaps_everything() {
     let _ = run.join();
     // Nothing the server started outlives it: not the spawner, not the zygote nor its forks.
     assert!(
-        eventually(5.0, || before.iter().all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())),
+        eventually(5.0, || before
+            .iter()
+            .all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())),
         "server helpers survived: {:?}",
-        before.iter().filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists()).collect::<Vec<_>>()
+        before
+            .iter()
+            .filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+            .collect::<Vec<_>>()
     );
     // The spawner and every sandbox die with the server: nothing runs as a sandbox uid.
     assert!(

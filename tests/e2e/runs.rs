@@ -78,7 +78,7 @@ fn python_runs_from_the_zygote_are_fully_confined() {
 import os, subprocess
 status = dict(l.split(':', 1) for l in open('/proc/self/status').read().splitlines())
 print(status['Uid'].split()[0] != '0', status['CapEff'].strip(), status['CapBnd'].strip(), status['NoNewPrivs'].strip(), status['Seccomp'].strip())
-print(os.path.exists('/etc/shadow'), sorted(os.listdir('/home/user')))
+print(os.path.exists('/etc/shadow'), sorted(f for f in os.listdir('/home/user') if not f.startswith('.')))
 import ctypes; libc = ctypes.CDLL(None, use_errno=True)
 print(libc.syscall(165, 0, 0, 0, 0, 0), ctypes.get_errno())  # mount: EPERM
 print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit())[:3])
@@ -202,4 +202,23 @@ fn a_full_queue_refuses_at_once() {
     for h in hold {
         assert_eq!(h.join().unwrap(), 200);
     }
+}
+
+#[test]
+fn new_homes_start_with_the_skeleton_caches() {
+    let s = server();
+    run(s, json!({"language": "python", "code": "pass"}));
+    let cache = s.data_dir.join("skel/.cache/matplotlib");
+    assert!(cella_e2e::eventually(60.0, || std::fs::read_dir(&cache)
+        .is_ok_and(|mut d| d.next().is_some())));
+    let id = s.sandbox(json!({}));
+    let r = s.sh(&id, "stat -c '%U %n' ~/.cache/matplotlib/fontlist-*.json");
+    assert!(
+        r["stdout"]
+            .as_str()
+            .unwrap()
+            .starts_with("user /home/user/.cache/matplotlib/fontlist-"),
+        "{r}"
+    );
+    s.delete(&format!("/sandboxes/{id}"));
 }

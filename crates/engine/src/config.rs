@@ -253,6 +253,11 @@ impl Config {
     pub fn images_dir(&self) -> PathBuf {
         self.data_dir.join("images")
     }
+
+    /// Files every new home directory of the `host` image starts with.
+    pub fn skeleton_dir(&self) -> PathBuf {
+        self.data_dir.join("skel")
+    }
 }
 
 #[cfg(test)]

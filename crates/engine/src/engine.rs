@@ -384,6 +384,9 @@ impl Engine {
             exec_cgroup_dir: Default::default(),
             scratch_dir: self.config.scratch_dir(),
             shm_bytes: d.shm_mb << 20,
+            // Built from the host's own packages, so only for the host image.
+            home_skeleton: Some(self.config.skeleton_dir())
+                .filter(|d| image.name == crate::image::HOST && d.is_dir()),
         };
         let (cgroup, spawned) = blocking(|| {
             let cgroup = self.cgroups.create(&spec.id, &limits)?;

@@ -38,6 +38,9 @@ pub struct SandboxSpec {
     pub scratch_dir: PathBuf,
     /// Size of `/dev/shm` in bytes.
     pub shm_bytes: u64,
+    /// A host directory whose files every new home directory starts with (caches that are
+    /// slow to build, such as matplotlib's font list).
+    pub home_skeleton: Option<PathBuf>,
 }
 
 /// The spawner's answer to a [`SandboxSpec`]: the init's host pid, and two descriptors beside

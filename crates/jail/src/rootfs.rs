@@ -135,6 +135,13 @@ fn prepare_upper(upper: &Path, spec: &SandboxSpec) -> Result<()> {
     for dir in [SANDBOX_HOME, "/mnt"] {
         image.fresh_dir(Path::new(dir), 0o755, spec.uid, spec.uid)?;
     }
+    if let Some(skeleton) = &spec.home_skeleton {
+        copy_tree(
+            skeleton,
+            &image.upper_path(Path::new(SANDBOX_HOME)),
+            spec.uid,
+        )?;
+    }
     let uid = spec.uid;
     image.append_line(
         Path::new("/etc/passwd"),
@@ -234,6 +241,28 @@ impl Image<'_> {
             fs::set_permissions(&up, fs::Permissions::from_mode(0o644)),
         )
     }
+}
+
+/// Copies the directories and regular files of `from` into `to`, owned by `uid`.
+fn copy_tree(from: &Path, to: &Path, uid: u32) -> Result<()> {
+    let entries = step(|| format!("read {}", from.display()), fs::read_dir(from))?;
+    for entry in entries.flatten() {
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            make_dir(&dst, 0o755, uid, uid)?;
+            copy_tree(&src, &dst, uid)?;
+        } else if kind.is_file() {
+            step(|| format!("copy {}", src.display()), fs::copy(&src, &dst))?;
+            step(
+                || format!("chown {}", dst.display()),
+                sys::lchown(&dst, uid, uid),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// A directory with exactly this mode (no umask) and owner.
