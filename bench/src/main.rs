@@ -258,6 +258,70 @@ async fn fusion_suite(http: Client, base: String, scale: f64) {
             .await;
         }
     }
+    // The other anchor workloads (shared/specs/anchor_figures.md).
+    let singles = [
+        (
+            "run_code python import numpy",
+            json!({"language": "python", "code": "import numpy"}),
+        ),
+        (
+            "run_code python printing 1 MB",
+            json!({"language": "python", "code": "import sys; sys.stdout.write('x' * (1 << 20))"}),
+        ),
+    ];
+    for (name, body) in singles {
+        let (h, url) = (http.clone(), url.clone());
+        measure(name, 1, n(40.0), move || {
+            let (h, url, body) = (h.clone(), url.clone(), body.clone());
+            async move {
+                let r = post(&h, &url, &body).await?;
+                if r["status"] != "Success" {
+                    return Err(format!("unexpected result {}", r["status"]));
+                }
+                Ok(())
+            }
+        })
+        .await;
+    }
+    {
+        let flood: Vec<_> = (0..8)
+            .map(|_| {
+                let (h, url) = (http.clone(), url.clone());
+                tokio::spawn(async move {
+                    let body =
+                        json!({"language": "python", "code": "while True: pass", "run_timeout": 5});
+                    post(&h, &url, &body).await
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (h, u) = (http.clone(), url.clone());
+        measure("print(1) beside 8 infinite loops", 1, n(40.0), move || {
+            let (h, url) = (h.clone(), u.clone());
+            async move {
+                post(&h, &url, &json!({"language": "python", "code": "print(1)"}))
+                    .await
+                    .map(drop)
+            }
+        })
+        .await;
+        for f in flood {
+            let _ = f.await;
+        }
+    }
+    let (h, ping) = (http.clone(), format!("{base}/v1/ping"));
+    measure("GET /v1/ping", 8, n(4000.0), move || {
+        let (h, ping) = (h.clone(), ping.clone());
+        async move {
+            let r = h.get(&ping).send().await.map_err(|e| e.to_string())?;
+            if r.status().is_success() {
+                Ok(())
+            } else {
+                Err(r.status().to_string())
+            }
+        }
+    })
+    .await;
     // Back to back, notebooks outrun the kernel pool and mostly start kernels; one every two
     // seconds finds a warm kernel each time.
     for (name, pause) in [

@@ -222,3 +222,24 @@ fn new_homes_start_with_the_skeleton_caches() {
     );
     s.delete(&format!("/sandboxes/{id}"));
 }
+
+#[test]
+fn scientific_runs_fork_from_a_zygote_with_numpy_and_pandas() {
+    let s = server();
+    let code = "import numpy, pandas\nprint(numpy.random.rand(), numpy.dot(numpy.ones(3), numpy.ones(3)), pandas.DataFrame({'a': [1, 2]}).a.sum())";
+    let outputs: Vec<String> = (0..4)
+        .map(|_| {
+            let r = run(s, json!({"language": "python", "code": code}));
+            assert_eq!(r["status"], "success", "{r}");
+            r["run"]["stdout"].as_str().unwrap().to_string()
+        })
+        .collect();
+    for out in &outputs {
+        assert!(out.ends_with(" 3.0 3\n"), "{out}");
+    }
+    // Each run draws its own random numbers, as a fresh process would.
+    let mut draws: Vec<&str> = outputs.iter().map(|o| o.split(' ').next().unwrap()).collect();
+    draws.sort();
+    draws.dedup();
+    assert_eq!(draws.len(), outputs.len(), "{outputs:?}");
+}

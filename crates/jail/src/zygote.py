@@ -105,6 +105,7 @@ def user_frames(tb):
 
 def run_user(req):
     """What `python3 <args>` would do, in this already-started interpreter. Never returns."""
+    reseed()
     os.environ.clear()
     os.environ.update(kv.split("=", 1) for kv in req["env"])
     # The standard streams as CPython sets them up for these descriptors.
@@ -210,10 +211,32 @@ def child(req, fds, filters, landlock_abi):
     os._exit(0)
 
 
+def preload(modules):
+    """Imports modules that programs use, once for every run that forks from here."""
+    if not modules:
+        return
+    # A zygote must stay single-threaded to fork: no BLAS thread pools.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+    for name in modules:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+
+
+def reseed():
+    """Forks share the zygote's random state: give each run its own, as a new process has."""
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed()
+
+
 def main():
     config = json.loads(CHANNEL.recv(1 << 20))
     filters = [bytes.fromhex(f) for f in config["filters"]]
     landlock_abi = config["landlock_abi"]
+    preload(config["preload"])
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     CHANNEL.send(b'"Ready"')
     while True:

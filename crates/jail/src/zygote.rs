@@ -38,8 +38,13 @@ pub struct Zygote {
 }
 
 impl Zygote {
-    /// Starts `python` as a zygote and waits until it is warm.
-    pub fn start(python: &Path, policy: &Policy, landlock_abi: i64) -> Result<Zygote> {
+    /// Starts `python` as a zygote that has imported `preload`, and waits until it is warm.
+    pub fn start(
+        python: &Path,
+        policy: &Policy,
+        landlock_abi: i64,
+        preload: &[&str],
+    ) -> Result<Zygote> {
         let (ours, theirs) = sys::seqpacket_pair().map_err(|e| Error::sys("socketpair", e))?;
         let theirs_raw = theirs.as_raw_fd();
         let mut cmd = Command::new(python);
@@ -67,6 +72,7 @@ impl Zygote {
         let config = serde_json::json!({
             "filters": policy.to_bytes().iter().map(|f| f.iter().map(|b| format!("{b:02x}")).collect::<String>()).collect::<Vec<_>>(),
             "landlock_abi": landlock_abi,
+            "preload": preload,
         });
         let mut buf = Vec::new();
         proto::send(ours.as_fd(), &config, &[])
