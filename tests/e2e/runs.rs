@@ -238,7 +238,10 @@ fn scientific_runs_fork_from_a_zygote_with_numpy_and_pandas() {
         assert!(out.ends_with(" 3.0 3\n"), "{out}");
     }
     // Each run draws its own random numbers, as a fresh process would.
-    let mut draws: Vec<&str> = outputs.iter().map(|o| o.split(' ').next().unwrap()).collect();
+    let mut draws: Vec<&str> = outputs
+        .iter()
+        .map(|o| o.split(' ').next().unwrap())
+        .collect();
     draws.sort();
     draws.dedup();
     assert_eq!(draws.len(), outputs.len(), "{outputs:?}");

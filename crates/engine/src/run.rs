@@ -268,14 +268,14 @@ impl Runs {
         if !self.engine.config.runs.python_zygote {
             return None;
         }
-        if flavor == Flavor::Scientific {
-            if let Ok(slot) = self.zygotes[Flavor::Scientific as usize].try_lock() {
-                if let Some(z) = slot.as_ref().filter(|z| z.alive()) {
-                    return Some(z.clone());
-                }
-                let runs = self.clone();
-                tokio::spawn(async move { runs.start_zygote(Flavor::Scientific).await });
+        if flavor == Flavor::Scientific
+            && let Ok(slot) = self.zygotes[Flavor::Scientific as usize].try_lock()
+        {
+            if let Some(z) = slot.as_ref().filter(|z| z.alive()) {
+                return Some(z.clone());
             }
+            let runs = self.clone();
+            tokio::spawn(async move { runs.start_zygote(Flavor::Scientific).await });
         }
         self.start_zygote(Flavor::Plain).await
     }
