@@ -19,6 +19,7 @@ run: setup build
 test: setup build
 	$(MAKE) test-rust
 	$(MAKE) test-clients
+	$(MAKE) lint
 
 # Unit tests and end-to-end tests against a real server (release, the profile just built).
 test-rust:
