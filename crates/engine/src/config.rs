@@ -20,9 +20,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `text` or `json` logs.
     pub log_format: String,
-    /// Name of the cgroup under which every sandbox's cgroup is created.
+    /// Name of the cgroup under which every sandbox's cgroup is created. One per server: a
+    /// starting server reaps everything it finds there.
     pub cgroup_parent: String,
-    /// Sandboxes run as uids `uid_base .. uid_base + uid_count`, one uid per sandbox.
+    /// Sandboxes run as uids `uid_base .. uid_base + uid_count`, one uid per sandbox. Give
+    /// two servers on one machine disjoint ranges.
     pub uid_base: u32,
     pub uid_count: u32,
     /// Defaults for a sandbox created without explicit resources.
