@@ -23,7 +23,26 @@ struct Args {
     /// Scale the number of operations per scenario.
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
+    /// Figures of an earlier run, printed beside the new ones.
+    #[arg(long, default_value = "bench/baseline.json")]
+    baseline: std::path::PathBuf,
+    /// Record this run's figures as the new baseline.
+    #[arg(long)]
+    save_baseline: bool,
 }
+
+/// One scenario's figures, as kept in the baseline file.
+#[derive(serde::Serialize, serde::Deserialize, Clone)]
+struct Figures {
+    name: String,
+    concurrency: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    per_second: f64,
+}
+
+static BASELINE: std::sync::OnceLock<Vec<Figures>> = std::sync::OnceLock::new();
+static RESULTS: std::sync::Mutex<Vec<Figures>> = std::sync::Mutex::new(Vec::new());
 
 struct Stats {
     name: String,
@@ -43,17 +62,40 @@ impl Stats {
     }
 
     fn print(&self) {
-        let ops = self.latencies.len() as f64 / self.elapsed.as_secs_f64();
+        let figures = Figures {
+            name: self.name.clone(),
+            concurrency: self.concurrency,
+            p50_ms: self.pct(0.50),
+            p99_ms: self.pct(0.99),
+            per_second: self.latencies.len() as f64 / self.elapsed.as_secs_f64(),
+        };
+        let before = BASELINE
+            .get()
+            .and_then(|b| {
+                b.iter()
+                    .find(|f| f.name == figures.name && f.concurrency == figures.concurrency)
+            })
+            .map(|f| {
+                format!(
+                    "  (was p50={:.2}ms p99={:.2}ms {:.1}/s)",
+                    f.p50_ms, f.p99_ms, f.per_second
+                )
+            })
+            .unwrap_or_default();
         println!(
-            "{:<40} c={:<3} n={:<5} p50={:>8.2}ms p99={:>8.2}ms {:>8.1}/s errors={}",
+            "{:<40} c={:<3} n={:<5} p50={:>8.2}ms p99={:>8.2}ms {:>8.1}/s errors={}{before}",
             self.name,
             self.concurrency,
             self.latencies.len(),
-            self.pct(0.50),
-            self.pct(0.99),
-            ops,
+            figures.p50_ms,
+            figures.p99_ms,
+            figures.per_second,
             self.errors
         );
+        RESULTS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(figures);
     }
 }
 
@@ -353,11 +395,22 @@ async fn main() {
         .build()
         .expect("http client");
     let base = args.server.trim_end_matches('/').to_string();
+    let baseline = std::fs::read(&args.baseline)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let _ = BASELINE.set(baseline);
     for suite in args.suites.split(',') {
         match suite.trim() {
             "engine" => engine_suite(http.clone(), base.clone(), args.scale).await,
             "fusion" => fusion_suite(http.clone(), base.clone(), args.scale).await,
             other => eprintln!("unknown suite {other:?}"),
         }
+    }
+    if args.save_baseline {
+        let results = RESULTS.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let json = serde_json::to_vec_pretty(&results).expect("figures serialize");
+        std::fs::write(&args.baseline, json).expect("write the baseline");
+        println!("baseline saved to {}", args.baseline.display());
     }
 }

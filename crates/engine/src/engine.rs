@@ -53,6 +53,8 @@ pub struct Engine {
     live: RwLock<HashMap<String, Arc<Sandbox>>>,
     stopped: Mutex<HashMap<String, (SandboxInfo, Instant)>>,
     uids: Mutex<UidPool>,
+    /// Set when the server shuts down: no more sandboxes are made.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 struct UidPool {
@@ -122,6 +124,7 @@ impl Engine {
             live: RwLock::default(),
             stopped: Mutex::default(),
             uids: Mutex::new(uids),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         };
         engine.recover()?;
         Ok(Arc::new(engine))
@@ -321,6 +324,9 @@ impl Engine {
     }
 
     pub async fn create(&self, req: CreateSandbox) -> Result<Arc<Sandbox>> {
+        if self.is_stopping() {
+            return Err(Error::Unavailable("the server is shutting down".into()));
+        }
         let started = Instant::now();
         let (mut info, image) = self.resolve(&req)?;
         if self.live.read().unwrap_or_else(|p| p.into_inner()).len()
@@ -565,8 +571,14 @@ impl Engine {
         true
     }
 
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Stops every sandbox (graceful server shutdown).
     pub async fn shutdown(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let ids: Vec<String> = self
             .live
             .read()

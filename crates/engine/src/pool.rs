@@ -37,9 +37,10 @@ impl<T: Send + 'static> WarmPool<T> {
         item
     }
 
-    /// Starts keeping `target` items ready (once; later calls do nothing). Pools start on
-    /// first use, so a server that never needs an item never makes one.
-    pub fn start<F, Fut>(self: &Arc<Self>, make: F)
+    /// Starts keeping `target` items ready (once; later calls do nothing) until `stopping`
+    /// says the server is going away. Pools start on first use, so a server that never needs
+    /// an item never makes one.
+    pub fn start<F, Fut>(self: &Arc<Self>, make: F, stopping: impl Fn() -> bool + Send + 'static)
     where
         F: Fn() -> Fut + Send + 'static,
         Fut: Future<Output = Result<T>> + Send,
@@ -65,6 +66,9 @@ impl<T: Send + 'static> WarmPool<T> {
                     }
                 }
                 pool.refill.notified().await;
+                if stopping() {
+                    return;
+                }
             }
         });
     }

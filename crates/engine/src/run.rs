@@ -214,10 +214,14 @@ impl Runs {
     pub async fn claim(self: &Arc<Self>) -> Result<Arc<Sandbox>> {
         self.build_skeleton();
         let runs = self.clone();
-        self.sandboxes.start(move || {
-            let runs = runs.clone();
-            async move { runs.engine.create(runs.shape()).await }
-        });
+        let engine = self.engine.clone();
+        self.sandboxes.start(
+            move || {
+                let runs = runs.clone();
+                async move { runs.engine.create(runs.shape()).await }
+            },
+            move || engine.is_stopping(),
+        );
         // A pooled sandbox may have been stopped meanwhile (its lifetime ran out).
         while let Some(s) = self.sandboxes.take() {
             if s.is_running() {
@@ -234,10 +238,14 @@ impl Runs {
         startup_timeout: Duration,
     ) -> Result<(Arc<Sandbox>, Kernel)> {
         let runs = self.clone();
-        self.kernels.start(move || {
-            let runs = runs.clone();
-            async move { runs.start_kernel(Duration::from_secs(60)).await }
-        });
+        let engine = self.engine.clone();
+        self.kernels.start(
+            move || {
+                let runs = runs.clone();
+                async move { runs.start_kernel(Duration::from_secs(60)).await }
+            },
+            move || engine.is_stopping(),
+        );
         while let Some((sandbox, kernel)) = self.kernels.take() {
             if sandbox.is_running() && !kernel.is_dead() {
                 return Ok((sandbox, kernel));
