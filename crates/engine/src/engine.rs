@@ -627,7 +627,8 @@ async fn remove_cgroup(cgroup: &cella_jail::cgroup::SandboxCgroup) {
     );
 }
 
-/// Runs blocking setup on the blocking pool.
+/// Runs blocking setup (cgroup writes, the spawner round trip) without stalling the runtime:
+/// the worker thread hands its other tasks over while it blocks.
 fn blocking<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     tokio::task::block_in_place(f)
 }

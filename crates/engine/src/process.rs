@@ -224,7 +224,7 @@ impl Process {
     }
 
     /// Sends a signal to the process itself (not to its children).
-    pub async fn signal(&self, signal: i32) -> Result<()> {
+    pub fn signal(&self, signal: i32) -> Result<()> {
         self.actions
             .send(Action::Signal(signal))
             .map_err(|_| Error::Conflict("the process has ended".into()))

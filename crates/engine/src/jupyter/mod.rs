@@ -267,7 +267,7 @@ impl Kernel {
                 Ok(None) => return Err(self.died("during the cell").await),
                 Err(_) if !result.timed_out => {
                     result.timed_out = true;
-                    self.process.signal(libc::SIGINT).await?;
+                    self.process.signal(libc::SIGINT)?;
                     deadline = tokio::time::Instant::now() + INTERRUPT_GRACE;
                     continue;
                 }
@@ -330,11 +330,6 @@ impl Kernel {
         // The execute_reply on the shell socket.
         let _ = tokio::time::timeout(Duration::from_secs(5), self.shell.recv()).await;
         Ok(result)
-    }
-
-    /// Interrupts the running cell (SIGINT, as `interrupt_mode: signal` kernels expect).
-    pub async fn interrupt(&self) -> Result<()> {
-        self.process.signal(libc::SIGINT).await
     }
 
     /// Stops the kernel process.
