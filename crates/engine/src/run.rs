@@ -331,6 +331,7 @@ impl Runs {
         tokio::spawn(async move {
             match runs.make_skeleton(&dir).await {
                 Ok(()) => info!(dir = %dir.display(), "home skeleton built"),
+                Err(_) if runs.engine.is_stopping() => {}
                 Err(e) => warn!(error = %e, "no home skeleton; sandboxes start with an empty home"),
             }
         });

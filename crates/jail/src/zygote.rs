@@ -56,13 +56,15 @@ impl Zygote {
             .env("HOME", crate::SANDBOX_HOME)
             .stdin(Stdio::null())
             .stdout(Stdio::null());
-        // SAFETY: only async-signal-safe calls (dup2, prctl) between fork and exec.
+        // No PR_SET_PDEATHSIG: it fires when the *thread* that forked exits, and a runtime's
+        // threads come and go. The zygote exits instead when its channel closes, which the
+        // kernel does when the server dies, however it dies.
+        // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
                 cvt(libc::dup2(theirs_raw, 3))?;
                 // dup2 onto itself keeps close-on-exec: clear it either way.
-                cvt(libc::fcntl(3, libc::F_SETFD, 0))?;
-                sys::set_pdeathsig(libc::SIGKILL)
+                cvt(libc::fcntl(3, libc::F_SETFD, 0)).map(drop)
             });
         }
         let child = cmd
