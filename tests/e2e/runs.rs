@@ -246,3 +246,30 @@ fn scientific_runs_fork_from_a_zygote_with_numpy_and_pandas() {
     draws.dedup();
     assert_eq!(draws.len(), outputs.len(), "{outputs:?}");
 }
+
+/// The zygotes among the server's descendants (a `python3 -c` whose source names itself).
+fn zygotes(s: &Server) -> Vec<u32> {
+    cella_e2e::descendants(s.pid())
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("cella's Python zygote"))
+        })
+        .collect()
+}
+
+#[test]
+fn the_zygote_outlives_idle_runtime_threads() {
+    let s = server();
+    run(s, json!({"language": "python", "code": "print(1)"}));
+    let before = zygotes(s);
+    assert!(!before.is_empty());
+    // Tokio retires idle blocking threads after ten seconds; the zygote must not go with them.
+    std::thread::sleep(Duration::from_secs(16));
+    run(s, json!({"language": "python", "code": "print(2)"}));
+    assert!(
+        before.iter().all(|pid| zygotes(s).contains(pid)),
+        "{before:?} → {:?}",
+        zygotes(s)
+    );
+}
