@@ -268,6 +268,13 @@ pub fn cgroups_under(parent: &str) -> Vec<String> {
     out
 }
 
+/// The parent of a live process, from `/proc/<pid>/stat`.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(1)?.parse().ok()
+}
+
 /// Processes whose parent chain leads to `root` (excluding it).
 pub fn descendants(root: u32) -> Vec<u32> {
     let mut parent_of = Vec::new();
@@ -275,13 +282,7 @@ pub fn descendants(root: u32) -> Vec<u32> {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-            continue;
-        };
-        if let Some(ppid) = rest.split(' ').nth(1).and_then(|p| p.parse::<u32>().ok()) {
+        if let Some(ppid) = self::parent_of(pid) {
             parent_of.push((pid, ppid));
         }
     }
