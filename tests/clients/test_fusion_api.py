@@ -240,3 +240,13 @@ def test_a_notebook_flooding_output_is_capped(endpoint):
     assert r["status"] == "Success", {k: v for k, v in r.items() if k != "cells"}
     assert 0 < len(r["cells"][0]["stdout"]) <= 4 << 20
     assert r["cells"][1]["stdout"] == "next\n"
+
+
+def test_deterministic_request_errors_fail_fast_without_retries(endpoint):
+    started = time.time()
+    # With the client's default of 5 attempts, a retried answer would take ~15 s.
+    bad_b64 = run_code(RunCodeRequest(code="print(1)", language="python", files={"x": "%%%not base64"}))
+    outside = run_code(RunCodeRequest(code="print(1)", language="python", files={"/proc/self/x": b64("x")}))
+    assert time.time() - started < 3
+    assert bad_b64.status == "Failed" and "base64" in bad_b64.message
+    assert outside.status == "Failed" and "/proc/self/x" in outside.message

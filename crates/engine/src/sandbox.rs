@@ -317,7 +317,17 @@ impl Sandbox {
 
     /// Changes the memory limit of a running sandbox.
     pub fn set_memory_mb(&self, mb: u64) -> Result<()> {
-        self.cgroup.set_memory(mb << 20)?;
+        self.cgroup.set_memory(mb << 20).map_err(|e| match e {
+            // The kernel refuses a limit below what the sandbox already uses.
+            cella_jail::Error::Sys { ref source, .. }
+                if source.raw_os_error() == Some(libc::EBUSY) =>
+            {
+                Error::invalid(format!(
+                    "a memory limit of {mb} MB is below what the sandbox already uses"
+                ))
+            }
+            e => Error::from(e),
+        })?;
         self.info
             .lock()
             .unwrap_or_else(|p| p.into_inner())

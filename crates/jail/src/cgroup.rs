@@ -274,11 +274,12 @@ impl SandboxCgroup {
                 );
                 let value = bytes.to_string();
                 // memsw must stay >= limit at every step, so the order depends on the direction.
-                if write(&mem, &value).is_err() {
+                if bytes <= read_u64(&mem) {
+                    write(&mem, &value)?;
+                    write(&memsw, &value)
+                } else {
                     write(&memsw, &value)?;
                     write(&mem, &value)
-                } else {
-                    write(&memsw, &value)
                 }
             }
             Layout::V2 { .. } => {

@@ -128,11 +128,25 @@ pub fn pod_name() -> Option<String> {
     std::env::var("MY_POD_NAME").ok()
 }
 
+/// How an engine error reads on this face. What the request itself got wrong (a bad path, a
+/// limit too small, invalid base64) is `Failed`, which the client does not retry; what the
+/// server could not do is `SandboxError`, which it retries.
+fn error_status(e: &Error) -> &'static str {
+    match e {
+        Error::InvalidArgument(_)
+        | Error::NotFound { .. }
+        | Error::TooLarge(_)
+        | Error::Exhausted(_)
+        | Error::MissingProgram(_) => "Failed",
+        _ => "SandboxError",
+    }
+}
+
 impl RunCodeResponse {
-    fn sandbox_error(message: String) -> RunCodeResponse {
+    fn failure(e: Error) -> RunCodeResponse {
         RunCodeResponse {
-            status: "SandboxError",
-            message,
+            status: error_status(&e),
+            message: e.to_string(),
             compile_result: None,
             run_result: None,
             executor_pod_name: pod_name(),
@@ -175,9 +189,7 @@ pub fn encode_files(files: Vec<(String, Vec<u8>)>) -> serde_json::Map<String, Va
 }
 
 /// `files` of a request: base64 contents; null values and `IGNORE_THIS_FILE` names skipped.
-pub fn decode_files(
-    files: Vec<(String, Option<String>)>,
-) -> Result<Vec<(String, Vec<u8>)>, String> {
+pub fn decode_files(files: Vec<(String, Option<String>)>) -> Result<Vec<(String, Vec<u8>)>, Error> {
     files
         .into_iter()
         .filter(|(name, _)| !name.contains("IGNORE_THIS_FILE"))
@@ -185,7 +197,7 @@ pub fn decode_files(
         .map(|(name, content)| {
             B64.decode(content.trim().as_bytes())
                 .map(|d| (name.clone(), d))
-                .map_err(|e| format!("file {name:?} is not valid base64: {e}"))
+                .map_err(|e| Error::invalid(format!("file {name:?} is not valid base64: {e}")))
         })
         .collect()
 }
@@ -241,7 +253,7 @@ async fn run_code(State(state): State<AppState>, body: Bytes) -> Response {
     let (memory_mb, fetch_files) = (common.memory_mb, common.fetch_files);
     let files = match decode_files(common.files) {
         Ok(files) => files,
-        Err(e) => return axum::Json(RunCodeResponse::sandbox_error(e)).into_response(),
+        Err(e) => return axum::Json(RunCodeResponse::failure(e)).into_response(),
     };
     let req = RunRequest {
         language,
@@ -256,7 +268,7 @@ async fn run_code(State(state): State<AppState>, body: Bytes) -> Response {
     match state.runs.run(req).await {
         Ok(outcome) => axum::Json(RunCodeResponse::from_outcome(outcome)).into_response(),
         Err(e @ Error::Busy(_)) => overloaded(e),
-        Err(e) => axum::Json(RunCodeResponse::sandbox_error(e.to_string())).into_response(),
+        Err(e) => axum::Json(RunCodeResponse::failure(e)).into_response(),
     }
 }
 
@@ -290,10 +302,10 @@ pub struct RunJupyterResponse {
 }
 
 impl RunJupyterResponse {
-    fn sandbox_error(message: String) -> RunJupyterResponse {
+    fn failure(e: Error) -> RunJupyterResponse {
         RunJupyterResponse {
-            status: "SandboxError",
-            message,
+            status: error_status(&e),
+            message: e.to_string(),
             driver: None,
             cells: Vec::new(),
             executor_pod_name: pod_name(),
@@ -353,7 +365,7 @@ async fn run_jupyter(State(state): State<AppState>, body: Bytes) -> Response {
     let (memory_mb, fetch_files) = (common.memory_mb, common.fetch_files);
     let files = match decode_files(common.files) {
         Ok(files) => files,
-        Err(e) => return axum::Json(RunJupyterResponse::sandbox_error(e)).into_response(),
+        Err(e) => return axum::Json(RunJupyterResponse::failure(e)).into_response(),
     };
     let req = NotebookRequest {
         cells,
@@ -370,6 +382,6 @@ async fn run_jupyter(State(state): State<AppState>, body: Bytes) -> Response {
     match state.runs.run_notebook(req).await {
         Ok(outcome) => axum::Json(RunJupyterResponse::from_outcome(outcome)).into_response(),
         Err(e @ Error::Busy(_)) => overloaded(e),
-        Err(e) => axum::Json(RunJupyterResponse::sandbox_error(e.to_string())).into_response(),
+        Err(e) => axum::Json(RunJupyterResponse::failure(e)).into_response(),
     }
 }
