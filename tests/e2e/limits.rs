@@ -170,3 +170,24 @@ fn idle_sandboxes_are_stopped() {
         == "max lifetime reached"));
     s.delete(&format!("/sandboxes/{id}"));
 }
+
+#[test]
+fn the_sandbox_count_is_capped_with_a_retryable_error() {
+    let s = Server::start_with(&[("CELLA_LIMITS__MAX_SANDBOXES", "2")]);
+    let (a, b) = (s.sandbox(json!({})), s.sandbox(json!({})));
+    let r = s.post("/sandboxes", json!({}));
+    assert_eq!(r.status(), 503);
+    let body = cella_e2e::json_of(r);
+    assert_eq!(body["error"]["code"], "busy", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("maximum of 2")),
+        "{body}"
+    );
+    assert_eq!(s.delete(&format!("/sandboxes/{a}")).status(), 204);
+    let c = s.sandbox(json!({}));
+    for id in [b, c] {
+        s.delete(&format!("/sandboxes/{id}"));
+    }
+}

@@ -332,8 +332,8 @@ impl Engine {
         if self.live.read().unwrap_or_else(|p| p.into_inner()).len()
             >= self.config.limits.max_sandboxes
         {
-            return Err(Error::Exhausted(format!(
-                "the server runs its maximum of {} sandboxes",
+            return Err(Error::Busy(format!(
+                "the server runs its maximum of {} sandboxes; retry later",
                 self.config.limits.max_sandboxes
             )));
         }
@@ -342,7 +342,7 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .alloc()
-            .ok_or_else(|| Error::Exhausted("no free sandbox uid".into()))?;
+            .ok_or_else(|| Error::Busy("no free sandbox uid; retry later".into()))?;
         let result = self.start(&mut info, image).await;
         let sandbox = match result {
             Ok(s) => s,

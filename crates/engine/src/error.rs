@@ -16,12 +16,12 @@ pub enum Error {
     MissingProgram(String),
     #[error("{0}")]
     TooLarge(String),
-    /// A quota or capacity limit was reached (sandbox count, disk quota, queue).
+    /// The sandbox's own disk quota is full.
     #[error("{0}")]
     Exhausted(String),
     #[error("{0}")]
     Unavailable(String),
-    /// Too much work is queued: retry later.
+    /// The server is at capacity (queue, sandbox count, uids): retry later.
     #[error("{0}")]
     Busy(String),
     #[error("{0}")]

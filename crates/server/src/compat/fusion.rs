@@ -129,8 +129,8 @@ pub fn pod_name() -> Option<String> {
 }
 
 /// How an engine error reads on this face. What the request itself got wrong (a bad path, a
-/// limit too small, invalid base64) is `Failed`, which the client does not retry; what the
-/// server could not do is `SandboxError`, which it retries.
+/// limit too small, invalid base64, files larger than the disk quota) is `Failed`, which the
+/// client does not retry; what the server could not do is `SandboxError`, which it retries.
 fn error_status(e: &Error) -> &'static str {
     match e {
         Error::InvalidArgument(_)

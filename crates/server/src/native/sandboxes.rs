@@ -13,7 +13,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, Query};
 
 #[utoipa::path(post, path = "/sandboxes", tag = "sandboxes", request_body = CreateSandbox,
-    responses((status = 201, body = SandboxInfo), (status = 400, body = ErrorBody), (status = 507, body = ErrorBody)))]
+    responses((status = 201, body = SandboxInfo), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn create(
     State(engine): State<Arc<Engine>>,
     Json(req): Json<CreateSandbox>,
