@@ -288,7 +288,6 @@ fn pipe_pair(big: bool) -> Result<(OwnedFd, OwnedFd)> {
     Ok((r, w))
 }
 
-/// Starts `opts` in `sandbox`. Returns once the program has been exec'd (or could not be).
 /// How a process is started.
 #[derive(Clone, Copy)]
 pub enum Launcher<'a> {
@@ -323,11 +322,14 @@ pub async fn start_with(
     let oom_before = sandbox.usage().oom_kills;
     let stdio = [stdin_r, stdout_w, stderr_w];
     let launched = match launcher {
-        Launcher::Init => launch_by_init(sandbox, &spec, &stdio).await,
-        Launcher::Zygote(zygote) => launch_by_zygote(sandbox, zygote, &spec, &stdio),
+        Launcher::Init => launch_by_init(sandbox, &spec, &stdio)
+            .await
+            .map(|events| (events, None)),
+        Launcher::Zygote(zygote) => launch_by_zygote(sandbox, zygote, &spec, &stdio)
+            .map(|(events, watcher)| (events, Some(watcher))),
     };
     drop(stdio);
-    let mut events = launched?;
+    let (mut events, zygote_watcher) = launched?;
     let pid = match events.recv().await {
         Some(ExecEvent::Started { pid }) => pid,
         Some(ExecEvent::SpawnFailed {
@@ -366,7 +368,7 @@ pub async fn start_with(
     }
     sandbox.register_process(process.clone());
     let pump = Pump {
-        zygote: matches!(launcher, Launcher::Zygote(_)),
+        zygote_watcher,
         sandbox: sandbox.clone(),
         process: process.clone(),
         sink,
@@ -399,12 +401,13 @@ async fn launch_by_init(
     Ok(events)
 }
 
+/// Returns the process's events and the channel to the zygote's child that watches it.
 fn launch_by_zygote(
     sandbox: &Sandbox,
     zygote: &Zygote,
     spec: &ExecSpec,
     stdio: &[OwnedFd; 3],
-) -> Result<mpsc::UnboundedReceiver<ExecEvent>> {
+) -> Result<(mpsc::UnboundedReceiver<ExecEvent>, OwnedFd)> {
     let procs = sandbox
         .cgroup
         .exec_procs(spec.id)?
@@ -421,13 +424,15 @@ fn launch_by_zygote(
     zygote
         .launch(spec, sandbox.info().uid, &fds)
         .map_err(|e| Error::Unavailable(format!("the Python zygote: {e}")))?;
-    crate::control::events_of(ours)
+    let watcher = ours.try_clone().map_err(Error::internal)?;
+    Ok((crate::control::events_of(ours)?, watcher))
 }
 
 struct Pump {
-    /// Started by the zygote: its processes are outside the init's Landlock domain, so the
-    /// host kills them.
-    zygote: bool,
+    /// Set when started by the zygote: the channel to the zygote's child that watches the
+    /// process. Its processes are outside the init's Landlock domain, so the host kills their
+    /// tree and that child forwards signals.
+    zygote_watcher: Option<OwnedFd>,
     sandbox: Arc<Sandbox>,
     process: Arc<Process>,
     sink: Option<mpsc::Sender<Chunk>>,
@@ -483,9 +488,7 @@ impl Pump {
                         killed = true;
                         self.kill_tree(id).await;
                     }
-                    Action::Signal(signal) => {
-                        let _ = self.sandbox.control().send(&Command::Signal { id, signal }, &[]).await;
-                    }
+                    Action::Signal(signal) => self.signal(id, signal).await,
                 },
             }
         };
@@ -537,8 +540,17 @@ impl Pump {
         self.sandbox.retire_process(id);
     }
 
+    async fn signal(&self, id: u64, signal: i32) {
+        let command = Command::Signal { id, signal };
+        // A process that has just ended cannot be signalled: nothing to report.
+        match &self.zygote_watcher {
+            Some(watcher) => drop(cella_jail::proto::send(watcher.as_fd(), &command, &[])),
+            None => drop(self.sandbox.control().send(&command, &[]).await),
+        }
+    }
+
     async fn kill_tree(&self, id: u64) {
-        if self.zygote {
+        if self.zygote_watcher.is_some() {
             let sandbox = self.sandbox.clone();
             let _ = tokio::task::spawn_blocking(move || sandbox.cgroup.kill_exec(id)).await;
         } else {

@@ -23,6 +23,7 @@ import json  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
 import runpy  # noqa: E402
+import select  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import threading  # noqa: E402
@@ -203,12 +204,36 @@ def child(req, fds, filters, landlock_abi):
         send(events, {"SpawnFailed": {"id": exec_id, "error": error, "missing_program": False}})
         os._exit(0)
     send(events, {"Started": {"id": exec_id, "pid": int(message[1:])}})
+    forward_signals(events, pid)
     _, status, usage = os.wait4(pid, 0)
     cpu_us = int((usage.ru_utime + usage.ru_stime) * 1e6)
     code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
     sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
     send(events, {"Exited": {"id": exec_id, "code": code, "signal": sig, "cpu_us": cpu_us}})
     os._exit(0)
+
+
+def forward_signals(events, pid):
+    """Until the process exits, sends it the signals the server asks for on the events channel
+    (the server cannot: the process is outside the init's Landlock domain). Its parent, not yet
+    having reaped it, is the one process that can name it without racing pid reuse."""
+    exited = os.pidfd_open(pid)
+    poller = select.poll()
+    poller.register(exited, select.POLLIN)
+    poller.register(events, select.POLLIN)
+    while True:
+        ready = dict(poller.poll())
+        if exited in ready:
+            break
+        message = events.recv(4096)
+        if not message:  # the server is gone: nothing more to forward
+            poller.unregister(events)
+            continue
+        try:
+            os.kill(pid, int(json.loads(message)["Signal"]["signal"]))
+        except (ValueError, KeyError, TypeError, OSError):
+            pass
+    os.close(exited)
 
 
 def preload(modules):

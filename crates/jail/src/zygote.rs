@@ -54,6 +54,8 @@ impl Zygote {
             .env("LANG", "C.UTF-8")
             .env("PATH", crate::DEFAULT_PATH)
             .env("HOME", crate::SANDBOX_HOME)
+            // debugpy (which ipykernel imports) otherwise warns about frozen modules on import.
+            .env("PYDEVD_DISABLE_FILE_VALIDATION", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         // No PR_SET_PDEATHSIG: it fires when the *thread* that forked exits, and a runtime's

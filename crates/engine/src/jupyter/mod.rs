@@ -20,7 +20,7 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
-use crate::process::{self, ExecOptions, Process};
+use crate::process::{self, ExecOptions, Launcher, Process};
 use crate::sandbox::Sandbox;
 use wire::{Message, Session};
 use zmtp::{Kind, Socket};
@@ -116,7 +116,11 @@ pub struct Kernel {
 
 impl Kernel {
     /// Starts `python3 -m ipykernel_launcher` in the sandbox and connects to it.
-    pub async fn start(sandbox: &Arc<Sandbox>, startup_timeout: Duration) -> Result<Kernel> {
+    pub async fn start(
+        sandbox: &Arc<Sandbox>,
+        startup_timeout: Duration,
+        launcher: Launcher<'_>,
+    ) -> Result<Kernel> {
         let session = Session::new();
         let prefix = format!("{DIR}/kernel");
         let connection = json!({
@@ -150,7 +154,7 @@ impl Kernel {
             timeout: None,
             output_cap: 64 << 10,
         };
-        let process = process::start(sandbox, opts, None).await?;
+        let process = process::start_with(sandbox, opts, None, launcher).await?;
         let deadline = Instant::now() + startup_timeout;
         let shell = connect(
             sandbox,
