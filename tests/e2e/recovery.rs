@@ -128,6 +128,13 @@ fn graceful_shutdown_stops_every_sandbox() {
     assert!(status.success(), "{status}");
     assert!(processes_with_uid_in(s.uid_base, 1000).is_empty());
     assert!(cgroups_under(&s.cgroup_parent).is_empty());
+    // The parents go too: a clean shutdown leaves no cgroup behind.
+    for hierarchy in ["memory", "pids", "cpu"] {
+        let parent = std::path::Path::new("/sys/fs/cgroup")
+            .join(hierarchy)
+            .join(&s.cgroup_parent);
+        assert!(!parent.exists(), "{} is left", parent.display());
+    }
 }
 
 #[test]

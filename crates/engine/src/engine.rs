@@ -588,6 +588,7 @@ impl Engine {
             .collect();
         let stops = ids.iter().map(|id| self.stop(id, "server shut down"));
         futures::future::join_all(stops).await;
+        self.cgroups.remove_parents();
         let _ = self.store.flush();
     }
 

@@ -58,6 +58,7 @@ impl<T: Send + 'static> WarmPool<T> {
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .push(item),
+                        Err(_) if stopping() => return,
                         Err(e) => {
                             warn!(pool = pool.what, error = %e, "could not refill a warm pool");
                             tokio::time::sleep(Duration::from_secs(1)).await;

@@ -85,6 +85,14 @@ impl Cgroups {
         parent.set_memory(bytes)
     }
 
+    /// Removes the parent cgroups once every sandbox has left them (at a clean shutdown);
+    /// a parent that still holds a sandbox's cgroup stays.
+    pub fn remove_parents(&self) {
+        for dir in self.parent_dirs() {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+
     pub fn describe(&self) -> String {
         match &self.layout {
             Layout::V1 { .. } => "cgroup v1 (memory+memsw, pids, cpu, cpuacct)".into(),
