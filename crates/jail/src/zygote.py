@@ -18,6 +18,7 @@ if sys.path and sys.path[0] == "":
 
 import atexit  # noqa: E402
 import ctypes  # noqa: E402
+import gc  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
@@ -262,6 +263,9 @@ def main():
     filters = [bytes.fromhex(f) for f in config["filters"]]
     landlock_abi = config["landlock_abi"]
     preload(config["preload"])
+    # Forks share the zygote's pages: keep their collectors from walking (and so copying) the
+    # objects that exist now.
+    gc.freeze()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     CHANNEL.send(b'"Ready"')
     while True:
