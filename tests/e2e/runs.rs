@@ -280,3 +280,44 @@ fn the_zygote_outlives_idle_runtime_threads() {
         zygotes(s)
     );
 }
+
+#[test]
+fn zygote_runs_see_the_main_module_a_fresh_interpreter_gives() {
+    let s = server();
+    let code = r#"
+import dataclasses, inspect, pickle, sys
+from __future__ import annotations
+"#;
+    // A misplaced `from __future__` is a SyntaxError, reported as Python reports it.
+    let r = run(s, json!({"language": "python", "code": code}));
+    let err = r["run"]["stderr"].as_str().unwrap();
+    assert!(
+        err.starts_with("  File \"/home/user/main.py\", line 3")
+            && err.ends_with(
+                "SyntaxError: from __future__ imports must occur at the beginning of the file\n"
+            ),
+        "{err}"
+    );
+    let code = r#"
+from __future__ import annotations
+import dataclasses, inspect, pickle, sys
+
+@dataclasses.dataclass
+class Point:
+    x: int
+
+def f():
+    return 1
+
+main = sys.modules["__main__"]
+print(__name__, __file__, main.__dict__ is globals(), __spec__, sys.argv, sys.path[0])
+print(pickle.loads(pickle.dumps(Point(3))), inspect.getsource(f).splitlines()[0])
+"#;
+    let r = run(s, json!({"language": "python", "code": code}));
+    assert_eq!(
+        r["run"]["stdout"],
+        "__main__ /home/user/main.py True None ['main.py'] /home/user\n\
+         Point(x=3) def f():\n",
+        "{r}"
+    );
+}
