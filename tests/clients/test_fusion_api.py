@@ -122,6 +122,11 @@ def test_memory_limit_is_enforced_but_compilers_and_jvms_still_work(endpoint):
                                                     "compile_timeout": 60, "run_timeout": 30}).json()
     assert r["status"] == "Success", r
     assert r["run_result"]["stdout"] == "jvm ok\n"
+    # Contest C++ with <bits/stdc++.h> (its precompiled header is mapped in) fits in 256 MB too.
+    cpp = "#include <bits/stdc++.h>\nusing namespace std;\nint main(){map<int,int> m{{2,1}}; cout << m[2] << endl;}"
+    r = requests.post(f"{endpoint}/run_code", json={"code": cpp, "language": "cpp", "memory_limit_MB": 256}).json()
+    assert r["status"] == "Success", r
+    assert r["run_result"]["stdout"] == "1\n"
 
 
 def test_invalid_requests_get_fastapi_422(endpoint):

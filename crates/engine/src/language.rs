@@ -62,6 +62,10 @@ const JEST_CONFIG: &str = r#"module.exports = {
   transform: { '^.+\\.[tj]sx?$': ['/opt/cella/node/node_modules/ts-jest', { isolatedModules: true }] },
 };
 "#;
+/// Where `scripts/setup.sh` puts a precompiled `<bits/stdc++.h>` (built with `-std=c++17`):
+/// ~2 s less per contest-style C++ compile. g++ skips a missing directory, and falls back to
+/// the header when the PCH does not match.
+const PCH_INCLUDE: &str = "-I/opt/cella/pch";
 const GO_MOD: &str = "module sandbox\n\ngo 1.19\n";
 const NO_TOOLCHAIN: &str = "no toolchain for it is packaged for this server's platform";
 
@@ -132,6 +136,7 @@ pub static LANGUAGES: &[Language] = &[
         &[
             "g++",
             "-std=c++17",
+            PCH_INCLUDE,
             "main.cpp",
             "-o",
             "main",
@@ -148,6 +153,7 @@ pub static LANGUAGES: &[Language] = &[
         &[
             "g++",
             "-std=c++17",
+            PCH_INCLUDE,
             "main.cpp",
             "-o",
             "main",
