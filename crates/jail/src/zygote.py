@@ -244,7 +244,10 @@ def forward_signals(events, pid):
         ready = dict(poller.poll())
         if exited in ready:
             break
-        message = events.recv(4096)
+        try:
+            message = events.recv(4096)
+        except OSError:
+            message = b""
         if not message:  # the server is gone: nothing more to forward
             poller.unregister(events)
             continue
