@@ -1,11 +1,13 @@
 //! Test harness: starts a real `cella serve` on a free port with its own data directory,
 //! cgroup parent and uid range, and talks to it over HTTP.
 
-use std::io::{BufRead, BufReader};
+use std::io::{self, BufRead, BufReader};
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use reqwest::blocking::{Client, RequestBuilder, Response};
@@ -44,6 +46,43 @@ pub struct Server {
     pub http: Client,
     extra_env: Vec<(String, String)>,
     port: u16,
+}
+
+type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
+
+/// Spawns `cmd` so that it gets SIGTERM when this test process exits, however it exits:
+/// servers shared by a test binary live in statics that are never dropped. The parent-death
+/// signal follows the *thread* that forked, and test threads come and go, so every server is
+/// forked by one thread that lives as long as the process.
+fn spawn_tied_to_this_process(mut cmd: Command) -> io::Result<Child> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        // The sender lives in this static, so the thread serves until the process exits.
+        std::thread::spawn(move || {
+            for (mut cmd, reply) in rx {
+                let _ = reply.send(cmd.spawn());
+            }
+        });
+        Mutex::new(tx)
+    });
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let (tx, rx) = mpsc::channel();
+    spawner
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send((cmd, tx))
+        .map_err(|_| io::Error::other("the spawner thread is gone"))?;
+    rx.recv()
+        .map_err(|_| io::Error::other("the spawner thread is gone"))?
 }
 
 fn free_port() -> u16 {
@@ -101,7 +140,7 @@ impl Server {
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("start cella");
+        let mut child = spawn_tied_to_this_process(cmd).expect("start cella");
         // Forward the server's log to the test output.
         if let Some(err) = child.stderr.take() {
             std::thread::spawn(move || {
