@@ -138,6 +138,33 @@ fn graceful_shutdown_stops_every_sandbox() {
 }
 
 #[test]
+fn shutdown_in_the_middle_of_creates_leaves_nothing_behind() {
+    let mut s = Server::start();
+    // Runs claim sandboxes from the warm pool, whose refills create more in the background;
+    // some creates are in flight when the server goes away.
+    let creators: Vec<_> = (0..8)
+        .map(|i| {
+            let http = s.http.clone();
+            let url = if i % 2 == 0 {
+                s.api("/sandboxes")
+            } else {
+                format!("{}/run_code", s.url)
+            };
+            let body = json!({"language": "bash", "code": "true"});
+            std::thread::spawn(move || while http.post(&url).json(&body).send().is_ok() {})
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let status = s.terminate();
+    assert!(status.success(), "{status}");
+    for c in creators {
+        c.join().unwrap();
+    }
+    assert!(processes_with_uid_in(s.uid_base, 1000).is_empty());
+    assert_eq!(cgroups_under(&s.cgroup_parent), Vec::<String>::new());
+}
+
+#[test]
 fn soak_500_sandboxes_leaves_nothing_behind() {
     let s = Server::start_with(&[("CELLA_POOL__NETNS", "4")]);
     // Let the namespace pool fill before taking the baseline.

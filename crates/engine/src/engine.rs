@@ -55,6 +55,9 @@ pub struct Engine {
     uids: Mutex<UidPool>,
     /// Set when the server shuts down: no more sandboxes are made.
     stopping: std::sync::atomic::AtomicBool,
+    /// Held shared by every create in flight and exclusively by shutdown, so that shutdown
+    /// also stops a sandbox whose create was under way when it began.
+    creating: tokio::sync::RwLock<()>,
 }
 
 struct UidPool {
@@ -125,6 +128,7 @@ impl Engine {
             stopped: Mutex::default(),
             uids: Mutex::new(uids),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            creating: tokio::sync::RwLock::new(()),
         };
         engine.recover()?;
         Ok(Arc::new(engine))
@@ -324,6 +328,7 @@ impl Engine {
     }
 
     pub async fn create(&self, req: CreateSandbox) -> Result<Arc<Sandbox>> {
+        let _creating = self.creating.read().await;
         if self.is_stopping() {
             return Err(Error::Unavailable("the server is shutting down".into()));
         }
@@ -579,6 +584,7 @@ impl Engine {
     pub async fn shutdown(&self) {
         self.stopping
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        let _no_create_in_flight = self.creating.write().await;
         let ids: Vec<String> = self
             .live
             .read()
