@@ -159,7 +159,9 @@ pub static LANGUAGES: &[Language] = &[
             "main",
             "-lgtest",
             "-lgtest_main",
-            "-pthread",
+            // Not `-pthread`: it also defines _REENTRANT (a no-op since glibc 2.34), and g++
+            // refuses a PCH built without it.
+            "-lpthread",
         ],
         &["./main"],
         &["g++", "--version"],
