@@ -276,3 +276,19 @@ def test_notebook_kernels_fork_from_a_zygote_and_stay_confined(endpoint):
             break
         assert time.time() < deadline, "no kernel came from the zygote"
         time.sleep(0.5)
+
+
+def test_a_cell_that_ends_the_kernel_fails_the_notebook_without_retries(endpoint):
+    """Killing the kernel is the cell's own doing: the client gets `Failed` at once (it would
+    retry a `SandboxError`), with the cells that ran, the dying one last."""
+    started = time.time()
+    r = run_jupyter(RunJupyterRequest(cells=["print(1)", "import os\nos.kill(os.getpid(), 9)", "print(3)"]))
+    assert time.time() - started < 10
+    assert r.status == "Failed", r
+    assert "killed by signal 9" in r.message
+    assert r.driver.return_code == -9
+    assert len(r.cells) == 2 and r.cells[0].stdout == "1\n", r
+    assert r.cells[1].error[0]["ename"] == "DeadKernelError"
+    r = requests.post(f"{endpoint}/run_jupyter", json={
+        "cells": ["x = bytearray(1 << 30)"], "memory_limit_MB": 256}).json()
+    assert r["status"] == "Failed" and r["driver"]["oom_killed"] is True, r

@@ -140,6 +140,21 @@ pub struct Exit {
     pub sandbox_lost: bool,
 }
 
+impl Exit {
+    /// How the process ended, in words: "exited with code 3", "was killed by signal 9 (out
+    /// of memory)".
+    pub fn describe(&self) -> String {
+        match (self.exit_code, self.signal) {
+            (Some(code), _) => format!("exited with code {code}"),
+            (None, Some(signal)) if self.oom_killed => {
+                format!("was killed by signal {signal} (out of memory)")
+            }
+            (None, Some(signal)) => format!("was killed by signal {signal}"),
+            (None, None) => "ended".into(),
+        }
+    }
+}
+
 /// Output kept within a cap; the rest is counted and dropped.
 #[derive(Debug, Default)]
 struct Capped {

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::engine::{CreateSandbox, Engine};
 use crate::error::{Error, Result};
-use crate::jupyter::{CellResult, Kernel};
+use crate::jupyter::{CellResult, Kernel, KernelDeath};
 use crate::language::{self, Availability, Language, LanguageInfo};
 use crate::pool::WarmPool;
 use crate::process::{self, Captured, ExecOptions, Exit, Launcher, Outcome};
@@ -66,6 +66,8 @@ pub struct NotebookOutcome {
     pub wall: Duration,
     /// The total timeout ended the notebook before every cell ran.
     pub timed_out: bool,
+    /// The kernel died during a cell (the cell's code ended it); later cells did not run.
+    pub kernel_death: Option<KernelDeath>,
 }
 
 /// Which warm interpreter a Python process forks from: the plain one, one that has already
@@ -480,6 +482,7 @@ impl Runs {
             outcome.timed_out = cell.timed_out && limit == left;
             outcome.cells.push(cell);
         }
+        outcome.kernel_death = kernel.death().cloned();
         kernel.shutdown();
         outcome.files = self.fetch_files(sandbox, req.fetch_files).await?;
         outcome.wall = started.elapsed();

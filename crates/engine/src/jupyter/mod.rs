@@ -20,7 +20,7 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
-use crate::process::{self, ExecOptions, Launcher, Process};
+use crate::process::{self, ExecOptions, Exit, Launcher, Process};
 use crate::sandbox::Sandbox;
 use wire::{Message, Session};
 use zmtp::{Kind, Socket};
@@ -112,6 +112,15 @@ pub struct Kernel {
     /// Messages from the iopub socket, read by a task so reading stays cancel-safe.
     iopub: mpsc::Receiver<Message>,
     dead: bool,
+    death: Option<KernelDeath>,
+}
+
+/// How a kernel died on its own: its exit, that exit in words, and the end of its stderr.
+#[derive(Debug, Clone)]
+pub struct KernelDeath {
+    pub exit: Option<Exit>,
+    pub how: String,
+    pub stderr_tail: String,
 }
 
 impl Kernel {
@@ -181,6 +190,7 @@ impl Kernel {
             shell,
             iopub: rx,
             dead: false,
+            death: None,
         };
         kernel.sync(deadline).await?;
         Ok(kernel)
@@ -225,21 +235,29 @@ impl Kernel {
     }
 
     async fn died(&mut self, when: &str) -> Error {
+        let death = self.record_death().await;
+        Error::Unavailable(format!(
+            "the Jupyter kernel died {when}: it {}\n{}",
+            death.how, death.stderr_tail
+        ))
+    }
+
+    /// Marks the kernel dead and records how it ended.
+    async fn record_death(&mut self) -> &KernelDeath {
         self.dead = true;
         let exit = self.process.wait(Some(Duration::from_secs(1))).await;
-        let err = String::from_utf8_lossy(&self.process.captured().stderr).into_owned();
-        let tail: String = err
-            .lines()
-            .rev()
-            .take(5)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n");
-        Error::Unavailable(format!(
-            "the Jupyter kernel died {when} (exit {exit:?}): {tail}"
-        ))
+        let stderr = String::from_utf8_lossy(&self.process.captured().stderr).into_owned();
+        let lines: Vec<&str> = stderr.lines().collect();
+        self.death.insert(KernelDeath {
+            how: exit.as_ref().map_or("ended".into(), Exit::describe),
+            stderr_tail: lines[lines.len().saturating_sub(5)..].join("\n"),
+            exit,
+        })
+    }
+
+    /// How the kernel ended, if it died on its own (rather than being stopped).
+    pub fn death(&self) -> Option<&KernelDeath> {
+        self.death.as_ref()
     }
 
     pub fn is_dead(&self) -> bool {
@@ -268,7 +286,17 @@ impl Kernel {
         loop {
             let msg = match tokio::time::timeout_at(deadline, self.iopub.recv()).await {
                 Ok(Some(m)) => m,
-                Ok(None) => return Err(self.died("during the cell").await),
+                Ok(None) => {
+                    // The cell's code ended the kernel (os._exit, a crash, out of memory): the
+                    // cell's answer, like a program that dies.
+                    let how = self.record_death().await.how.clone();
+                    result.outputs.push(Output::Error {
+                        ename: "DeadKernelError".into(),
+                        evalue: format!("the kernel {how} while running this cell"),
+                        traceback: Vec::new(),
+                    });
+                    return Ok(result);
+                }
                 Err(_) if !result.timed_out => {
                     result.timed_out = true;
                     self.process.signal(libc::SIGINT)?;

@@ -314,8 +314,11 @@ impl RunJupyterResponse {
     }
 
     /// The kernel stands in for SandboxFusion's driver process: it `Finished`, or hit the
-    /// total timeout (then the status is `Failed`).
+    /// total timeout, or died of a cell's code (then, as a failing program's run, the status
+    /// is `Failed`: the client retries only what the server could not do).
     fn from_outcome(o: NotebookOutcome) -> RunJupyterResponse {
+        let death = o.kernel_death.as_ref();
+        let exit = death.and_then(|d| d.exit.as_ref());
         let driver = CommandRunResult {
             status: if o.timed_out {
                 "TimeLimitExceeded"
@@ -323,17 +326,25 @@ impl RunJupyterResponse {
                 "Finished"
             },
             execution_time: Some(o.wall.as_secs_f64()),
-            return_code: if o.timed_out { None } else { Some(0) },
+            return_code: match (death, exit) {
+                _ if o.timed_out => None,
+                (Some(_), Some(e)) => e.exit_code.or(e.signal.map(|s| -s)),
+                (Some(_), None) => None,
+                (None, _) => Some(0),
+            },
             stdout: Some(String::new()),
-            stderr: Some(String::new()),
+            stderr: Some(death.map(|d| d.stderr_tail.clone()).unwrap_or_default()),
             cpu_time: None,
             stdout_truncated: false,
             stderr_truncated: false,
-            oom_killed: false,
+            oom_killed: exit.is_some_and(|e| e.oom_killed),
         };
+        let failed = o.timed_out || death.is_some();
         RunJupyterResponse {
-            status: if o.timed_out { "Failed" } else { "Success" },
-            message: String::new(),
+            status: if failed { "Failed" } else { "Success" },
+            message: death
+                .map(|d| format!("the Jupyter kernel {}", d.how))
+                .unwrap_or_default(),
             driver: Some(driver),
             cells: o.cells.iter().map(CellRunResult::from).collect(),
             executor_pod_name: pod_name(),
