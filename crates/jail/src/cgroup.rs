@@ -311,7 +311,7 @@ impl SandboxCgroup {
     /// Creates exec `id`'s own cgroup and returns the `cgroup.procs` files a process joins to
     /// be in the sandbox (every hierarchy) and in that exec (the pids one).
     pub fn exec_procs(&self, id: u64) -> Result<Vec<PathBuf>> {
-        let exec = self.exec_parent().join(exec_cgroup_name(id));
+        let exec = self.exec_dir(id);
         fs::create_dir(&exec)
             .map_err(|e| Error::sys(format!("create cgroup {}", exec.display()), e))?;
         let mut procs: Vec<PathBuf> = self
@@ -326,7 +326,11 @@ impl SandboxCgroup {
 
     /// Kills every process of exec `id` from the host side.
     pub fn kill_exec(&self, id: u64) {
-        kill_until_empty(&[self.exec_parent().join(exec_cgroup_name(id))]);
+        kill_until_empty(&[self.exec_dir(id)]);
+    }
+
+    fn exec_dir(&self, id: u64) -> PathBuf {
+        self.exec_parent().join(exec_cgroup_name(id))
     }
 
     pub fn usage(&self) -> Usage {

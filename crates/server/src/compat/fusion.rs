@@ -18,6 +18,7 @@ use axum::routing::{get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use cella_engine::jupyter::CellResult;
+use cella_engine::process::Exit;
 use cella_engine::run::{
     NotebookOutcome, NotebookRequest, RunOutcome, RunRequest, Step, StepStatus,
 };
@@ -66,9 +67,8 @@ impl CommandRunResult {
                 StepStatus::Error => "Error",
             },
             execution_time: exit.map(|e| e.wall_time),
-            // As Python's subprocess reports it: the exit status, or minus the signal.
             return_code: match step.status {
-                StepStatus::Finished => exit.and_then(|e| e.exit_code.or(e.signal.map(|s| -s))),
+                StepStatus::Finished => exit.and_then(return_code),
                 _ => None,
             },
             stdout: text(&step.output.stdout),
@@ -126,6 +126,11 @@ pub struct RunCodeResponse {
 
 pub fn pod_name() -> Option<String> {
     std::env::var("MY_POD_NAME").ok()
+}
+
+/// As Python's subprocess reports an exit: the exit status, or minus the signal.
+fn return_code(exit: &Exit) -> Option<i32> {
+    exit.exit_code.or(exit.signal.map(|s| -s))
 }
 
 /// How an engine error reads on this face. What the request itself got wrong (a bad path, a
@@ -246,12 +251,15 @@ async fn run_code(State(state): State<AppState>, body: Bytes) -> Response {
     let code = f.string("code");
     let stdin = f.optional_string("stdin");
     let language = f.literal("language", &language_names(), None);
-    let common = Common::read(&mut f, true);
+    let Common {
+        memory_mb,
+        files,
+        fetch_files,
+    } = Common::read(&mut f, true);
     if let Err(invalid) = f.errors.into_result(()) {
         return invalid.into_response();
     }
-    let (memory_mb, fetch_files) = (common.memory_mb, common.fetch_files);
-    let files = match decode_files(common.files) {
+    let files = match decode_files(files) {
         Ok(files) => files,
         Err(e) => return axum::Json(RunCodeResponse::failure(e)).into_response(),
     };
@@ -328,7 +336,7 @@ impl RunJupyterResponse {
             execution_time: Some(o.wall.as_secs_f64()),
             return_code: match (death, exit) {
                 _ if o.timed_out => None,
-                (Some(_), Some(e)) => e.exit_code.or(e.signal.map(|s| -s)),
+                (Some(_), Some(e)) => return_code(e),
                 (Some(_), None) => None,
                 (None, _) => Some(0),
             },
@@ -369,12 +377,15 @@ async fn run_jupyter(State(state): State<AppState>, body: Bytes) -> Response {
     let cell_timeout = f.float("cell_timeout", 0.0);
     let total_timeout = f.float("total_timeout", 45.0);
     f.literal("kernel", &["python3"], Some("python3"));
-    let common = Common::read(&mut f, false);
+    let Common {
+        memory_mb,
+        files,
+        fetch_files,
+    } = Common::read(&mut f, false);
     if let Err(invalid) = f.errors.into_result(()) {
         return invalid.into_response();
     }
-    let (memory_mb, fetch_files) = (common.memory_mb, common.fetch_files);
-    let files = match decode_files(common.files) {
+    let files = match decode_files(files) {
         Ok(files) => files,
         Err(e) => return axum::Json(RunJupyterResponse::failure(e)).into_response(),
     };
