@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use cella_e2e::{
     Server, cgroups_under, descendants, eventually, host_mounts_containing, json_of,
-    processes_with_uid_in,
+    parent_cgroups, processes_with_uid_in,
 };
 use serde_json::json;
 
@@ -129,10 +129,7 @@ fn graceful_shutdown_stops_every_sandbox() {
     assert!(processes_with_uid_in(s.uid_base, 1000).is_empty());
     assert!(cgroups_under(&s.cgroup_parent).is_empty());
     // The parents go too: a clean shutdown leaves no cgroup behind.
-    for hierarchy in ["memory", "pids", "cpu"] {
-        let parent = std::path::Path::new("/sys/fs/cgroup")
-            .join(hierarchy)
-            .join(&s.cgroup_parent);
+    for (_, parent) in parent_cgroups(&s.cgroup_parent) {
         assert!(!parent.exists(), "{} is left", parent.display());
     }
 }

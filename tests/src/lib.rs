@@ -243,12 +243,8 @@ impl Drop for Server {
             self.terminate();
         }
         let _ = std::fs::remove_dir_all(&self.data_dir);
-        for hierarchy in ["memory", "pids", "cpu", "cpuacct"] {
-            let _ = std::fs::remove_dir(
-                Path::new("/sys/fs/cgroup")
-                    .join(hierarchy)
-                    .join(&self.cgroup_parent),
-            );
+        for (_, dir) in parent_cgroups(&self.cgroup_parent) {
+            let _ = std::fs::remove_dir(dir);
         }
     }
 }
@@ -290,13 +286,18 @@ pub fn host_mounts_containing(needle: &str) -> Vec<String> {
         .collect()
 }
 
+/// A server's parent cgroup in each v1 hierarchy it makes cgroups in, with its name.
+pub fn parent_cgroups(parent: &str) -> impl Iterator<Item = (&'static str, PathBuf)> + '_ {
+    ["memory", "pids", "cpu", "cpuacct"]
+        .into_iter()
+        .map(move |h| (h, Path::new("/sys/fs/cgroup").join(h).join(parent)))
+}
+
 /// Cgroups left under a parent, across the v1 hierarchies.
 pub fn cgroups_under(parent: &str) -> Vec<String> {
     let mut out = Vec::new();
-    for hierarchy in ["memory", "pids", "cpu", "cpuacct"] {
-        if let Ok(entries) =
-            std::fs::read_dir(Path::new("/sys/fs/cgroup").join(hierarchy).join(parent))
-        {
+    for (hierarchy, dir) in parent_cgroups(parent) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
             for e in entries.flatten() {
                 if e.file_type().is_ok_and(|t| t.is_dir()) {
                     out.push(format!("{hierarchy}/{}", e.file_name().to_string_lossy()));
