@@ -180,6 +180,9 @@ for fam, kind, proto, name in [(16, socket.SOCK_RAW, 12, 'netlink_netfilter'), (
     try:
         socket.socket(fam, kind, proto); print(name, 'ok')
     except OSError as e: print(name, errno.errorcode[e.errno])
+os.mkfifo('/tmp/fifo'); print('mkfifo ok')
+try: os.mknod('/tmp/null', 0o20666, os.makedev(1, 3)); print('mknod_char ok')
+except OSError as e: print('mknod_char', errno.errorcode[e.errno])
 # Route netlink (what getifaddrs uses) works, and shows only this sandbox's loopback.
 print('interfaces', [n for _, n in socket.if_nameindex()])
 "#
@@ -222,6 +225,11 @@ print('interfaces', [n for _, n in socket.if_nameindex()])
         );
     }
     assert_eq!(result("io_uring_setup"), "ENOSYS", "{out}");
+    assert_eq!(result("mkfifo"), "ok", "{out}");
+    assert!(
+        ["EPERM", "EACCES"].contains(&result("mknod_char").as_str()),
+        "{out}"
+    );
     assert_eq!(result("interfaces"), "['lo']", "{out}");
 }
 

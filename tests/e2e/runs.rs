@@ -82,6 +82,10 @@ print(os.path.exists('/etc/shadow'), sorted(f for f in os.listdir('/home/user') 
 import ctypes; libc = ctypes.CDLL(None, use_errno=True)
 print(libc.syscall(165, 0, 0, 0, 0, 0), ctypes.get_errno())  # mount: EPERM
 print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit())[:3])
+# FIFOs are ordinary files; device nodes are refused.
+os.mkfifo('/tmp/fifo')
+try: os.mknod('/tmp/null', 0o20666, os.makedev(1, 3))
+except OSError as e: print(os.path.exists('/tmp/fifo'), e.errno in (1, 13), os.path.exists('/tmp/null'))
 "#;
     let r = run(s, json!({"language": "python", "code": code}));
     assert_eq!(r["status"], "success", "{r}");
@@ -92,6 +96,7 @@ print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit())[:3])
     // Only sandbox processes are visible, with sandbox pids.
     let pids: Vec<i64> = serde_json::from_str(lines[3]).unwrap();
     assert!(pids.iter().all(|&p| p < 100), "{pids:?}");
+    assert_eq!(lines[4], "True True False");
 
     // A timeout kills the program and the processes it started.
     let started = Instant::now();
