@@ -15,9 +15,11 @@ APT_PACKAGES=(
 )
 # JavaScript tooling for sandboxes, in one project directory so that peers resolve each other
 # (ts-jest needs jest's own modules). Versions that work together: ts-jest 29 needs jest 29
-# and TypeScript 5's compiler API.
+# and TypeScript 5's compiler API. The `react` language adds React, jsdom and Testing Library.
 NODE_DIR=/opt/cella/node
-NPM_PACKAGES=(typescript@5 tsx@4 jest@29 ts-jest@29 @types/jest@29 @types/node@20 lodash@4)
+NPM_PACKAGES=(typescript@5 tsx@4 jest@29 ts-jest@29 @types/jest@29 @types/node@20 lodash@4
+  jest-environment-jsdom@29 react@18 react-dom@18 @types/react@18 @types/react-dom@18
+  @testing-library/react@14 @testing-library/jest-dom@6)
 PIP_PACKAGES=(sandbox-fusion==0.3.7 pytest pytest-xdist requests)
 
 log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }

@@ -2,6 +2,7 @@
 files, concurrency, Jupyter, memory limits, validation errors, big output and hostile code."""
 
 import base64
+import json
 import os
 import time
 
@@ -48,6 +49,23 @@ def test_files_and_fetch_files_stay_inside_the_sandbox(endpoint):
     # The absolute paths were the sandbox's own, never the host's.
     assert not os.path.exists(marker)
     assert not os.path.exists("/mnt/b")
+
+
+def test_jest_runs_write_the_report_graders_fetch(endpoint):
+    # FullStackBench-style graders fetch jest-report.json; a React component comes in `files`.
+    component = "export default function Greeting({ name }: { name: string }) { return <h1>Hello, {name}</h1>; }\n"
+    tests = ("import { render, screen } from '@testing-library/react';\n"
+             "import Greeting from './Greeting';\n"
+             "test('greets', () => { render(<Greeting name='cella' />);\n"
+             "  expect(screen.getByRole('heading')).toHaveTextContent('Hello, cella'); });\n"
+             "test('fails', () => { expect(1).toBe(2); });\n")
+    for lang, files in [("react", {"Greeting.tsx": b64(component)}), ("jest", {})]:
+        code = tests if lang == "react" else "test('passes', () => {});\ntest('fails', () => { expect(1).toBe(2); });"
+        r = run_code(RunCodeRequest(code=code, language=lang, files=files, fetch_files=["jest-report.json"],
+                                    run_timeout=30), max_attempts=1)
+        assert r.status == "Failed", r
+        report = json.loads(base64.b64decode(r.files["jest-report.json"]))
+        assert (report["numPassedTests"], report["numFailedTests"]) == (1, 1), (lang, r)
 
 
 def test_run_concurrent_200_programs(endpoint):

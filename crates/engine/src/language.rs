@@ -54,14 +54,36 @@ const NODE_ENV: &[(&str, &str)] = &[
     ("FORCE_COLOR", "0"),
     ("NO_COLOR", "1"),
 ];
-const JEST_CONFIG: &str = r#"module.exports = {
-  testEnvironment: 'node',
-  rootDir: '.',
+/// Jest's configuration for a test environment: modules from the shared project, TypeScript
+/// and JSX transpiled by ts-jest without type checking (as SandboxFusion's Babel set-up does).
+macro_rules! jest_config {
+    ($environment:literal, $setup:literal) => {
+        concat!(
+            "module.exports = {\n",
+            "  testEnvironment: '",
+            $environment,
+            "',\n",
+            "  setupFilesAfterEnv: [",
+            $setup,
+            "],\n",
+            r#"  rootDir: '.',
   modulePaths: ['/opt/cella/node/node_modules'],
   cacheDirectory: '/tmp/jest-cache',
-  transform: { '^.+\\.[tj]sx?$': ['/opt/cella/node/node_modules/ts-jest', { isolatedModules: true }] },
+  transform: { '^.+\\.[tj]sx?$': ['/opt/cella/node/node_modules/ts-jest', { tsconfig: {
+    isolatedModules: true, allowJs: true, esModuleInterop: true, jsx: 'react-jsx' } }] },
 };
-"#;
+"#
+        )
+    };
+}
+const JEST_CONFIG: &str = jest_config!("node", "");
+/// Writes the JSON report FullStackBench-style graders fetch, as SandboxFusion's runner does.
+const JEST_RUN: &[&str] = &["jest", "--ci", "--json", "--outputFile=jest-report.json"];
+/// React components tested in a DOM (jsdom) with Testing Library and jest-dom's matchers.
+const REACT_JEST_CONFIG: &str = jest_config!(
+    "jsdom",
+    "'/opt/cella/node/node_modules/@testing-library/jest-dom'"
+);
 /// Where `scripts/setup.sh` puts a precompiled `<bits/stdc++.h>` (built with `-std=c++17`):
 /// ~2 s less per contest-style C++ compile. g++ skips a missing directory, and falls back to
 /// the header when the PCH does not match.
@@ -243,11 +265,20 @@ pub static LANGUAGES: &[Language] = &[
     Language {
         env: NODE_ENV,
         support: &[("jest.config.js", JEST_CONFIG)],
+        ..lang("jest", "main.test.ts", JEST_RUN, &["jest", "--version"])
+    },
+    Language {
+        env: NODE_ENV,
+        support: &[("jest.config.js", REACT_JEST_CONFIG)],
         ..lang(
-            "jest",
-            "main.test.ts",
-            &["jest", "--ci"],
-            &["jest", "--version"],
+            "react",
+            "main.test.tsx",
+            JEST_RUN,
+            &[
+                "node",
+                "-p",
+                "require('jest-environment-jsdom/package.json') && 'React ' + require('react/package.json').version",
+            ],
         )
     },
     lang(
@@ -354,7 +385,6 @@ pub static LANGUAGES: &[Language] = &[
     missing("cuda"),
     missing("python_gpu"),
     missing("python2"),
-    missing("react"),
 ];
 
 pub fn find(name: &str) -> Option<&'static Language> {
