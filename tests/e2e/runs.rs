@@ -159,6 +159,21 @@ fn cli_run_and_exec() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from a file\n");
+    // The language comes from the extension; a compiled one exits with the program's code.
+    let file = dir.join("hello.c");
+    std::fs::write(
+        &file,
+        "#include <stdio.h>\nint main(void) { puts(\"hello in C\"); return 5; }\n",
+    )
+    .unwrap();
+    let out = Command::new(cella_bin())
+        .arg("run")
+        .arg(&file)
+        .env("CELLA_SERVER", &s.url)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello in C\n");
 
     let out = Command::new(cella_bin())
         .args(["exec", "--", "sh", "-c", "echo out; echo err >&2; exit 3"])

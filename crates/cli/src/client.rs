@@ -188,39 +188,65 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
 
+/// File extensions `cella run` recognises, and the language each one means.
+const EXTENSIONS: &[(&str, &str)] = &[
+    ("py", "python"),
+    ("cpp", "cpp"),
+    ("cc", "cpp"),
+    ("cxx", "cpp"),
+    ("c", "c"),
+    ("go", "go"),
+    ("java", "java"),
+    ("js", "nodejs"),
+    ("ts", "typescript"),
+    ("tsx", "react"),
+    ("rs", "rust"),
+    ("sh", "bash"),
+    ("rb", "ruby"),
+    ("php", "php"),
+    ("pl", "perl"),
+    ("lua", "lua"),
+    ("r", "R"),
+    ("R", "R"),
+    ("cs", "csharp"),
+    ("scala", "scala"),
+    ("kts", "kotlin_script"),
+    ("rkt", "racket"),
+    ("d", "D_ut"),
+    ("sv", "verilog"),
+    ("v", "verilog"),
+    ("sql", "sql"),
+];
+
 fn language_for(file: &std::path::Path) -> Result<String, String> {
     let ext = file
         .extension()
         .and_then(|e| e.to_str())
         .unwrap_or_default();
-    let language = match ext {
-        "py" => "python",
-        "cpp" | "cc" | "cxx" => "cpp",
-        "c" => "c",
-        "go" => "go",
-        "java" => "java",
-        "js" => "nodejs",
-        "ts" => "typescript",
-        "rs" => "rust",
-        "sh" => "bash",
-        "rb" => "ruby",
-        "php" => "php",
-        "pl" => "perl",
-        "lua" => "lua",
-        "r" | "R" => "R",
-        "cs" => "csharp",
-        "scala" => "scala",
-        "kts" => "kotlin_script",
-        "rkt" => "racket",
-        "d" => "D_ut",
-        "sv" | "v" => "verilog",
-        "sql" => "sql",
-        _ => {
-            return Err(format!(
+    EXTENSIONS
+        .iter()
+        .find(|(e, _)| *e == ext)
+        .map(|(_, language)| language.to_string())
+        .ok_or_else(|| {
+            format!(
                 "cannot tell the language of {}: pass --language",
                 file.display()
-            ));
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_guessed_language_exists() {
+        for (ext, language) in EXTENSIONS {
+            assert!(
+                cella_engine::language::find(language).is_some(),
+                ".{ext} names {language}, which is not in the language table"
+            );
         }
-    };
-    Ok(language.to_string())
+        assert!(language_for(std::path::Path::new("notes.txt")).is_err());
+    }
 }

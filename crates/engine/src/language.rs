@@ -188,6 +188,23 @@ pub static LANGUAGES: &[Language] = &[
         &["./main"],
         &["g++", "--version"],
     ),
+    // Not a SandboxFusion language: cella's own, for `cella run hello.c` and the native API.
+    compiled(
+        "c",
+        "main.c",
+        &[
+            "gcc",
+            "-std=gnu17",
+            "-O2",
+            "main.c",
+            "-o",
+            "main",
+            "-lm",
+            "-lpthread",
+        ],
+        &["./main"],
+        &["gcc", "--version"],
+    ),
     compiled(
         "go",
         "main.go",

@@ -36,7 +36,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/ping", get(|| async { axum::Json("pong") }))
 }
 
-/// The `Language` literal of the server and of the 0.3.7 client.
+/// The `Language` literal of the server and of the 0.3.7 client, plus cella's own (`c`).
 pub fn language_names() -> Vec<&'static str> {
     language::LANGUAGES.iter().map(|l| l.name).collect()
 }
