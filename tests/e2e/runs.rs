@@ -1,6 +1,7 @@
 //! One-shot runs through the native API and the CLI, the Python zygote's isolation, and
 //! admission control.
 
+use std::io::Write;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -183,6 +184,24 @@ fn cli_run_and_exec() {
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+
+    // `--stdin -` passes the CLI's own standard input.
+    let mut child = Command::new(cella_bin())
+        .args(["exec", "--stdin", "-", "--", "tr", "a-z", "A-Z"])
+        .env("CELLA_SERVER", &s.url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"piped in\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "PIPED IN\n");
     std::fs::remove_dir_all(&dir).unwrap();
 
     let bad = Command::new(cella_bin())

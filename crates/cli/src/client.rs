@@ -1,6 +1,6 @@
 //! `cella run` and `cella exec`: thin clients of a running server's native API.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -23,7 +23,7 @@ pub struct RunArgs {
     /// Language (default: guessed from the file extension).
     #[arg(long, short)]
     language: Option<String>,
-    /// Text passed on stdin.
+    /// Text passed on stdin; `-` passes this command's own standard input.
     #[arg(long)]
     stdin: Option<String>,
     /// Run timeout in seconds.
@@ -44,6 +44,9 @@ pub struct ExecArgs {
     /// Timeout in seconds.
     #[arg(long)]
     timeout: Option<f64>,
+    /// Text passed on stdin; `-` passes this command's own standard input.
+    #[arg(long)]
+    stdin: Option<String>,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -68,16 +71,34 @@ fn call(req: reqwest::blocking::RequestBuilder) -> Result<Value, String> {
         resp.json().map_err(|e| e.to_string())?
     };
     if !status.is_success() {
-        let msg = body["error"]["message"]
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| body.to_string());
-        return Err(format!("{status}: {msg}"));
+        return Err(failure(status, &body));
     }
     Ok(body)
 }
 
+/// How a failed request reads: its status and the server's message.
+fn failure(status: reqwest::StatusCode, body: &Value) -> String {
+    let msg = body["error"]["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| body.to_string());
+    format!("{status}: {msg}")
+}
+
+/// The text a `--stdin` value stands for.
+fn stdin_text(arg: Option<String>) -> Result<Option<String>, String> {
+    if arg.as_deref() != Some("-") {
+        return Ok(arg);
+    }
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .map_err(|e| format!("reading stdin: {e}"))?;
+    Ok(Some(text))
+}
+
 pub fn exec(args: ExecArgs) -> Result<ExitCode, String> {
+    let stdin = stdin_text(args.stdin)?;
     let http = client()?;
     let base = format!("{}/api/v1", args.target.server.trim_end_matches('/'));
     let (id, fresh) = match args.sandbox {
@@ -90,7 +111,8 @@ pub fn exec(args: ExecArgs) -> Result<ExitCode, String> {
             (created["id"].as_str().unwrap_or_default().to_string(), true)
         }
     };
-    let result = stream_exec(&http, &base, &id, &args.command, args.timeout);
+    let body = json!({ "command": args.command, "timeout": args.timeout, "stdin": stdin });
+    let result = stream_exec(&http, &format!("{base}/sandboxes/{id}/exec/stream"), body);
     if fresh {
         call(http.delete(format!("{base}/sandboxes/{id}")))?;
     }
@@ -98,27 +120,15 @@ pub fn exec(args: ExecArgs) -> Result<ExitCode, String> {
 }
 
 /// Runs a command through the streaming endpoint, printing output as it comes.
-fn stream_exec(
-    http: &Client,
-    base: &str,
-    id: &str,
-    command: &[String],
-    timeout: Option<f64>,
-) -> Result<ExitCode, String> {
+fn stream_exec(http: &Client, url: &str, body: Value) -> Result<ExitCode, String> {
     let resp = http
-        .post(format!("{base}/sandboxes/{id}/exec/stream"))
-        .json(&json!({ "command": command, "timeout": timeout }))
+        .post(url)
+        .json(&body)
         .send()
         .map_err(|e| format!("cannot reach the server: {e}"))?;
     if !resp.status().is_success() {
         let status = resp.status();
-        let body: Value = resp.json().unwrap_or_default();
-        return Err(format!(
-            "{status}: {}",
-            body["error"]["message"]
-                .as_str()
-                .unwrap_or("request failed")
-        ));
+        return Err(failure(status, &resp.json().unwrap_or_default()));
     }
     let mut code = 1;
     for line in BufReader::new(resp).lines() {
@@ -153,6 +163,7 @@ fn print_flush(out: &mut impl Write, data: &str) {
 pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     let code =
         std::fs::read_to_string(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
+    let stdin = stdin_text(args.stdin)?;
     let language = match args.language {
         Some(l) => l,
         None => language_for(&args.file)?,
@@ -160,7 +171,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     let http = client()?;
     let url = format!("{}/api/v1/runs", args.target.server.trim_end_matches('/'));
     let result = call(http.post(url).json(&json!({
-        "language": language, "code": code, "stdin": args.stdin, "run_timeout": args.timeout,
+        "language": language, "code": code, "stdin": stdin, "run_timeout": args.timeout,
     })))?;
     for stage in ["compile", "run"] {
         let r = &result[stage];
