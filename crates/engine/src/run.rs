@@ -86,7 +86,12 @@ impl Flavor {
         match self {
             Flavor::Plain => &[],
             Flavor::Scientific => &["numpy", "pandas"],
-            Flavor::Kernel => &["ipykernel.kernelapp", "ipykernel.ipkernel"],
+            Flavor::Kernel => &[
+                "ipykernel.kernelapp",
+                "ipykernel.ipkernel",
+                "numpy",
+                "pandas",
+            ],
         }
     }
 
