@@ -270,9 +270,14 @@ def test_deterministic_request_errors_fail_fast_without_retries(endpoint):
     # With the client's default of 5 attempts, a retried answer would take ~15 s.
     bad_b64 = run_code(RunCodeRequest(code="print(1)", language="python", files={"x": "%%%not base64"}))
     outside = run_code(RunCodeRequest(code="print(1)", language="python", files={"/proc/self/x": b64("x")}))
-    assert time.time() - started < 3
+    # Over the server's 64 MiB body limit: refused before it is read.
+    oversized = run_code(RunCodeRequest(code="#" * (65 << 20), language="python"))
+    notebook = run_jupyter(RunJupyterRequest(cells=["#" * (65 << 20)]))
+    assert time.time() - started < 5
     assert bad_b64.status == "Failed" and "base64" in bad_b64.message
     assert outside.status == "Failed" and "/proc/self/x" in outside.message
+    assert oversized.status == "Failed" and "limit" in oversized.message and oversized.run_result is None
+    assert notebook.status == "Failed" and "limit" in notebook.message and notebook.cells == []
 
 
 def test_notebook_kernels_fork_from_a_zygote_and_stay_confined(endpoint):

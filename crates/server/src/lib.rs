@@ -85,7 +85,37 @@ pub fn app(state: AppState, metrics: PrometheusHandle) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         // Streamed bodies (raw uploads) are not covered by DefaultBodyLimit.
         .layer(tower_http::limit::RequestBodyLimitLayer::new(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            body_limit,
+            too_large_in_shape,
+        ))
         .layer(TraceLayer::new_for_http())
+}
+
+/// The body limits refuse an oversized body in plain text, before any handler runs: answer
+/// in the error shape of the face that was asked instead.
+async fn too_large_in_shape(
+    State(limit): State<usize>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let fusion = compat::fusion::too_large(req.uri().path());
+    let resp = next.run(req).await;
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    if resp.status() != StatusCode::PAYLOAD_TOO_LARGE || is_json {
+        return resp;
+    }
+    let e = cella_engine::error::Error::TooLarge(format!(
+        "the request body is larger than the server's limit of {limit} bytes"
+    ));
+    match fusion {
+        Some(answer) => answer(e),
+        None => ApiError::from(e).into_response(),
+    }
 }
 
 /// Serves until `shutdown` resolves, then stops every sandbox.

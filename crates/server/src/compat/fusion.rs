@@ -231,6 +231,16 @@ fn seconds(value: f64) -> Duration {
     Duration::from_secs_f64(value.clamp(0.001, 86_400.0))
 }
 
+/// How this face answers a body over the server's limit on `path`, if `path` is one of its
+/// routes: `Failed`, which clients do not retry (a bigger body would never fit).
+pub fn too_large(path: &str) -> Option<fn(Error) -> Response> {
+    match path {
+        "/run_code" => Some(|e| axum::Json(RunCodeResponse::failure(e)).into_response()),
+        "/run_jupyter" => Some(|e| axum::Json(RunJupyterResponse::failure(e)).into_response()),
+        _ => None,
+    }
+}
+
 /// Answers an overloaded queue with 504, the one status both verl and the client retry.
 pub fn overloaded(e: Error) -> Response {
     (
