@@ -370,16 +370,22 @@ async fn fusion_suite(http: Client, base: String, scale: f64) {
     .await;
     // Back to back, notebooks outrun the kernel pool and mostly start kernels; one every two
     // seconds finds a warm kernel each time.
-    for (name, pause) in [
-        ("run_jupyter 2 cells, back to back", 0),
-        ("run_jupyter 2 cells, 2 s apart", 2000),
+    let plain = ["x = 1", "print(x + 1)"];
+    let scientific = [
+        "import numpy as np, pandas as pd",
+        "print(pd.DataFrame({'a': np.arange(3)}).a.sum() - 1)",
+    ];
+    for (name, pause, cells) in [
+        ("run_jupyter 2 cells, back to back", 0, plain),
+        ("run_jupyter 2 cells, 2 s apart", 2000, plain),
+        ("run_jupyter numpy+pandas, 2 s apart", 2000, scientific),
     ] {
         let (h, url) = (http.clone(), format!("{base}/run_jupyter"));
         let count = n(if pause > 0 { 10.0 } else { 20.0 });
         measure_paced(name, 1, count, Duration::from_millis(pause), move || {
             let (h, url) = (h.clone(), url.clone());
             async move {
-                let r = post(&h, &url, &json!({"cells": ["x = 1", "print(x + 1)"]})).await?;
+                let r = post(&h, &url, &json!({ "cells": cells })).await?;
                 if r["status"] != "Success" || r["cells"][1]["stdout"] != "2\n" {
                     return Err(format!("unexpected result {r}"));
                 }
