@@ -126,12 +126,33 @@ fn graceful_shutdown_stops_every_sandbox() {
         >= 3));
     let status = s.terminate();
     assert!(status.success(), "{status}");
+    assert_nothing_left(&s);
+}
+
+/// After a clean shutdown: no sandbox process, no sandbox cgroup, and not the parents either.
+fn assert_nothing_left(s: &Server) {
     assert!(processes_with_uid_in(s.uid_base, 1000).is_empty());
-    assert!(cgroups_under(&s.cgroup_parent).is_empty());
-    // The parents go too: a clean shutdown leaves no cgroup behind.
+    assert_eq!(cgroups_under(&s.cgroup_parent), Vec::<String>::new());
     for (_, parent) in parent_cgroups(&s.cgroup_parent) {
         assert!(!parent.exists(), "{} is left", parent.display());
     }
+}
+
+#[test]
+fn shutdown_waits_for_sandboxes_being_destroyed() {
+    let mut s = Server::start();
+    // A run's sandbox is destroyed after the answer; with many processes that takes a while,
+    // and the server is told to stop meanwhile.
+    let r = s
+        .http
+        .post(format!("{}/run_code", s.url))
+        .json(&json!({"language": "bash", "code": "for i in $(seq 300); do sleep 1000 & done; echo started"}))
+        .send()
+        .unwrap();
+    assert_eq!(json_of(r)["run_result"]["stdout"], "started\n");
+    let status = s.terminate();
+    assert!(status.success(), "{status}");
+    assert_nothing_left(&s);
 }
 
 #[test]
@@ -157,8 +178,7 @@ fn shutdown_in_the_middle_of_creates_leaves_nothing_behind() {
     for c in creators {
         c.join().unwrap();
     }
-    assert!(processes_with_uid_in(s.uid_base, 1000).is_empty());
-    assert_eq!(cgroups_under(&s.cgroup_parent), Vec::<String>::new());
+    assert_nothing_left(&s);
 }
 
 #[test]

@@ -58,6 +58,9 @@ pub struct Engine {
     /// Held shared by every create in flight and exclusively by shutdown, so that shutdown
     /// also stops a sandbox whose create was under way when it began.
     creating: tokio::sync::RwLock<()>,
+    /// Held shared by every stop in flight and exclusively by shutdown, so that shutdown
+    /// waits for a sandbox another task was stopping (a run's, after its answer) to be gone.
+    stopping_one: tokio::sync::RwLock<()>,
 }
 
 struct UidPool {
@@ -129,6 +132,7 @@ impl Engine {
             uids: Mutex::new(uids),
             stopping: std::sync::atomic::AtomicBool::new(false),
             creating: tokio::sync::RwLock::new(()),
+            stopping_one: tokio::sync::RwLock::new(()),
         };
         engine.recover()?;
         Ok(Arc::new(engine))
@@ -545,6 +549,7 @@ impl Engine {
     /// Stops a running sandbox: kills every process, releases its resources and keeps its
     /// record as `stopped`. Returns false if it was not running.
     pub async fn stop(&self, id: &str, reason: &str) -> bool {
+        let _in_flight = self.stopping_one.read().await;
         let Some(sandbox) = self
             .live
             .write()
@@ -594,6 +599,7 @@ impl Engine {
             .collect();
         let stops = ids.iter().map(|id| self.stop(id, "server shut down"));
         futures::future::join_all(stops).await;
+        drop(self.stopping_one.write().await);
         self.cgroups.remove_parents();
         let _ = self.store.flush();
     }
