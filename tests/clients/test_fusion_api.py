@@ -103,6 +103,14 @@ def test_jupyter_cells(endpoint):
     assert cells[5].stderr == "err\n"
 
 
+def test_jupyter_files_and_fetch_files(endpoint):
+    r = run_jupyter(RunJupyterRequest(
+        cells=["import pandas as pd\ndf = pd.read_csv('data.csv')\nopen('out.txt', 'w').write(str(df.a.sum()))"],
+        files={"data.csv": b64("a\n1\n2\n")}, fetch_files=["out.txt", "missing.txt"]), max_attempts=1)
+    assert r.status == "Success", r
+    assert r.files == {"out.txt": b64("3")}
+
+
 def test_jupyter_timeouts_interrupt_the_kernel(endpoint):
     started = time.time()
     r = requests.post(f"{endpoint}/run_jupyter", json={
