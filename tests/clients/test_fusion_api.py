@@ -289,17 +289,19 @@ def test_deterministic_request_errors_fail_fast_without_retries(endpoint):
 
 
 def test_notebook_kernels_fork_from_a_zygote_and_stay_confined(endpoint):
-    """Once warm, kernels fork from a zygote that has imported ipykernel, numpy and pandas: the
-    same confinement, interrupts still reach them, and each draws its own random numbers."""
+    """Once warm, kernels fork from a zygote that has imported ipykernel, numpy, pandas and
+    matplotlib: the same confinement, interrupts still reach them, each draws its own random
+    numbers, and matplotlib keeps its files under the sandbox's home."""
     probe = ("import os, sys\nstatus = open('/proc/self/status').read()\n"
              "field = lambda k: status.split(k + ':')[1].split()[0]\n"
              "print(os.getppid(), field('Uid'), field('CapEff'), field('NoNewPrivs'), field('Seccomp'),\n"
-             "      'numpy' in sys.modules)")
+             "      all(m in sys.modules for m in ('numpy', 'pandas', 'matplotlib.pyplot')))")
     deadline = time.time() + 60
     draws = set()
     while len(draws) < 2:
         r = requests.post(f"{endpoint}/run_jupyter", json={
-            "cells": [probe, "while True: pass", "print('after')", "import numpy; print(numpy.random.rand())"],
+            "cells": [probe, "while True: pass", "print('after')",
+                      "import matplotlib, numpy; print(matplotlib.get_cachedir(), numpy.random.rand())"],
             "cell_timeout": 1}).json()
         assert r["status"] == "Success", r
         ppid, uid, capeff, no_new_privs, seccomp, preloaded = r["cells"][0]["stdout"].split()
@@ -309,7 +311,9 @@ def test_notebook_kernels_fork_from_a_zygote_and_stay_confined(endpoint):
         # Its parent is outside the sandbox: forked from a zygote (the plain one until the
         # kernels' own is warm).
         if ppid == "0" and preloaded == "True":
-            draws.add(r["cells"][3]["stdout"])
+            cache, draw = r["cells"][3]["stdout"].split()
+            assert cache == "/home/user/.cache/matplotlib", r
+            draws.add(draw)
             continue
         assert time.time() < deadline, "no kernel came from the kernels' zygote"
         time.sleep(0.5)

@@ -260,6 +260,11 @@ impl Config {
     pub fn skeleton_dir(&self) -> PathBuf {
         self.data_dir.join("skel")
     }
+
+    /// Private state of the Python zygotes (caches their preloaded modules keep).
+    pub fn zygote_dir(&self) -> PathBuf {
+        self.data_dir.join("zygote")
+    }
 }
 
 #[cfg(test)]

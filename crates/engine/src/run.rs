@@ -91,7 +91,25 @@ impl Flavor {
                 "ipykernel.ipkernel",
                 "numpy",
                 "pandas",
+                "matplotlib.pyplot",
             ],
+        }
+    }
+
+    /// What the preloaded modules read at import. Matplotlib fixes its backend then (kernels
+    /// draw inline, as ipykernel would choose) and its config and cache directory, which must
+    /// not be the host's `$HOME`: a private one in the data dir, built once, which kernels
+    /// only read (their own writes there fail quietly, as on a read-only home).
+    fn env(self, config: &crate::config::Config) -> Vec<(&'static str, String)> {
+        match self {
+            Flavor::Kernel => vec![
+                ("MPLBACKEND", crate::jupyter::INLINE_BACKEND.into()),
+                (
+                    "MPLCONFIGDIR",
+                    config.zygote_dir().join("matplotlib").display().to_string(),
+                ),
+            ],
+            _ => Vec::new(),
         }
     }
 
@@ -320,6 +338,7 @@ impl Runs {
             return Some(z.clone());
         }
         let landlock_abi = self.engine.features.landlock_abi;
+        let env = flavor.env(&self.engine.config);
         let started = tokio::task::spawn_blocking(move || {
             let python = find_program("python3")
                 .ok_or_else(|| Error::MissingProgram("python3 is not installed".into()))?;
@@ -329,6 +348,7 @@ impl Runs {
                 &policy,
                 landlock_abi,
                 flavor.preload(),
+                &env,
             )?)
         })
         .await

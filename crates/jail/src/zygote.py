@@ -125,9 +125,9 @@ def run_script(path):
 
 def run_user(req):
     """What `python3 <args>` would do, in this already-started interpreter. Never returns."""
-    reseed()
     os.environ.clear()
     os.environ.update(kv.split("=", 1) for kv in req["env"])
+    refresh_preloaded()
     # The standard streams as CPython sets them up for these descriptors.
     def stream(fd, mode, **kw):
         return io.TextIOWrapper(io.open(fd, mode + "b", closefd=False), encoding="utf-8", **kw)
@@ -272,11 +272,20 @@ def preload(modules):
             pass
 
 
-def reseed():
-    """Forks share the zygote's random state: give each run its own, as a new process has."""
+def refresh_preloaded():
+    """Preloaded modules keep state from the zygote; give each run what a new process has:
+    its own random state, and matplotlib's config and cache directories found afresh (under
+    the sandbox's home, with its environment), not the zygote's private ones."""
     numpy = sys.modules.get("numpy")
     if numpy is not None:
         numpy.random.seed()
+    mpl = sys.modules.get("matplotlib")
+    if mpl is not None:
+        try:
+            mpl.get_configdir = mpl._logged_cached("CONFIGDIR=%s")(mpl.get_configdir.__wrapped__)
+            mpl.get_cachedir = mpl._logged_cached("CACHEDIR=%s")(mpl.get_cachedir.__wrapped__)
+        except AttributeError:  # another matplotlib: keep the zygote's directories
+            pass
 
 
 def main():

@@ -38,12 +38,15 @@ pub struct Zygote {
 }
 
 impl Zygote {
-    /// Starts `python` as a zygote that has imported `preload`, and waits until it is warm.
+    /// Starts `python` as a zygote that has imported `preload` (with `env` added to its
+    /// environment, which the preloaded modules may read at import), and waits until it is
+    /// warm.
     pub fn start(
         python: &Path,
         policy: &Policy,
         landlock_abi: i64,
         preload: &[&str],
+        env: &[(&str, String)],
     ) -> Result<Zygote> {
         let (ours, theirs) = sys::seqpacket_pair().map_err(|e| Error::sys("socketpair", e))?;
         let theirs_raw = theirs.as_raw_fd();
@@ -56,6 +59,7 @@ impl Zygote {
             .env("HOME", crate::SANDBOX_HOME)
             // debugpy (which ipykernel imports) otherwise warns about frozen modules on import.
             .env("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         // No PR_SET_PDEATHSIG: it fires when the *thread* that forked exits, and a runtime's

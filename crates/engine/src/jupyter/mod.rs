@@ -28,6 +28,8 @@ use zmtp::{Kind, Socket};
 const DIR: &str = "/tmp/.cella-jupyter";
 /// How long an interrupted cell may take to stop before the kernel is declared dead.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
+/// Matplotlib's backend in kernels: figures become `image/png` displays.
+pub const INLINE_BACKEND: &str = "module://matplotlib_inline.backend_inline";
 
 /// One output of a cell, in the order the kernel produced it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -154,7 +156,7 @@ impl Kernel {
                 .to_vec(),
             env: [
                 ("PYDEVD_DISABLE_FILE_VALIDATION", "1"),
-                ("MPLBACKEND", "module://matplotlib_inline.backend_inline"),
+                ("MPLBACKEND", INLINE_BACKEND),
             ]
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .into(),
