@@ -375,10 +375,15 @@ async fn fusion_suite(http: Client, base: String, scale: f64) {
         "import numpy as np, pandas as pd",
         "print(pd.DataFrame({'a': np.arange(3)}).a.sum() - 1)",
     ];
+    let plot = [
+        "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()",
+        "print(2)",
+    ];
     for (name, pause, cells) in [
         ("run_jupyter 2 cells, back to back", 0, plain),
         ("run_jupyter 2 cells, 2 s apart", 2000, plain),
         ("run_jupyter numpy+pandas, 2 s apart", 2000, scientific),
+        ("run_jupyter a matplotlib PNG, 2 s apart", 2000, plot),
     ] {
         let (h, url) = (http.clone(), format!("{base}/run_jupyter"));
         let count = n(if pause > 0 { 10.0 } else { 20.0 });
