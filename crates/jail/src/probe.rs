@@ -14,6 +14,9 @@ pub struct Features {
     /// Landlock ABI version, 0 when unavailable.
     pub landlock_abi: i64,
     pub seccomp_actions: String,
+    /// A cgroup mount has `favordynmods`: moving a process between cgroups (each exec joins
+    /// its own) no longer waits for an RCU grace period, ~10 ms, after an idle moment.
+    pub favor_dynmods: bool,
 }
 
 impl Features {
@@ -22,9 +25,14 @@ impl Features {
             0 => "unavailable".to_string(),
             abi => format!("ABI {abi}"),
         };
+        let migrations = if self.favor_dynmods {
+            "fast (favordynmods)"
+        } else {
+            "slow after idle (no favordynmods; see the README)"
+        };
         format!(
-            "kernel {}; namespaces mnt,pid,ipc,uts,net,cgroup; overlayfs; openat2; pidfd; seccomp ({}); landlock {}",
-            self.kernel, self.seccomp_actions, landlock
+            "kernel {}; namespaces mnt,pid,ipc,uts,net,cgroup; overlayfs; openat2; pidfd; seccomp ({}); landlock {}; cgroup migrations {}",
+            self.kernel, self.seccomp_actions, landlock, migrations
         )
     }
 }
@@ -113,7 +121,23 @@ pub fn probe() -> Result<Features> {
         kernel,
         landlock_abi: abi.max(0),
         seccomp_actions,
+        favor_dynmods: favor_dynmods(),
     })
+}
+
+/// Whether any cgroup hierarchy is mounted with `favordynmods` (the lock it relaxes is shared
+/// by all of them).
+fn favor_dynmods() -> bool {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(" - "))
+        .any(|(_, fs)| {
+            let mut fields = fs.split_whitespace();
+            let kind = fields.next().unwrap_or_default();
+            let options = fields.nth(1).unwrap_or_default();
+            kind.starts_with("cgroup") && options.split(',').any(|o| o == "favordynmods")
+        })
 }
 
 fn require_syscall(name: &str, why: &str, call: impl FnOnce() -> libc::c_long) -> Result<()> {
