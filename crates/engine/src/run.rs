@@ -97,9 +97,9 @@ impl Flavor {
     }
 
     /// What the preloaded modules read at import. Matplotlib fixes its backend then (kernels
-    /// draw inline, as ipykernel would choose) and its config and cache directory, which must
-    /// not be the host's `$HOME`: a private one in the data dir, built once, which kernels
-    /// only read (their own writes there fail quietly, as on a read-only home).
+    /// draw inline, as ipykernel would choose) and reads its config and font cache from a
+    /// directory that must not be the host's `$HOME`: a private one in the data dir. Each
+    /// fork finds its own afresh under the sandbox's home (`zygote.py`).
     fn env(self, config: &crate::config::Config) -> Vec<(&'static str, String)> {
         match self {
             Flavor::Kernel => vec![
