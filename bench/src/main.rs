@@ -307,6 +307,10 @@ async fn fusion_suite(http: Client, base: String, scale: f64) {
             json!({"language": "python", "code": "import numpy"}),
         ),
         (
+            "run_code python matplotlib savefig",
+            json!({"language": "python", "code": "import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.savefig('a.png')"}),
+        ),
+        (
             "run_code cpp <bits/stdc++.h>",
             json!({"language": "cpp", "code": "#include <bits/stdc++.h>\nint main(){std::vector<int> v{2,1};std::sort(v.begin(),v.end());std::cout<<v[0]<<std::endl;}"}),
         ),

@@ -268,7 +268,7 @@ fn new_homes_start_with_the_skeleton_caches() {
 }
 
 #[test]
-fn scientific_runs_fork_from_a_zygote_with_numpy_and_pandas() {
+fn scientific_runs_fork_from_a_zygote_with_numpy_pandas_and_matplotlib() {
     let s = server();
     let code = "import numpy, pandas\nprint(numpy.random.rand(), numpy.dot(numpy.ones(3), numpy.ones(3)), pandas.DataFrame({'a': [1, 2]}).a.sum())";
     let outputs: Vec<String> = (0..4)
@@ -289,6 +289,26 @@ fn scientific_runs_fork_from_a_zygote_with_numpy_and_pandas() {
     draws.sort();
     draws.dedup();
     assert_eq!(draws.len(), outputs.len(), "{outputs:?}");
+
+    // Matplotlib comes preloaded, headless, and keeps its files under the sandbox's home.
+    let code = "import sys\npreloaded = 'matplotlib.pyplot' in sys.modules\n\
+        import matplotlib, matplotlib.pyplot as plt, os\nplt.plot([1, 2])\nplt.savefig('a.png')\n\
+        print(preloaded, matplotlib.get_backend(), matplotlib.get_cachedir(), os.path.getsize('a.png') > 1000)";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = run(s, json!({"language": "python", "code": code}));
+        let out = r["run"]["stdout"].as_str().unwrap_or_default().to_string();
+        if out.starts_with("True ") {
+            assert_eq!(out, "True agg /home/user/.cache/matplotlib True\n", "{r}");
+            break;
+        }
+        assert!(out.ends_with(" True\n"), "{r}");
+        assert!(
+            Instant::now() < deadline,
+            "no run came from a zygote with matplotlib: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// The zygotes: the server's own children running a `python3 -c` whose source names itself.

@@ -85,7 +85,7 @@ impl Flavor {
     fn preload(self) -> &'static [&'static str] {
         match self {
             Flavor::Plain => &[],
-            Flavor::Scientific => &["numpy", "pandas"],
+            Flavor::Scientific => &["numpy", "pandas", "matplotlib.pyplot"],
             Flavor::Kernel => &[
                 "ipykernel.kernelapp",
                 "ipykernel.ipkernel",
@@ -96,29 +96,27 @@ impl Flavor {
         }
     }
 
-    /// What the preloaded modules read at import. Matplotlib fixes its backend then (kernels
-    /// draw inline, as ipykernel would choose) and reads its config and font cache from a
-    /// directory that must not be the host's `$HOME`: a private one in the data dir. Each
-    /// fork finds its own afresh under the sandbox's home (`zygote.py`).
+    /// What the preloaded modules read at import. Matplotlib fixes its backend then (headless
+    /// for programs, inline for kernels: what each would choose itself) and reads its config
+    /// and font cache from a directory that must not be the host's `$HOME`: a private one in
+    /// the data dir. Each fork finds its own afresh under the sandbox's home (`zygote.py`).
     fn env(self, config: &crate::config::Config) -> Vec<(&'static str, String)> {
-        match self {
-            Flavor::Kernel => vec![
-                ("MPLBACKEND", crate::jupyter::INLINE_BACKEND.into()),
-                (
-                    "MPLCONFIGDIR",
-                    config.zygote_dir().join("matplotlib").display().to_string(),
-                ),
-            ],
-            _ => Vec::new(),
-        }
+        let backend = match self {
+            Flavor::Plain => return Vec::new(),
+            Flavor::Scientific => "Agg",
+            Flavor::Kernel => crate::jupyter::INLINE_BACKEND,
+        };
+        let config_dir = config.zygote_dir().join("matplotlib");
+        vec![
+            ("MPLBACKEND", backend.into()),
+            ("MPLCONFIGDIR", config_dir.display().to_string()),
+        ]
     }
 
+    /// Code that mentions a package the scientific zygote preloads forks from it.
     fn for_code(code: &str) -> Flavor {
-        if Flavor::Scientific
-            .preload()
-            .iter()
-            .any(|m| code.contains(m))
-        {
+        let mentions = |module: &&str| code.contains(module.split('.').next().unwrap_or(module));
+        if Flavor::Scientific.preload().iter().any(mentions) {
             Flavor::Scientific
         } else {
             Flavor::Plain
@@ -427,11 +425,15 @@ impl Runs {
         std::fs::rename(&staging, dir).map_err(Error::internal)
     }
 
-    /// Starts the warm pieces (the Python zygote) before the first run needs them.
+    /// Starts the warm pieces before the first run needs them: the plain Python zygote, then
+    /// the scientific one (its imports and matplotlib's font list take seconds; so much code
+    /// uses numpy that runs should not wait for that).
     pub fn warm_up(self: &Arc<Self>) {
         let runs = self.clone();
         tokio::spawn(async move {
-            runs.zygote(Flavor::Plain).await;
+            if runs.zygote(Flavor::Plain).await.is_some() {
+                runs.start_zygote(Flavor::Scientific).await;
+            }
         });
     }
 
