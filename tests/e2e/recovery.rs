@@ -143,12 +143,7 @@ fn shutdown_waits_for_sandboxes_being_destroyed() {
     let mut s = Server::start();
     // A run's sandbox is destroyed after the answer; with many processes that takes a while,
     // and the server is told to stop meanwhile.
-    let r = s
-        .http
-        .post(format!("{}/run_code", s.url))
-        .json(&json!({"language": "bash", "code": "for i in $(seq 300); do sleep 1000 & done; echo started"}))
-        .send()
-        .unwrap();
+    let r = s.run_code(json!({"language": "bash", "code": "for i in $(seq 300); do sleep 1000 & done; echo started"}));
     assert_eq!(json_of(r)["run_result"]["stdout"], "started\n");
     let status = s.terminate();
     assert!(status.success(), "{status}");

@@ -145,6 +145,13 @@ except OSError as e: print(os.path.exists('/tmp/fifo'), e.errno in (1, 13), os.p
     );
 }
 
+/// The `cella` CLI, pointed at `s`.
+fn cli(s: &Server) -> Command {
+    let mut cmd = Command::new(cella_bin());
+    cmd.env("CELLA_SERVER", &s.url);
+    cmd
+}
+
 #[test]
 fn cli_run_and_exec() {
     let s = server();
@@ -152,12 +159,7 @@ fn cli_run_and_exec() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("hello.py");
     std::fs::write(&file, "print('hello from a file')\n").unwrap();
-    let out = Command::new(cella_bin())
-        .arg("run")
-        .arg(&file)
-        .env("CELLA_SERVER", &s.url)
-        .output()
-        .unwrap();
+    let out = cli(s).arg("run").arg(&file).output().unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from a file\n");
     // The language comes from the extension; a compiled one exits with the program's code.
@@ -167,18 +169,12 @@ fn cli_run_and_exec() {
         "#include <stdio.h>\nint main(void) { puts(\"hello in C\"); return 5; }\n",
     )
     .unwrap();
-    let out = Command::new(cella_bin())
-        .arg("run")
-        .arg(&file)
-        .env("CELLA_SERVER", &s.url)
-        .output()
-        .unwrap();
+    let out = cli(s).arg("run").arg(&file).output().unwrap();
     assert_eq!(out.status.code(), Some(5), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello in C\n");
 
-    let out = Command::new(cella_bin())
+    let out = cli(s)
         .args(["exec", "--", "sh", "-c", "echo out; echo err >&2; exit 3"])
-        .env("CELLA_SERVER", &s.url)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
@@ -186,9 +182,8 @@ fn cli_run_and_exec() {
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
 
     // `--stdin -` passes the CLI's own standard input.
-    let mut child = Command::new(cella_bin())
+    let mut child = cli(s)
         .args(["exec", "--stdin", "-", "--", "tr", "a-z", "A-Z"])
-        .env("CELLA_SERVER", &s.url)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -231,12 +226,7 @@ fn a_full_queue_refuses_at_once() {
     let r = s.post("/runs", json!({"language": "python", "code": "print(1)"}));
     assert_eq!(r.status(), 503);
     assert_eq!(json_of(r)["error"]["code"], "busy");
-    let r = s
-        .http
-        .post(format!("{}/run_code", s.url))
-        .json(&json!({"language": "python", "code": "print(1)"}))
-        .send()
-        .unwrap();
+    let r = s.run_code(json!({"language": "python", "code": "print(1)"}));
     assert_eq!(
         r.status(),
         504,

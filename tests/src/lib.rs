@@ -208,6 +208,15 @@ impl Server {
             .expect("request")
     }
 
+    /// A request to SandboxFusion's `/run_code`, which is not under `/api/v1`.
+    pub fn run_code(&self, body: Value) -> Response {
+        self.http
+            .post(format!("{}/run_code", self.url))
+            .json(&body)
+            .send()
+            .expect("request")
+    }
+
     pub fn delete(&self, path: &str) -> Response {
         self.http.delete(self.api(path)).send().expect("request")
     }

@@ -55,12 +55,10 @@ pub struct Engine {
     uids: Mutex<UidPool>,
     /// Set when the server shuts down: no more sandboxes are made.
     stopping: std::sync::atomic::AtomicBool,
-    /// Held shared by every create in flight and exclusively by shutdown, so that shutdown
-    /// also stops a sandbox whose create was under way when it began.
-    creating: tokio::sync::RwLock<()>,
-    /// Held shared by every stop in flight and exclusively by shutdown, so that shutdown
-    /// waits for a sandbox another task was stopping (a run's, after its answer) to be gone.
-    stopping_one: tokio::sync::RwLock<()>,
+    /// Held shared by every create and stop in flight; shutdown takes it exclusively to wait
+    /// for them: a sandbox whose create was under way must be stopped too, and one another
+    /// task was stopping (a run's, after its answer) must be gone.
+    in_flight: tokio::sync::RwLock<()>,
 }
 
 struct UidPool {
@@ -131,8 +129,7 @@ impl Engine {
             stopped: Mutex::default(),
             uids: Mutex::new(uids),
             stopping: std::sync::atomic::AtomicBool::new(false),
-            creating: tokio::sync::RwLock::new(()),
-            stopping_one: tokio::sync::RwLock::new(()),
+            in_flight: tokio::sync::RwLock::new(()),
         };
         engine.recover()?;
         Ok(Arc::new(engine))
@@ -332,7 +329,7 @@ impl Engine {
     }
 
     pub async fn create(&self, req: CreateSandbox) -> Result<Arc<Sandbox>> {
-        let _creating = self.creating.read().await;
+        let _in_flight = self.in_flight.read().await;
         if self.is_stopping() {
             return Err(Error::Unavailable("the server is shutting down".into()));
         }
@@ -549,7 +546,7 @@ impl Engine {
     /// Stops a running sandbox: kills every process, releases its resources and keeps its
     /// record as `stopped`. Returns false if it was not running.
     pub async fn stop(&self, id: &str, reason: &str) -> bool {
-        let _in_flight = self.stopping_one.read().await;
+        let _in_flight = self.in_flight.read().await;
         let Some(sandbox) = self
             .live
             .write()
@@ -589,7 +586,8 @@ impl Engine {
     pub async fn shutdown(&self) {
         self.stopping
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        let _no_create_in_flight = self.creating.write().await;
+        // Creates that began before the flag was set finish (later ones see it and refuse).
+        drop(self.in_flight.write().await);
         let ids: Vec<String> = self
             .live
             .read()
@@ -599,7 +597,8 @@ impl Engine {
             .collect();
         let stops = ids.iter().map(|id| self.stop(id, "server shut down"));
         futures::future::join_all(stops).await;
-        drop(self.stopping_one.write().await);
+        // Stops other tasks began meanwhile finish too.
+        drop(self.in_flight.write().await);
         self.cgroups.remove_parents();
         let _ = self.store.flush();
     }

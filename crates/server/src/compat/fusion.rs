@@ -344,11 +344,10 @@ impl RunJupyterResponse {
                 "Finished"
             },
             execution_time: Some(o.wall.as_secs_f64()),
-            return_code: match (death, exit) {
+            return_code: match death {
                 _ if o.timed_out => None,
-                (Some(_), Some(e)) => return_code(e),
-                (Some(_), None) => None,
-                (None, _) => Some(0),
+                Some(_) => exit.and_then(return_code),
+                None => Some(0),
             },
             stdout: Some(String::new()),
             stderr: Some(death.map(|d| d.stderr_tail.clone()).unwrap_or_default()),
