@@ -7,6 +7,7 @@
 //! streamed one also receives the kept chunks as they arrive.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -27,7 +28,8 @@ use crate::sandbox::Sandbox;
 /// How long output is still read after the main process exits: background children that
 /// inherited stdout would otherwise hold the exec open forever.
 const OUTPUT_GRACE: Duration = Duration::from_millis(200);
-/// Pipe buffers large enough that a chatty program rarely waits for the server.
+/// Pipe buffers large enough that a chatty program rarely waits for the server (also the most
+/// an unprivileged program can make them hold: the default `/proc/sys/fs/pipe-max-size`).
 const PIPE_BYTES: i32 = 1 << 20;
 
 /// A validated command, ready to run.
@@ -620,8 +622,20 @@ async fn drain(
             _ = stop.changed() => break,
         }
     }
-    while let Ok(n @ 1..) = rx.try_read(&mut buf) {
+    // Read the pipe itself, not through the runtime: a runtime starved of CPU may not have
+    // seen it become readable yet, and would take it for empty. At most what a
+    // pipe holds, so a background writer cannot keep this going.
+    let Ok(mut pipe) = rx.into_nonblocking_fd().map(std::fs::File::from) else {
+        return;
+    };
+    let mut left = PIPE_BYTES as usize;
+    while left > 0 {
+        let want = left.min(buf.len());
+        let Ok(n @ 1..) = pipe.read(&mut buf[..want]) else {
+            break;
+        };
         keep(&buf[..n]).await;
+        left -= n;
     }
 }
 
@@ -640,5 +654,36 @@ mod tests {
         assert_eq!(c.push(b"h"), b"");
         assert_eq!(c.data, b"abcde");
         assert!(c.truncated);
+    }
+
+    /// What a program wrote before it exited is kept even when the drain is told to stop
+    /// before the runtime has seen the pipe become readable (a starved runtime under load).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_stopped_drain_still_takes_what_is_buffered() {
+        let (r, w) = cella_jail::sys::pipe().unwrap();
+        cella_jail::sys::write_all(w.as_fd(), b"42\n").unwrap();
+        let (exit_tx, exit) = watch::channel(None);
+        let (actions, _) = mpsc::unbounded_channel();
+        let process = Arc::new(Process {
+            id: 1,
+            pid: 1,
+            argv: Vec::new(),
+            cwd: String::new(),
+            started_at: SystemTime::now(),
+            output: Mutex::new(Output {
+                stdout: Capped {
+                    cap: 1 << 20,
+                    ..Default::default()
+                },
+                stderr: Capped::default(),
+            }),
+            exit,
+            actions,
+        });
+        let (stop, stopped) = watch::channel(false);
+        stop.send(true).unwrap();
+        drain(r, Stream::Stdout, process.clone(), None, stopped).await;
+        assert_eq!(process.captured().stdout, b"42\n");
+        drop((w, exit_tx));
     }
 }
