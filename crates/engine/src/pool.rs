@@ -30,9 +30,18 @@ impl<T: Send + 'static> WarmPool<T> {
         })
     }
 
-    /// A ready item, if there is one; asks for a replacement either way.
-    pub fn take(&self) -> Option<T> {
-        let item = self.items.lock().unwrap_or_else(|p| p.into_inner()).pop();
+    /// A ready item that is still `usable`, if there is one; unusable ones go to `discard`.
+    /// Asks for replacements either way.
+    pub fn take_usable(&self, usable: impl Fn(&T) -> bool, discard: impl Fn(T)) -> Option<T> {
+        let item = loop {
+            let Some(item) = self.items.lock().unwrap_or_else(|p| p.into_inner()).pop() else {
+                break None;
+            };
+            if usable(&item) {
+                break Some(item);
+            }
+            discard(item);
+        };
         self.refill.notify_one();
         item
     }

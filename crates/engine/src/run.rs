@@ -7,6 +7,7 @@
 //! slots with a FIFO queue behind them: overload makes runs wait their turn instead of timing
 //! out or starving the machine.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -236,26 +237,33 @@ impl Runs {
         permit
     }
 
+    /// Keeps `pool` filled by `make` in the background, from the first call on.
+    fn keep_warm<T, Fut>(
+        self: &Arc<Self>,
+        pool: &Arc<WarmPool<T>>,
+        make: impl Fn(Arc<Runs>) -> Fut + Send + 'static,
+    ) where
+        T: Send + 'static,
+        Fut: Future<Output = Result<T>> + Send,
+    {
+        let runs = self.clone();
+        let engine = self.engine.clone();
+        pool.start(move || make(runs.clone()), move || engine.is_stopping());
+    }
+
     /// A fresh sandbox of the run shape, from the pool when one is ready.
     pub async fn claim(self: &Arc<Self>) -> Result<Arc<Sandbox>> {
         self.build_skeleton();
-        let runs = self.clone();
-        let engine = self.engine.clone();
-        self.sandboxes.start(
-            move || {
-                let runs = runs.clone();
-                async move { runs.engine.create(runs.shape()).await }
-            },
-            move || engine.is_stopping(),
-        );
+        self.keep_warm(&self.sandboxes, |runs| async move {
+            runs.engine.create(runs.shape()).await
+        });
         // A pooled sandbox may have been stopped meanwhile (its lifetime ran out).
-        while let Some(s) = self.sandboxes.take() {
-            if s.is_running() {
-                return Ok(s);
-            }
-            self.discard(s);
+        let usable = |s: &Arc<Sandbox>| s.is_running();
+        let pooled = self.sandboxes.take_usable(usable, |s| self.discard(s));
+        match pooled {
+            Some(sandbox) => Ok(sandbox),
+            None => self.engine.create(self.shape()).await,
         }
-        self.engine.create(self.shape()).await
     }
 
     /// A fresh sandbox with a started kernel, from the pool when one is ready.
@@ -263,22 +271,15 @@ impl Runs {
         self: &Arc<Self>,
         startup_timeout: Duration,
     ) -> Result<(Arc<Sandbox>, Kernel)> {
-        let runs = self.clone();
-        let engine = self.engine.clone();
-        self.kernels.start(
-            move || {
-                let runs = runs.clone();
-                async move { runs.start_kernel(Duration::from_secs(60)).await }
-            },
-            move || engine.is_stopping(),
-        );
-        while let Some((sandbox, kernel)) = self.kernels.take() {
-            if sandbox.is_running() && !kernel.is_dead() {
-                return Ok((sandbox, kernel));
-            }
-            self.discard(sandbox);
+        self.keep_warm(&self.kernels, |runs| async move {
+            runs.start_kernel(Duration::from_secs(60)).await
+        });
+        let usable = |(s, k): &(Arc<Sandbox>, Kernel)| s.is_running() && !k.is_dead();
+        let pooled = self.kernels.take_usable(usable, |(s, _)| self.discard(s));
+        match pooled {
+            Some(ready) => Ok(ready),
+            None => self.start_kernel(startup_timeout).await,
         }
-        self.start_kernel(startup_timeout).await
     }
 
     async fn start_kernel(
