@@ -39,13 +39,7 @@ fn health_openapi_and_metrics() {
 
     let id = s.sandbox(json!({}));
     s.sh(&id, "true");
-    let metrics = s
-        .http
-        .get(format!("{}/metrics", s.url))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = s.metrics();
     for m in [
         "cella_sandbox_create_seconds_bucket",
         "cella_exec_seconds_bucket",

@@ -217,6 +217,12 @@ impl Server {
             .expect("request")
     }
 
+    /// The Prometheus exposition at `/metrics`.
+    pub fn metrics(&self) -> String {
+        let r = self.http.get(format!("{}/metrics", self.url)).send();
+        r.and_then(Response::text).expect("metrics")
+    }
+
     pub fn delete(&self, path: &str) -> Response {
         self.http.delete(self.api(path)).send().expect("request")
     }

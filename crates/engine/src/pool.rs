@@ -43,6 +43,8 @@ impl<T: Send + 'static> WarmPool<T> {
             discard(item);
         };
         self.refill.notify_one();
+        let hit = if item.is_some() { "true" } else { "false" };
+        metrics::counter!("cella_pool_takes_total", "pool" => self.what, "hit" => hit).increment(1);
         item
     }
 
