@@ -370,3 +370,54 @@ print(pickle.loads(pickle.dumps(Point(3))), inspect.getsource(f).splitlines()[0]
         "{r}"
     );
 }
+
+/// How many times `pool` had an item ready when a run asked, from `/metrics`.
+fn pool_hits(s: &Server, pool: &str) -> u64 {
+    let metrics = s.metrics();
+    let series = format!("cella_pool_takes_total{{pool=\"{pool}\",hit=\"true\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// Plain Python runs take an interpreter parked ahead of time in a pooled sandbox; from the
+/// program's side nothing differs from a fresh start: stdin, argv, exit code, the timeout
+/// that kills its tree, its memory limit.
+#[test]
+fn python_runs_take_a_parked_interpreter() {
+    let s = Server::start();
+    for i in 0..5 {
+        let code = format!("import sys\nprint({i}, sys.stdin.read(), sys.argv)\nsys.exit(3)");
+        let r = run(
+            &s,
+            json!({"language": "python", "code": code, "stdin": "in"}),
+        );
+        assert_eq!(r["run"]["exit_code"], 3, "{r}");
+        assert_eq!(r["run"]["stdout"], format!("{i} in ['main.py']\n"), "{r}");
+        // Time for the pool to make the next one.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let hits = pool_hits(&s, "pythons");
+    assert!(hits >= 3, "{hits} runs took a parked interpreter");
+
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let code =
+        "import subprocess, time\nsubprocess.Popen(['sleep', '60'])\nwhile True: time.sleep(1)";
+    let r = run(
+        &s,
+        json!({"language": "python", "code": code, "run_timeout": 1}),
+    );
+    assert_eq!(r["run"]["status"], "time_limit_exceeded", "{r}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    std::thread::sleep(Duration::from_millis(500));
+    let code = "x = bytearray(512 << 20)\nprint('allocated')";
+    let r = run(
+        &s,
+        json!({"language": "python", "code": code, "memory_mb": 128}),
+    );
+    assert_eq!(r["run"]["oom_killed"], true, "{r}");
+    assert!(pool_hits(&s, "pythons") >= hits + 2);
+}

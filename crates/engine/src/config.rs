@@ -91,7 +91,8 @@ pub struct ImagesConfig {
 pub struct PoolConfig {
     /// Empty network namespaces kept ready (creating one is a global kernel lock).
     pub netns: usize,
-    /// Ready sandboxes of the default shape kept for one-shot runs.
+    /// Ready sandboxes of the default shape kept for one-shot runs, and as many again with
+    /// an interpreter parked for plain `python` runs (pools fill once first used).
     pub warm_sandboxes: usize,
     /// Ready sandboxes with a started Jupyter kernel kept for notebook runs.
     pub warm_kernels: usize,

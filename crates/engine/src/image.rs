@@ -91,6 +91,11 @@ impl Images {
         self.aliases.get(name).map_or(name, String::as_str)
     }
 
+    /// Whether `name` is (an alias of) the `host` image.
+    pub fn is_host(&self, name: &str) -> bool {
+        self.canonical(name) == HOST
+    }
+
     pub fn resolve(&self, name: &str) -> Result<Image> {
         let canonical = self.canonical(name);
         if canonical == HOST {

@@ -284,7 +284,11 @@ pub async fn run_with(
     opts: ExecOptions,
     launcher: Launcher<'_>,
 ) -> Result<Outcome> {
-    let process = start_with(sandbox, opts, None, launcher).await?;
+    collect(sandbox, start_with(sandbox, opts, None, launcher).await?).await
+}
+
+/// Waits for `process` to end and takes what it printed.
+async fn collect(sandbox: &Sandbox, process: Arc<Process>) -> Result<Outcome> {
     let exit = process
         .wait(None)
         .await
@@ -330,11 +334,74 @@ pub async fn start_with(
     sink: Option<mpsc::Sender<Chunk>>,
     launcher: Launcher<'_>,
 ) -> Result<Arc<Process>> {
+    let launched = launch(sandbox, &opts, launcher, false).await?;
+    Ok(launched.begin(opts, sink))
+}
+
+/// Starts `opts` (its command, environment and directory) from the zygote, held: the process
+/// waits in the sandbox, every privilege dropped, until [`Parked::run`] lets it go. The cost
+/// of starting it is then paid before anyone waits for it.
+pub async fn park(sandbox: &Arc<Sandbox>, opts: &ExecOptions, zygote: &Zygote) -> Result<Parked> {
+    launch(sandbox, opts, Launcher::Zygote(zygote), true)
+        .await
+        .map(Parked)
+}
+
+/// A process held before its program runs (see [`park`]). Dropping it lets the process exit.
+pub struct Parked(Launched);
+
+impl Parked {
+    /// The command it will run.
+    pub fn argv(&self) -> &[String] {
+        &self.0.argv
+    }
+
+    /// Whether the process is still waiting (it dies with its sandbox).
+    pub fn waiting(&self) -> bool {
+        self.0.events.is_empty() && !self.0.events.is_closed()
+    }
+
+    /// Lets the program run, with the stdin, timeout and output cap of `opts` (its command
+    /// was fixed when it was parked), and collects it.
+    pub async fn run(self, opts: ExecOptions) -> Result<Outcome> {
+        let sandbox = self.0.sandbox.clone();
+        collect(&sandbox, self.0.begin(opts, None)).await
+    }
+}
+
+/// A process started in its sandbox whose output nobody reads yet.
+struct Launched {
+    sandbox: Arc<Sandbox>,
+    id: u64,
+    pid: i32,
+    argv: Vec<String>,
+    cwd: String,
+    events: mpsc::UnboundedReceiver<ExecEvent>,
+    zygote_watcher: Option<OwnedFd>,
+    /// Our ends of its stdin, stdout and stderr.
+    pipes: [OwnedFd; 3],
+    /// A held process runs its program when a byte arrives here.
+    go: Option<OwnedFd>,
+    oom_before: u64,
+}
+
+async fn launch(
+    sandbox: &Arc<Sandbox>,
+    opts: &ExecOptions,
+    launcher: Launcher<'_>,
+    held: bool,
+) -> Result<Launched> {
     let id = sandbox.next_exec_id();
-    let spec = sandbox.exec_spec(id, &opts)?;
+    let spec = sandbox.exec_spec(id, opts)?;
     let (stdin_r, stdin_w) = pipe_pair(false)?;
     let (stdout_r, stdout_w) = pipe_pair(true)?;
     let (stderr_r, stderr_w) = pipe_pair(true)?;
+    let (go_r, go_w) = match held {
+        true => cella_jail::sys::pipe()
+            .map(|(r, w)| (Some(r), Some(w)))
+            .map_err(Error::internal)?,
+        false => (None, None),
+    };
     let control = sandbox.control();
     let oom_before = sandbox.usage().oom_kills;
     let stdio = [stdin_r, stdout_w, stderr_w];
@@ -342,7 +409,7 @@ pub async fn start_with(
         Launcher::Init => launch_by_init(sandbox, &spec, &stdio)
             .await
             .map(|events| (events, None)),
-        Launcher::Zygote(zygote) => launch_by_zygote(sandbox, zygote, &spec, &stdio)
+        Launcher::Zygote(zygote) => launch_by_zygote(sandbox, zygote, &spec, &stdio, go_r)
             .map(|(events, watcher)| (events, Some(watcher))),
     };
     drop(stdio);
@@ -365,42 +432,65 @@ pub async fn start_with(
             return Err(Error::Conflict("the sandbox stopped".into()));
         }
     };
-    let started = Instant::now();
-    let (exit_tx, exit_rx) = watch::channel(None);
-    let (actions, actions_rx) = mpsc::unbounded_channel();
-    let process = Arc::new(Process {
+    Ok(Launched {
+        sandbox: sandbox.clone(),
         id,
         pid,
         argv: spec.argv,
         cwd: spec.cwd,
-        started_at: SystemTime::now(),
-        output: Mutex::default(),
-        exit: exit_rx,
-        actions,
-    });
-    {
-        let mut out = process.output.lock().unwrap_or_else(|p| p.into_inner());
-        out.stdout.cap = opts.output_cap;
-        out.stderr.cap = opts.output_cap;
-    }
-    sandbox.register_process(process.clone());
-    let pump = Pump {
-        zygote_watcher,
-        sandbox: sandbox.clone(),
-        process: process.clone(),
-        sink,
-        started,
-        oom_before,
-    };
-    tokio::spawn(pump.run(
         events,
-        actions_rx,
-        opts.stdin,
-        opts.timeout,
-        [stdin_w, stdout_r, stderr_r],
-        exit_tx,
-    ));
-    Ok(process)
+        zygote_watcher,
+        pipes: [stdin_w, stdout_r, stderr_r],
+        go: go_w,
+        oom_before,
+    })
+}
+
+impl Launched {
+    /// Lets a held process go, and starts the pump that feeds its stdin, reads its output and
+    /// enforces the timeout (from now) of `opts`.
+    fn begin(self, opts: ExecOptions, sink: Option<mpsc::Sender<Chunk>>) -> Arc<Process> {
+        if let Some(go) = &self.go {
+            // If it died meanwhile, the pump hears of its end at once.
+            let _ = cella_jail::sys::write_all(go.as_fd(), b"1");
+        }
+        let started = Instant::now();
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let (actions, actions_rx) = mpsc::unbounded_channel();
+        let process = Arc::new(Process {
+            id: self.id,
+            pid: self.pid,
+            argv: self.argv,
+            cwd: self.cwd,
+            started_at: SystemTime::now(),
+            output: Mutex::default(),
+            exit: exit_rx,
+            actions,
+        });
+        {
+            let mut out = process.output.lock().unwrap_or_else(|p| p.into_inner());
+            out.stdout.cap = opts.output_cap;
+            out.stderr.cap = opts.output_cap;
+        }
+        self.sandbox.register_process(process.clone());
+        let pump = Pump {
+            zygote_watcher: self.zygote_watcher,
+            sandbox: self.sandbox,
+            process: process.clone(),
+            sink,
+            started,
+            oom_before: self.oom_before,
+        };
+        tokio::spawn(pump.run(
+            self.events,
+            actions_rx,
+            opts.stdin,
+            opts.timeout,
+            self.pipes,
+            exit_tx,
+        ));
+        process
+    }
 }
 
 async fn launch_by_init(
@@ -424,6 +514,7 @@ fn launch_by_zygote(
     zygote: &Zygote,
     spec: &ExecSpec,
     stdio: &[OwnedFd; 3],
+    go: Option<OwnedFd>,
 ) -> Result<(mpsc::UnboundedReceiver<ExecEvent>, OwnedFd)> {
     let procs = sandbox
         .cgroup
@@ -437,9 +528,10 @@ fn launch_by_zygote(
     let (ours, theirs) = cella_jail::sys::seqpacket_pair().map_err(Error::internal)?;
     let mut fds = vec![sandbox.pidfd(), theirs.as_fd()];
     fds.extend(stdio.iter().map(|f| f.as_fd()));
+    fds.extend(go.iter().map(|f| f.as_fd()));
     fds.extend(procs.iter().map(|f| f.as_fd()));
     zygote
-        .launch(spec, sandbox.info().uid, &fds)
+        .launch(spec, sandbox.info().uid, go.is_some(), &fds)
         .map_err(|e| Error::Unavailable(format!("the Python zygote: {e}")))?;
     let watcher = ours.try_clone().map_err(Error::internal)?;
     Ok((crate::control::events_of(ours)?, watcher))

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::jupyter::{CellResult, Kernel, KernelDeath};
 use crate::language::{self, Availability, Language, LanguageInfo};
 use crate::pool::WarmPool;
-use crate::process::{self, Captured, ExecOptions, Exit, Launcher, Outcome};
+use crate::process::{self, Captured, ExecOptions, Exit, Launcher, Outcome, Parked};
 use crate::sandbox::Sandbox;
 
 /// Label carried by the sandboxes of one-shot runs; such sandboxes are internal and are not
@@ -31,6 +31,8 @@ pub const RUN_LABEL: &str = "cella.run";
 /// Compilers and build tools get at least this much memory, whatever the run's limit.
 const COMPILE_MEMORY_MB: u64 = 2048;
 const MIN_MEMORY_MB: u64 = 32;
+/// The language whose runs can take an interpreter parked ahead of time.
+const PARKED_LANGUAGE: &str = "python";
 
 #[derive(Debug, Clone)]
 pub struct RunRequest {
@@ -175,6 +177,8 @@ pub struct Runs {
     waiting: AtomicUsize,
     /// Ready sandboxes of the run shape.
     sandboxes: Arc<WarmPool<Arc<Sandbox>>>,
+    /// Ready sandboxes with a `python` run's interpreter parked in them (see [`process::park`]).
+    pythons: Arc<WarmPool<(Arc<Sandbox>, Parked)>>,
     /// Ready sandboxes with a started Jupyter kernel.
     kernels: Arc<WarmPool<(Arc<Sandbox>, Kernel)>>,
     /// The warm Pythons runs fork from, by [`Flavor`] (restarted if one dies).
@@ -188,8 +192,9 @@ impl Runs {
     pub fn new(engine: Arc<Engine>) -> Arc<Runs> {
         let slots = engine.config.runs.max_concurrency.max(1);
         let pools = &engine.config.pool;
-        let (sandboxes, kernels) = (
+        let (sandboxes, pythons, kernels) = (
             WarmPool::new("sandboxes", pools.warm_sandboxes),
+            WarmPool::new("pythons", pools.warm_sandboxes),
             WarmPool::new("kernels", pools.warm_kernels),
         );
         Arc::new(Runs {
@@ -198,6 +203,7 @@ impl Runs {
             slots: Semaphore::new(slots),
             waiting: AtomicUsize::new(0),
             sandboxes,
+            pythons,
             kernels,
             zygotes: Default::default(),
             probed: tokio::sync::OnceCell::new(),
@@ -263,6 +269,46 @@ impl Runs {
         match pooled {
             Some(sandbox) => Ok(sandbox),
             None => self.engine.create(self.shape()).await,
+        }
+    }
+
+    /// A fresh sandbox with a `python` run's interpreter parked in it, if the pool has one.
+    fn claim_parked(self: &Arc<Self>) -> Option<(Arc<Sandbox>, Parked)> {
+        self.build_skeleton();
+        self.keep_warm(
+            &self.pythons,
+            |runs| async move { runs.park_python().await },
+        );
+        let usable = |(s, p): &(Arc<Sandbox>, Parked)| s.is_running() && p.waiting();
+        self.pythons.take_usable(usable, |(s, _)| self.discard(s))
+    }
+
+    /// Whether a run can take a parked interpreter: plain `python` (other flavours fork from
+    /// another zygote) in sandboxes of the `host` image (the zygote is the host's Python).
+    fn parks(&self, lang: &Language, code: &str) -> bool {
+        let config = &self.engine.config;
+        lang.name == PARKED_LANGUAGE
+            && config.runs.python_zygote
+            && Flavor::for_code(code) == Flavor::Plain
+            && self.engine.images.is_host(&config.sandbox.image)
+    }
+
+    async fn park_python(self: &Arc<Self>) -> Result<(Arc<Sandbox>, Parked)> {
+        let lang = language::find(PARKED_LANGUAGE).ok_or_else(|| Error::internal("no python"))?;
+        let sandbox = self.engine.create(self.shape()).await?;
+        let parked = async {
+            let zygote = (self.python_zygote(&sandbox, Flavor::Plain).await)
+                .ok_or_else(|| Error::Unavailable("the Python zygote is not running".into()))?;
+            let argv = language::render(lang.run, "", self.engine.config.runs.memory_mb);
+            let opts = self.exec_options(lang, argv, Duration::ZERO, None);
+            process::park(&sandbox, &opts, &zygote).await
+        };
+        match parked.await {
+            Ok(parked) => Ok((sandbox, parked)),
+            Err(e) => {
+                self.discard(sandbox);
+                Err(e)
+            }
         }
     }
 
@@ -463,8 +509,15 @@ impl Runs {
         };
         let started = Instant::now();
         let _slot = self.admit().await?;
-        let sandbox = self.claim().await?;
-        let outcome = self.run_in(&sandbox, lang, &main, req).await;
+        let pooled = match self.parks(lang, &req.code) {
+            true => self.claim_parked(),
+            false => None,
+        };
+        let (sandbox, parked) = match pooled {
+            Some((sandbox, parked)) => (sandbox, Some(parked)),
+            None => (self.claim().await?, None),
+        };
+        let outcome = self.run_in(&sandbox, lang, &main, req, parked).await;
         self.discard(sandbox);
         metrics::histogram!("cella_run_seconds", "language" => lang.name)
             .record(started.elapsed().as_secs_f64());
@@ -573,6 +626,7 @@ impl Runs {
         lang: &'static Language,
         main: &str,
         req: RunRequest,
+        parked: Option<Parked>,
     ) -> Result<RunOutcome> {
         let memory_mb = self.memory_mb(req.memory_mb);
         let source = lang.source.replace("{main}", main);
@@ -592,16 +646,8 @@ impl Runs {
         if let Some(compile) = lang.compile {
             sandbox.set_memory_mb(memory_mb.max(COMPILE_MEMORY_MB))?;
             let argv = language::render(compile, main, memory_mb);
-            let step = self
-                .step(
-                    sandbox,
-                    lang,
-                    argv,
-                    req.compile_timeout,
-                    None,
-                    Flavor::Plain,
-                )
-                .await?;
+            let opts = self.exec_options(lang, argv, req.compile_timeout, None);
+            let step = self.step(sandbox, opts, Flavor::Plain, None).await?;
             let ok = step.succeeded();
             outcome.compile = Some(step);
             if !ok {
@@ -610,39 +656,56 @@ impl Runs {
         }
         sandbox.set_memory_mb(memory_mb)?;
         let argv = language::render(lang.run, main, memory_mb);
+        let opts = self.exec_options(lang, argv, req.run_timeout, req.stdin);
+        // Parked with the command this run would start, or not used.
+        let parked = parked.filter(|p| p.argv() == opts.argv);
         let flavor = Flavor::for_code(&req.code);
-        outcome.run = Some(
-            self.step(sandbox, lang, argv, req.run_timeout, req.stdin, flavor)
-                .await?,
-        );
+        outcome.run = Some(self.step(sandbox, opts, flavor, parked).await?);
 
         outcome.files = self.fetch_files(sandbox, req.fetch_files).await?;
         Ok(outcome)
     }
 
-    async fn step(
-        self: &Arc<Self>,
-        sandbox: &Arc<Sandbox>,
+    fn exec_options(
+        &self,
         lang: &Language,
         argv: Vec<String>,
         timeout: Duration,
         stdin: Option<Vec<u8>>,
-        flavor: Flavor,
-    ) -> Result<Step> {
-        let opts = ExecOptions {
+    ) -> ExecOptions {
+        ExecOptions {
             argv,
             env: lang_env(lang),
             cwd: None,
             stdin,
             timeout: Some(timeout),
             output_cap: self.engine.config.sandbox.output_cap_bytes,
+        }
+    }
+
+    /// Runs one step: the `parked` process if given, else a new one (from the `flavor`
+    /// zygote for Python).
+    async fn step(
+        self: &Arc<Self>,
+        sandbox: &Arc<Sandbox>,
+        opts: ExecOptions,
+        flavor: Flavor,
+        parked: Option<Parked>,
+    ) -> Result<Step> {
+        let result = match parked {
+            Some(parked) => parked.run(opts).await,
+            None => {
+                let zygote = match opts.argv.first() {
+                    Some(program) if program == "python3" => {
+                        self.python_zygote(sandbox, flavor).await
+                    }
+                    _ => None,
+                };
+                let launcher = zygote.as_deref().map_or(Launcher::Init, Launcher::Zygote);
+                process::run_with(sandbox, opts, launcher).await
+            }
         };
-        let zygote = match opts.argv.first() {
-            Some(program) if program == "python3" => self.python_zygote(sandbox, flavor).await,
-            _ => None,
-        };
-        let launcher = zygote.as_deref().map_or(Launcher::Init, Launcher::Zygote);
-        match process::run_with(sandbox, opts, launcher).await {
+        match result {
             Ok(Outcome { exit, output }) => {
                 let status = if exit.timed_out {
                     StepStatus::TimeLimitExceeded

@@ -8,8 +8,11 @@
 # sandbox process, runs user code.
 #
 # Per request (JSON, with descriptors): the sandbox init's pidfd, a channel for events, stdin,
-# stdout, stderr, then the cgroup.procs files to join. Events are the init's wire format:
-# {"Started": ...}, {"SpawnFailed": ...}, {"Exited": ...}.
+# stdout, stderr, for a held request the read end of its "go" pipe, then the cgroup.procs
+# files to join. Events are the init's wire format: {"Started": ...}, {"SpawnFailed": ...},
+# {"Exited": ...}. A held process is started as far as it can be without its program (in the
+# sandbox, every privilege dropped) and waits for a byte on "go" before it runs the program;
+# if the pipe closes instead, it exits.
 
 import sys
 
@@ -168,7 +171,15 @@ def run_user(req):
     os._exit(code)
 
 
-def grandchild(req, report, stdio, procs, filters, landlock_abi):
+def close_all_but(*keep):
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 65536)
+
+
+def grandchild(req, report, stdio, go, procs, filters, landlock_abi):
     try:
         for fd in procs:
             os.write(fd, b"0")
@@ -176,13 +187,16 @@ def grandchild(req, report, stdio, procs, filters, landlock_abi):
         for target, fd in enumerate(stdio):
             os.dup2(fd, target)
         drop_privileges(req, filters, landlock_abi)
-        os.closerange(3, report)
-        os.closerange(report + 1, 65536)
+        close_all_but(report, *go)
         os.write(report, b"P%d" % os.getpid())
         os.close(report)
     except BaseException as e:  # noqa: BLE001
         os.write(report, b"E" + str(e).encode())
         os._exit(127)
+    for fd in go:
+        if not os.read(fd, 1):
+            os._exit(0)  # let go of without running
+        os.close(fd)
     run_user(req)
 
 
@@ -191,7 +205,9 @@ def child(req, fds, filters, landlock_abi):
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     CHANNEL.close()
     pidfd, events_fd, *rest = fds
-    stdio, procs = rest[:3], rest[3:]
+    stdio, rest = rest[:3], rest[3:]
+    held = 1 if req["held"] else 0
+    go, procs = rest[:held], rest[held:]  # go: the held request's pipe, if any
     events = socket.socket(fileno=events_fd)
     exec_id = req["id"]
     # One call joins every namespace of the init; the mount namespace also moves our root.
@@ -207,12 +223,12 @@ def child(req, fds, filters, landlock_abi):
         os.close(read_end)
         events.close()
         try:
-            grandchild(req, report, stdio, procs, filters, landlock_abi)
+            grandchild(req, report, stdio, go, procs, filters, landlock_abi)
         except BaseException:  # noqa: BLE001 - a bug here must still say something
             os.write(2, traceback.format_exc().encode())
             os._exit(1)
     os.close(report)
-    for fd in (*stdio, *procs):
+    for fd in (*stdio, *go, *procs):
         os.close(fd)
     message = b""
     while chunk := os.read(read_end, 4096):

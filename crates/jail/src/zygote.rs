@@ -30,6 +30,8 @@ struct Request<'a> {
     env: &'a [String],
     cwd: &'a str,
     rlimits: &'a [(u32, u64, u64)],
+    /// Wait for a byte on the "go" pipe before running the program.
+    held: bool,
 }
 
 pub struct Zygote {
@@ -100,9 +102,17 @@ impl Zygote {
     }
 
     /// Starts one process. `fds`: the sandbox init's pidfd, the events channel, stdin,
-    /// stdout, stderr, then the `cgroup.procs` files to join. Events arrive on the channel.
-    pub fn launch(&self, spec: &ExecSpec, uid: u32, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    /// stdout, stderr, if `held` the read end of a pipe on which a byte lets the program run,
+    /// then the `cgroup.procs` files to join. Events arrive on the channel.
+    pub fn launch(
+        &self,
+        spec: &ExecSpec,
+        uid: u32,
+        held: bool,
+        fds: &[BorrowedFd<'_>],
+    ) -> io::Result<()> {
         let req = Request {
+            held,
             id: spec.id,
             uid,
             argv: &spec.argv,
