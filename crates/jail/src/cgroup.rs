@@ -168,27 +168,41 @@ impl Cgroups {
     }
 }
 
+/// The cgroup mounts listed in `/proc/self/mountinfo` text: mount point, filesystem type
+/// (`cgroup` or `cgroup2`) and super options.
+fn cgroup_mounts(mountinfo: &str) -> impl Iterator<Item = (&str, &str, &str)> {
+    mountinfo.lines().filter_map(|line| {
+        // ... mount_point ... - fstype source super_options
+        let (pre, post) = line.split_once(" - ")?;
+        let mount_point = pre.split(' ').nth(4)?;
+        let mut post = post.split(' ');
+        let (fstype, _source, opts) = (post.next()?, post.next(), post.next().unwrap_or(""));
+        fstype
+            .starts_with("cgroup")
+            .then_some((mount_point, fstype, opts))
+    })
+}
+
+/// Whether any cgroup hierarchy is mounted with `favordynmods` (the lock it relaxes is shared
+/// by all of them).
+pub fn favor_dynmods() -> bool {
+    fs::read_to_string("/proc/self/mountinfo").is_ok_and(|mountinfo| {
+        cgroup_mounts(&mountinfo).any(|(_, _, opts)| opts.split(',').any(|o| o == "favordynmods"))
+    })
+}
+
 fn detect_layout(mountinfo: &str) -> Result<Layout> {
     let mut v1 = std::collections::HashMap::new();
     let mut v2 = None;
-    for line in mountinfo.lines() {
-        // ... mount_point ... - fstype source super_options
-        let Some((pre, post)) = line.split_once(" - ") else {
-            continue;
-        };
-        let Some(mount_point) = pre.split(' ').nth(4) else {
-            continue;
-        };
-        let mut post = post.split(' ');
-        let (fstype, _source, opts) = (post.next(), post.next(), post.next().unwrap_or(""));
+    for (mount_point, fstype, opts) in cgroup_mounts(mountinfo) {
         match fstype {
-            Some("cgroup") => {
+            "cgroup" => {
                 for opt in opts.split(',') {
                     v1.entry(opt.to_string())
                         .or_insert_with(|| PathBuf::from(mount_point));
                 }
             }
-            Some("cgroup2") => {
+            "cgroup2" => {
                 let controllers =
                     fs::read_to_string(Path::new(mount_point).join("cgroup.controllers"))
                         .unwrap_or_default();

@@ -121,23 +121,8 @@ pub fn probe() -> Result<Features> {
         kernel,
         landlock_abi: abi.max(0),
         seccomp_actions,
-        favor_dynmods: favor_dynmods(),
+        favor_dynmods: crate::cgroup::favor_dynmods(),
     })
-}
-
-/// Whether any cgroup hierarchy is mounted with `favordynmods` (the lock it relaxes is shared
-/// by all of them).
-fn favor_dynmods() -> bool {
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once(" - "))
-        .any(|(_, fs)| {
-            let mut fields = fs.split_whitespace();
-            let kind = fields.next().unwrap_or_default();
-            let options = fields.nth(1).unwrap_or_default();
-            kind.starts_with("cgroup") && options.split(',').any(|o| o == "favordynmods")
-        })
 }
 
 fn require_syscall(name: &str, why: &str, call: impl FnOnce() -> libc::c_long) -> Result<()> {
