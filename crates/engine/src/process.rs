@@ -396,12 +396,8 @@ async fn launch(
     let (stdin_r, stdin_w) = pipe_pair(false)?;
     let (stdout_r, stdout_w) = pipe_pair(true)?;
     let (stderr_r, stderr_w) = pipe_pair(true)?;
-    let (go_r, go_w) = match held {
-        true => cella_jail::sys::pipe()
-            .map(|(r, w)| (Some(r), Some(w)))
-            .map_err(Error::internal)?,
-        false => (None, None),
-    };
+    let go = held.then(cella_jail::sys::pipe).transpose();
+    let (go_r, go_w) = go.map_err(Error::internal)?.unzip();
     let control = sandbox.control();
     let oom_before = sandbox.usage().oom_kills;
     let stdio = [stdin_r, stdout_w, stderr_w];
@@ -715,8 +711,8 @@ async fn drain(
         }
     }
     // Read the pipe itself, not through the runtime: a runtime starved of CPU may not have
-    // seen it become readable yet, and would take it for empty. At most what a
-    // pipe holds, so a background writer cannot keep this going.
+    // seen it become readable yet, and would take it for empty. At most what a pipe holds,
+    // so a background writer cannot keep this going.
     let Ok(mut pipe) = rx.into_nonblocking_fd().map(std::fs::File::from) else {
         return;
     };

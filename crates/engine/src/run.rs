@@ -285,11 +285,11 @@ impl Runs {
 
     /// Whether a run can take a parked interpreter: plain `python` (other flavours fork from
     /// another zygote) in sandboxes of the `host` image (the zygote is the host's Python).
-    fn parks(&self, lang: &Language, code: &str) -> bool {
+    fn parks(&self, lang: &Language, flavor: Flavor) -> bool {
         let config = &self.engine.config;
         lang.name == PARKED_LANGUAGE
             && config.runs.python_zygote
-            && Flavor::for_code(code) == Flavor::Plain
+            && flavor == Flavor::Plain
             && self.engine.images.is_host(&config.sandbox.image)
     }
 
@@ -509,15 +509,19 @@ impl Runs {
         };
         let started = Instant::now();
         let _slot = self.admit().await?;
-        let pooled = match self.parks(lang, &req.code) {
-            true => self.claim_parked(),
-            false => None,
+        let flavor = Flavor::for_code(&req.code);
+        let pooled = if self.parks(lang, flavor) {
+            self.claim_parked()
+        } else {
+            None
         };
         let (sandbox, parked) = match pooled {
             Some((sandbox, parked)) => (sandbox, Some(parked)),
             None => (self.claim().await?, None),
         };
-        let outcome = self.run_in(&sandbox, lang, &main, req, parked).await;
+        let outcome = self
+            .run_in(&sandbox, lang, &main, req, flavor, parked)
+            .await;
         self.discard(sandbox);
         metrics::histogram!("cella_run_seconds", "language" => lang.name)
             .record(started.elapsed().as_secs_f64());
@@ -626,6 +630,7 @@ impl Runs {
         lang: &'static Language,
         main: &str,
         req: RunRequest,
+        flavor: Flavor,
         parked: Option<Parked>,
     ) -> Result<RunOutcome> {
         let memory_mb = self.memory_mb(req.memory_mb);
@@ -659,7 +664,6 @@ impl Runs {
         let opts = self.exec_options(lang, argv, req.run_timeout, req.stdin);
         // Parked with the command this run would start, or not used.
         let parked = parked.filter(|p| p.argv() == opts.argv);
-        let flavor = Flavor::for_code(&req.code);
         outcome.run = Some(self.step(sandbox, opts, flavor, parked).await?);
 
         outcome.files = self.fetch_files(sandbox, req.fetch_files).await?;
