@@ -283,8 +283,8 @@ fn registered_images() {
             .contains(&json!("python:3.11"))
     );
 
-    // A minimal root filesystem: dash and the C library it needs.
-    let root = s.data_dir.with_extension("rootfs");
+    // A minimal root filesystem under the data dir's image root: dash and its C library.
+    let root = s.data_dir.join("images/tiny");
     for dir in ["bin", "lib/x86_64-linux-gnu", "lib64", "etc"] {
         std::fs::create_dir_all(root.join(dir)).unwrap();
     }
@@ -313,11 +313,22 @@ fn registered_images() {
             .status(),
         400
     );
-    assert_eq!(
-        s.post("/images", json!({"name": "bad", "path": "/tmp"}))
-            .status(),
-        400
-    );
+    // Only directories under an image root become images, however they are named: no
+    // host directory (here `/usr`, which has a `bin/sh`) escapes the `host` image's masks.
+    std::os::unix::fs::symlink("/usr", s.data_dir.join("images/escape")).unwrap();
+    for path in ["/usr", "/tmp", "images/escape", "images/tiny/.."] {
+        let path = s.data_dir.join(path);
+        let r = s.post("/images", json!({"name": "bad", "path": path}));
+        assert_eq!(r.status(), 400, "{path:?}");
+        let body = json_of(r);
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("image root"),
+            "{body}"
+        );
+    }
 
     let id = s.sandbox(json!({"image": "tiny"}));
     let r = s.exec(&id, json!({"command": ["/bin/sh", "-c", "read x < /etc/marker; echo $x; echo > /tmp/w && echo writable"]}));

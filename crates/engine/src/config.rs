@@ -84,6 +84,9 @@ pub struct ImagesConfig {
     pub aliases: BTreeMap<String, String>,
     /// Paths hidden in the `host` image, in addition to the built-in list.
     pub host_masks: Vec<PathBuf>,
+    /// Directories under which root filesystems may be registered as images, in addition
+    /// to the data dir's `images` (the API must not turn any host directory into an image).
+    pub roots: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -186,6 +189,7 @@ impl Default for ImagesConfig {
         ImagesConfig {
             aliases,
             host_masks: Vec::new(),
+            roots: Vec::new(),
         }
     }
 }

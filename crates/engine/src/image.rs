@@ -1,8 +1,9 @@
 //! Images: read-only root filesystems sandboxes are made from.
 //!
-//! `host` is this machine's `/` with private paths masked. Any directory holding a root
-//! filesystem can be registered under a name (kept in the state store), and names such as
-//! `python:3.11` resolve through the alias table of the configuration.
+//! `host` is this machine's `/` with private paths masked. A directory holding a root
+//! filesystem under one of the image roots (the data dir's `images`, and any the
+//! configuration adds) can be registered under a name (kept in the state store), and names
+//! such as `python:3.11` resolve through the alias table of the configuration.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -66,6 +67,8 @@ struct Record {
 pub struct Images {
     aliases: BTreeMap<String, String>,
     host_masks: Vec<PathBuf>,
+    /// Canonical directories registered images must lie under.
+    roots: Vec<PathBuf>,
     registered: RwLock<BTreeMap<String, Record>>,
 }
 
@@ -75,6 +78,13 @@ impl Images {
         host_masks.push(config.data_dir.clone());
         host_masks.extend(config_file.map(Path::to_path_buf));
         host_masks.extend(config.images.host_masks.iter().cloned());
+        let roots = std::iter::once(config.images_dir())
+            .chain(config.images.roots.iter().cloned())
+            .map(|root| {
+                root.canonicalize()
+                    .map_err(|e| Error::Internal(format!("image root {}: {e}", root.display())))
+            })
+            .collect::<Result<_>>()?;
         let registered = store
             .all::<Record>(IMAGES)?
             .into_iter()
@@ -83,6 +93,7 @@ impl Images {
         Ok(Images {
             aliases: config.images.aliases.clone(),
             host_masks,
+            roots,
             registered: RwLock::new(registered),
         })
     }
@@ -148,7 +159,7 @@ impl Images {
                 "image name {name:?} is built in or an alias"
             )));
         }
-        let path = validate_rootfs(path)?;
+        let path = self.validate_rootfs(path)?;
         let record = Record {
             name: name.to_string(),
             path: path.clone(),
@@ -168,6 +179,47 @@ impl Images {
             aliases: Vec::new(),
             created_at: Some(record.created_at),
         })
+    }
+
+    /// The canonical path of a root filesystem under one of the image roots.
+    fn validate_rootfs(&self, path: &Path) -> Result<PathBuf> {
+        if !path.is_absolute() {
+            return Err(Error::invalid("the image path must be absolute"));
+        }
+        let path = path
+            .canonicalize()
+            .map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
+        // Canonical, so a symlink under a root cannot lead outside it.
+        if !self
+            .roots
+            .iter()
+            .any(|root| path.starts_with(root) && path != *root)
+        {
+            return Err(Error::invalid(format!(
+                "{} is not under an image root ({})",
+                path.display(),
+                self.roots
+                    .iter()
+                    .map(|r| r.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let text = path.to_string_lossy();
+        // overlayfs separates layers with ':' and options with ','.
+        if text.contains([':', ',']) {
+            return Err(Error::invalid("the image path must not contain ':' or ','"));
+        }
+        let has_shell = ["bin/sh", "usr/bin/sh"]
+            .iter()
+            .any(|sh| path.join(sh).exists());
+        if !path.is_dir() || !has_shell {
+            return Err(Error::invalid(format!(
+                "{} is not a root filesystem (no bin/sh)",
+                path.display()
+            )));
+        }
+        Ok(path)
     }
 
     pub fn remove(&self, name: &str, store: &Store) -> Result<()> {
@@ -192,31 +244,4 @@ fn validate_name(name: &str) -> Result<()> {
             "invalid image name {name:?}: use letters, digits and ._:-/"
         )))
     }
-}
-
-fn validate_rootfs(path: &Path) -> Result<PathBuf> {
-    if !path.is_absolute() {
-        return Err(Error::invalid("the image path must be absolute"));
-    }
-    let path = path
-        .canonicalize()
-        .map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
-    let text = path.to_string_lossy();
-    // overlayfs separates layers with ':' and options with ','.
-    if text.contains([':', ',']) {
-        return Err(Error::invalid("the image path must not contain ':' or ','"));
-    }
-    if path == Path::new("/") {
-        return Err(Error::invalid("`/` is the built-in `host` image"));
-    }
-    let has_shell = ["bin/sh", "usr/bin/sh"]
-        .iter()
-        .any(|sh| path.join(sh).exists());
-    if !path.is_dir() || !has_shell {
-        return Err(Error::invalid(format!(
-            "{} is not a root filesystem (no bin/sh)",
-            path.display()
-        )));
-    }
-    Ok(path)
 }
