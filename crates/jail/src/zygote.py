@@ -171,6 +171,10 @@ def run_user(req):
     os._exit(code)
 
 
+def cpu_micros(usage):
+    return int((usage.ru_utime + usage.ru_stime) * 1e6)
+
+
 def close_all_but(*keep):
     low = 3
     for fd in sorted(keep):
@@ -188,7 +192,10 @@ def grandchild(req, report, stdio, go, procs, filters, landlock_abi):
             os.dup2(fd, target)
         drop_privileges(req, filters, landlock_abi)
         close_all_but(report, *go)
-        os.write(report, b"P%d" % os.getpid())
+        # The CPU spent on getting here is the sandbox's, not the program's: the parent
+        # takes it off what it reports.
+        setup = resource.getrusage(resource.RUSAGE_SELF)
+        os.write(report, b"P%d %d" % (os.getpid(), cpu_micros(setup)))
         os.close(report)
     except BaseException as e:  # noqa: BLE001
         os.write(report, b"E" + str(e).encode())
@@ -238,10 +245,11 @@ def child(req, fds, filters, landlock_abi):
         error = message[1:].decode(errors="replace") or "the process died while starting"
         send(events, {"SpawnFailed": {"id": exec_id, "error": error, "missing_program": False}})
         os._exit(0)
-    send(events, {"Started": {"id": exec_id, "pid": int(message[1:])}})
+    started, setup_us = map(int, message[1:].split())
+    send(events, {"Started": {"id": exec_id, "pid": started}})
     forward_signals(events, pid)
     _, status, usage = os.wait4(pid, 0)
-    cpu_us = int((usage.ru_utime + usage.ru_stime) * 1e6)
+    cpu_us = max(0, cpu_micros(usage) - setup_us)
     code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
     sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
     send(events, {"Exited": {"id": exec_id, "code": code, "signal": sig, "cpu_us": cpu_us}})
