@@ -1,0 +1,451 @@
+//! One-shot runs (SandboxFusion's `run_code`): a fresh sandbox, the code and files written,
+//! compile, run, fetch files, destroy.
+//!
+//! This is the hottest path, so sandboxes (plain, with a Python interpreter parked, or with a
+//! started kernel) come from small pools kept ready in the background (`warm.rs`), and
+//! destruction happens after the answer. Runs are admitted through a bounded number of
+//! slots with a FIFO queue behind them: overload makes runs wait their turn instead of timing
+//! out or starving the machine.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use cella_jail::zygote::Zygote;
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+use crate::engine::{CreateSandbox, Engine};
+use crate::error::{Error, Result};
+use crate::jupyter::{CellResult, Kernel, KernelDeath};
+use crate::language::{self, Availability, Language};
+use crate::pool::WarmPool;
+use crate::process::{self, Captured, ExecOptions, Exit, Launcher, Outcome, Parked};
+use crate::sandbox::Sandbox;
+
+mod probe;
+mod warm;
+
+use warm::Flavor;
+
+/// Label carried by the sandboxes of one-shot runs; such sandboxes are internal and are not
+/// listed by the native API.
+pub const RUN_LABEL: &str = "cella.run";
+/// Compilers and build tools get at least this much memory, whatever the run's limit.
+const COMPILE_MEMORY_MB: u64 = 2048;
+const MIN_MEMORY_MB: u64 = 32;
+
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub language: String,
+    pub code: String,
+    pub stdin: Option<Vec<u8>>,
+    pub compile_timeout: Duration,
+    pub run_timeout: Duration,
+    /// Memory limit of the run step (`None`: the configured default).
+    pub memory_mb: Option<u64>,
+    /// Files written before compiling: relative paths are in the work directory.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// Files read back after the run; missing ones are left out.
+    pub fetch_files: Vec<String>,
+}
+
+/// A notebook run (SandboxFusion's `run_jupyter`): cells in order in a fresh kernel.
+#[derive(Debug, Clone)]
+pub struct NotebookRequest {
+    pub cells: Vec<String>,
+    /// Each cell is interrupted after this long (`None`: only the total applies).
+    pub cell_timeout: Option<Duration>,
+    pub total_timeout: Duration,
+    pub memory_mb: Option<u64>,
+    pub files: Vec<(String, Vec<u8>)>,
+    pub fetch_files: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NotebookOutcome {
+    /// One result per cell that ran; a failing cell does not stop the next.
+    pub cells: Vec<CellResult>,
+    pub files: Vec<(String, Vec<u8>)>,
+    pub wall: Duration,
+    /// The total timeout ended the notebook before every cell ran.
+    pub timed_out: bool,
+    /// The kernel died during a cell (the cell's code ended it); later cells did not run.
+    pub kernel_death: Option<KernelDeath>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepStatus {
+    Finished,
+    TimeLimitExceeded,
+    /// The step could not be carried out (its message says why).
+    Error,
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub status: StepStatus,
+    pub exit: Option<Exit>,
+    pub output: Captured,
+}
+
+impl Step {
+    fn error(message: String) -> Step {
+        let output = Captured {
+            stderr: message.into_bytes(),
+            ..Default::default()
+        };
+        Step {
+            status: StepStatus::Error,
+            exit: None,
+            output,
+        }
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.status == StepStatus::Finished
+            && self.exit.as_ref().is_some_and(|e| e.exit_code == Some(0))
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOutcome {
+    pub compile: Option<Step>,
+    pub run: Option<Step>,
+    pub files: Vec<(String, Vec<u8>)>,
+    /// Set when the language cannot run on this server, with the reason.
+    pub unavailable: Option<String>,
+}
+
+pub struct Runs {
+    engine: Arc<Engine>,
+    pub availability: Availability,
+    slots: Semaphore,
+    waiting: AtomicUsize,
+    /// Ready sandboxes of the run shape.
+    sandboxes: Arc<WarmPool<Arc<Sandbox>>>,
+    /// Ready sandboxes with a `python` run's interpreter parked in them (see [`process::park`]).
+    pythons: Arc<WarmPool<(Arc<Sandbox>, Parked)>>,
+    /// Ready sandboxes with a started Jupyter kernel.
+    kernels: Arc<WarmPool<(Arc<Sandbox>, Kernel)>>,
+    /// The warm Pythons runs fork from, by [`Flavor`] (restarted if one dies).
+    zygotes: [tokio::sync::Mutex<Option<Arc<Zygote>>>; 3],
+    /// Set once the toolchains have been checked.
+    probed: tokio::sync::OnceCell<()>,
+    skeleton_started: std::sync::atomic::AtomicBool,
+}
+
+impl Runs {
+    pub fn new(engine: Arc<Engine>) -> Arc<Runs> {
+        let slots = engine.config.runs.max_concurrency.max(1);
+        let pools = &engine.config.pool;
+        let (sandboxes, pythons, kernels) = (
+            WarmPool::new("sandboxes", pools.warm_sandboxes),
+            WarmPool::new("pythons", pools.warm_sandboxes),
+            WarmPool::new("kernels", pools.warm_kernels),
+        );
+        Arc::new(Runs {
+            engine,
+            availability: Availability::default(),
+            slots: Semaphore::new(slots),
+            waiting: AtomicUsize::new(0),
+            sandboxes,
+            pythons,
+            kernels,
+            zygotes: Default::default(),
+            probed: tokio::sync::OnceCell::new(),
+            skeleton_started: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    fn shape(&self) -> CreateSandbox {
+        CreateSandbox {
+            memory_mb: Some(self.engine.config.runs.memory_mb),
+            labels: [(RUN_LABEL.to_string(), "true".to_string())].into(),
+            idle_timeout_secs: Some(0),
+            ..Default::default()
+        }
+    }
+
+    /// Waits for a run slot, or refuses at once when the queue is full.
+    pub async fn admit(&self) -> Result<SemaphorePermit<'_>> {
+        if let Ok(permit) = self.slots.try_acquire() {
+            return Ok(permit);
+        }
+        let max_queue = self.engine.config.runs.max_queue;
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= max_queue {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::Busy(format!(
+                "the run queue is full ({max_queue} waiting); retry later"
+            )));
+        }
+        let queued = Instant::now();
+        let permit = self.slots.acquire().await.map_err(Error::internal);
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        metrics::histogram!("cella_run_queue_seconds").record(queued.elapsed().as_secs_f64());
+        permit
+    }
+
+    /// Destroys a used sandbox after the caller has its answer.
+    pub fn discard(&self, sandbox: Arc<Sandbox>) {
+        let engine = self.engine.clone();
+        tokio::spawn(async move {
+            let _ = engine.delete(&sandbox.id).await;
+        });
+    }
+
+    pub async fn run(self: &Arc<Self>, req: RunRequest) -> Result<RunOutcome> {
+        let lang = language::find(&req.language)
+            .ok_or_else(|| Error::invalid(format!("unknown language {:?}", req.language)))?;
+        if let Some(why) = self.availability.unavailable(lang) {
+            return Ok(unavailable(lang, &why));
+        }
+        let main = match lang.main_name(&req.code) {
+            Ok(m) => m,
+            Err(why) => {
+                return Ok(RunOutcome {
+                    compile: Some(Step::error(why)),
+                    ..Default::default()
+                });
+            }
+        };
+        let started = Instant::now();
+        let _slot = self.admit().await?;
+        let flavor = Flavor::for_code(&req.code);
+        let pooled = if self.parks(lang, flavor) {
+            self.claim_parked()
+        } else {
+            None
+        };
+        let (sandbox, parked) = match pooled {
+            Some((sandbox, parked)) => (sandbox, Some(parked)),
+            None => (self.claim().await?, None),
+        };
+        let outcome = self
+            .run_in(&sandbox, lang, &main, req, flavor, parked)
+            .await;
+        self.discard(sandbox);
+        metrics::histogram!("cella_run_seconds", "language" => lang.name)
+            .record(started.elapsed().as_secs_f64());
+        match outcome {
+            Err(Error::MissingProgram(why)) => Ok(unavailable(lang, &why)),
+            other => other,
+        }
+    }
+
+    pub async fn run_notebook(self: &Arc<Self>, req: NotebookRequest) -> Result<NotebookOutcome> {
+        let started = Instant::now();
+        let _slot = self.admit().await?;
+        let (sandbox, kernel) = self.claim_kernel(req.total_timeout).await?;
+        let outcome = self.notebook_in(&sandbox, kernel, req, started).await;
+        self.discard(sandbox);
+        metrics::histogram!("cella_run_seconds", "language" => "jupyter")
+            .record(started.elapsed().as_secs_f64());
+        outcome
+    }
+
+    async fn notebook_in(
+        &self,
+        sandbox: &Arc<Sandbox>,
+        mut kernel: Kernel,
+        req: NotebookRequest,
+        started: Instant,
+    ) -> Result<NotebookOutcome> {
+        let memory_mb = self.memory_mb(req.memory_mb);
+        sandbox.set_memory_mb(memory_mb)?;
+        self.write_files(sandbox, req.files).await?;
+        let deadline = started + req.total_timeout;
+        let mut outcome = NotebookOutcome::default();
+        for code in &req.cells {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || kernel.is_dead() {
+                outcome.timed_out = left.is_zero();
+                break;
+            }
+            let limit = req.cell_timeout.map_or(left, |t| t.min(left));
+            let cell = kernel
+                .execute(code, limit, self.engine.config.sandbox.output_cap_bytes)
+                .await?;
+            outcome.timed_out = cell.timed_out && limit == left;
+            outcome.cells.push(cell);
+        }
+        outcome.kernel_death = kernel.death().cloned();
+        kernel.shutdown();
+        outcome.files = self.fetch_files(sandbox, req.fetch_files).await?;
+        outcome.wall = started.elapsed();
+        Ok(outcome)
+    }
+
+    /// A run's memory limit: the request's, or the configured default, within bounds.
+    fn memory_mb(&self, requested: Option<u64>) -> u64 {
+        let config = &self.engine.config;
+        requested
+            .unwrap_or(config.runs.memory_mb)
+            .clamp(MIN_MEMORY_MB, config.limits.max_memory_mb)
+    }
+
+    /// Writes request files: relative paths are in the home directory.
+    async fn write_files(
+        &self,
+        sandbox: &Arc<Sandbox>,
+        files: Vec<(String, Vec<u8>)>,
+    ) -> Result<()> {
+        let writes: Vec<(String, Vec<u8>)> = files
+            .into_iter()
+            .map(|(path, data)| (sandbox.absolute(&path), data))
+            .collect();
+        sandbox
+            .with_fs(move |fs| {
+                for (path, data) in &writes {
+                    fs.write(path, data, 0o644, true)
+                        .map_err(|e| Error::file(path, e))?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    /// Reads back the files asked for, keyed as asked; missing ones are left out.
+    async fn fetch_files(
+        &self,
+        sandbox: &Arc<Sandbox>,
+        paths: Vec<String>,
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let max = self.engine.config.limits.max_read_bytes;
+        let wanted: Vec<(String, String)> = paths
+            .into_iter()
+            .map(|p| (sandbox.absolute(&p), p))
+            .collect();
+        sandbox
+            .with_fs(move |fs| {
+                Ok(wanted
+                    .into_iter()
+                    .filter_map(|(abs, key)| fs.read(&abs, max).ok().map(|d| (key, d)))
+                    .collect())
+            })
+            .await
+    }
+
+    async fn run_in(
+        self: &Arc<Self>,
+        sandbox: &Arc<Sandbox>,
+        lang: &'static Language,
+        main: &str,
+        req: RunRequest,
+        flavor: Flavor,
+        parked: Option<Parked>,
+    ) -> Result<RunOutcome> {
+        let memory_mb = self.memory_mb(req.memory_mb);
+        let source = lang.source.replace("{main}", main);
+        let mut files = req.files;
+        files.extend(
+            lang.support
+                .iter()
+                .map(|(name, content)| (name.to_string(), content.as_bytes().to_vec())),
+        );
+        files.push((
+            source,
+            lang.source_text(&req.code).into_owned().into_bytes(),
+        ));
+        self.write_files(sandbox, files).await?;
+
+        let mut outcome = RunOutcome::default();
+        if let Some(compile) = lang.compile {
+            sandbox.set_memory_mb(memory_mb.max(COMPILE_MEMORY_MB))?;
+            let argv = language::render(compile, main, memory_mb);
+            let opts = self.exec_options(lang, argv, req.compile_timeout, None);
+            let step = self.step(sandbox, opts, Flavor::Plain, None).await?;
+            let ok = step.succeeded();
+            outcome.compile = Some(step);
+            if !ok {
+                return Ok(outcome);
+            }
+        }
+        sandbox.set_memory_mb(memory_mb)?;
+        let argv = language::render(lang.run, main, memory_mb);
+        let opts = self.exec_options(lang, argv, req.run_timeout, req.stdin);
+        // Parked with the command this run would start, or not used.
+        let parked = parked.filter(|p| p.argv() == opts.argv);
+        outcome.run = Some(self.step(sandbox, opts, flavor, parked).await?);
+
+        outcome.files = self.fetch_files(sandbox, req.fetch_files).await?;
+        Ok(outcome)
+    }
+
+    fn exec_options(
+        &self,
+        lang: &Language,
+        argv: Vec<String>,
+        timeout: Duration,
+        stdin: Option<Vec<u8>>,
+    ) -> ExecOptions {
+        ExecOptions {
+            argv,
+            env: lang_env(lang),
+            cwd: None,
+            stdin,
+            timeout: Some(timeout),
+            output_cap: self.engine.config.sandbox.output_cap_bytes,
+        }
+    }
+
+    /// Runs one step: the `parked` process if given, else a new one (from the `flavor`
+    /// zygote for Python).
+    async fn step(
+        self: &Arc<Self>,
+        sandbox: &Arc<Sandbox>,
+        opts: ExecOptions,
+        flavor: Flavor,
+        parked: Option<Parked>,
+    ) -> Result<Step> {
+        let result = match parked {
+            Some(parked) => parked.run(opts).await,
+            None => {
+                let zygote = match opts.argv.first() {
+                    Some(program) if program == "python3" => {
+                        self.python_zygote(sandbox, flavor).await
+                    }
+                    _ => None,
+                };
+                let launcher = zygote.as_deref().map_or(Launcher::Init, Launcher::Zygote);
+                process::run_with(sandbox, opts, launcher).await
+            }
+        };
+        match result {
+            Ok(Outcome { exit, output }) => {
+                let status = if exit.timed_out {
+                    StepStatus::TimeLimitExceeded
+                } else {
+                    StepStatus::Finished
+                };
+                Ok(Step {
+                    status,
+                    exit: Some(exit),
+                    output,
+                })
+            }
+            Err(e @ Error::MissingProgram(_)) => Err(e),
+            Err(e) => Ok(Step::error(e.to_string())),
+        }
+    }
+}
+
+fn lang_env(lang: &Language) -> std::collections::BTreeMap<String, String> {
+    lang.env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn unavailable(lang: &Language, why: &str) -> RunOutcome {
+    RunOutcome {
+        unavailable: Some(format!(
+            "language {} is unavailable on this server: {why}",
+            lang.name
+        )),
+        ..Default::default()
+    }
+}
