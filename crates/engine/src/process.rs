@@ -382,6 +382,8 @@ struct Launched {
     pipes: [OwnedFd; 3],
     /// A held process runs its program when a byte arrives here.
     go: Option<OwnedFd>,
+    /// When its program may have begun running (the wall time counts from there).
+    launched_at: Instant,
     oom_before: u64,
 }
 
@@ -391,6 +393,7 @@ async fn launch(
     launcher: Launcher<'_>,
     held: bool,
 ) -> Result<Launched> {
+    let launched_at = Instant::now();
     let id = sandbox.next_exec_id();
     let spec = sandbox.exec_spec(id, opts)?;
     let (stdin_r, stdin_w) = pipe_pair(false)?;
@@ -438,6 +441,7 @@ async fn launch(
         zygote_watcher,
         pipes: [stdin_w, stdout_r, stderr_r],
         go: go_w,
+        launched_at,
         oom_before,
     })
 }
@@ -446,11 +450,15 @@ impl Launched {
     /// Lets a held process go, and starts the pump that feeds its stdin, reads its output and
     /// enforces the timeout (from now) of `opts`.
     fn begin(self, opts: ExecOptions, sink: Option<mpsc::Sender<Chunk>>) -> Arc<Process> {
-        if let Some(go) = &self.go {
-            // If it died meanwhile, the pump hears of its end at once.
-            let _ = cella_jail::sys::write_all(go.as_fd(), b"1");
-        }
-        let started = Instant::now();
+        let started = match &self.go {
+            Some(go) => {
+                let now = Instant::now();
+                // If it died meanwhile, the pump hears of its end at once.
+                let _ = cella_jail::sys::write_all(go.as_fd(), b"1");
+                now
+            }
+            None => self.launched_at,
+        };
         let (exit_tx, exit_rx) = watch::channel(None);
         let (actions, actions_rx) = mpsc::unbounded_channel();
         let process = Arc::new(Process {

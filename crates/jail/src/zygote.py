@@ -201,6 +201,8 @@ def grandchild(req, report, stdio, go, procs, filters, landlock_abi):
             os.dup2(fd, target)
         drop_privileges(req, filters, landlock_abi)
         close_all_but(report, *go)
+        if go:
+            rehearse()
         # The CPU spent on getting here is the sandbox's, not the program's: the parent
         # takes it off what it reports.
         setup = resource.getrusage(resource.RUSAGE_SELF)
@@ -209,8 +211,6 @@ def grandchild(req, report, stdio, go, procs, filters, landlock_abi):
     except BaseException as e:  # noqa: BLE001
         os.write(report, b"E" + str(e).encode())
         os._exit(127)
-    if go:
-        rehearse()
     for fd in go:
         if not os.read(fd, 1):
             os._exit(0)  # let go of without running
