@@ -16,7 +16,8 @@ use crate::extract::Json;
 #[serde(deny_unknown_fields)]
 pub struct RegisterImage {
     pub name: String,
-    /// Absolute path of a directory holding a root filesystem (with `bin/sh`).
+    /// Absolute path of a directory holding a root filesystem (with `bin/sh`), under an
+    /// image root: the data dir's `images`, or one of the configured `images.roots`.
     #[schema(value_type = String)]
     pub path: PathBuf,
 }
