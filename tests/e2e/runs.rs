@@ -396,11 +396,9 @@ fn python_runs_take_a_parked_interpreter() {
         assert_eq!(r["run"]["exit_code"], 3, "{r}");
         assert_eq!(r["run"]["stdout"], format!("{i} in ['main.py']\n"), "{r}");
         // The CPU time is the program's: not the interpreter's set-up before it was let go.
-        let (cpu, wall) = (
-            r["run"]["cpu_time"].as_f64(),
-            r["run"]["wall_time"].as_f64(),
-        );
-        assert!(cpu.unwrap() > 0.0 && cpu <= wall, "{r}");
+        let cpu = r["run"]["cpu_time"].as_f64().unwrap();
+        let wall = r["run"]["wall_time"].as_f64().unwrap();
+        assert!(cpu > 0.0 && cpu <= wall, "{r}");
         // Time for the pool to make the next one.
         std::thread::sleep(Duration::from_millis(500));
     }

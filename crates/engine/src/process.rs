@@ -450,15 +450,16 @@ impl Launched {
     /// Lets a held process go, and starts the pump that feeds its stdin, reads its output and
     /// enforces the timeout (from now) of `opts`.
     fn begin(self, opts: ExecOptions, sink: Option<mpsc::Sender<Chunk>>) -> Arc<Process> {
-        let started = match &self.go {
-            Some(go) => {
-                let now = Instant::now();
-                // If it died meanwhile, the pump hears of its end at once.
-                let _ = cella_jail::sys::write_all(go.as_fd(), b"1");
-                now
-            }
-            None => self.launched_at,
+        // A held program begins now; any other began when it was launched.
+        let started = if self.go.is_some() {
+            Instant::now()
+        } else {
+            self.launched_at
         };
+        if let Some(go) = &self.go {
+            // If it died meanwhile, the pump hears of its end at once.
+            let _ = cella_jail::sys::write_all(go.as_fd(), b"1");
+        }
         let (exit_tx, exit_rx) = watch::channel(None);
         let (actions, actions_rx) = mpsc::unbounded_channel();
         let process = Arc::new(Process {

@@ -256,8 +256,8 @@ def child(req, fds, filters, landlock_abi):
         error = message[1:].decode(errors="replace") or "the process died while starting"
         send(events, {"SpawnFailed": {"id": exec_id, "error": error, "missing_program": False}})
         os._exit(0)
-    started, setup_us = map(int, message[1:].split())
-    send(events, {"Started": {"id": exec_id, "pid": started}})
+    sandbox_pid, setup_us = map(int, message[1:].split())  # its pid as the sandbox sees it
+    send(events, {"Started": {"id": exec_id, "pid": sandbox_pid}})
     forward_signals(events, pid)
     _, status, usage = os.wait4(pid, 0)
     cpu_us = max(0, cpu_micros(usage) - setup_us)
