@@ -206,4 +206,15 @@ fn read_size_is_limited() {
         .send()
         .unwrap();
     assert_eq!(d.bytes().unwrap().len(), 2000);
+
+    // A run's fetched files share one such limit, however many names they are asked by.
+    let r = json_of(s.post(
+        "/runs",
+        json!({"language": "bash", "code": "head -c 600 /dev/zero > f; head -c 300 /dev/zero > g",
+               "fetch_files": ["f", "./f", "/home/user/f", "g"]}),
+    ));
+    assert_eq!(r["status"], "success", "{r}");
+    let files = r["files"].as_object().unwrap();
+    let names: Vec<&str> = files.keys().map(String::as_str).collect();
+    assert_eq!(names, ["f", "g"], "{r}");
 }

@@ -69,7 +69,7 @@ pub struct Limits {
     pub max_output_cap_bytes: usize,
     /// Largest HTTP request body (uploads, `/run_code` with files).
     pub max_body_bytes: usize,
-    /// Largest file read into a JSON response.
+    /// Largest file read into a JSON response; for a run, the largest its fetched files together.
     pub max_read_bytes: u64,
     /// Stopped sandboxes stay visible (state `stopped`) this long before they are forgotten.
     pub stopped_retention_secs: u64,

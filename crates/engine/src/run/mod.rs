@@ -308,23 +308,29 @@ impl Runs {
             .await
     }
 
-    /// Reads back the files asked for, keyed as asked; missing ones are left out.
+    /// Reads back the files asked for, keyed as asked; missing ones are left out, and so
+    /// are those beyond one read limit for them all (else naming one big file many ways,
+    /// `big`, `./big`, ..., would multiply what the server holds).
     async fn fetch_files(
         &self,
         sandbox: &Arc<Sandbox>,
         paths: Vec<String>,
     ) -> Result<Vec<(String, Vec<u8>)>> {
-        let max = self.engine.config.limits.max_read_bytes;
+        let mut budget = self.engine.config.limits.max_read_bytes;
         let wanted: Vec<(String, String)> = paths
             .into_iter()
             .map(|p| (sandbox.absolute(&p), p))
             .collect();
         sandbox
             .with_fs(move |fs| {
-                Ok(wanted
-                    .into_iter()
-                    .filter_map(|(abs, key)| fs.read(&abs, max).ok().map(|d| (key, d)))
-                    .collect())
+                let mut files = Vec::new();
+                for (abs, key) in wanted {
+                    if let Ok(data) = fs.read(&abs, budget) {
+                        budget -= data.len() as u64;
+                        files.push((key, data));
+                    }
+                }
+                Ok(files)
             })
             .await
     }
