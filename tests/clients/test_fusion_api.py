@@ -270,8 +270,18 @@ def test_a_notebook_flooding_output_is_capped(endpoint):
     flood = "import sys\nfor _ in range(50):\n    sys.stdout.write('z' * (1 << 20))\n    sys.stdout.flush()"
     r = requests.post(f"{endpoint}/run_jupyter", json={"cells": [flood, "print('next')"], "total_timeout": 60}).json()
     assert r["status"] == "Success", {k: v for k, v in r.items() if k != "cells"}
-    assert 0 < len(r["cells"][0]["stdout"]) <= 4 << 20
-    assert r["cells"][1]["stdout"] == "next\n"
+    assert 0 < len(r["cells"][0]["stdout"]) <= 4 << 20 and r["cells"][0]["truncated"]
+    assert r["cells"][1]["stdout"] == "next\n" and not r["cells"][1]["truncated"]
+
+
+def test_a_notebook_message_beyond_the_cap_is_dropped_and_the_kernel_lives_on(endpoint):
+    # Each is one iopub message far larger than the 4 MiB cap: read past, never held whole.
+    huge_print = "x = 41\nprint('z' * (100 << 20), end='')"
+    huge_display = "from IPython.display import display\ndisplay({'text/plain': 'y' * (100 << 20)}, raw=True)"
+    r = requests.post(f"{endpoint}/run_jupyter", json={"cells": [huge_print, huge_display, "print(x + 1)"]}).json()
+    assert r["status"] == "Success", {k: v for k, v in r.items() if k != "cells"}
+    assert [(c["stdout"], c["display"], c["error"], c["truncated"]) for c in r["cells"]] == [
+        ("", [], [], True), ("", [], [], True), ("42\n", [], [], False)]
 
 
 def test_deterministic_request_errors_fail_fast_without_retries(endpoint):

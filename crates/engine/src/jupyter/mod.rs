@@ -23,13 +23,15 @@ use crate::error::{Error, Result};
 use crate::process::{self, ExecOptions, Exit, Launcher, Process};
 use crate::sandbox::Sandbox;
 use wire::{Message, Session};
-use zmtp::{Kind, Socket};
+use zmtp::{Kind, Received, Socket};
 
 const DIR: &str = "/tmp/.cella-jupyter";
 /// How long an interrupted cell may take to stop before the kernel is declared dead.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
 /// Matplotlib's backend in kernels: figures become `image/png` displays.
 pub const INLINE_BACKEND: &str = "module://matplotlib_inline.backend_inline";
+/// Largest shell reply read whole: replies are only waited for, never rendered.
+const MAX_REPLY: u64 = 1 << 20;
 
 /// One output of a cell, in the order the kernel produced it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -112,7 +114,9 @@ pub struct Kernel {
     session: Session,
     shell: Socket,
     /// Messages from the iopub socket, read by a task so reading stays cancel-safe.
-    iopub: mpsc::Receiver<Message>,
+    iopub: mpsc::Receiver<Iopub>,
+    /// Most output kept from one cell.
+    output_cap: usize,
     dead: bool,
     death: Option<KernelDeath>,
 }
@@ -130,6 +134,7 @@ impl Kernel {
     pub async fn start(
         sandbox: &Arc<Sandbox>,
         startup_timeout: Duration,
+        output_cap: usize,
         launcher: Launcher<'_>,
     ) -> Result<Kernel> {
         let session = Session::new();
@@ -185,12 +190,13 @@ impl Kernel {
         .await?;
         // A short queue: a kernel flooding iopub waits for the server, not the other way.
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(read_iopub(iopub, session.clone(), tx));
+        tokio::spawn(read_iopub(iopub, session.clone(), tx, output_cap as u64));
         let mut kernel = Kernel {
             process,
             session,
             shell,
             iopub: rx,
+            output_cap,
             dead: false,
             death: None,
         };
@@ -207,10 +213,13 @@ impl Kernel {
             let until = tokio::time::Instant::now() + wait;
             loop {
                 match tokio::time::timeout_at(until, self.iopub.recv()).await {
-                    Ok(Some(m)) if m.parent_id() == id => {
+                    Ok(Some(Iopub::Message(m))) if m.parent_id() == id => {
                         // Drain the matching shell reply.
-                        let _ =
-                            tokio::time::timeout(Duration::from_secs(5), self.shell.recv()).await;
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(5),
+                            self.shell.recv(MAX_REPLY),
+                        )
+                        .await;
                         return Ok(());
                     }
                     Ok(Some(_)) => continue,
@@ -218,7 +227,8 @@ impl Kernel {
                     Err(_) => break,
                 }
             }
-            let _ = tokio::time::timeout(Duration::from_millis(100), self.shell.recv()).await;
+            let _ =
+                tokio::time::timeout(Duration::from_millis(100), self.shell.recv(MAX_REPLY)).await;
             wait = (wait * 2).min(Duration::from_secs(1));
         }
         Err(Error::Unavailable(
@@ -266,14 +276,9 @@ impl Kernel {
         self.dead
     }
 
-    /// Runs one cell; at `timeout` the kernel is interrupted. Outputs beyond `output_cap`
-    /// bytes are dropped (and `truncated` set).
-    pub async fn execute(
-        &mut self,
-        code: &str,
-        timeout: Duration,
-        output_cap: usize,
-    ) -> Result<CellResult> {
+    /// Runs one cell; at `timeout` the kernel is interrupted. Outputs beyond the output cap
+    /// are dropped (and `truncated` set).
+    pub async fn execute(&mut self, code: &str, timeout: Duration) -> Result<CellResult> {
         if self.dead {
             return Err(Error::Unavailable("the Jupyter kernel is dead".into()));
         }
@@ -287,7 +292,13 @@ impl Kernel {
         let mut deadline = tokio::time::Instant::now() + timeout;
         loop {
             let msg = match tokio::time::timeout_at(deadline, self.iopub.recv()).await {
-                Ok(Some(m)) => m,
+                Ok(Some(Iopub::Message(m))) => m,
+                // Too large to keep: the kernel sends its messages one cell at a time, so it
+                // is this cell's.
+                Ok(Some(Iopub::TooLarge)) => {
+                    result.truncated = true;
+                    continue;
+                }
                 Ok(None) => {
                     // The cell's code ended the kernel (os._exit, a crash, out of memory): the
                     // cell's answer, like a program that dies.
@@ -353,16 +364,22 @@ impl Kernel {
                 "status" if c["execution_state"] == "idle" => break,
                 _ => continue,
             };
-            // Whatever the cell prints, the server keeps at most `output_cap` bytes of it.
-            if kept + msg.size > output_cap {
-                result.truncated = true;
-            } else {
+            // Whatever the cell prints, the server keeps at most `output_cap` bytes of it: of
+            // a stream, what fits; of anything else, all or nothing.
+            if kept + msg.size <= self.output_cap {
                 kept += msg.size;
                 result.outputs.push(output);
+                continue;
+            }
+            result.truncated = true;
+            if let Output::Stream { name, mut text } = output {
+                text.truncate(text.floor_char_boundary(self.output_cap - kept));
+                kept = self.output_cap;
+                result.outputs.push(Output::Stream { name, text });
             }
         }
         // The execute_reply on the shell socket.
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.shell.recv()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.shell.recv(MAX_REPLY)).await;
         Ok(result)
     }
 
@@ -426,11 +443,23 @@ async fn connect(
     }
 }
 
-async fn read_iopub(mut socket: Socket, session: Session, tx: mpsc::Sender<Message>) {
-    while let Ok(frames) = socket.recv().await {
-        if let Some(msg) = session.decode(frames)
-            && tx.send(msg).await.is_err()
-        {
+/// What the iopub reader passes on.
+enum Iopub {
+    Message(Message),
+    /// A message larger than a cell's whole output cap, read past unkept.
+    TooLarge,
+}
+
+async fn read_iopub(mut socket: Socket, session: Session, tx: mpsc::Sender<Iopub>, max: u64) {
+    while let Ok(received) = socket.recv(max).await {
+        let item = match received {
+            Received::Frames(frames) => match session.decode(frames) {
+                Some(msg) => Iopub::Message(msg),
+                None => continue,
+            },
+            Received::TooLarge => Iopub::TooLarge,
+        };
+        if tx.send(item).await.is_err() {
             return;
         }
     }

@@ -1,17 +1,17 @@
 //! A minimal ZeroMQ (ZMTP 3.0, NULL mechanism) client over a UNIX socket: enough to be a
 //! DEALER on a kernel's shell socket and a SUB on its iopub socket.
 //!
-//! The peer is a kernel running user code, so it is untrusted: frames and messages are
-//! bounded, and anything malformed ends the connection with an error instead of a hang or an
-//! unbounded allocation.
+//! The peer is a kernel running user code, so it is untrusted: a message larger than the
+//! reader's limit is read past without being kept, and anything malformed ends the
+//! connection with an error instead of a hang or an unbounded allocation.
 
 use std::io;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-/// Largest message accepted, all frames together (a PNG in a display bundle fits easily).
-const MAX_MESSAGE: u64 = 64 << 20;
+/// Largest command frame accepted (READY, PING, ERROR: a few bytes each).
+const MAX_COMMAND: u64 = 64 << 10;
 const MAX_FRAMES: usize = 256;
 
 const FLAG_MORE: u8 = 0x01;
@@ -35,6 +35,13 @@ impl Kind {
 
 pub struct Socket {
     stream: UnixStream,
+}
+
+/// One message from the peer.
+pub enum Received {
+    Frames(Vec<Vec<u8>>),
+    /// A message larger than the reader's limit, read past and dropped.
+    TooLarge,
 }
 
 fn bad(msg: &str) -> io::Error {
@@ -65,7 +72,8 @@ impl Socket {
         ready.extend_from_slice(kind.name());
         let mut socket = Socket { stream };
         socket.write_frame(&ready, FLAG_COMMAND).await?;
-        let (flags, body) = socket.read_frame(MAX_MESSAGE).await?;
+        let (flags, len) = socket.read_head().await?;
+        let body = socket.read_body(len, MAX_COMMAND).await?;
         if flags & FLAG_COMMAND == 0 || !body.starts_with(b"\x05READY") {
             return Err(bad("the peer did not answer READY"));
         }
@@ -89,20 +97,35 @@ impl Socket {
         self.stream.write_all(body).await
     }
 
-    /// Reads one frame of at most `budget` bytes.
-    async fn read_frame(&mut self, budget: u64) -> io::Result<(u8, Vec<u8>)> {
+    /// Reads a frame's flags and length.
+    async fn read_head(&mut self) -> io::Result<(u8, u64)> {
         let flags = self.stream.read_u8().await?;
         let len = if flags & FLAG_LONG != 0 {
             self.stream.read_u64().await?
         } else {
             u64::from(self.stream.read_u8().await?)
         };
-        if len > budget {
-            return Err(bad("message too large"));
+        Ok((flags, len))
+    }
+
+    /// Reads a frame's body of `len` bytes, at most `max`.
+    async fn read_body(&mut self, len: u64, max: u64) -> io::Result<Vec<u8>> {
+        if len > max {
+            return Err(bad("frame too large"));
         }
         let mut body = vec![0u8; len as usize];
         self.stream.read_exact(&mut body).await?;
-        Ok((flags, body))
+        Ok(body)
+    }
+
+    /// Reads past `len` bytes without keeping them.
+    async fn skip(&mut self, len: u64) -> io::Result<()> {
+        let skipped =
+            tokio::io::copy(&mut (&mut self.stream).take(len), &mut tokio::io::sink()).await?;
+        if skipped < len {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
     }
 
     /// Sends one multipart message.
@@ -114,26 +137,60 @@ impl Socket {
         self.stream.flush().await
     }
 
-    /// Receives one multipart message, skipping commands (a peer's PING or ERROR).
-    pub async fn recv(&mut self) -> io::Result<Vec<Vec<u8>>> {
+    /// Receives one multipart message of at most `max` bytes, skipping commands (a peer's
+    /// PING or ERROR). A larger one is read to its end and only its size returned.
+    pub async fn recv(&mut self, max: u64) -> io::Result<Received> {
         let mut frames = Vec::new();
-        let mut budget = MAX_MESSAGE;
+        let (mut size, mut count) = (0u64, 0usize);
         loop {
-            let (flags, body) = self.read_frame(budget).await?;
+            let (flags, len) = self.read_head().await?;
             if flags & FLAG_COMMAND != 0 {
-                if body.starts_with(b"\x05ERROR") {
+                if self
+                    .read_body(len, MAX_COMMAND)
+                    .await?
+                    .starts_with(b"\x05ERROR")
+                {
                     return Err(bad("the peer sent ERROR"));
                 }
                 continue;
             }
-            budget -= body.len() as u64;
-            frames.push(body);
-            if frames.len() > MAX_FRAMES {
+            count += 1;
+            if count > MAX_FRAMES {
                 return Err(bad("too many frames in one message"));
             }
-            if flags & FLAG_MORE == 0 {
-                return Ok(frames);
+            size = size.saturating_add(len);
+            if size > max {
+                frames.clear();
+                self.skip(len).await?;
+            } else {
+                frames.push(self.read_body(len, max).await?);
             }
+            if flags & FLAG_MORE == 0 {
+                return Ok(if size > max {
+                    Received::TooLarge
+                } else {
+                    Received::Frames(frames)
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_message_over_the_limit_is_read_past_and_the_next_one_arrives() {
+        let (ours, peer) = UnixStream::pair().unwrap();
+        let (mut ours, mut peer) = (Socket { stream: ours }, Socket { stream: peer });
+        let big = vec![b'z'; 3000];
+        peer.send(&[b"head", &big, b"tail"]).await.unwrap();
+        peer.send(&[b"small", b"one"]).await.unwrap();
+        assert!(matches!(ours.recv(1000).await.unwrap(), Received::TooLarge));
+        match ours.recv(1000).await.unwrap() {
+            Received::Frames(frames) => assert_eq!(frames, [b"small".to_vec(), b"one".to_vec()]),
+            Received::TooLarge => panic!("the second message was dropped"),
         }
     }
 }

@@ -266,9 +266,7 @@ impl Runs {
                 break;
             }
             let limit = req.cell_timeout.map_or(left, |t| t.min(left));
-            let cell = kernel
-                .execute(code, limit, self.engine.config.sandbox.output_cap_bytes)
-                .await?;
+            let cell = kernel.execute(code, limit).await?;
             outcome.timed_out = cell.timed_out && limit == left;
             outcome.cells.push(cell);
         }

@@ -169,7 +169,8 @@ impl Runs {
         let sandbox = self.claim().await?;
         let zygote = self.python_zygote(&sandbox, Flavor::Kernel).await;
         let launcher = zygote.as_deref().map_or(Launcher::Init, Launcher::Zygote);
-        match Kernel::start(&sandbox, startup_timeout, launcher).await {
+        let output_cap = self.engine.config.sandbox.output_cap_bytes;
+        match Kernel::start(&sandbox, startup_timeout, output_cap, launcher).await {
             Ok(kernel) => Ok((sandbox, kernel)),
             Err(e) => {
                 self.discard(sandbox);

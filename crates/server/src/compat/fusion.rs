@@ -4,7 +4,7 @@
 //! and its `sandbox-fusion` client (see `shared/specs/sandboxfusion.md`). Differences are
 //! deliberate: `memory_limit_MB` is enforced by the cgroup (compilers get more), `cpu_time` is
 //! filled, `files` and `fetch_files` never leave the sandbox, output beyond the cap is cut and
-//! flagged, and a language this server lacks answers at once with status `Failed` (which the
+//! flagged (`stdout_truncated`, a cell's `truncated`), and a language this server lacks answers at once with status `Failed` (which the
 //! client does not retry) instead of a retried `SandboxError`.
 
 use std::time::Duration;
@@ -296,6 +296,8 @@ pub struct CellRunResult {
     pub stderr: String,
     pub display: Vec<Value>,
     pub error: Vec<Value>,
+    /// The cell printed or displayed more than the output cap: later outputs were dropped.
+    pub truncated: bool,
 }
 
 impl From<&CellResult> for CellRunResult {
@@ -305,6 +307,7 @@ impl From<&CellResult> for CellRunResult {
             stderr: c.stream("stderr"),
             display: c.displays(),
             error: c.errors(),
+            truncated: c.truncated,
         }
     }
 }
