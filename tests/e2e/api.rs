@@ -36,6 +36,32 @@ fn health_openapi_and_metrics() {
     ] {
         assert!(paths.contains_key(p), "openapi lacks {p}");
     }
+    // Every operation has its own id and documents the errors a client can meet.
+    let mut ids = std::collections::HashSet::new();
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap();
+            assert!(ids.insert(id.to_string()), "operationId {id} is used twice");
+            let responses = op["responses"].as_object().unwrap();
+            if path.contains("{id}") {
+                assert!(responses.contains_key("404"), "{method} {path}: no 404");
+            }
+            if op["requestBody"]["content"]
+                .get("application/json")
+                .is_some()
+            {
+                for status in ["400", "413", "415", "422"] {
+                    assert!(
+                        responses.contains_key(status),
+                        "{method} {path}: no {status}"
+                    );
+                }
+            }
+            for (status, r) in responses {
+                assert_ne!(r["description"], "", "{method} {path} {status}");
+            }
+        }
+    }
 
     let id = s.sandbox(json!({}));
     s.sh(&id, "true");
@@ -377,6 +403,8 @@ fn bad_input_gets_clear_4xx() {
     );
     assert_eq!(s.post("/sandboxes", json!({"memory_mb": 1})).status(), 400);
     assert_eq!(s.post("/sandboxes", json!({"cpus": 1000})).status(), 400);
+    let forever = json!({"idle_timeout_secs": u64::MAX});
+    assert_eq!(s.post("/sandboxes", forever).status(), 400);
     assert_eq!(
         s.post("/sandboxes", json!({"image": "no-such-image"}))
             .status(),
@@ -388,6 +416,18 @@ fn bad_input_gets_clear_4xx() {
         400
     );
     assert_eq!(s.get("/sandboxes/does-not-exist").status(), 404);
+    // Malformed path parameters and forms get the same JSON error body.
+    let bad_pid = s.get("/sandboxes/does-not-exist/processes/-1");
+    assert_eq!(bad_pid.status(), 400);
+    assert_eq!(json_of(bad_pid)["error"]["code"], "invalid_argument");
+    let not_a_form = s
+        .http
+        .post(s.api("/sandboxes/does-not-exist/files/upload"))
+        .header("content-type", "multipart/form-data")
+        .send()
+        .unwrap();
+    assert_eq!(not_a_form.status(), 400);
+    assert_eq!(json_of(not_a_form)["error"]["code"], "invalid_argument");
     assert_eq!(
         s.post("/sandboxes/does-not-exist/exec", json!({"shell": "true"}))
             .status(),

@@ -299,6 +299,13 @@ impl Engine {
             0 => l.max_lifetime_secs,
             s => check("max_lifetime_secs", s, 1, l.max_lifetime_secs)?,
         };
+        // 0: never idle; beyond the longest lifetime an idle timeout could never fire.
+        let idle_timeout_secs = check(
+            "idle_timeout_secs",
+            req.idle_timeout_secs.unwrap_or(d.idle_timeout_secs),
+            0,
+            l.max_lifetime_secs,
+        )?;
         let image = self
             .images
             .resolve(req.image.as_deref().unwrap_or(&d.image))?;
@@ -320,7 +327,7 @@ impl Engine {
             disk_mb,
             env: req.env.clone(),
             labels: req.labels.clone(),
-            idle_timeout_secs: req.idle_timeout_secs.unwrap_or(d.idle_timeout_secs),
+            idle_timeout_secs,
             max_lifetime_secs: lifetime,
             created_at: now_secs(),
             uid: 0,

@@ -1,8 +1,7 @@
-//! `Json` and `Query` extractors whose rejections render as [`ApiError`]s, so malformed input
-//! gets the same clear 4xx body as every other error.
+//! `Json`, `Query`, `Path` and `Multipart` extractors whose rejections render as
+//! [`ApiError`]s, so malformed input gets the same clear 4xx body as every other error.
 
-use axum::extract::FromRequest;
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
@@ -20,3 +19,18 @@ impl<T: serde::Serialize> IntoResponse for Json<T> {
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct Query<T>(pub T);
+
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
+
+pub struct Multipart(pub axum::extract::Multipart);
+
+impl<S: Send + Sync> FromRequest<S> for Multipart {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let form = axum::extract::Multipart::from_request(req, state).await?;
+        Ok(Multipart(form))
+    }
+}

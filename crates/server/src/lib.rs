@@ -65,9 +65,10 @@ async fn not_found() -> ApiError {
 }
 
 pub fn app(state: AppState, metrics: PrometheusHandle) -> Router {
-    let (native, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (native, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", native::router())
         .split_for_parts();
+    native::document_errors(&mut doc);
     let doc = Arc::new(doc);
     let body_limit = state.engine.config.limits.max_body_bytes;
     Router::new()

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Multipart, Path, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -16,20 +16,42 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{Json, Query};
+use crate::extract::{Json, Multipart, Path, Query};
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct PathQuery {
     /// A path in the sandbox.
     path: String,
-    /// For listing: how many levels to descend (default 1).
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// A directory in the sandbox.
+    path: String,
+    /// How many levels to descend (default 1, at most 32).
     depth: Option<u32>,
-    /// For removal: remove a directory and everything in it.
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PutQuery {
+    /// A path in the sandbox.
+    path: String,
+    /// The file mode, octal (default 644).
+    #[param(pattern = r"^(0o)?[0-7]{1,4}$")]
+    mode: Option<String>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveQuery {
+    /// A path in the sandbox.
+    path: String,
+    /// Remove a directory and everything in it.
     #[serde(default)]
     recursive: bool,
-    /// For raw writes: the file mode, octal (default 644).
-    mode: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]
@@ -57,6 +79,7 @@ pub struct WriteFile {
     #[serde(default = "utf8")]
     pub encoding: Encoding,
     /// Octal file mode (default 644).
+    #[schema(pattern = r"^(0o)?[0-7]{1,4}$")]
     pub mode: Option<String>,
     /// Create missing parent directories (default true).
     #[serde(default = "yes")]
@@ -70,6 +93,7 @@ pub struct MakeDir {
     #[serde(default = "yes")]
     pub parents: bool,
     /// Octal mode (default 755).
+    #[schema(pattern = r"^(0o)?[0-7]{1,4}$")]
     pub mode: Option<String>,
 }
 
@@ -114,7 +138,7 @@ async fn on_path<T: Send + 'static>(
         .await?)
 }
 
-#[utoipa::path(get, path = "/sandboxes/{id}/files/read", tag = "files", params(PathQuery),
+#[utoipa::path(get, path = "/sandboxes/{id}/files/read", operation_id = "read_file", tag = "files", params(PathQuery),
     responses((status = 200, body = FileContent), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub async fn read(
     State(engine): State<Arc<Engine>>,
@@ -140,7 +164,7 @@ pub async fn read(
     }))
 }
 
-#[utoipa::path(post, path = "/sandboxes/{id}/files/write", tag = "files", request_body = WriteFile,
+#[utoipa::path(post, path = "/sandboxes/{id}/files/write", operation_id = "write_file", tag = "files", request_body = WriteFile,
     responses((status = 200, body = Entry), (status = 400, body = ErrorBody), (status = 507, body = ErrorBody)))]
 pub async fn write(
     State(engine): State<Arc<Engine>>,
@@ -165,14 +189,14 @@ pub async fn write(
     ))
 }
 
-#[utoipa::path(put, path = "/sandboxes/{id}/files", tag = "files", params(PathQuery),
+#[utoipa::path(put, path = "/sandboxes/{id}/files", operation_id = "put_file", tag = "files", params(PutQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     description = "Writes the raw request body to `path` (parents are created).",
     responses((status = 200, body = Entry), (status = 507, body = ErrorBody)))]
 pub async fn put_raw(
     State(engine): State<Arc<Engine>>,
     Path(id): Path<String>,
-    Query(q): Query<PathQuery>,
+    Query(q): Query<PutQuery>,
     body: Body,
 ) -> ApiResult<Json<Entry>> {
     let sandbox = sandbox(&engine, &id)?;
@@ -229,7 +253,7 @@ where
     written
 }
 
-#[utoipa::path(post, path = "/sandboxes/{id}/files/upload", tag = "files",
+#[utoipa::path(post, path = "/sandboxes/{id}/files/upload", operation_id = "upload_files", tag = "files",
     request_body(content = String, content_type = "multipart/form-data",
         description = "Fields: `file` (the content, with a file name) and optional `path` (the destination; a \
                        directory ending in `/`, or a file). Without `path` the file goes to the home directory."),
@@ -237,7 +261,7 @@ where
 pub async fn upload(
     State(engine): State<Arc<Engine>>,
     Path(id): Path<String>,
-    mut form: Multipart,
+    Multipart(mut form): Multipart,
 ) -> ApiResult<(StatusCode, Json<Vec<Entry>>)> {
     let sandbox = sandbox(&engine, &id)?;
     let mut target: Option<String> = None;
@@ -274,7 +298,7 @@ pub async fn upload(
     Ok((StatusCode::CREATED, Json(written)))
 }
 
-#[utoipa::path(get, path = "/sandboxes/{id}/files", tag = "files", params(PathQuery),
+#[utoipa::path(get, path = "/sandboxes/{id}/files", operation_id = "download_file", tag = "files", params(PathQuery),
     description = "Downloads a file as raw bytes.",
     responses((status = 200, content_type = "application/octet-stream"), (status = 404, body = ErrorBody)))]
 pub async fn download(
@@ -314,12 +338,12 @@ pub fn content_disposition(name: &str) -> String {
     format!("attachment; filename*=UTF-8''{encoded}")
 }
 
-#[utoipa::path(get, path = "/sandboxes/{id}/files/list", tag = "files", params(PathQuery),
+#[utoipa::path(get, path = "/sandboxes/{id}/files/list", operation_id = "list_files", tag = "files", params(ListQuery),
     responses((status = 200, body = Vec<Entry>), (status = 404, body = ErrorBody)))]
 pub async fn list(
     State(engine): State<Arc<Engine>>,
     Path(id): Path<String>,
-    Query(q): Query<PathQuery>,
+    Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<Entry>>> {
     let sandbox = sandbox(&engine, &id)?;
     let depth = q.depth.unwrap_or(1).clamp(1, 32);
@@ -328,7 +352,7 @@ pub async fn list(
     ))
 }
 
-#[utoipa::path(get, path = "/sandboxes/{id}/files/stat", tag = "files", params(PathQuery),
+#[utoipa::path(get, path = "/sandboxes/{id}/files/stat", operation_id = "stat_file", tag = "files", params(PathQuery),
     responses((status = 200, body = Entry), (status = 404, body = ErrorBody)))]
 pub async fn stat(
     State(engine): State<Arc<Engine>>,
@@ -339,7 +363,7 @@ pub async fn stat(
     Ok(Json(on_path(&sandbox, &q.path, |fs, p| fs.stat(p)).await?))
 }
 
-#[utoipa::path(post, path = "/sandboxes/{id}/files/mkdir", tag = "files", request_body = MakeDir,
+#[utoipa::path(post, path = "/sandboxes/{id}/files/mkdir", operation_id = "make_directory", tag = "files", request_body = MakeDir,
     responses((status = 200, body = Entry), (status = 409, body = ErrorBody)))]
 pub async fn mkdir(
     State(engine): State<Arc<Engine>>,
@@ -358,7 +382,7 @@ pub async fn mkdir(
     ))
 }
 
-#[utoipa::path(post, path = "/sandboxes/{id}/files/move", tag = "files", request_body = MoveFile,
+#[utoipa::path(post, path = "/sandboxes/{id}/files/move", operation_id = "move_file", tag = "files", request_body = MoveFile,
     responses((status = 200, body = Entry), (status = 404, body = ErrorBody)))]
 pub async fn rename(
     State(engine): State<Arc<Engine>>,
@@ -376,12 +400,12 @@ pub async fn rename(
     ))
 }
 
-#[utoipa::path(delete, path = "/sandboxes/{id}/files", tag = "files", params(PathQuery),
+#[utoipa::path(delete, path = "/sandboxes/{id}/files", operation_id = "remove_file", tag = "files", params(RemoveQuery),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn remove(
     State(engine): State<Arc<Engine>>,
     Path(id): Path<String>,
-    Query(q): Query<PathQuery>,
+    Query(q): Query<RemoveQuery>,
 ) -> ApiResult<StatusCode> {
     let sandbox = sandbox(&engine, &id)?;
     let recursive = q.recursive;

@@ -3,14 +3,14 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use cella_engine::Engine;
 use cella_engine::image::ImageInfo;
 use serde::Deserialize;
 
 use crate::error::{ApiResult, ErrorBody};
-use crate::extract::Json;
+use crate::extract::{Json, Path};
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -22,12 +22,12 @@ pub struct RegisterImage {
     pub path: PathBuf,
 }
 
-#[utoipa::path(get, path = "/images", tag = "images", responses((status = 200, body = Vec<ImageInfo>)))]
+#[utoipa::path(get, path = "/images", operation_id = "list_images", tag = "images", responses((status = 200, body = Vec<ImageInfo>)))]
 pub async fn list(State(engine): State<Arc<Engine>>) -> ApiResult<Json<Vec<ImageInfo>>> {
     Ok(Json(engine.images.list()?))
 }
 
-#[utoipa::path(post, path = "/images", tag = "images", request_body = RegisterImage,
+#[utoipa::path(post, path = "/images", operation_id = "register_image", tag = "images", request_body = RegisterImage,
     responses((status = 201, body = ImageInfo), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn register(
     State(engine): State<Arc<Engine>>,
@@ -39,7 +39,7 @@ pub async fn register(
     ))
 }
 
-#[utoipa::path(delete, path = "/images/{name}", tag = "images",
+#[utoipa::path(delete, path = "/images/{name}", operation_id = "remove_image", tag = "images",
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn remove(
     State(engine): State<Arc<Engine>>,

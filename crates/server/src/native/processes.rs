@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{Json, Query};
+use crate::extract::{Json, Path, Query};
 
 /// What a command printed.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -59,7 +59,7 @@ impl ExecResult {
     }
 }
 
-#[utoipa::path(post, path = "/sandboxes/{id}/exec", tag = "processes", request_body = ExecRequest,
+#[utoipa::path(post, path = "/sandboxes/{id}/exec", operation_id = "exec", tag = "processes", request_body = ExecRequest,
     responses((status = 200, body = ExecResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn exec(
     State(engine): State<Arc<Engine>>,
@@ -105,7 +105,7 @@ impl StreamEvent {
     }
 }
 
-#[utoipa::path(post, path = "/sandboxes/{id}/exec/stream", tag = "processes", request_body = ExecRequest,
+#[utoipa::path(post, path = "/sandboxes/{id}/exec/stream", operation_id = "exec_stream", tag = "processes", request_body = ExecRequest,
     description = "Runs a command and streams its output as it comes: NDJSON lines by default, \
                    Server-Sent Events when the request accepts `text/event-stream`.",
     responses((status = 200, body = StreamEvent, content_type = "application/x-ndjson"), (status = 400, body = ErrorBody)))]
@@ -216,7 +216,7 @@ impl From<&Process> for ProcessInfo {
     }
 }
 
-#[utoipa::path(post, path = "/sandboxes/{id}/processes", tag = "processes", request_body = ExecRequest,
+#[utoipa::path(post, path = "/sandboxes/{id}/processes", operation_id = "spawn_process", tag = "processes", request_body = ExecRequest,
     description = "Starts a command in the background. Without `timeout` it runs until it exits, is killed, or the sandbox stops.",
     responses((status = 201, body = ProcessInfo), (status = 400, body = ErrorBody)))]
 pub async fn spawn(
@@ -237,7 +237,7 @@ pub async fn spawn(
     ))
 }
 
-#[utoipa::path(get, path = "/sandboxes/{id}/processes", tag = "processes",
+#[utoipa::path(get, path = "/sandboxes/{id}/processes", operation_id = "list_processes", tag = "processes",
     responses((status = 200, body = Vec<ProcessInfo>)))]
 pub async fn list(
     State(engine): State<Arc<Engine>>,
@@ -253,7 +253,7 @@ pub async fn list(
     ))
 }
 
-#[utoipa::path(get, path = "/sandboxes/{id}/processes/{pid}", tag = "processes",
+#[utoipa::path(get, path = "/sandboxes/{id}/processes/{pid}", operation_id = "get_process", tag = "processes",
     responses((status = 200, body = ProcessInfo), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(engine): State<Arc<Engine>>,
@@ -270,7 +270,7 @@ pub struct WaitQuery {
     timeout: Option<f64>,
 }
 
-#[utoipa::path(post, path = "/sandboxes/{id}/processes/{pid}/wait", tag = "processes", params(WaitQuery),
+#[utoipa::path(post, path = "/sandboxes/{id}/processes/{pid}/wait", operation_id = "wait_process", tag = "processes", params(WaitQuery),
     responses((status = 200, body = ProcessInfo), (status = 404, body = ErrorBody)))]
 pub async fn wait(
     State(engine): State<Arc<Engine>>,
@@ -286,7 +286,7 @@ pub async fn wait(
     Ok(Json(ProcessInfo::from(process.as_ref())))
 }
 
-#[utoipa::path(post, path = "/sandboxes/{id}/processes/{pid}/kill", tag = "processes",
+#[utoipa::path(post, path = "/sandboxes/{id}/processes/{pid}/kill", operation_id = "kill_process", tag = "processes",
     description = "Kills the process and every process it started; answers once it has ended.",
     responses((status = 200, body = ProcessInfo), (status = 404, body = ErrorBody)))]
 pub async fn kill(

@@ -82,7 +82,7 @@ fn seconds(v: Option<f64>) -> Duration {
     Duration::from_secs_f64(v.unwrap_or(10.0).clamp(0.001, 86_400.0))
 }
 
-#[utoipa::path(post, path = "/runs", tag = "runs", request_body = RunBody,
+#[utoipa::path(post, path = "/runs", operation_id = "run", tag = "runs", request_body = RunBody,
     description = "Runs code once in a fresh sandbox: write files, compile, run, fetch files, destroy.",
     responses((status = 200, body = RunResult), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn run(
@@ -123,7 +123,7 @@ pub async fn run(
     }))
 }
 
-#[utoipa::path(get, path = "/languages", tag = "runs",
+#[utoipa::path(get, path = "/languages", operation_id = "list_languages", tag = "runs",
     description = "Every language, its toolchain version and whether this server can run it (checked in a sandbox on the first call).",
     responses((status = 200, body = Vec<LanguageInfo>)))]
 pub async fn languages(State(state): State<AppState>) -> Json<Vec<LanguageInfo>> {

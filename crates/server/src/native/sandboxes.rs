@@ -3,17 +3,17 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use cella_engine::sandbox::ResourceUsage;
 use cella_engine::{CreateSandbox, Engine, SandboxInfo};
 use serde::Deserialize;
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::{Json, Query};
+use crate::extract::{Json, Path, Query};
 
-#[utoipa::path(post, path = "/sandboxes", tag = "sandboxes", request_body = CreateSandbox,
-    responses((status = 201, body = SandboxInfo), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+#[utoipa::path(post, path = "/sandboxes", operation_id = "create_sandbox", tag = "sandboxes", request_body = CreateSandbox,
+    responses((status = 201, body = SandboxInfo), (status = 400, body = ErrorBody), (status = 404, description = "No such image", body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn create(
     State(engine): State<Arc<Engine>>,
     Json(req): Json<CreateSandbox>,
@@ -32,7 +32,7 @@ pub struct ListQuery {
     all: bool,
 }
 
-#[utoipa::path(get, path = "/sandboxes", tag = "sandboxes", params(ListQuery),
+#[utoipa::path(get, path = "/sandboxes", operation_id = "list_sandboxes", tag = "sandboxes", params(ListQuery),
     responses((status = 200, body = Vec<SandboxInfo>)))]
 pub async fn list(
     State(engine): State<Arc<Engine>>,
@@ -53,7 +53,7 @@ pub async fn list(
     Ok(Json(engine.list(&labels, q.all)))
 }
 
-#[utoipa::path(get, path = "/sandboxes/{id}", tag = "sandboxes",
+#[utoipa::path(get, path = "/sandboxes/{id}", operation_id = "get_sandbox", tag = "sandboxes",
     responses((status = 200, body = SandboxInfo), (status = 404, body = ErrorBody)))]
 pub async fn get(
     State(engine): State<Arc<Engine>>,
@@ -62,7 +62,7 @@ pub async fn get(
     Ok(Json(engine.info(&id)?))
 }
 
-#[utoipa::path(delete, path = "/sandboxes/{id}", tag = "sandboxes",
+#[utoipa::path(delete, path = "/sandboxes/{id}", operation_id = "delete_sandbox", tag = "sandboxes",
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete(
     State(engine): State<Arc<Engine>>,
@@ -72,7 +72,7 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(get, path = "/sandboxes/{id}/usage", tag = "sandboxes",
+#[utoipa::path(get, path = "/sandboxes/{id}/usage", operation_id = "sandbox_usage", tag = "sandboxes",
     responses((status = 200, body = ResourceUsage), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn usage(
     State(engine): State<Arc<Engine>>,
