@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
@@ -30,7 +31,7 @@ const DIR: &str = "/tmp/.cella-jupyter";
 const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
 /// Matplotlib's backend in kernels: figures become `image/png` displays.
 pub const INLINE_BACKEND: &str = "module://matplotlib_inline.backend_inline";
-/// Largest shell reply read whole: replies are only waited for, never rendered.
+/// Largest shell reply read whole: replies are only drained, never used.
 const MAX_REPLY: u64 = 1 << 20;
 
 /// One output of a cell, in the order the kernel produced it.
@@ -112,7 +113,8 @@ impl CellResult {
 pub struct Kernel {
     process: Arc<Process>,
     session: Session,
-    shell: Socket,
+    /// Where requests go; a task drains the replies (cells end on iopub's `idle`).
+    shell: Socket<OwnedWriteHalf>,
     /// Messages from the iopub socket, read by a task so reading stays cancel-safe.
     iopub: mpsc::Receiver<Iopub>,
     /// Most output kept from one cell.
@@ -172,14 +174,16 @@ impl Kernel {
         };
         let process = process::start_with(sandbox, opts, None, launcher).await?;
         let deadline = Instant::now() + startup_timeout;
-        let shell = connect(
+        let (replies, shell) = connect(
             sandbox,
             &process,
             &format!("{prefix}-1"),
             Kind::Dealer,
             deadline,
         )
-        .await?;
+        .await?
+        .split();
+        tokio::spawn(drain(replies));
         let iopub = connect(
             sandbox,
             &process,
@@ -213,22 +217,12 @@ impl Kernel {
             let until = tokio::time::Instant::now() + wait;
             loop {
                 match tokio::time::timeout_at(until, self.iopub.recv()).await {
-                    Ok(Some(Iopub::Message(m))) if m.parent_id() == id => {
-                        // Drain the matching shell reply.
-                        let _ = tokio::time::timeout(
-                            Duration::from_secs(5),
-                            self.shell.recv(MAX_REPLY),
-                        )
-                        .await;
-                        return Ok(());
-                    }
+                    Ok(Some(Iopub::Message(m))) if m.parent_id() == id => return Ok(()),
                     Ok(Some(_)) => continue,
                     Ok(None) => return Err(self.died("while starting").await),
                     Err(_) => break,
                 }
             }
-            let _ =
-                tokio::time::timeout(Duration::from_millis(100), self.shell.recv(MAX_REPLY)).await;
             wait = (wait * 2).min(Duration::from_secs(1));
         }
         Err(Error::Unavailable(
@@ -378,8 +372,6 @@ impl Kernel {
                 result.outputs.push(Output::Stream { name, text });
             }
         }
-        // The execute_reply on the shell socket.
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.shell.recv(MAX_REPLY)).await;
         Ok(result)
     }
 
@@ -441,6 +433,11 @@ async fn connect(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Reads the shell socket's replies until it closes: unread, they would fill its buffer.
+async fn drain(mut replies: Socket<OwnedReadHalf>) {
+    while replies.recv(MAX_REPLY).await.is_ok() {}
 }
 
 /// What the iopub reader passes on.

@@ -7,8 +7,9 @@
 
 use std::io;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 /// Largest command frame accepted (READY, PING, ERROR: a few bytes each).
 const MAX_COMMAND: u64 = 64 << 10;
@@ -33,8 +34,9 @@ impl Kind {
     }
 }
 
-pub struct Socket {
-    stream: UnixStream,
+/// A connected socket, or one direction of it after [`Socket::split`].
+pub struct Socket<S = UnixStream> {
+    stream: S,
 }
 
 /// One message from the peer.
@@ -84,6 +86,14 @@ impl Socket {
         Ok(socket)
     }
 
+    /// Splits into a receiving and a sending half, so one task can read while another sends.
+    pub fn split(self) -> (Socket<OwnedReadHalf>, Socket<OwnedWriteHalf>) {
+        let (read, write) = self.stream.into_split();
+        (Socket { stream: read }, Socket { stream: write })
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Socket<S> {
     async fn write_frame(&mut self, body: &[u8], flags: u8) -> io::Result<()> {
         let mut head = Vec::with_capacity(9);
         if body.len() > 255 {
@@ -97,6 +107,17 @@ impl Socket {
         self.stream.write_all(body).await
     }
 
+    /// Sends one multipart message.
+    pub async fn send(&mut self, frames: &[&[u8]]) -> io::Result<()> {
+        for (i, frame) in frames.iter().enumerate() {
+            let more = if i + 1 < frames.len() { FLAG_MORE } else { 0 };
+            self.write_frame(frame, more).await?;
+        }
+        self.stream.flush().await
+    }
+}
+
+impl<S: AsyncRead + Unpin> Socket<S> {
     /// Reads a frame's flags and length.
     async fn read_head(&mut self) -> io::Result<(u8, u64)> {
         let flags = self.stream.read_u8().await?;
@@ -126,15 +147,6 @@ impl Socket {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         Ok(())
-    }
-
-    /// Sends one multipart message.
-    pub async fn send(&mut self, frames: &[&[u8]]) -> io::Result<()> {
-        for (i, frame) in frames.iter().enumerate() {
-            let more = if i + 1 < frames.len() { FLAG_MORE } else { 0 };
-            self.write_frame(frame, more).await?;
-        }
-        self.stream.flush().await
     }
 
     /// Receives one multipart message of at most `max` bytes, skipping commands (a peer's
