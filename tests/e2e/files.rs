@@ -218,3 +218,30 @@ fn read_size_is_limited() {
     let names: Vec<&str> = files.keys().map(String::as_str).collect();
     assert_eq!(names, ["f", "g"], "{r}");
 }
+
+#[test]
+fn planted_fifos_are_refused_not_waited_on() {
+    let s = server();
+    let id = s.sandbox(json!({}));
+    let f = |p: &str| format!("/sandboxes/{id}/files{p}");
+    s.sh(&id, "mkfifo lonely held");
+    // A reader keeps `held` open, so opening it to write would succeed at once.
+    let held = s.post(
+        &format!("/sandboxes/{id}/processes"),
+        json!({"shell": "exec 3<>held; sleep 60"}),
+    );
+    assert_eq!(held.status(), 201);
+    for fifo in ["lonely", "held"] {
+        let refused = |r: reqwest::blocking::Response| {
+            assert_eq!(r.status(), 400, "{fifo}");
+            let message = json_of(r)["error"]["message"].to_string();
+            assert!(message.contains("not a regular file"), "{fifo}: {message}");
+        };
+        let put = s.http.put(s.api(&f(&format!("?path={fifo}")))).body("x");
+        refused(put.send().unwrap());
+        refused(s.post(&f("/write"), json!({"path": fifo, "content": "x"})));
+        refused(s.get(&f(&format!("/read?path={fifo}"))));
+        refused(s.get(&f(&format!("?path={fifo}"))));
+    }
+    s.delete(&format!("/sandboxes/{id}"));
+}

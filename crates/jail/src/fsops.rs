@@ -112,14 +112,10 @@ impl SandboxFs {
     pub fn open_read(&self, path: &str) -> io::Result<(File, u64)> {
         let fd = self.resolve(path, OFlags::RDONLY | OFlags::NOCTTY | OFlags::NONBLOCK, 0)?;
         let st = rustix::fs::fstat(&fd)?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return Err(io::Error::from_raw_os_error(
-                if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-                    libc::EISDIR
-                } else {
-                    libc::EINVAL
-                },
-            ));
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFREG => {}
+            libc::S_IFDIR => return Err(io::Error::from_raw_os_error(libc::EISDIR)),
+            _ => return Err(not_regular()),
         }
         Ok((File::from(fd), st.st_size as u64))
     }
@@ -158,16 +154,23 @@ impl SandboxFs {
             self.mkdir(dir, true, 0o755)?;
         }
         let (dir, name) = self.parent(path)?;
+        // Non-blocking: a FIFO the sandbox planted there must not hold the server's thread
+        // in open(2) until something reads it (the type check below then refuses it).
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW;
         let fd = rustix::fs::openat2(
             &dir,
             name.as_c_str(),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            flags | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
             Mode::from_bits_truncate(mode & 0o7777),
             STRICT,
-        )?;
+        )
+        .map_err(|e| match e {
+            rustix::io::Errno::NXIO => not_regular(), // a FIFO nothing reads
+            e => e.into(),
+        })?;
         let st = rustix::fs::fstat(&fd)?;
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            return Err(not_regular());
         }
         rustix::fs::fchown(&fd, Some(uid(self.uid)), Some(gid(self.uid)))?;
         rustix::fs::fchmod(&fd, Mode::from_bits_truncate(mode & 0o7777))?;
@@ -391,6 +394,10 @@ fn checked(path: &str) -> io::Result<&str> {
 
 fn invalid(msg: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+fn not_regular() -> io::Error {
+    invalid("not a regular file (a FIFO, socket or device)")
 }
 
 /// The path as the sandbox names it: absolute, without empty components.
