@@ -415,6 +415,21 @@ fn bad_input_gets_clear_4xx() {
             .status(),
         400
     );
+    // An environment execve could not pass on is refused at once, not at every exec.
+    for env in [
+        json!({"A=B": "x"}),
+        json!({"": "x"}),
+        json!({"A": "x\u{0}y"}),
+    ] {
+        let r = s.post("/sandboxes", json!({ "env": env }));
+        assert_eq!(r.status(), 400);
+        assert!(
+            json_of(r)["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("invalid environment variable")
+        );
+    }
     assert_eq!(s.get("/sandboxes/does-not-exist").status(), 404);
     // Malformed path parameters and forms get the same JSON error body.
     let bad_pid = s.get("/sandboxes/does-not-exist/processes/-1");

@@ -146,11 +146,26 @@ fn mkdir_move_remove_and_their_errors() {
     );
     assert_eq!(m.status(), 200);
     assert_eq!(json_of(m)["path"], "/home/user/a/g");
-    assert_eq!(
-        s.post(&f("/move"), json!({"source": "nope", "destination": "a/h"}))
-            .status(),
-        404
+    // Each refused move names the path at fault and why.
+    let refused = |source: &str, destination: &str, status: u16, says: &str| {
+        let r = s.post(
+            &f("/move"),
+            json!({"source": source, "destination": destination}),
+        );
+        assert_eq!(r.status(), status, "{source} -> {destination}");
+        let message = json_of(r)["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.contains(says), "{message}");
+    };
+    refused("nope", "a/h", 404, "/home/user/nope");
+    refused("a/g", "/no/dir/g", 404, "/no/dir/g");
+    refused(
+        "a",
+        "a/b/c/a",
+        400,
+        "/home/user/a: a directory cannot move into itself",
     );
+    refused("/usr/bin", "u", 400, "/usr/bin: cannot be moved");
+    refused("/proc", "p", 400, "/proc: cannot be moved");
 
     assert_eq!(
         s.delete(&f("?path=a")).status(),

@@ -306,6 +306,7 @@ impl Engine {
             0,
             l.max_lifetime_secs,
         )?;
+        crate::sandbox::check_env(&req.env)?;
         let image = self
             .images
             .resolve(req.image.as_deref().unwrap_or(&d.image))?;

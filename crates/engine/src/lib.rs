@@ -14,7 +14,7 @@ pub mod run;
 pub mod sandbox;
 pub mod store;
 
-pub use cella_jail::fsops::{Entry as FileEntry, SandboxFs};
+pub use cella_jail::fsops::{Entry as FileEntry, SandboxFs, Side};
 pub use cella_jail::{Spawner, SpawnerConfig, probe};
 pub use config::Config;
 pub use engine::{CreateSandbox, Engine};

@@ -209,13 +209,7 @@ impl Sandbox {
         .collect();
         env.extend(info.env.clone());
         env.extend(opts.env.clone());
-        for (k, v) in &env {
-            if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
-                return Err(Error::invalid(format!(
-                    "invalid environment variable {k:?}"
-                )));
-            }
-        }
+        check_env(&env)?;
         if opts.argv.iter().any(|a| a.contains('\0')) {
             return Err(Error::invalid("an argument contains a NUL byte"));
         }
@@ -353,4 +347,16 @@ impl Sandbox {
         let _ = cella_jail::sys::pidfd_send_signal(self.pidfd.get_ref().as_fd(), libc::SIGKILL);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.pidfd.readable()).await;
     }
+}
+
+/// Refuses what `execve` cannot pass on: an empty name, a name with `=` or NUL, a value with NUL.
+pub(crate) fn check_env(env: &BTreeMap<String, String>) -> Result<()> {
+    for (k, v) in env {
+        if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
+            return Err(Error::invalid(format!(
+                "invalid environment variable {k:?}: a name must be non-empty, without '=' or NUL; a value without NUL"
+            )));
+        }
+    }
+    Ok(())
 }

@@ -60,6 +60,13 @@ pub struct Entry {
     pub target: Option<String>,
 }
 
+/// Which path of a two-path operation an error concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Destination,
+}
+
 /// A sandbox's filesystem, seen from the host.
 pub struct SandboxFs {
     root: OwnedFd,
@@ -250,11 +257,23 @@ impl SandboxFs {
         Ok(())
     }
 
-    pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-        let (from_dir, from_name) = self.parent(from)?;
-        let (to_dir, to_name) = self.parent(to)?;
-        rustix::fs::renameat(&from_dir, from_name.as_c_str(), &to_dir, to_name.as_c_str())?;
-        Ok(())
+    /// Moves `from` to `to`; an error says which of the two paths it concerns.
+    pub fn rename(&self, from: &str, to: &str) -> Result<(), (Side, io::Error)> {
+        let source = |e: io::Error| (Side::Source, e);
+        let (from_dir, from_name) = self.parent(from).map_err(source)?;
+        rustix::fs::statat(&from_dir, from_name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| source(e.into()))?;
+        let (to_dir, to_name) = self.parent(to).map_err(|e| (Side::Destination, e))?;
+        rustix::fs::renameat(&from_dir, from_name.as_c_str(), &to_dir, to_name.as_c_str())
+            .map_err(|e| match e {
+                // Both parents are on the sandbox's own filesystem: the source is a mount
+                // point or a directory of the image's lower layer, which overlayfs cannot move.
+                rustix::io::Errno::XDEV | rustix::io::Errno::BUSY => source(invalid(
+                    "cannot be moved: a mount point, or a directory that comes from the image (copy it instead)",
+                )),
+                rustix::io::Errno::INVAL => source(invalid("a directory cannot move into itself")),
+                e => (Side::Destination, e.into()),
+            })
     }
 
     /// Removes a file, symlink or (empty, or with `recursive`) directory.

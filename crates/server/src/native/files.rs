@@ -11,7 +11,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use cella_engine::FileEntry as Entry;
-use cella_engine::{Engine, Error, Sandbox};
+use cella_engine::{Engine, Error, Sandbox, Side};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -390,14 +390,16 @@ pub async fn rename(
     Json(req): Json<MoveFile>,
 ) -> ApiResult<Json<Entry>> {
     let sandbox = sandbox(&engine, &id)?;
+    let from = sandbox.absolute(&req.source);
     let to = sandbox.absolute(&req.destination);
-    Ok(Json(
-        on_path(&sandbox, &req.source, move |fs, from| {
-            fs.rename(from, &to)?;
-            fs.stat(&to)
-        })
-        .await?,
-    ))
+    let moved = sandbox.with_fs(move |fs| {
+        fs.rename(&from, &to).map_err(|(side, e)| match side {
+            Side::Source => Error::file(&from, e),
+            Side::Destination => Error::file(&to, e),
+        })?;
+        fs.stat(&to).map_err(|e| Error::file(&to, e))
+    });
+    Ok(Json(moved.await?))
 }
 
 #[utoipa::path(delete, path = "/sandboxes/{id}/files", operation_id = "remove_file", tag = "files", params(RemoveQuery),
