@@ -239,6 +239,49 @@ fn a_full_queue_refuses_at_once() {
 }
 
 #[test]
+fn a_run_whose_caller_goes_away_ends_and_leaves_nothing() {
+    let s = Server::start_with(&[
+        ("CELLA_RUNS__MAX_CONCURRENCY", "1"),
+        ("CELLA_POOL__WARM_SANDBOXES", "0"),
+        ("CELLA_POOL__WARM_KERNELS", "0"),
+    ]);
+    let live = || {
+        let health = s.http.get(format!("{}/healthz", s.url)).send().unwrap();
+        json_of(health)["sandboxes"].as_u64().unwrap()
+    };
+    let impatient = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_millis(1500))
+        .build()
+        .unwrap();
+    let forever = [
+        (
+            "/api/v1/runs",
+            json!({"language": "python", "code": "while True: pass", "run_timeout": 60}),
+        ),
+        (
+            "/api/v1/runs",
+            json!({"language": "bash", "code": "sleep 100", "run_timeout": 60}),
+        ),
+        (
+            "/run_jupyter",
+            json!({"cells": ["print(1)", "while True: pass"], "total_timeout": 60}),
+        ),
+    ];
+    for (path, body) in &forever {
+        let url = format!("{}{path}", s.url);
+        let gone = impatient.post(url).json(body).send();
+        assert!(gone.is_err(), "{path}: the caller gave up first");
+        // Its sandbox is destroyed with everything in it, not left to run out its timeout.
+        assert!(cella_e2e::eventually(10.0, || live() == 0), "{path}");
+    }
+    // The one run slot is free again at once.
+    let t = Instant::now();
+    let r = run(&s, json!({"language": "python", "code": "print(1)"}));
+    assert_eq!(r["run"]["stdout"], "1\n");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
+
+#[test]
 fn new_homes_start_with_the_skeleton_caches() {
     let s = server();
     run(s, json!({"language": "python", "code": "pass"}));

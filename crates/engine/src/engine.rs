@@ -336,7 +336,21 @@ impl Engine {
         Ok((info, image))
     }
 
-    pub async fn create(&self, req: CreateSandbox) -> Result<Arc<Sandbox>> {
+    /// Creates a sandbox. The work runs to its end in a task of its own: a caller that goes
+    /// away mid-way (a dropped request) would otherwise leave a half-made sandbox behind, and
+    /// one finished for a caller no longer there is destroyed.
+    pub async fn create(self: &Arc<Self>, req: CreateSandbox) -> Result<Arc<Sandbox>> {
+        let (reply, created) = tokio::sync::oneshot::channel();
+        let engine = self.clone();
+        tokio::spawn(async move {
+            if let Err(Ok(orphan)) = reply.send(engine.create_now(req).await) {
+                let _ = engine.delete(&orphan.id).await;
+            }
+        });
+        created.await.map_err(Error::internal)?
+    }
+
+    async fn create_now(&self, req: CreateSandbox) -> Result<Arc<Sandbox>> {
         let _in_flight = self.in_flight.read().await;
         if self.is_stopping() {
             return Err(Error::Unavailable("the server is shutting down".into()));

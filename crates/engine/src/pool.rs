@@ -30,9 +30,9 @@ impl<T: Send + 'static> WarmPool<T> {
         })
     }
 
-    /// A ready item that is still `usable`, if there is one; unusable ones go to `discard`.
+    /// A ready item that is still `usable`, if there is one; unusable ones are dropped.
     /// Asks for replacements either way.
-    pub fn take_usable(&self, usable: impl Fn(&T) -> bool, discard: impl Fn(T)) -> Option<T> {
+    pub fn take_usable(&self, usable: impl Fn(&T) -> bool) -> Option<T> {
         let item = loop {
             let Some(item) = self.items.lock().unwrap_or_else(|p| p.into_inner()).pop() else {
                 break None;
@@ -40,7 +40,6 @@ impl<T: Send + 'static> WarmPool<T> {
             if usable(&item) {
                 break Some(item);
             }
-            discard(item);
         };
         self.refill.notify_one();
         let hit = if item.is_some() { "true" } else { "false" };

@@ -116,17 +116,50 @@ pub struct RunOutcome {
     pub unavailable: Option<String>,
 }
 
+/// A sandbox of the runs, pooled or taken by one: destroyed when dropped, so neither a
+/// finished run nor one whose caller went away mid-way (a dropped request) leaves it behind.
+pub(crate) struct Disposable {
+    sandbox: Arc<Sandbox>,
+    engine: Arc<Engine>,
+}
+
+impl Disposable {
+    fn new(engine: &Arc<Engine>, sandbox: Arc<Sandbox>) -> Disposable {
+        Disposable {
+            sandbox,
+            engine: engine.clone(),
+        }
+    }
+}
+
+impl std::ops::Deref for Disposable {
+    type Target = Arc<Sandbox>;
+    fn deref(&self) -> &Arc<Sandbox> {
+        &self.sandbox
+    }
+}
+
+impl Drop for Disposable {
+    fn drop(&mut self) {
+        let (engine, id) = (self.engine.clone(), self.sandbox.id.clone());
+        // Without a runtime the server is exiting: a restart reaps what is left.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { engine.delete(&id).await });
+        }
+    }
+}
+
 pub struct Runs {
     engine: Arc<Engine>,
     pub availability: Availability,
     slots: Semaphore,
     waiting: AtomicUsize,
     /// Ready sandboxes of the run shape.
-    sandboxes: Arc<WarmPool<Arc<Sandbox>>>,
+    sandboxes: Arc<WarmPool<Disposable>>,
     /// Ready sandboxes with a `python` run's interpreter parked in them (see [`process::park`]).
-    pythons: Arc<WarmPool<(Arc<Sandbox>, Parked)>>,
+    pythons: Arc<WarmPool<(Disposable, Parked)>>,
     /// Ready sandboxes with a started Jupyter kernel.
-    kernels: Arc<WarmPool<(Arc<Sandbox>, Kernel)>>,
+    kernels: Arc<WarmPool<(Disposable, Kernel)>>,
     /// The warm Pythons runs fork from, by [`Flavor`] (restarted if one dies).
     zygotes: [tokio::sync::Mutex<Option<Arc<Zygote>>>; 3],
     /// Set once the toolchains have been checked.
@@ -189,14 +222,6 @@ impl Runs {
         permit
     }
 
-    /// Destroys a used sandbox after the caller has its answer.
-    pub fn discard(&self, sandbox: Arc<Sandbox>) {
-        let engine = self.engine.clone();
-        tokio::spawn(async move {
-            let _ = engine.delete(&sandbox.id).await;
-        });
-    }
-
     pub async fn run(self: &Arc<Self>, req: RunRequest) -> Result<RunOutcome> {
         let lang = language::find(&req.language)
             .ok_or_else(|| Error::invalid(format!("unknown language {:?}", req.language)))?;
@@ -227,7 +252,7 @@ impl Runs {
         let outcome = self
             .run_in(&sandbox, lang, &main, req, flavor, parked)
             .await;
-        self.discard(sandbox);
+        drop(sandbox); // destroyed in the background
         metrics::histogram!("cella_run_seconds", "language" => lang.name)
             .record(started.elapsed().as_secs_f64());
         match outcome {
@@ -241,7 +266,7 @@ impl Runs {
         let _slot = self.admit().await?;
         let (sandbox, kernel) = self.claim_kernel(req.total_timeout).await?;
         let outcome = self.notebook_in(&sandbox, kernel, req, started).await;
-        self.discard(sandbox);
+        drop(sandbox);
         metrics::histogram!("cella_run_seconds", "language" => "jupyter")
             .record(started.elapsed().as_secs_f64());
         outcome

@@ -10,7 +10,7 @@ use cella_jail::seccomp::Policy;
 use cella_jail::zygote::Zygote;
 use tracing::{info, warn};
 
-use super::Runs;
+use super::{Disposable, Runs};
 use crate::engine::CreateSandbox;
 use crate::error::{Error, Result};
 use crate::jupyter::Kernel;
@@ -92,29 +92,31 @@ impl Runs {
     }
 
     /// A fresh sandbox of the run shape, from the pool when one is ready.
-    pub async fn claim(self: &Arc<Self>) -> Result<Arc<Sandbox>> {
+    pub(super) async fn claim(self: &Arc<Self>) -> Result<Disposable> {
         self.build_skeleton();
-        self.keep_warm(&self.sandboxes, |runs| async move {
-            runs.engine.create(runs.shape()).await
-        });
+        self.keep_warm(&self.sandboxes, |runs| async move { runs.create().await });
         // A pooled sandbox may have been stopped meanwhile (its lifetime ran out).
-        let usable = |s: &Arc<Sandbox>| s.is_running();
-        let pooled = self.sandboxes.take_usable(usable, |s| self.discard(s));
+        let pooled = self.sandboxes.take_usable(|s| s.is_running());
         match pooled {
             Some(sandbox) => Ok(sandbox),
-            None => self.engine.create(self.shape()).await,
+            None => self.create().await,
         }
     }
 
+    async fn create(&self) -> Result<Disposable> {
+        let sandbox = self.engine.create(self.shape()).await?;
+        Ok(Disposable::new(&self.engine, sandbox))
+    }
+
     /// A fresh sandbox with a `python` run's interpreter parked in it, if the pool has one.
-    pub(super) fn claim_parked(self: &Arc<Self>) -> Option<(Arc<Sandbox>, Parked)> {
+    pub(super) fn claim_parked(self: &Arc<Self>) -> Option<(Disposable, Parked)> {
         self.build_skeleton();
         self.keep_warm(
             &self.pythons,
             |runs| async move { runs.park_python().await },
         );
-        let usable = |(s, p): &(Arc<Sandbox>, Parked)| s.is_running() && p.waiting();
-        self.pythons.take_usable(usable, |(s, _)| self.discard(s))
+        let usable = |(s, p): &(Disposable, Parked)| s.is_running() && p.waiting();
+        self.pythons.take_usable(usable)
     }
 
     /// Whether a run can take a parked interpreter: plain `python` (other flavours fork from
@@ -127,35 +129,27 @@ impl Runs {
             && self.engine.images.is_host(&config.sandbox.image)
     }
 
-    async fn park_python(self: &Arc<Self>) -> Result<(Arc<Sandbox>, Parked)> {
+    async fn park_python(self: &Arc<Self>) -> Result<(Disposable, Parked)> {
         let lang = language::find(PARKED_LANGUAGE).ok_or_else(|| Error::internal("no python"))?;
-        let sandbox = self.engine.create(self.shape()).await?;
-        let parked = async {
-            let zygote = (self.python_zygote(&sandbox, Flavor::Plain).await)
-                .ok_or_else(|| Error::Unavailable("the Python zygote is not running".into()))?;
-            let argv = language::render(lang.run, "", self.engine.config.runs.memory_mb);
-            let opts = self.exec_options(lang, argv, Duration::ZERO, None);
-            process::park(&sandbox, &opts, &zygote).await
-        };
-        match parked.await {
-            Ok(parked) => Ok((sandbox, parked)),
-            Err(e) => {
-                self.discard(sandbox);
-                Err(e)
-            }
-        }
+        let sandbox = self.create().await?;
+        let zygote = (self.python_zygote(&sandbox, Flavor::Plain).await)
+            .ok_or_else(|| Error::Unavailable("the Python zygote is not running".into()))?;
+        let argv = language::render(lang.run, "", self.engine.config.runs.memory_mb);
+        let opts = self.exec_options(lang, argv, Duration::ZERO, None);
+        let parked = process::park(&sandbox, &opts, &zygote).await?;
+        Ok((sandbox, parked))
     }
 
     /// A fresh sandbox with a started kernel, from the pool when one is ready.
     pub(super) async fn claim_kernel(
         self: &Arc<Self>,
         startup_timeout: Duration,
-    ) -> Result<(Arc<Sandbox>, Kernel)> {
+    ) -> Result<(Disposable, Kernel)> {
         self.keep_warm(&self.kernels, |runs| async move {
             runs.start_kernel(Duration::from_secs(60)).await
         });
-        let usable = |(s, k): &(Arc<Sandbox>, Kernel)| s.is_running() && !k.is_dead();
-        let pooled = self.kernels.take_usable(usable, |(s, _)| self.discard(s));
+        let usable = |(s, k): &(Disposable, Kernel)| s.is_running() && !k.is_dead();
+        let pooled = self.kernels.take_usable(usable);
         match pooled {
             Some(ready) => Ok(ready),
             None => self.start_kernel(startup_timeout).await,
@@ -165,18 +159,13 @@ impl Runs {
     async fn start_kernel(
         self: &Arc<Self>,
         startup_timeout: Duration,
-    ) -> Result<(Arc<Sandbox>, Kernel)> {
+    ) -> Result<(Disposable, Kernel)> {
         let sandbox = self.claim().await?;
         let zygote = self.python_zygote(&sandbox, Flavor::Kernel).await;
         let launcher = zygote.as_deref().map_or(Launcher::Init, Launcher::Zygote);
         let output_cap = self.engine.config.sandbox.output_cap_bytes;
-        match Kernel::start(&sandbox, startup_timeout, output_cap, launcher).await {
-            Ok(kernel) => Ok((sandbox, kernel)),
-            Err(e) => {
-                self.discard(sandbox);
-                Err(e)
-            }
-        }
+        let kernel = Kernel::start(&sandbox, startup_timeout, output_cap, launcher).await?;
+        Ok((sandbox, kernel))
     }
 
     /// The zygote a Python process forks from, started (or restarted) on demand. `None` if
