@@ -234,10 +234,15 @@ impl Config {
         }
         // Only `CELLA_*` variables naming a configuration key are read: others (`CELLA_LOG`,
         // `CELLA_SERVER`, ...) belong to other parts of cella.
-        let keys: Vec<String> = match serde_json::to_value(Config::default()) {
-            Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
-            _ => Vec::new(),
+        let defaults = match serde_json::to_value(Config::default()) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => Default::default(),
         };
+        let keys: Vec<String> = defaults.keys().cloned().collect();
+        let names = std::env::vars_os().map(|(name, _)| name.to_string_lossy().into_owned());
+        if let Some(why) = unknown_section(names, &defaults) {
+            return Err(Box::new(figment::Error::from(why)));
+        }
         let env = Env::prefixed("CELLA_").split("__").filter(move |k| {
             let top = k.as_str().split('.').next().unwrap_or_default();
             keys.iter().any(|known| known.eq_ignore_ascii_case(top))
@@ -270,6 +275,28 @@ impl Config {
     pub fn zygote_dir(&self) -> PathBuf {
         self.data_dir.join("zygote")
     }
+}
+
+/// A nested variable name (`CELLA_SECTION__KEY`) is always meant for the configuration: one
+/// naming no section is a typo to report, not a setting to drop without a word.
+fn unknown_section(
+    names: impl IntoIterator<Item = String>,
+    defaults: &serde_json::Map<String, serde_json::Value>,
+) -> Option<String> {
+    let is_section = |name: &str| defaults.get(name).is_some_and(|v| v.is_object());
+    let name = names.into_iter().find(|name| {
+        let nested = name.strip_prefix("CELLA_").and_then(|k| k.split_once("__"));
+        nested.is_some_and(|(top, _)| !is_section(&top.to_ascii_lowercase()))
+    })?;
+    let sections: Vec<&str> = defaults
+        .keys()
+        .filter(|k| is_section(k))
+        .map(String::as_str)
+        .collect();
+    Some(format!(
+        "{name} names no configuration section (sections: {})",
+        sections.join(", ")
+    ))
 }
 
 #[cfg(test)]
@@ -311,5 +338,26 @@ mod tests {
         std::fs::write(&file, "no_such_key = 1\n").unwrap();
         assert!(Config::load(Some(&file), Overrides::default()).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_nested_variable_must_name_a_section() {
+        let Ok(serde_json::Value::Object(defaults)) = serde_json::to_value(Config::default())
+        else {
+            panic!("the configuration serializes to an object");
+        };
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let fine = names(&[
+            "CELLA_POOL__WARM_SANDBOXES",
+            "CELLA_LOG",
+            "PATH",
+            "CELLA_LISTEN",
+        ]);
+        assert_eq!(unknown_section(fine, &defaults), None);
+        let typo = unknown_section(names(&["CELLA_POOLS__WARM_SANDBOXES"]), &defaults).unwrap();
+        assert!(typo.starts_with("CELLA_POOLS__WARM_SANDBOXES names no configuration section"));
+        assert!(typo.contains("pool"), "{typo}");
+        // A plain key holds no section.
+        assert!(unknown_section(names(&["CELLA_LISTEN__X"]), &defaults).is_some());
     }
 }
