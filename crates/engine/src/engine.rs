@@ -551,7 +551,15 @@ impl Engine {
     }
 
     /// Stops a sandbox and removes it (and its record).
-    pub async fn delete(&self, id: &str) -> Result<()> {
+    /// Deletes a sandbox, in a task of its own: a caller that stops waiting (a dropped
+    /// request) must not leave it half torn down, its cgroup and uid never released.
+    pub async fn delete(self: &Arc<Self>, id: &str) -> Result<()> {
+        let (engine, id) = (self.clone(), id.to_owned());
+        let deleting = tokio::spawn(async move { engine.delete_now(&id).await });
+        deleting.await.map_err(Error::internal)?
+    }
+
+    async fn delete_now(&self, id: &str) -> Result<()> {
         let was_live = self.stop(id, "deleted").await;
         let was_stopped = self
             .stopped
