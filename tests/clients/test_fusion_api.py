@@ -122,7 +122,15 @@ def test_jupyter_timeouts_interrupt_the_kernel(endpoint):
     r = requests.post(f"{endpoint}/run_jupyter", json={"cells": ["while True: pass", "print(1)"], "total_timeout": 3}).json()
     assert r["status"] == "Failed", r
     assert r["driver"]["status"] == "TimeLimitExceeded"
-    assert time.time() - started < 20
+    # A cell that ignores the interrupt stops the kernel, and the notebook says so.
+    deaf = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('deaf')\nwhile True: pass"
+    r = requests.post(f"{endpoint}/run_jupyter", json={"cells": [deaf, "print(1)"], "cell_timeout": 1, "total_timeout": 30}).json()
+    assert r["status"] == "Failed", r
+    assert r["driver"]["status"] == "TimeLimitExceeded"
+    assert "ignored the interrupt" in r["message"]
+    assert len(r["cells"]) == 1 and r["cells"][0]["stdout"] == "deaf\n"
+    assert r["cells"][0]["error"][0]["ename"] == "TimeoutError"
+    assert time.time() - started < 25
 
 
 def test_raw_json_as_verl_sends_it(endpoint):

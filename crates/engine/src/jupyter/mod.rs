@@ -261,7 +261,8 @@ impl Kernel {
         })
     }
 
-    /// How the kernel ended, if it died on its own (rather than being stopped).
+    /// How a cell's code ended the kernel, if it did: the kernel died, or ignored the
+    /// interrupt at a timeout and was stopped (not when the server shut it down).
     pub fn death(&self) -> Option<&KernelDeath> {
         self.death.as_ref()
     }
@@ -311,9 +312,21 @@ impl Kernel {
                     continue;
                 }
                 Err(_) => {
-                    // It ignored the interrupt: it is no longer usable.
+                    // It ignored the interrupt: stopped, as the cell's code left no other way.
                     self.process.kill();
                     self.dead = true;
+                    result.outputs.push(Output::Error {
+                        ename: "TimeoutError".into(),
+                        evalue: "the cell ran past its timeout and ignored the interrupt: the \
+                                 kernel was stopped"
+                            .into(),
+                        traceback: Vec::new(),
+                    });
+                    self.death = Some(KernelDeath {
+                        exit: None,
+                        how: "ignored the interrupt at a cell's timeout and was stopped".into(),
+                        stderr_tail: String::new(),
+                    });
                     return Ok(result);
                 }
             };

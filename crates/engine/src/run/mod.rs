@@ -287,12 +287,14 @@ impl Runs {
         for code in &req.cells {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || kernel.is_dead() {
-                outcome.timed_out = left.is_zero();
+                outcome.timed_out |= left.is_zero();
                 break;
             }
             let limit = req.cell_timeout.map_or(left, |t| t.min(left));
             let cell = kernel.execute(code, limit).await?;
-            outcome.timed_out = cell.timed_out && limit == left;
+            // The notebook timed out: at its total, or at a cell's timeout the kernel did not
+            // survive (no later cell can run).
+            outcome.timed_out = cell.timed_out && (limit == left || kernel.is_dead());
             outcome.cells.push(cell);
         }
         outcome.kernel_death = kernel.death().cloned();
