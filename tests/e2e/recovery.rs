@@ -129,6 +129,32 @@ fn graceful_shutdown_stops_every_sandbox() {
     assert_nothing_left(&s);
 }
 
+#[test]
+fn a_dead_spawner_stops_the_server_and_a_restart_serves_again() {
+    let mut s = Server::start();
+    let id = s.sandbox(json!({}));
+    s.post(
+        &format!("/sandboxes/{id}/processes"),
+        json!({"shell": "sleep 1000"}),
+    );
+    let spawner = descendants(s.pid())
+        .into_iter()
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "cella-spawner")
+        })
+        .expect("the spawner");
+    // SAFETY: signalling a process of the server under test.
+    unsafe { libc::kill(spawner as i32, libc::SIGKILL) };
+    // Nothing could be created any more: the server says so and exits, not serving on broken.
+    let status = s.exit_within(10.0).expect("the server exits");
+    assert!(!status.success(), "{status}");
+    assert_nothing_left(&s);
+    s.restart();
+    let id = s.sandbox(json!({}));
+    assert_eq!(s.sh(&id, "echo again")["stdout"], "again\n");
+}
+
 /// After a clean shutdown: no sandbox process, no sandbox cgroup, and not the parents either.
 fn assert_nothing_left(s: &Server) {
     assert!(processes_with_uid_in(s.uid_base, 1000).is_empty());

@@ -184,6 +184,20 @@ impl Server {
         self.launch();
     }
 
+    /// How the server exited, if it does within `secs`.
+    pub fn exit_within(&mut self, secs: f64) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let mut status = None;
+        eventually(secs, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        if status.is_some() {
+            self.child = None;
+        }
+        status
+    }
+
     /// Stops the server with SIGTERM and waits for its graceful shutdown.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("running");

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use cella_engine::Engine;
 use cella_engine::config::{Config, Overrides};
 use cella_engine::{Spawner, SpawnerConfig};
-use tracing::info;
+use tracing::{error, info};
 
 use crate::ServeArgs;
 
@@ -41,9 +41,25 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
             .await
             .map_err(|e| format!("listen on {listen}: {e}"))?;
         info!(address = %listener.local_addr().map_err(|e| e.to_string())?, "cella is serving");
-        cella_server::serve(engine, listener, metrics, shutdown_signal())
+        let (failure, failed) = tokio::sync::oneshot::channel();
+        let watched = engine.clone();
+        let stop = async move {
+            tokio::select! {
+                () = shutdown_signal() => {}
+                _ = watched.spawner_died() => {
+                    let why = "the spawner process died, and every sandbox with it: exiting, \
+                               so that a restart (which reaps what is left) serves again";
+                    error!("{why}");
+                    let _ = failure.send(why);
+                }
+            }
+        };
+        cella_server::serve(engine, listener, metrics, stop)
             .await
             .map_err(|e| e.to_string())?;
+        if let Ok(why) = failed.await {
+            return Err(why.to_string());
+        }
         info!("stopped");
         Ok(ExitCode::SUCCESS)
     })

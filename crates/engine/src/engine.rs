@@ -608,6 +608,14 @@ impl Engine {
         true
     }
 
+    /// Resolves when the spawner process has died. Its sandboxes die with it, and no new
+    /// one can be made: the server can only exit (a restart reaps what is left).
+    pub async fn spawner_died(&self) -> std::io::Result<()> {
+        let pidfd = cella_jail::async_fd(self.spawner.pidfd().try_clone_to_owned()?)?;
+        let _ready = pidfd.readable().await?;
+        Ok(())
+    }
+
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(std::sync::atomic::Ordering::SeqCst)
     }

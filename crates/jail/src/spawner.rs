@@ -8,7 +8,7 @@
 //! the init's pidfd and the server's end of the init's control channel; after that the server
 //! talks to the init directly and the spawner only reaps it.
 
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -38,6 +38,7 @@ pub struct Spawned {
 pub struct Spawner {
     channel: Mutex<(OwnedFd, Vec<u8>)>,
     pid: i32,
+    pidfd: OwnedFd,
 }
 
 impl Spawner {
@@ -79,14 +80,22 @@ impl Spawner {
             });
         }
         drop(spawner_end);
+        // Our unreaped child: the pid cannot have been reused.
+        let pidfd = sys::pidfd_open(pid).map_err(|e| Error::sys("pidfd_open spawner", e))?;
         Ok(Spawner {
             channel: Mutex::new((server_end, Vec::new())),
             pid,
+            pidfd,
         })
     }
 
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// The spawner's pidfd: readable once it has died (its sandboxes die with it).
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
     }
 
     /// Creates a sandbox. Blocking: call it from a blocking thread.
