@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use cella_e2e::{
-    Server, cgroups_under, descendants, eventually, host_mounts_containing, json_of,
+    Server, cella_bin, cgroups_under, descendants, eventually, host_mounts_containing, json_of,
     parent_cgroups, processes_with_uid_in,
 };
 use serde_json::json;
@@ -153,6 +153,35 @@ fn a_dead_spawner_stops_the_server_and_a_restart_serves_again() {
     s.restart();
     let id = s.sandbox(json!({}));
     assert_eq!(s.sh(&id, "echo again")["stdout"], "again\n");
+}
+
+#[test]
+fn a_second_server_on_the_same_cgroup_parent_is_refused() {
+    let s = Server::start();
+    let id = s.sandbox(json!({}));
+    let data = s.data_dir.with_extension("second");
+    let mut second = std::process::Command::new(cella_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("CELLA_CGROUP_PARENT", &s.cgroup_parent)
+        .env("CELLA_UID_BASE", (s.uid_base + 500).to_string())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let refused = eventually(10.0, || second.try_wait().unwrap().is_some());
+    if !refused {
+        let _ = second.kill();
+    }
+    let out = second.wait_with_output().unwrap();
+    let _ = std::fs::remove_dir_all(&data);
+    assert!(
+        refused,
+        "the second server started: it would reap the first one's sandboxes"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("another cella server"), "{stderr}");
+    // The first server's sandbox lives on.
+    assert_eq!(s.sh(&id, "echo alive")["stdout"], "alive\n");
 }
 
 /// After a clean shutdown: no sandbox process, no sandbox cgroup, and not the parents either.

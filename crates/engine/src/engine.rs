@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::control::Control;
 use crate::error::{Error, Result};
+use crate::host_claim::HostClaim;
 use crate::image::Images;
 use crate::sandbox::{ExecDefaults, Record, Sandbox, SandboxInfo, State, now_secs};
 use crate::store::{SANDBOXES, Store};
@@ -48,6 +49,8 @@ pub struct Engine {
     pub features: Features,
     pub images: Images,
     spawner: Spawner,
+    /// This server's cgroup parent and uids, held against other servers.
+    _claim: HostClaim,
     cgroups: Cgroups,
     store: Arc<Store>,
     live: RwLock<HashMap<String, Arc<Sandbox>>>,
@@ -95,6 +98,8 @@ impl Engine {
         spawner: Spawner,
         features: Features,
     ) -> Result<Arc<Engine>> {
+        // First: without it, the reaping below could be another live server's sandboxes.
+        let claim = HostClaim::take(&config)?;
         for dir in [
             config.data_dir.clone(),
             config.scratch_dir(),
@@ -119,6 +124,7 @@ impl Engine {
             used: HashSet::new(),
         };
         let engine = Engine {
+            _claim: claim,
             config,
             features,
             images,

@@ -5,6 +5,7 @@ pub mod config;
 pub mod control;
 pub mod engine;
 pub mod error;
+mod host_claim;
 pub mod image;
 pub mod jupyter;
 pub mod language;
