@@ -239,6 +239,40 @@ fn a_full_queue_refuses_at_once() {
 }
 
 #[test]
+fn callers_that_leave_the_queue_free_their_places() {
+    let s = Server::start_with(&[
+        ("CELLA_RUNS__MAX_CONCURRENCY", "1"),
+        ("CELLA_RUNS__MAX_QUEUE", "2"),
+    ]);
+    let post = |body: Value| {
+        let (http, url) = (s.http.clone(), s.api("/runs"));
+        std::thread::spawn(move || http.post(url).json(&body).send().unwrap().status())
+    };
+    let hold = post(json!({"language": "bash", "code": "sleep 3", "run_timeout": 10}));
+    std::thread::sleep(Duration::from_millis(500));
+    let quick = json!({"language": "python", "code": "print(1)"});
+    let impatient = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_millis(400))
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let gone = impatient.post(s.api("/runs")).json(&quick).send();
+        assert!(
+            gone.is_err(),
+            "queued behind the slow run, the caller gave up"
+        );
+    }
+    // Their places are free again: two more callers queue, and only a third is refused.
+    let queued: Vec<_> = (0..2).map(|_| post(quick.clone())).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(s.post("/runs", quick.clone()).status(), 503);
+    for q in queued {
+        assert_eq!(q.join().unwrap(), 200);
+    }
+    assert_eq!(hold.join().unwrap(), 200);
+}
+
+#[test]
 fn a_run_whose_caller_goes_away_ends_and_leaves_nothing() {
     let s = Server::start_with(&[
         ("CELLA_RUNS__MAX_CONCURRENCY", "1"),

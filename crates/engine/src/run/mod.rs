@@ -149,6 +149,23 @@ impl Drop for Disposable {
     }
 }
 
+/// A place in the run queue, counted in `waiting` for as long as it is held: however the
+/// wait ends, a caller that went away included.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl<'a> Queued<'a> {
+    /// Joins the queue; returns the place and how many were waiting already.
+    fn join(waiting: &'a AtomicUsize) -> (Queued<'a>, usize) {
+        (Queued(waiting), waiting.fetch_add(1, Ordering::SeqCst))
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 pub struct Runs {
     engine: Arc<Engine>,
     pub availability: Availability,
@@ -209,15 +226,14 @@ impl Runs {
             return Ok(permit);
         }
         let max_queue = self.engine.config.runs.max_queue;
-        if self.waiting.fetch_add(1, Ordering::SeqCst) >= max_queue {
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        let (_in_queue, ahead) = Queued::join(&self.waiting);
+        if ahead >= max_queue {
             return Err(Error::Busy(format!(
                 "the run queue is full ({max_queue} waiting); retry later"
             )));
         }
         let queued = Instant::now();
         let permit = self.slots.acquire().await.map_err(Error::internal);
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
         metrics::histogram!("cella_run_queue_seconds").record(queued.elapsed().as_secs_f64());
         permit
     }
