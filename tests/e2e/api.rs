@@ -74,6 +74,19 @@ fn health_openapi_and_metrics() {
     ] {
         assert!(metrics.contains(m), "metrics lack {m}:\n{metrics}");
     }
+    // Made-up methods and paths add no series.
+    for n in 0..3 {
+        let method = reqwest::Method::from_bytes(format!("MADEUP{n}").as_bytes()).unwrap();
+        s.send(s.http.request(method, format!("{}/healthz", s.url)));
+        s.send(s.http.get(format!("{}/no/such/path/{n}", s.url)));
+    }
+    let metrics = s.metrics();
+    assert!(!metrics.contains("MADEUP"), "{metrics}");
+    assert!(!metrics.contains("/no/such/path"), "{metrics}");
+    assert!(
+        metrics.contains(r#"method="other",route="/healthz""#),
+        "{metrics}"
+    );
     assert_eq!(s.delete(&format!("/sandboxes/{id}")).status(), 204);
 }
 
