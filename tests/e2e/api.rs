@@ -527,3 +527,24 @@ fn bad_input_gets_clear_4xx() {
     assert!(answer.contains(r#""code":"too_large""#), "{answer}");
     s.delete(&format!("/sandboxes/{id}"));
 }
+
+#[test]
+fn a_client_trickling_its_headers_is_cut_off() {
+    use std::io::{Read, Write};
+    let s = Server::start_with(&[("CELLA_LIMITS__HEADER_READ_TIMEOUT_SECS", "1")]);
+    let address = s.url.trim_start_matches("http://").to_string();
+    let mut slow = std::net::TcpStream::connect(&address).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: cella\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let closed = slow.read_to_end(&mut answer);
+    assert!(closed.is_ok(), "the connection was left open: {closed:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // The limit is on sending headers, not on how long the answer takes.
+    let id = s.sandbox(json!({}));
+    let r = s.exec(&id, json!({"shell": "sleep 2; echo slow but fine"}));
+    assert_eq!(r["stdout"], "slow but fine\n");
+}

@@ -69,6 +69,9 @@ pub struct Limits {
     pub max_output_cap_bytes: usize,
     /// Largest HTTP request body (uploads, `/run_code` with files).
     pub max_body_bytes: usize,
+    /// Seconds a client may take to send a request's headers; a connection that trickles
+    /// them is closed instead of holding a descriptor for ever.
+    pub header_read_timeout_secs: f64,
     /// Largest file read into a JSON response; for a run, the largest its fetched files together.
     pub max_read_bytes: u64,
     /// Stopped sandboxes stay visible (state `stopped`) this long before they are forgotten.
@@ -166,6 +169,7 @@ impl Default for Limits {
             max_exec_timeout_secs: 86_400.0,
             max_output_cap_bytes: 256 << 20,
             max_body_bytes: 64 << 20,
+            header_read_timeout_secs: 30.0,
             max_read_bytes: 64 << 20,
             stopped_retention_secs: 3600,
             total_memory_mb: 0,

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef, State};
@@ -119,7 +120,8 @@ async fn too_large_in_shape(
     }
 }
 
-/// Serves until `shutdown` resolves, then stops every sandbox.
+/// Serves until `shutdown` resolves, then lets requests in flight finish and stops every
+/// sandbox.
 pub async fn serve(
     engine: Arc<Engine>,
     listener: tokio::net::TcpListener,
@@ -136,9 +138,52 @@ pub async fn serve(
         },
         metrics,
     );
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    // axum's own `serve` gives no way to set hyper's timer, without which hyper never times
+    // out a connection that trickles its headers (slowloris).
+    let header_timeout = Duration::try_from_secs_f64(engine.config.limits.header_read_timeout_secs)
+        .ok()
+        .filter(|t| !t.is_zero())
+        .ok_or_else(|| {
+            std::io::Error::other("limits.header_read_timeout_secs must be a positive number")
+        })?;
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let (closing, closed) = tokio::sync::watch::channel(());
+    let connections = tokio_util::task::TaskTracker::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, most likely: wait for some to be released.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = http
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .with_upgrades();
+        let mut closed = closed.clone();
+        connections.spawn(async move {
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = closed.changed() => conn.as_mut().graceful_shutdown(),
+            }
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    let _ = closing.send(());
+    connections.close();
+    connections.wait().await;
     engine.shutdown().await;
-    result
+    Ok(())
 }
