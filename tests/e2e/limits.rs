@@ -81,6 +81,29 @@ fn fork_bomb_is_contained_and_the_server_keeps_serving() {
 }
 
 #[test]
+fn a_sandbox_at_its_process_limit_refuses_new_commands_until_some_end() {
+    let s = server();
+    let id = s.sandbox(json!({"pids": 16}));
+    let filler = cella_e2e::json_of(s.post(
+        &format!("/sandboxes/{id}/processes"),
+        json!({"shell": "for i in $(seq 40); do sleep 1000 & done; wait", "timeout": 60}),
+    ));
+    let usage = || cella_e2e::json_of(s.get(&format!("/sandboxes/{id}/usage")))["pids"].clone();
+    assert!(cella_e2e::eventually(5.0, || usage() == 16));
+    let r = s.post(
+        &format!("/sandboxes/{id}/exec"),
+        json!({"command": ["/bin/true"]}),
+    );
+    assert_eq!(r.status(), 409, "the sandbox's state, not a bad request");
+    let message = cella_e2e::json_of(r)["error"]["message"].to_string();
+    assert!(message.contains("limit of 16 processes"), "{message}");
+    let kill = format!("/sandboxes/{id}/processes/{}/kill", filler["id"]);
+    assert_eq!(s.post(&kill, json!({})).status(), 200);
+    assert_eq!(s.sh(&id, "echo room again")["stdout"], "room again\n");
+    s.delete(&format!("/sandboxes/{id}"));
+}
+
+#[test]
 fn disk_quota_gives_enospc() {
     let s = server();
     let id = s.sandbox(json!({"disk_mb": 32, "memory_mb": 512}));

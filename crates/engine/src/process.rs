@@ -420,8 +420,15 @@ async fn launch(
             missing_program,
         }) => {
             control.unsubscribe(id);
+            let limit = sandbox.info().pids;
             return Err(if missing_program {
                 Error::MissingProgram(error)
+            } else if sandbox.usage().pids >= limit {
+                // Not the request's fault: the sandbox's processes use up its limit.
+                Error::Conflict(format!(
+                    "the sandbox runs its limit of {limit} processes; none can start until \
+                     some end ({error})"
+                ))
             } else {
                 Error::invalid(error)
             });
