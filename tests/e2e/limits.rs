@@ -104,6 +104,24 @@ fn a_sandbox_at_its_process_limit_refuses_new_commands_until_some_end() {
 }
 
 #[test]
+fn a_sandbox_whose_files_fill_its_memory_stops_and_says_why() {
+    let s = server();
+    let id = s.sandbox(json!({"memory_mb": 64, "disk_mb": 256}));
+    let r = s.sh(&id, "head -c 100000000 /dev/zero > /tmp/fill");
+    assert_eq!(r["oom_killed"], true, "{r}");
+    // The OOM killer may take the sandbox's init too; then the sandbox stops with the reason.
+    let info = || cella_e2e::json_of(s.get(&format!("/sandboxes/{id}")));
+    let stopped = cella_e2e::eventually(5.0, || info()["state"] == "stopped");
+    if stopped {
+        let reason = info()["stop_reason"].to_string();
+        assert!(reason.contains("memory (64 MB) ran out"), "{reason}");
+    } else {
+        assert_eq!(s.sh(&id, "rm /tmp/fill; echo freed")["stdout"], "freed\n");
+    }
+    s.delete(&format!("/sandboxes/{id}"));
+}
+
+#[test]
 fn disk_quota_gives_enospc() {
     let s = server();
     let id = s.sandbox(json!({"disk_mb": 32, "memory_mb": 512}));

@@ -227,7 +227,7 @@ impl Engine {
 
     async fn reap_expired(&self) {
         let now = now_secs();
-        let candidates: Vec<(Arc<Sandbox>, &str)> = self
+        let candidates: Vec<(Arc<Sandbox>, String)> = self
             .live
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -236,20 +236,21 @@ impl Engine {
                 let info = s.info();
                 let lifetime = info.max_lifetime_secs as f64;
                 let idle = info.idle_timeout_secs as f64;
-                if s.control().is_closed() {
-                    Some((s.clone(), "the sandbox's init exited"))
+                let reason = if s.control().is_closed() {
+                    init_exit_reason(s)
                 } else if lifetime > 0.0 && now - info.created_at > lifetime {
-                    Some((s.clone(), "max lifetime reached"))
+                    "max lifetime reached".into()
                 } else if idle > 0.0 && s.idle_secs() > idle {
-                    Some((s.clone(), "idle timeout"))
+                    "idle timeout".into()
                 } else {
-                    None
-                }
+                    return None;
+                };
+                Some((s.clone(), reason))
             })
             .collect();
         for (sandbox, reason) in candidates {
             info!(sandbox = %sandbox.id, reason, "stopping sandbox");
-            self.stop(&sandbox.id, reason).await;
+            self.stop(&sandbox.id, &reason).await;
         }
         let retention = Duration::from_secs(self.config.limits.stopped_retention_secs);
         let expired: Vec<String> = {
@@ -681,6 +682,19 @@ async fn remove_cgroup(cgroup: &cella_jail::cgroup::SandboxCgroup) {
         cgroup = cgroup.name(),
         "cgroup still busy; it will be swept at next start"
     );
+}
+
+/// Why a sandbox's init is gone: its spawner reaped it, so its exit status is not ours to
+/// read, but the memory cgroup tells whether the OOM killer was at work.
+fn init_exit_reason(sandbox: &Sandbox) -> String {
+    match sandbox.usage().oom_kills {
+        0 => "the sandbox's init exited".into(),
+        n => format!(
+            "the sandbox's init exited: its memory ({} MB) ran out and the OOM killer ended \
+             {n} of its processes (files in the sandbox count against its memory)",
+            sandbox.info().memory_mb
+        ),
+    }
 }
 
 /// Runs blocking setup (cgroup writes, the spawner round trip) without stalling the runtime:
