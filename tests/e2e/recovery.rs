@@ -184,6 +184,33 @@ fn a_second_server_on_the_same_cgroup_parent_is_refused() {
     assert_eq!(s.sh(&id, "echo alive")["stdout"], "alive\n");
 }
 
+#[test]
+fn shutdown_ends_requests_that_would_outlast_it() {
+    let mut s = Server::start();
+    let id = s.sandbox(json!({}));
+    let stream = {
+        let url = s.api(&format!("/sandboxes/{id}/exec/stream"));
+        let http = s.http.clone();
+        std::thread::spawn(move || {
+            let body = json!({"shell": "sleep 1000", "timeout": 1000});
+            http.post(url).json(&body).send().unwrap().text().unwrap()
+        })
+    };
+    assert!(eventually(5.0, || !processes_with_uid_in(s.uid_base, 1000).is_empty()));
+    let started = std::time::Instant::now();
+    let status = s.terminate();
+    assert!(status.success(), "{status}");
+    // A grace period for requests in flight, then their sandboxes stop: not 1000 s.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    let events = stream.join().unwrap();
+    assert!(events.contains(r#""sandbox_lost":true"#), "{events}");
+    assert_nothing_left(&s);
+}
+
 /// After a clean shutdown: no sandbox process, no sandbox cgroup, and not the parents either.
 fn assert_nothing_left(s: &Server) {
     assert!(processes_with_uid_in(s.uid_base, 1000).is_empty());

@@ -120,6 +120,10 @@ async fn too_large_in_shape(
     }
 }
 
+/// How long requests in flight may take to finish when the server is told to stop, before
+/// their sandboxes are stopped; and then how long their answers may take to be sent.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
 /// Serves until `shutdown` resolves, then lets requests in flight finish and stops every
 /// sandbox.
 pub async fn serve(
@@ -183,7 +187,15 @@ pub async fn serve(
     drop(listener);
     let _ = closing.send(());
     connections.close();
-    connections.wait().await;
+    // Requests in flight get a grace period; then their sandboxes are stopped, which ends
+    // the long ones (a stream of a day-long process must not hold the shutdown).
+    if tokio::time::timeout(DRAIN_GRACE, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::info!("requests still in flight: stopping their sandboxes");
+    }
     engine.shutdown().await;
+    let _ = tokio::time::timeout(DRAIN_GRACE, connections.wait()).await;
     Ok(())
 }
