@@ -557,9 +557,9 @@ impl Engine {
         all
     }
 
-    /// Stops a sandbox and removes it (and its record).
-    /// Deletes a sandbox, in a task of its own: a caller that stops waiting (a dropped
-    /// request) must not leave it half torn down, its cgroup and uid never released.
+    /// Stops a sandbox and removes it (and its record), in a task of its own: a caller that
+    /// stops waiting (a dropped request) must not leave it half torn down, its cgroup and
+    /// uid never released.
     pub async fn delete(self: &Arc<Self>, id: &str) -> Result<()> {
         let (engine, id) = (self.clone(), id.to_owned());
         let deleting = tokio::spawn(async move { engine.delete_now(&id).await });

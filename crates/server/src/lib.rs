@@ -120,6 +120,21 @@ async fn too_large_in_shape(
     }
 }
 
+/// HTTP/1 with a timer: axum's own `serve` sets none, and without one hyper never times out
+/// a connection that trickles its headers (slowloris).
+fn http1(header_read_timeout_secs: f64) -> std::io::Result<hyper::server::conn::http1::Builder> {
+    let header_timeout = Duration::try_from_secs_f64(header_read_timeout_secs)
+        .ok()
+        .filter(|t| !t.is_zero())
+        .ok_or_else(|| {
+            std::io::Error::other("limits.header_read_timeout_secs must be a positive number")
+        })?;
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    Ok(http)
+}
+
 /// How long requests in flight may take to finish when the server is told to stop, before
 /// their sandboxes are stopped; and then how long their answers may take to be sent.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
@@ -142,17 +157,7 @@ pub async fn serve(
         },
         metrics,
     );
-    // axum's own `serve` gives no way to set hyper's timer, without which hyper never times
-    // out a connection that trickles its headers (slowloris).
-    let header_timeout = Duration::try_from_secs_f64(engine.config.limits.header_read_timeout_secs)
-        .ok()
-        .filter(|t| !t.is_zero())
-        .ok_or_else(|| {
-            std::io::Error::other("limits.header_read_timeout_secs must be a positive number")
-        })?;
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(header_timeout);
+    let http = http1(engine.config.limits.header_read_timeout_secs)?;
     let (closing, closed) = tokio::sync::watch::channel(());
     let connections = tokio_util::task::TaskTracker::new();
     tokio::pin!(shutdown);
