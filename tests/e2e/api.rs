@@ -548,3 +548,45 @@ fn a_client_trickling_its_headers_is_cut_off() {
     let r = s.exec(&id, json!({"shell": "sleep 2; echo slow but fine"}));
     assert_eq!(r["stdout"], "slow but fine\n");
 }
+
+#[test]
+fn large_bodies_share_one_budget_and_small_ones_never_wait() {
+    use std::time::{Duration, Instant};
+    let s = Server::start_with(&[
+        ("CELLA_LIMITS__MAX_BODY_BYTES", "1600000"),
+        ("CELLA_LIMITS__MAX_BODY_BYTES_IN_FLIGHT", "2000000"),
+    ]);
+    // Two runs whose bodies (1.1 MB each) do not fit in the budget together.
+    let data = "x".repeat(1_100_000);
+    let body = json!({
+        "language": "python",
+        "code": "import os, time; time.sleep(2); print(os.path.getsize('f'))",
+        "files": {"f": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &data)},
+    });
+    let started = Instant::now();
+    let large: Vec<_> = (0..2)
+        .map(|_| {
+            let (http, url, body) = (s.http.clone(), format!("{}/run_code", s.url), body.clone());
+            std::thread::spawn(move || {
+                let r: Value = http.post(url).json(&body).send().unwrap().json().unwrap();
+                (r["run_result"]["stdout"].clone(), started.elapsed())
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    let small = json_of(s.run_code(json!({"language": "python", "code": "print(1)"})));
+    assert_eq!(small["run_result"]["stdout"], "1\n");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    let mut finished: Vec<Duration> = large
+        .into_iter()
+        .map(|h| {
+            let (stdout, at) = h.join().unwrap();
+            assert_eq!(stdout, "1100000\n");
+            at
+        })
+        .collect();
+    finished.sort();
+    // The second body waited for the first run to answer.
+    assert!(finished[1] >= Duration::from_millis(3900), "{finished:?}");
+}

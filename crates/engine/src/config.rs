@@ -69,6 +69,8 @@ pub struct Limits {
     pub max_output_cap_bytes: usize,
     /// Largest HTTP request body (uploads, `/run_code` with files).
     pub max_body_bytes: usize,
+    /// Request bodies held at once, together: a large body waits for its share.
+    pub max_body_bytes_in_flight: usize,
     /// Seconds a client may take to send a request's headers; a connection that trickles
     /// them is closed instead of holding a descriptor for ever.
     pub header_read_timeout_secs: f64,
@@ -169,6 +171,7 @@ impl Default for Limits {
             max_exec_timeout_secs: 86_400.0,
             max_output_cap_bytes: 256 << 20,
             max_body_bytes: 64 << 20,
+            max_body_bytes_in_flight: 512 << 20,
             header_read_timeout_secs: 30.0,
             max_read_bytes: 64 << 20,
             stopped_retention_secs: 3600,

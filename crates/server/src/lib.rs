@@ -17,12 +17,14 @@ use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+mod body_budget;
 mod compat;
 pub mod error;
 mod extract;
 pub mod metrics;
 mod native;
 
+use body_budget::BodyBudget;
 use error::ApiError;
 use extract::Json;
 
@@ -71,7 +73,9 @@ pub fn app(state: AppState, metrics: PrometheusHandle) -> Router {
         .split_for_parts();
     native::document_errors(&mut doc);
     let doc = Arc::new(doc);
-    let body_limit = state.engine.config.limits.max_body_bytes;
+    let limits = &state.engine.config.limits;
+    let body_limit = limits.max_body_bytes;
+    let budget = BodyBudget::new(limits.max_body_bytes_in_flight, body_limit);
     Router::new()
         .merge(native)
         .merge(compat::fusion::router())
@@ -90,6 +94,10 @@ pub fn app(state: AppState, metrics: PrometheusHandle) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             body_limit,
             too_large_in_shape,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            budget,
+            body_budget::limit,
         ))
         .layer(TraceLayer::new_for_http())
 }
