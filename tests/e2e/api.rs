@@ -301,6 +301,28 @@ fn background_processes() {
         s.get(&format!("/sandboxes/{id}/processes/999999")).status(),
         404
     );
+
+    // Finished processes are remembered while their output stays small: the server holds it.
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let p = json_of(s.post(
+            &format!("/sandboxes/{id}/processes"),
+            json!({"shell": "head -c 4000000 /dev/zero"}),
+        ));
+        let wait = format!("/sandboxes/{id}/processes/{}/wait", p["id"]);
+        assert_eq!(json_of(s.post(&wait, json!(null)))["exit"]["exit_code"], 0);
+        ids.push(p["id"].as_u64().unwrap());
+    }
+    let list = json_of(s.get(&format!("/sandboxes/{id}/processes")));
+    let kept: Vec<u64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_u64().unwrap())
+        .filter(|p| ids.contains(p))
+        .collect();
+    // The newest, and four older ones (16 MB): the first is forgotten.
+    assert_eq!(kept, ids[1..], "{kept:?} of {ids:?}");
     s.delete(&format!("/sandboxes/{id}"));
 }
 

@@ -257,6 +257,12 @@ impl Process {
         }
     }
 
+    /// Bytes of output held for it.
+    pub fn captured_bytes(&self) -> usize {
+        let out = self.output.lock().unwrap_or_else(|p| p.into_inner());
+        out.stdout.data.len() + out.stderr.data.len()
+    }
+
     fn keep(&self, stream: Stream, chunk: &[u8]) -> Bytes {
         let mut out = self.output.lock().unwrap_or_else(|p| p.into_inner());
         let buf = match stream {

@@ -16,8 +16,11 @@ use crate::control::Control;
 use crate::error::{Error, Result};
 use crate::process::{ExecOptions, Process};
 
-/// Finished processes remembered per sandbox for inspection.
+/// Finished processes remembered per sandbox for inspection: at most this many, and the
+/// older ones only while their output together stays within `FINISHED_OUTPUT_KEPT` (the
+/// server holds it in memory, for every sandbox).
 const FINISHED_KEPT: usize = 64;
+const FINISHED_OUTPUT_KEPT: usize = 16 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -248,17 +251,23 @@ impl Sandbox {
             .insert(p.id, p);
     }
 
-    /// Called when a process ends: keeps the last few finished ones for inspection.
+    /// Called when a process ends: keeps the last few finished ones for inspection (always
+    /// the one that just ended).
     pub(crate) fn retire_process(&self, id: u64) {
         let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+        let mut processes = self.processes.lock().unwrap_or_else(|p| p.into_inner());
         finished.push_back(id);
-        if finished.len() > FINISHED_KEPT
-            && let Some(old) = finished.pop_front()
+        // Collected processes were forgotten already: they hold nothing.
+        finished.retain(|id| processes.contains_key(id));
+        let held = |id: &u64| processes.get(id).map_or(0, |p| p.captured_bytes());
+        let mut older: usize = finished.iter().rev().skip(1).map(held).sum();
+        while finished.len() > 1 && (finished.len() > FINISHED_KEPT || older > FINISHED_OUTPUT_KEPT)
         {
-            self.processes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&old);
+            if let Some(old) = finished.pop_front()
+                && let Some(p) = processes.remove(&old)
+            {
+                older = older.saturating_sub(p.captured_bytes());
+            }
         }
     }
 
