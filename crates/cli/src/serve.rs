@@ -20,7 +20,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
     init_logging(&config.log_format);
 
     let features = cella_engine::probe::probe().map_err(|e| e.to_string())?;
-    info!("{}", features.summary());
+    let open_files = cella_engine::probe::raise_open_files(config.sandbox.open_files)
+        .map_err(|e| e.to_string())?;
+    info!(open_files, "{}", features.summary());
     // The spawner must be forked before the runtime creates any thread.
     let spawner = Spawner::start(SpawnerConfig {
         netns_pool: config.pool.netns,
