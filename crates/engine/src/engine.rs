@@ -351,7 +351,7 @@ impl Engine {
         let engine = self.clone();
         tokio::spawn(async move {
             if let Err(Ok(orphan)) = reply.send(engine.create_now(req).await) {
-                let _ = engine.delete(&orphan.id).await;
+                let _ = engine.delete_now(&orphan.id).await;
             }
         });
         created.await.map_err(Error::internal)?
@@ -566,7 +566,8 @@ impl Engine {
         deleting.await.map_err(Error::internal)?
     }
 
-    async fn delete_now(&self, id: &str) -> Result<()> {
+    /// The work of [`Engine::delete`], for a caller already in a task that nothing cancels.
+    pub(crate) async fn delete_now(&self, id: &str) -> Result<()> {
         let was_live = self.stop(id, "deleted").await;
         let was_stopped = self
             .stopped

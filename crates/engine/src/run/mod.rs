@@ -144,7 +144,7 @@ impl Drop for Disposable {
         let (engine, id) = (self.engine.clone(), self.sandbox.id.clone());
         // Without a runtime the server is exiting: a restart reaps what is left.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { engine.delete(&id).await });
+            runtime.spawn(async move { engine.delete_now(&id).await });
         }
     }
 }
