@@ -138,14 +138,8 @@ fn require_syscall(name: &str, why: &str, call: impl FnOnce() -> libc::c_long) -
 /// every connection and sandbox) and checks that sandboxes can get `per_sandbox`: no process
 /// of theirs can raise its limit above the hard limit it inherits from the server.
 pub fn raise_open_files(per_sandbox: u64) -> Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own.
-    crate::sys::cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })
-        .map_err(|e| Error::sys("getrlimit", e))?;
-    let hard = lim.rlim_max;
+    let (_, hard) =
+        crate::sys::get_rlimit(libc::RLIMIT_NOFILE).map_err(|e| Error::sys("getrlimit", e))?;
     crate::sys::set_rlimit(libc::RLIMIT_NOFILE, hard, hard)
         .map_err(|e| Error::sys("setrlimit open files", e))?;
     if hard < per_sandbox {
@@ -164,13 +158,8 @@ mod tests {
     #[test]
     fn open_files_go_up_to_the_hard_limit_and_no_further() {
         let hard = raise_open_files(1).unwrap();
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes into the struct we own.
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-        assert_eq!((lim.rlim_cur, lim.rlim_max), (hard, hard));
+        let limits = crate::sys::get_rlimit(libc::RLIMIT_NOFILE).unwrap();
+        assert_eq!(limits, (hard, hard));
         if hard < u64::MAX {
             let e = raise_open_files(hard + 1).unwrap_err().to_string();
             assert!(e.contains("below sandbox.open_files"), "{e}");
