@@ -3,7 +3,7 @@
 use std::sync::OnceLock;
 
 use base64::Engine as _;
-use cella_e2e::{Server, json_of};
+use cella_e2e::{Server, assert_refused, json_of};
 use reqwest::blocking::multipart::{Form, Part};
 use serde_json::json;
 
@@ -152,9 +152,7 @@ fn mkdir_move_remove_and_their_errors() {
             &f("/move"),
             json!({"source": source, "destination": destination}),
         );
-        assert_eq!(r.status(), status, "{source} -> {destination}");
-        let message = json_of(r)["error"]["message"].as_str().unwrap().to_string();
-        assert!(message.contains(says), "{message}");
+        assert_refused(r, status, says);
     };
     refused("nope", "a/h", 404, "/home/user/nope");
     refused("a/g", "/no/dir/g", 404, "/no/dir/g");
@@ -247,11 +245,7 @@ fn planted_fifos_are_refused_not_waited_on() {
     );
     assert_eq!(held.status(), 201);
     for fifo in ["lonely", "held"] {
-        let refused = |r: reqwest::blocking::Response| {
-            assert_eq!(r.status(), 400, "{fifo}");
-            let message = json_of(r)["error"]["message"].to_string();
-            assert!(message.contains("not a regular file"), "{fifo}: {message}");
-        };
+        let refused = |r| assert_refused(r, 400, "not a regular file");
         let put = s.http.put(s.api(&f(&format!("?path={fifo}")))).body("x");
         refused(put.send().unwrap());
         refused(s.post(&f("/write"), json!({"path": fifo, "content": "x"})));

@@ -283,6 +283,17 @@ pub fn json_of(r: Response) -> Value {
     serde_json::from_str(&text).unwrap_or(Value::String(text))
 }
 
+/// Asserts that `r` is an error answer of `status` whose message says `says`; returns its
+/// `error` object.
+pub fn assert_refused(r: Response, status: u16, says: &str) -> Value {
+    let got = r.status();
+    let body = json_of(r);
+    assert_eq!(got, status, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(says), "{says:?} not in {body}");
+    body["error"].clone()
+}
+
 /// Host processes running as a uid in `[base, base + count)`.
 pub fn processes_with_uid_in(base: u32, count: u32) -> Vec<u32> {
     let mut pids = Vec::new();
