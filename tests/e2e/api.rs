@@ -533,7 +533,13 @@ fn bad_input_gets_clear_4xx() {
 #[test]
 fn a_client_trickling_its_headers_is_cut_off() {
     use std::io::{Read, Write};
-    let s = Server::start_with(&[("CELLA_LIMITS__HEADER_READ_TIMEOUT_SECS", "1")]);
+    let mut s = Server::start_with(&[("CELLA_LIMITS__HEADER_READ_TIMEOUT_SECS", "1")]);
+    // The timeout also closes keep-alive connections idle that long: a pooled one could be
+    // reused just as the server closes it, so each request here opens its own.
+    s.http = reqwest::blocking::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let address = s.url.trim_start_matches("http://").to_string();
     let mut slow = std::net::TcpStream::connect(&address).unwrap();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: cella\r\n")
