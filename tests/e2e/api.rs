@@ -2,7 +2,7 @@
 
 use std::sync::OnceLock;
 
-use cella_e2e::{Server, assert_refused, json_of};
+use cella_e2e::{Server, answer_of, assert_refused, json_of};
 use serde_json::{Value, json};
 
 fn server() -> &'static Server {
@@ -50,7 +50,7 @@ fn health_openapi_and_metrics() {
                 .get("application/json")
                 .is_some()
             {
-                for status in ["400", "413", "415", "422"] {
+                for status in ["400", "408", "413", "415", "422"] {
                     assert!(
                         responses.contains_key(status),
                         "{method} {path}: no {status}"
@@ -517,16 +517,13 @@ fn bad_input_gets_clear_4xx() {
 
     // A body over the limit is refused from its announced length, before any of it is read,
     // with the API's error shape.
-    let mut conn = std::net::TcpStream::connect(s.url.trim_start_matches("http://")).unwrap();
     let head = format!(
-        "PUT /api/v1/sandboxes/{id}/files?path=big HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        "PUT /api/v1/sandboxes/{id}/files?path=big\r\nContent-Length: {}",
         300u64 << 20
     );
-    std::io::Write::write_all(&mut conn, head.as_bytes()).unwrap();
-    let mut answer = String::new();
-    std::io::Read::read_to_string(&mut conn, &mut answer).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-    assert!(answer.contains(r#""code":"too_large""#), "{answer}");
+    let (status, answer) = answer_of(s.send_raw(&head, b""));
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(answer["error"]["code"], "too_large", "{answer}");
     s.delete(&format!("/sandboxes/{id}"));
 }
 
@@ -597,4 +594,55 @@ fn large_bodies_share_one_budget_and_small_ones_never_wait() {
     finished.sort();
     // The second body waited for the first run to answer.
     assert!(finished[1] >= Duration::from_millis(3900), "{finished:?}");
+}
+
+#[test]
+fn a_client_stalling_its_body_is_answered_and_frees_its_budget() {
+    use std::time::{Duration, Instant};
+    let s = Server::start_with(&[
+        ("CELLA_LIMITS__BODY_READ_TIMEOUT_SECS", "1"),
+        ("CELLA_LIMITS__MAX_BODY_BYTES", "1500000"),
+        ("CELLA_LIMITS__MAX_BODY_BYTES_IN_FLIGHT", "1500000"),
+    ]);
+    let id = s.sandbox(json!({}));
+    s.sh(&id, "echo before > stalled");
+    // This upload takes the whole body budget, then stops sending.
+    let upload =
+        format!("PUT /api/v1/sandboxes/{id}/files?path=stalled\r\nContent-Length: 1400000");
+    let stalled = s.send_raw(&upload, &[b'x'; 4096]);
+    std::thread::sleep(Duration::from_millis(300));
+    // The next large upload waits for that share, and gets it once the stalled one is cut off.
+    let started = Instant::now();
+    let waiting = {
+        let req = s
+            .http
+            .put(s.api(&format!("/sandboxes/{id}/files?path=whole")))
+            .body(vec![b'y'; 1_000_000])
+            .timeout(Duration::from_secs(20));
+        std::thread::spawn(move || req.send().map(|r| r.status().as_u16()))
+    };
+    let (status, body) = answer_of(stalled);
+    assert_eq!(status, 408, "{body}");
+    assert_eq!(body["error"]["code"], "body_timeout", "{body}");
+    assert_eq!(waiting.join().unwrap().unwrap(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // The stalled upload left the file it was replacing as it was; the whole one is whole.
+    let listed = s.sh(&id, "ls -A; cat stalled; stat -c %s whole");
+    assert_eq!(
+        listed["stdout"], "stalled\nwhole\nbefore\n1000000\n",
+        "{listed}"
+    );
+    // A face answers in its own shape: SandboxFusion's `Failed`, which clients do not retry.
+    let stalled = s.send_raw("POST /run_code\r\nContent-Length: 100", br#"{"language": "#);
+    let (status, body) = answer_of(stalled);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "Failed", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("paused"),
+        "{body}"
+    );
 }

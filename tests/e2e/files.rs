@@ -3,7 +3,7 @@
 use std::sync::OnceLock;
 
 use base64::Engine as _;
-use cella_e2e::{Server, assert_refused, json_of};
+use cella_e2e::{Server, answer_of, assert_refused, chunked as chunked_body, json_of};
 use reqwest::blocking::multipart::{Form, Part};
 use serde_json::json;
 
@@ -253,4 +253,51 @@ fn planted_fifos_are_refused_not_waited_on() {
         refused(s.get(&f(&format!("?path={fifo}"))));
     }
     s.delete(&format!("/sandboxes/{id}"));
+}
+
+#[test]
+fn an_upload_cut_short_leaves_the_file_as_it_was() {
+    let s = Server::start_with(&[("CELLA_LIMITS__MAX_BODY_BYTES", "1000000")]);
+    let id = s.sandbox(json!({}));
+    s.sh(&id, "mkdir up; echo before > up/kept");
+    let refused = |head: String, body: &[u8]| {
+        let chunked = format!("{head}\r\nTransfer-Encoding: chunked");
+        let (status, answer) = answer_of(s.send_raw(&chunked, &chunked_body(body, 64 << 10)));
+        assert_eq!(status, 413, "{answer}");
+        assert!(answer.to_string().contains("max_body_bytes"), "{answer}");
+    };
+    // Streamed without a length, a body is found too large only part way through; the file
+    // being written by then is dropped.
+    refused(
+        format!("PUT /api/v1/sandboxes/{id}/files?path=up/kept"),
+        &[b'x'; 1_100_000],
+    );
+    let mut form = b"--b\r\nContent-Disposition: form-data; name=\"path\"\r\n\r\nup/kept\r\n\
+        --b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"kept\"\r\n\r\n"
+        .to_vec();
+    form.extend_from_slice(&[b'y'; 1_100_000]);
+    form.extend_from_slice(b"\r\n--b--\r\n");
+    refused(
+        format!(
+            "POST /api/v1/sandboxes/{id}/files/upload\r\nContent-Type: multipart/form-data; boundary=b"
+        ),
+        &form,
+    );
+    // A directory in the way is refused before the body is taken.
+    let put = |path: &str, body: &'static str| {
+        s.send(
+            s.http
+                .put(s.api(&format!("/sandboxes/{id}/files?path={path}")))
+                .body(body),
+        )
+    };
+    assert_refused(put("up", "z"), 400, "is a directory");
+    let r = s.sh(&id, "ls -A up; cat up/kept");
+    assert_eq!(r["stdout"], "kept\nbefore\n", "{r}");
+    // A whole upload replaces the file.
+    assert_eq!(put("up/kept", "after\n").status(), 200);
+    assert_eq!(
+        s.sh(&id, "ls -A up; cat up/kept")["stdout"],
+        "kept\nafter\n"
+    );
 }

@@ -258,6 +258,32 @@ impl Server {
         self.exec(id, json!({"shell": line}))
     }
 
+    /// Sends `head` (a request line such as `PUT /path`, and any further header lines), then
+    /// `body` as it is, on a connection of its own, as far as the server takes it: a server
+    /// that answers early and closes may refuse the rest. The head's own framing headers say
+    /// how long the body is meant to be.
+    pub fn send_raw(&self, head: &str, body: &[u8]) -> std::net::TcpStream {
+        use std::io::Write;
+        let address = self.url.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(address).expect("connect");
+        let mut lines = head.split("\r\n");
+        let request_line = lines.next().unwrap_or("");
+        // One request per connection: the server closes it once it has answered.
+        let mut message =
+            format!("{request_line} HTTP/1.1\r\nHost: cella\r\nConnection: close\r\n");
+        for header in lines {
+            message += &format!("{header}\r\n");
+        }
+        message += "\r\n";
+        let _ = stream
+            .write_all(message.as_bytes())
+            .and_then(|()| stream.write_all(body));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        stream
+    }
+
     pub fn exec(&self, id: &str, body: Value) -> Value {
         let r = self.post(&format!("/sandboxes/{id}/exec"), body);
         let (status, v) = (r.status(), json_of(r));
@@ -281,6 +307,35 @@ impl Drop for Server {
 pub fn json_of(r: Response) -> Value {
     let text = r.text().expect("body");
     serde_json::from_str(&text).unwrap_or(Value::String(text))
+}
+
+/// The answer on a raw connection, read until the server closes it: its status code and
+/// its body as JSON.
+pub fn answer_of(mut stream: std::net::TcpStream) -> (u16, Value) {
+    use std::io::Read;
+    let mut answer = Vec::new();
+    // Whatever arrived before a reset is still the answer.
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an answer");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// A body in HTTP/1.1 chunked encoding, in chunks of `size` bytes.
+pub fn chunked(body: &[u8], size: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + body.len() / size * 8 + 8);
+    for chunk in body.chunks(size) {
+        out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        out.extend_from_slice(chunk);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
 }
 
 /// Asserts that `r` is an error answer of `status` whose message says `says`; returns its

@@ -74,6 +74,9 @@ pub struct Limits {
     /// Seconds a client may take to send a request's headers; a connection that trickles
     /// them is closed instead of holding a descriptor for ever.
     pub header_read_timeout_secs: f64,
+    /// Seconds a client may pause while sending a request's body: a stalled upload is
+    /// answered and its share of the body budget freed.
+    pub body_read_timeout_secs: f64,
     /// Largest file read into a JSON response; for a run, the largest its fetched files together.
     pub max_read_bytes: u64,
     /// Stopped sandboxes stay visible (state `stopped`) this long before they are forgotten.
@@ -173,6 +176,7 @@ impl Default for Limits {
             max_body_bytes: 64 << 20,
             max_body_bytes_in_flight: 512 << 20,
             header_read_timeout_secs: 30.0,
+            body_read_timeout_secs: 30.0,
             max_read_bytes: 64 << 20,
             stopped_retention_secs: 3600,
             total_memory_mb: 0,

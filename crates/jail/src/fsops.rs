@@ -20,6 +20,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 
@@ -65,6 +66,47 @@ pub struct Entry {
 pub enum Side {
     Source,
     Destination,
+}
+
+/// A file being written under a temporary name beside its destination (see
+/// [`SandboxFs::upload`]): `finish` moves it into place; dropped unfinished, it is removed.
+pub struct Upload {
+    file: File,
+    dir: OwnedFd,
+    temp: CString,
+    name: CString,
+    finished: bool,
+}
+
+impl Upload {
+    pub fn finish(mut self) -> io::Result<()> {
+        rustix::fs::renameat(
+            &self.dir,
+            self.temp.as_c_str(),
+            &self.dir,
+            self.name.as_c_str(),
+        )?;
+        self.finished = true;
+        Ok(())
+    }
+}
+
+impl Write for Upload {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = rustix::fs::unlinkat(&self.dir, self.temp.as_c_str(), AtFlags::empty());
+        }
+    }
 }
 
 /// A sandbox's filesystem, seen from the host.
@@ -154,18 +196,55 @@ impl SandboxFs {
 
     /// Creates or truncates a file (and, if asked, its parent directories) for writing.
     pub fn create(&self, path: &str, mode: u32, parents: bool) -> io::Result<File> {
+        let (dir, name) = self.parent_made(path, parents)?;
+        self.create_in(&dir, &name, OFlags::TRUNC, mode)
+    }
+
+    /// Starts writing a file that appears at `path` (replacing what is there) only when
+    /// finished: a write cut short leaves `path` as it was.
+    pub fn upload(&self, path: &str, mode: u32, parents: bool) -> io::Result<Upload> {
+        static UPLOADS: AtomicU64 = AtomicU64::new(0);
+        let (dir, name) = self.parent_made(path, parents)?;
+        // What `create` would refuse is refused now, not after the whole body has come.
+        if let Ok(st) = rustix::fs::statat(&dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            match st.st_mode & libc::S_IFMT {
+                libc::S_IFREG => {}
+                libc::S_IFDIR => return Err(io::Error::from_raw_os_error(libc::EISDIR)),
+                libc::S_IFLNK => return Err(io::Error::from_raw_os_error(libc::ELOOP)),
+                _ => return Err(not_regular()),
+            }
+        }
+        let n = UPLOADS.fetch_add(1, Ordering::Relaxed);
+        let temp = CString::new(format!(".cella-upload-{}-{n}", std::process::id()))
+            .expect("no NUL in a number");
+        let file = self.create_in(&dir, &temp, OFlags::EXCL, mode)?;
+        Ok(Upload {
+            file,
+            dir,
+            temp,
+            name,
+            finished: false,
+        })
+    }
+
+    /// The resolved parent directory of `path`, created first if asked, and the final name.
+    fn parent_made(&self, path: &str, parents: bool) -> io::Result<(OwnedFd, CString)> {
         if parents
             && let Some((dir, _)) = checked(path)?.trim_end_matches('/').rsplit_once('/')
             && !dir.is_empty()
         {
             self.mkdir(dir, true, 0o755)?;
         }
-        let (dir, name) = self.parent(path)?;
+        self.parent(path)
+    }
+
+    /// Opens `name` in `dir` for writing, a regular file owned by the sandbox user.
+    fn create_in(&self, dir: &OwnedFd, name: &CString, how: OFlags, mode: u32) -> io::Result<File> {
         // Non-blocking: a FIFO the sandbox planted there must not hold the server's thread
         // in open(2) until something reads it (the type check below then refuses it).
-        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW;
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | how;
         let fd = rustix::fs::openat2(
-            &dir,
+            dir,
             name.as_c_str(),
             flags | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
             Mode::from_bits_truncate(mode & 0o7777),

@@ -40,6 +40,30 @@ impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_argument", message)
     }
+
+    /// The answer to a request body that broke one of the server's limits: larger than
+    /// `limits.max_body_bytes`, or paused longer than `limits.body_read_timeout_secs`. `None`
+    /// when reading it failed for another reason.
+    pub fn body_limit_exceeded(e: &(dyn std::error::Error + 'static)) -> Option<ApiError> {
+        std::iter::successors(Some(e), |e| e.source()).find_map(|cause| {
+            if cause.is::<http_body_util::LengthLimitError>() {
+                Some(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    "the request body is larger than the server's limit (limits.max_body_bytes)",
+                ))
+            } else if cause.is::<tower_http::timeout::TimeoutError>() {
+                Some(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "the client paused sending the request body for too long \
+                     (limits.body_read_timeout_secs)",
+                ))
+            } else {
+                None
+            }
+        })
+    }
 }
 
 impl From<Error> for ApiError {
@@ -64,6 +88,9 @@ impl From<Error> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> ApiError {
+        if let Some(exceeded) = ApiError::body_limit_exceeded(&r) {
+            return exceeded;
+        }
         let code = match r.status() {
             StatusCode::PAYLOAD_TOO_LARGE => "too_large",
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",

@@ -13,6 +13,7 @@ use cella_engine::Engine;
 use cella_engine::run::Runs;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -67,7 +68,8 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
-pub fn app(state: AppState, metrics: PrometheusHandle) -> Router {
+/// The whole HTTP surface; `body_timeout` is the longest a client may pause in a request body.
+pub fn app(state: AppState, metrics: PrometheusHandle, body_timeout: Duration) -> Router {
     let (native, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", native::router())
         .split_for_parts();
@@ -99,6 +101,8 @@ pub fn app(state: AppState, metrics: PrometheusHandle) -> Router {
             budget,
             body_budget::limit,
         ))
+        // A stalled body would hold its share of the budget for ever.
+        .layer(RequestBodyTimeoutLayer::new(body_timeout))
         .layer(TraceLayer::new_for_http())
 }
 
@@ -128,19 +132,21 @@ async fn too_large_in_shape(
     }
 }
 
-/// HTTP/1 with a timer: axum's own `serve` sets none, and without one hyper never times out
-/// a connection that trickles its headers (slowloris).
-fn http1(header_read_timeout_secs: f64) -> std::io::Result<hyper::server::conn::http1::Builder> {
-    let header_timeout = Duration::try_from_secs_f64(header_read_timeout_secs)
+/// A client timeout from the configuration, which must be a positive number of seconds.
+fn client_timeout(secs: f64, key: &str) -> std::io::Result<Duration> {
+    Duration::try_from_secs_f64(secs)
         .ok()
         .filter(|t| !t.is_zero())
-        .ok_or_else(|| {
-            std::io::Error::other("limits.header_read_timeout_secs must be a positive number")
-        })?;
+        .ok_or_else(|| std::io::Error::other(format!("limits.{key} must be a positive number")))
+}
+
+/// HTTP/1 with a timer: axum's own `serve` sets none, and without one hyper never times out
+/// a connection that trickles its headers (slowloris).
+fn http1(header_timeout: Duration) -> hyper::server::conn::http1::Builder {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(header_timeout);
-    Ok(http)
+    http
 }
 
 /// How long requests in flight may take to finish when the server is told to stop, before
@@ -158,14 +164,19 @@ pub async fn serve(
     engine.spawn_background();
     let runs = Runs::new(engine.clone());
     runs.warm_up();
+    let limits = &engine.config.limits;
+    let header_timeout =
+        client_timeout(limits.header_read_timeout_secs, "header_read_timeout_secs")?;
+    let body_timeout = client_timeout(limits.body_read_timeout_secs, "body_read_timeout_secs")?;
     let app = app(
         AppState {
             engine: engine.clone(),
             runs,
         },
         metrics,
+        body_timeout,
     );
-    let http = http1(engine.config.limits.header_read_timeout_secs)?;
+    let http = http1(header_timeout);
     let (closing, closed) = tokio::sync::watch::channel(());
     let connections = tokio_util::task::TaskTracker::new();
     tokio::pin!(shutdown);

@@ -12,6 +12,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -28,6 +29,7 @@ use serde_json::{Value, json};
 
 use super::pydantic::{self, Fields};
 use crate::AppState;
+use crate::error::ApiError;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -231,14 +233,34 @@ fn seconds(value: f64) -> Duration {
     Duration::from_secs_f64(value.clamp(0.001, 86_400.0))
 }
 
+/// A route's answer to a request it could not take.
+type Failure = fn(Error) -> Response;
+
+const RUN_CODE_FAILURE: Failure = |e| axum::Json(RunCodeResponse::failure(e)).into_response();
+const RUN_JUPYTER_FAILURE: Failure = |e| axum::Json(RunJupyterResponse::failure(e)).into_response();
+
 /// How this face answers a body over the server's limit on `path`, if `path` is one of its
 /// routes: `Failed`, which clients do not retry (a bigger body would never fit).
-pub fn too_large(path: &str) -> Option<fn(Error) -> Response> {
+pub fn too_large(path: &str) -> Option<Failure> {
     match path {
-        "/run_code" => Some(|e| axum::Json(RunCodeResponse::failure(e)).into_response()),
-        "/run_jupyter" => Some(|e| axum::Json(RunJupyterResponse::failure(e)).into_response()),
+        "/run_code" => Some(RUN_CODE_FAILURE),
+        "/run_jupyter" => Some(RUN_JUPYTER_FAILURE),
         _ => None,
     }
+}
+
+/// The request's JSON object; or, for a body that could not be read (too large, stalled,
+/// cut off), the route's `Failed` answer, and for one that is not a JSON object, a 422.
+fn request_object(
+    body: Result<Bytes, BytesRejection>,
+    failure: Failure,
+) -> Result<serde_json::Map<String, Value>, Box<Response>> {
+    let body = body.map_err(|unread| {
+        let why = ApiError::body_limit_exceeded(&unread)
+            .map_or_else(|| unread.body_text(), |e| e.message);
+        Box::new(failure(Error::invalid(why)))
+    })?;
+    pydantic::object(&body).map_err(|invalid| Box::new(invalid.into_response()))
 }
 
 /// Answers an overloaded queue with 504, the one status both verl and the client retry.
@@ -250,10 +272,10 @@ pub fn overloaded(e: Error) -> Response {
         .into_response()
 }
 
-async fn run_code(State(state): State<AppState>, body: Bytes) -> Response {
-    let body = match pydantic::object(&body) {
+async fn run_code(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match request_object(body, RUN_CODE_FAILURE) {
         Ok(b) => b,
-        Err(invalid) => return invalid.into_response(),
+        Err(answer) => return *answer,
     };
     let mut f = Fields::new(&body);
     let compile_timeout = f.float("compile_timeout", 10.0);
@@ -271,7 +293,7 @@ async fn run_code(State(state): State<AppState>, body: Bytes) -> Response {
     }
     let files = match decode_files(files) {
         Ok(files) => files,
-        Err(e) => return axum::Json(RunCodeResponse::failure(e)).into_response(),
+        Err(e) => return RUN_CODE_FAILURE(e),
     };
     let req = RunRequest {
         language,
@@ -286,7 +308,7 @@ async fn run_code(State(state): State<AppState>, body: Bytes) -> Response {
     match state.runs.run(req).await {
         Ok(outcome) => axum::Json(RunCodeResponse::from_outcome(outcome)).into_response(),
         Err(e @ Error::Busy(_)) => overloaded(e),
-        Err(e) => axum::Json(RunCodeResponse::failure(e)).into_response(),
+        Err(e) => RUN_CODE_FAILURE(e),
     }
 }
 
@@ -373,10 +395,13 @@ impl RunJupyterResponse {
     }
 }
 
-async fn run_jupyter(State(state): State<AppState>, body: Bytes) -> Response {
-    let body = match pydantic::object(&body) {
+async fn run_jupyter(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match request_object(body, RUN_JUPYTER_FAILURE) {
         Ok(b) => b,
-        Err(invalid) => return invalid.into_response(),
+        Err(answer) => return *answer,
     };
     let mut f = Fields::new(&body);
     let cells = match body.get("cells") {
@@ -399,7 +424,7 @@ async fn run_jupyter(State(state): State<AppState>, body: Bytes) -> Response {
     }
     let files = match decode_files(files) {
         Ok(files) => files,
-        Err(e) => return axum::Json(RunJupyterResponse::failure(e)).into_response(),
+        Err(e) => return RUN_JUPYTER_FAILURE(e),
     };
     let req = NotebookRequest {
         cells,
@@ -416,6 +441,6 @@ async fn run_jupyter(State(state): State<AppState>, body: Bytes) -> Response {
     match state.runs.run_notebook(req).await {
         Ok(outcome) => axum::Json(RunJupyterResponse::from_outcome(outcome)).into_response(),
         Err(e @ Error::Busy(_)) => overloaded(e),
-        Err(e) => axum::Json(RunJupyterResponse::failure(e)).into_response(),
+        Err(e) => RUN_JUPYTER_FAILURE(e),
     }
 }

@@ -206,7 +206,8 @@ pub async fn put_raw(
     ))
 }
 
-/// Streams chunks into a new file in the sandbox without holding the whole body in memory.
+/// Streams chunks into a file in the sandbox without holding the whole body in memory. The
+/// file takes its place only once the body has come whole: a broken upload leaves nothing.
 async fn write_stream<S, E>(
     sandbox: &Sandbox,
     path: &str,
@@ -215,42 +216,55 @@ async fn write_stream<S, E>(
 ) -> ApiResult<Entry>
 where
     S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
-    E: std::fmt::Display,
+    E: std::error::Error + 'static,
 {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    // `None` marks the end of the body; a channel closed without it, a body cut short (the
+    // reader reports why), whose file is then dropped unfinished.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Bytes>>(8);
     let writer = on_path(sandbox, path, move |fs, p| {
-        let mut file = fs.create(p, mode, true)?;
+        let mut upload = fs.upload(p, mode, true)?;
         while let Some(chunk) = rx.blocking_recv() {
-            file.write_all(&chunk)?;
+            match chunk {
+                Some(chunk) => upload.write_all(&chunk)?,
+                None => {
+                    upload.finish()?;
+                    return fs.stat(p).map(Some);
+                }
+            }
         }
-        fs.stat(p)
+        Ok(None)
     });
     let feeder = async move {
         let mut tx = Some(tx);
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.map_err(|e| {
-                let msg = format!("reading the upload failed: {e}");
-                // http-body-util's LengthLimitError, from the request body limit.
-                if msg.contains("length limit exceeded") {
-                    ApiError::from(Error::TooLarge(msg))
-                } else {
-                    ApiError::bad_request(msg)
-                }
-            })?;
-            // A closed channel means the writer stopped on an error, which it reports. The rest
-            // of the body is still read (and dropped) so the client gets that answer rather
-            // than a broken pipe.
+        // A closed channel means the writer stopped on an error, which it reports. The rest
+        // of the body is still read (and dropped) so the client gets that answer rather
+        // than a broken pipe.
+        let mut feed = async |chunk| {
             if let Some(sender) = &tx
                 && sender.send(chunk).await.is_err()
             {
                 tx = None;
             }
+        };
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::body_limit_exceeded(&e).unwrap_or_else(|| {
+                    ApiError::bad_request(format!("reading the upload failed: {e}"))
+                })
+            })?;
+            feed(Some(chunk)).await;
         }
+        feed(None).await;
         Ok::<(), ApiError>(())
     };
     let (written, fed) = tokio::join!(writer, feeder);
     fed?;
-    written
+    written?.ok_or_else(|| Error::internal("the upload ended without its end").into())
+}
+
+/// A form that could not be read: over a body limit, or malformed.
+fn unreadable_form(e: axum::extract::multipart::MultipartError) -> ApiError {
+    ApiError::body_limit_exceeded(&e).unwrap_or_else(|| ApiError::bad_request(e.body_text()))
 }
 
 #[utoipa::path(post, path = "/sandboxes/{id}/files/upload", operation_id = "upload_files", tag = "files",
@@ -266,20 +280,9 @@ pub async fn upload(
     let sandbox = sandbox(&engine, &id)?;
     let mut target: Option<String> = None;
     let mut written = Vec::new();
-    while let Some(field) = form
-        .next_field()
-        .await
-        .map_err(|e| ApiError::bad_request(e.body_text()))?
-    {
+    while let Some(field) = form.next_field().await.map_err(unreadable_form)? {
         match field.name() {
-            Some("path") => {
-                target = Some(
-                    field
-                        .text()
-                        .await
-                        .map_err(|e| ApiError::bad_request(e.body_text()))?,
-                )
-            }
+            Some("path") => target = Some(field.text().await.map_err(unreadable_form)?),
             Some("file") => {
                 let name = field.file_name().unwrap_or("upload").to_string();
                 let dest = match &target {

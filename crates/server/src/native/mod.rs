@@ -63,7 +63,7 @@ pub fn document_errors(doc: &mut OpenApi) {
                 errors.push("409"); // the sandbox has stopped
             }
             if body.is_some() {
-                errors.push("413");
+                errors.extend(["408", "413"]);
             }
             if json_body {
                 errors.extend(["415", "422"]);
@@ -93,6 +93,7 @@ fn describe(status: &str) -> &'static str {
         "400" => "Invalid argument: a malformed parameter or a value out of range",
         "404" => "No such sandbox, process, image or file",
         "409" => "Conflicts with the current state (such as a stopped sandbox)",
+        "408" => "The client paused sending the body for longer than the server allows",
         "413" => "Larger than the server's limit",
         "415" => "The body is not `application/json`",
         "422" => "The body is not valid JSON or a field has the wrong type",
