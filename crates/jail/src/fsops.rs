@@ -194,18 +194,27 @@ impl SandboxFs {
         Ok(data)
     }
 
-    /// Creates or truncates a file (and, if asked, its parent directories) for writing.
-    pub fn create(&self, path: &str, mode: u32, parents: bool) -> io::Result<File> {
-        let (dir, name) = self.parent_made(path, parents)?;
-        self.create_in(&dir, &name, OFlags::TRUNC, mode)
+    /// Writes `data` to `path`, replacing it (see [`SandboxFs::upload`]).
+    pub fn write(&self, path: &str, data: &[u8], mode: u32, parents: bool) -> io::Result<()> {
+        let mut upload = self.upload(path, mode, parents)?;
+        upload.write_all(data)?;
+        upload.finish()
     }
 
-    /// Starts writing a file that appears at `path` (replacing what is there) only when
-    /// finished: a write cut short leaves `path` as it was.
+    /// Starts writing a file that takes the place of `path` (and, if asked, creates its parent
+    /// directories) only when finished: it is written under a temporary name beside `path`
+    /// and renamed, so a write cut short (a broken upload, a full disk) leaves `path` as it
+    /// was. Only a regular file is replaced.
     pub fn upload(&self, path: &str, mode: u32, parents: bool) -> io::Result<Upload> {
         static UPLOADS: AtomicU64 = AtomicU64::new(0);
-        let (dir, name) = self.parent_made(path, parents)?;
-        // What `create` would refuse is refused now, not after the whole body has come.
+        if parents
+            && let Some((dir, _)) = checked(path)?.trim_end_matches('/').rsplit_once('/')
+            && !dir.is_empty()
+        {
+            self.mkdir(dir, true, 0o755)?;
+        }
+        let (dir, name) = self.parent(path)?;
+        // Refused now, not after the whole body has come.
         if let Ok(st) = rustix::fs::statat(&dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
             match st.st_mode & libc::S_IFMT {
                 libc::S_IFREG => {}
@@ -217,55 +226,24 @@ impl SandboxFs {
         let n = UPLOADS.fetch_add(1, Ordering::Relaxed);
         let temp = CString::new(format!(".cella-upload-{}-{n}", std::process::id()))
             .expect("no NUL in a number");
-        let file = self.create_in(&dir, &temp, OFlags::EXCL, mode)?;
-        Ok(Upload {
-            file,
+        // A new name (`EXCL`): whatever the sandbox may have planted there is not opened.
+        let fd = rustix::fs::openat2(
+            &dir,
+            temp.as_c_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+            Mode::from_bits_truncate(mode & 0o7777),
+            STRICT,
+        )?;
+        let upload = Upload {
+            file: File::from(fd),
             dir,
             temp,
             name,
             finished: false,
-        })
-    }
-
-    /// The resolved parent directory of `path`, created first if asked, and the final name.
-    fn parent_made(&self, path: &str, parents: bool) -> io::Result<(OwnedFd, CString)> {
-        if parents
-            && let Some((dir, _)) = checked(path)?.trim_end_matches('/').rsplit_once('/')
-            && !dir.is_empty()
-        {
-            self.mkdir(dir, true, 0o755)?;
-        }
-        self.parent(path)
-    }
-
-    /// Opens `name` in `dir` for writing, a regular file owned by the sandbox user.
-    fn create_in(&self, dir: &OwnedFd, name: &CString, how: OFlags, mode: u32) -> io::Result<File> {
-        // Non-blocking: a FIFO the sandbox planted there must not hold the server's thread
-        // in open(2) until something reads it (the type check below then refuses it).
-        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | how;
-        let fd = rustix::fs::openat2(
-            dir,
-            name.as_c_str(),
-            flags | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
-            Mode::from_bits_truncate(mode & 0o7777),
-            STRICT,
-        )
-        .map_err(|e| match e {
-            rustix::io::Errno::NXIO => not_regular(), // a FIFO nothing reads
-            e => e.into(),
-        })?;
-        let st = rustix::fs::fstat(&fd)?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return Err(not_regular());
-        }
-        rustix::fs::fchown(&fd, Some(uid(self.uid)), Some(gid(self.uid)))?;
-        rustix::fs::fchmod(&fd, Mode::from_bits_truncate(mode & 0o7777))?;
-        Ok(File::from(fd))
-    }
-
-    /// Writes `data` to `path`, replacing it.
-    pub fn write(&self, path: &str, data: &[u8], mode: u32, parents: bool) -> io::Result<()> {
-        self.create(path, mode, parents)?.write_all(data)
+        };
+        rustix::fs::fchown(&upload.file, Some(uid(self.uid)), Some(gid(self.uid)))?;
+        rustix::fs::fchmod(&upload.file, Mode::from_bits_truncate(mode & 0o7777))?;
+        Ok(upload)
     }
 
     pub fn stat(&self, path: &str) -> io::Result<Entry> {
