@@ -422,6 +422,11 @@ fn bad_input_gets_clear_4xx() {
         .status(),
         422
     );
+    // Serde alone would read an array as the fields in order.
+    for not_an_object in ["[]", r#"["host", 1.0]"#, "null", "7"] {
+        let r = raw(reqwest::Method::POST, "/sandboxes", not_an_object);
+        assert_refused(r, 422, "expected a map");
+    }
     assert_eq!(s.post("/sandboxes", json!({"memory_mb": 1})).status(), 400);
     assert_eq!(s.post("/sandboxes", json!({"cpus": 1000})).status(), 400);
     let forever = json!({"idle_timeout_secs": u64::MAX});
