@@ -65,6 +65,13 @@ fn write_read_stat_list() {
         .map(|e| e["path"].as_str().unwrap())
         .collect();
     assert_eq!(paths, ["/home/user/deep/er", "/home/user/deep/er/note.txt"]);
+    // A listing too long to answer whole is refused, not cut short without a word (the host
+    // image's toolchains alone hold well over the 100000 entries answered at most).
+    assert_refused(
+        s.get(&f("/list?path=/&depth=32")),
+        413,
+        "more than 100000 entries",
+    );
     s.delete(&format!("/sandboxes/{id}"));
 }
 

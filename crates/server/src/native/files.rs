@@ -30,7 +30,8 @@ pub struct PathQuery {
 pub struct ListQuery {
     /// A directory in the sandbox.
     path: String,
-    /// How many levels to descend (default 1, at most 32).
+    /// How many levels to descend (default 1, at most 32). A listing of more than 100000
+    /// entries is refused (413).
     depth: Option<u32>,
 }
 
@@ -341,8 +342,11 @@ pub fn content_disposition(name: &str) -> String {
     format!("attachment; filename*=UTF-8''{encoded}")
 }
 
+/// The most entries one listing answers with.
+const MAX_LISTED: usize = 100_000;
+
 #[utoipa::path(get, path = "/sandboxes/{id}/files/list", operation_id = "list_files", tag = "files", params(ListQuery),
-    responses((status = 200, body = Vec<Entry>), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Vec<Entry>), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub async fn list(
     State(engine): State<Arc<Engine>>,
     Path(id): Path<String>,
@@ -350,9 +354,19 @@ pub async fn list(
 ) -> ApiResult<Json<Vec<Entry>>> {
     let sandbox = sandbox(&engine, &id)?;
     let depth = q.depth.unwrap_or(1).clamp(1, 32);
-    Ok(Json(
-        on_path(&sandbox, &q.path, move |fs, p| fs.list(p, depth, 100_000)).await?,
-    ))
+    // One more than is answered, to tell a full listing from a cut one.
+    let entries = on_path(&sandbox, &q.path, move |fs, p| {
+        fs.list(p, depth, MAX_LISTED + 1)
+    })
+    .await?;
+    if entries.len() > MAX_LISTED {
+        return Err(Error::TooLarge(format!(
+            "{}: more than {MAX_LISTED} entries; list fewer levels or a directory further down",
+            sandbox.absolute(&q.path)
+        ))
+        .into());
+    }
+    Ok(Json(entries))
 }
 
 #[utoipa::path(get, path = "/sandboxes/{id}/files/stat", operation_id = "stat_file", tag = "files", params(PathQuery),
