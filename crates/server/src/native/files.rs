@@ -192,7 +192,8 @@ pub async fn write(
 
 #[utoipa::path(put, path = "/sandboxes/{id}/files", operation_id = "put_file", tag = "files", params(PutQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    description = "Writes the raw request body to `path` (parents are created).",
+    description = "Writes the raw request body to `path` (parents are created). The file takes the place \
+                   of what was there only once the whole body has come: a broken upload changes nothing.",
     responses((status = 200, body = Entry), (status = 507, body = ErrorBody)))]
 pub async fn put_raw(
     State(engine): State<Arc<Engine>>,
@@ -208,7 +209,7 @@ pub async fn put_raw(
 }
 
 /// Streams chunks into a file in the sandbox without holding the whole body in memory. The
-/// file takes its place only once the body has come whole: a broken upload leaves nothing.
+/// file takes its place only once the body has come whole: a broken upload changes nothing.
 async fn write_stream<S, E>(
     sandbox: &Sandbox,
     path: &str,
