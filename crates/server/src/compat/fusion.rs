@@ -213,19 +213,30 @@ pub fn decode_files(files: Vec<(String, Option<String>)>) -> Result<Vec<(String,
 struct Common {
     /// `memory_limit_MB`; -1 (the default) or 0 means the server's default.
     memory_mb: Option<u64>,
-    files: Vec<(String, Option<String>)>,
+    files: Vec<(String, Vec<u8>)>,
     fetch_files: Vec<String>,
 }
 
 impl Common {
-    /// `run_code` allows null file contents (skipped); `run_jupyter` does not.
-    fn read(f: &mut Fields<'_>, nullable_files: bool) -> Common {
+    /// Reads the shared fields last, then answers for the whole request: a 422 for any field
+    /// of the wrong shape, the route's `Failed` for a file that is not base64. `run_code`
+    /// allows null file contents (skipped); `run_jupyter` does not.
+    fn read(
+        mut f: Fields<'_>,
+        nullable_files: bool,
+        failure: Failure,
+    ) -> Result<Common, Box<Response>> {
         let memory = f.int("memory_limit_MB", -1);
-        Common {
+        let files = f.string_map("files", nullable_files);
+        let fetch_files = f.string_list("fetch_files");
+        f.errors
+            .into_result(())
+            .map_err(|invalid| Box::new(invalid.into_response()))?;
+        Ok(Common {
             memory_mb: u64::try_from(memory).ok().filter(|m| *m > 0),
-            files: f.string_map("files", nullable_files),
-            fetch_files: f.string_list("fetch_files"),
-        }
+            files: decode_files(files).map_err(|e| Box::new(failure(e)))?,
+            fetch_files,
+        })
     }
 }
 
@@ -273,43 +284,36 @@ pub fn overloaded(e: Error) -> Response {
 }
 
 async fn run_code(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
-    let body = match request_object(body, RUN_CODE_FAILURE) {
-        Ok(b) => b,
+    let req = match run_request(body) {
+        Ok(req) => req,
         Err(answer) => return *answer,
-    };
-    let mut f = Fields::new(&body);
-    let compile_timeout = f.float("compile_timeout", 10.0);
-    let run_timeout = f.float("run_timeout", 10.0);
-    let code = f.string("code");
-    let stdin = f.optional_string("stdin");
-    let language = f.literal("language", &language_names(), None);
-    let Common {
-        memory_mb,
-        files,
-        fetch_files,
-    } = Common::read(&mut f, true);
-    if let Err(invalid) = f.errors.into_result(()) {
-        return invalid.into_response();
-    }
-    let files = match decode_files(files) {
-        Ok(files) => files,
-        Err(e) => return RUN_CODE_FAILURE(e),
-    };
-    let req = RunRequest {
-        language,
-        code,
-        stdin: stdin.map(String::into_bytes),
-        compile_timeout: seconds(compile_timeout),
-        run_timeout: seconds(run_timeout),
-        memory_mb,
-        files,
-        fetch_files,
     };
     match state.runs.run(req).await {
         Ok(outcome) => axum::Json(RunCodeResponse::from_outcome(outcome)).into_response(),
         Err(e @ Error::Busy(_)) => overloaded(e),
         Err(e) => RUN_CODE_FAILURE(e),
     }
+}
+
+fn run_request(body: Result<Bytes, BytesRejection>) -> Result<RunRequest, Box<Response>> {
+    let body = request_object(body, RUN_CODE_FAILURE)?;
+    let mut f = Fields::new(&body);
+    let compile_timeout = f.float("compile_timeout", 10.0);
+    let run_timeout = f.float("run_timeout", 10.0);
+    let code = f.string("code");
+    let stdin = f.optional_string("stdin");
+    let language = f.literal("language", &language_names(), None);
+    let common = Common::read(f, true, RUN_CODE_FAILURE)?;
+    Ok(RunRequest {
+        language,
+        code,
+        stdin: stdin.map(String::into_bytes),
+        compile_timeout: seconds(compile_timeout),
+        run_timeout: seconds(run_timeout),
+        memory_mb: common.memory_mb,
+        files: common.files,
+        fetch_files: common.fetch_files,
+    })
 }
 
 #[derive(Serialize)]
@@ -399,10 +403,19 @@ async fn run_jupyter(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match request_object(body, RUN_JUPYTER_FAILURE) {
-        Ok(b) => b,
+    let req = match notebook_request(body) {
+        Ok(req) => req,
         Err(answer) => return *answer,
     };
+    match state.runs.run_notebook(req).await {
+        Ok(outcome) => axum::Json(RunJupyterResponse::from_outcome(outcome)).into_response(),
+        Err(e @ Error::Busy(_)) => overloaded(e),
+        Err(e) => RUN_JUPYTER_FAILURE(e),
+    }
+}
+
+fn notebook_request(body: Result<Bytes, BytesRejection>) -> Result<NotebookRequest, Box<Response>> {
+    let body = request_object(body, RUN_JUPYTER_FAILURE)?;
     let mut f = Fields::new(&body);
     let cells = match body.get("cells") {
         None => {
@@ -414,19 +427,8 @@ async fn run_jupyter(
     let cell_timeout = f.float("cell_timeout", 0.0);
     let total_timeout = f.float("total_timeout", 45.0);
     f.literal("kernel", &["python3"], Some("python3"));
-    let Common {
-        memory_mb,
-        files,
-        fetch_files,
-    } = Common::read(&mut f, false);
-    if let Err(invalid) = f.errors.into_result(()) {
-        return invalid.into_response();
-    }
-    let files = match decode_files(files) {
-        Ok(files) => files,
-        Err(e) => return RUN_JUPYTER_FAILURE(e),
-    };
-    let req = NotebookRequest {
+    let common = Common::read(f, false, RUN_JUPYTER_FAILURE)?;
+    Ok(NotebookRequest {
         cells,
         cell_timeout: (cell_timeout > 0.0).then(|| seconds(cell_timeout)),
         total_timeout: seconds(if total_timeout > 0.0 {
@@ -434,13 +436,8 @@ async fn run_jupyter(
         } else {
             45.0
         }),
-        memory_mb,
-        files,
-        fetch_files,
-    };
-    match state.runs.run_notebook(req).await {
-        Ok(outcome) => axum::Json(RunJupyterResponse::from_outcome(outcome)).into_response(),
-        Err(e @ Error::Busy(_)) => overloaded(e),
-        Err(e) => RUN_JUPYTER_FAILURE(e),
-    }
+        memory_mb: common.memory_mb,
+        files: common.files,
+        fetch_files: common.fetch_files,
+    })
 }
