@@ -610,10 +610,10 @@ fn a_client_stalling_its_body_is_answered_and_frees_its_budget() {
         ("CELLA_LIMITS__MAX_BODY_BYTES_IN_FLIGHT", "1500000"),
     ]);
     let id = s.sandbox(json!({}));
-    s.sh(&id, "echo before > stalled");
+    s.sh(&id, "mkdir box; echo before > box/stalled");
     // This upload takes the whole body budget, then stops sending.
     let upload =
-        format!("PUT /api/v1/sandboxes/{id}/files?path=stalled\r\nContent-Length: 1400000");
+        format!("PUT /api/v1/sandboxes/{id}/files?path=box/stalled\r\nContent-Length: 1400000");
     let stalled = s.send_raw(&upload, &[b'x'; 4096]);
     std::thread::sleep(Duration::from_millis(300));
     // The next large upload waits for that share, and gets it once the stalled one is cut off.
@@ -621,7 +621,7 @@ fn a_client_stalling_its_body_is_answered_and_frees_its_budget() {
     let waiting = {
         let req = s
             .http
-            .put(s.api(&format!("/sandboxes/{id}/files?path=whole")))
+            .put(s.api(&format!("/sandboxes/{id}/files?path=box/whole")))
             .body(vec![b'y'; 1_000_000])
             .timeout(Duration::from_secs(20));
         std::thread::spawn(move || req.send().map(|r| r.status().as_u16()))
@@ -636,7 +636,7 @@ fn a_client_stalling_its_body_is_answered_and_frees_its_budget() {
         started.elapsed()
     );
     // The stalled upload left the file it was replacing as it was; the whole one is whole.
-    let listed = s.sh(&id, "ls -A; cat stalled; stat -c %s whole");
+    let listed = s.sh(&id, "cd box; ls -A; cat stalled; stat -c %s whole");
     assert_eq!(
         listed["stdout"], "stalled\nwhole\nbefore\n1000000\n",
         "{listed}"

@@ -124,7 +124,7 @@ fn a_sandbox_whose_files_fill_its_memory_stops_and_says_why() {
 fn disk_quota_gives_enospc() {
     let s = server();
     let id = s.sandbox(json!({"disk_mb": 32, "memory_mb": 512}));
-    s.sh(&id, "echo kept > kept");
+    s.sh(&id, "mkdir d; echo kept > d/kept");
     let r = s.sh(
         &id,
         "dd if=/dev/zero of=/tmp/big bs=1M count=100 2>&1; echo rc=$?",
@@ -148,10 +148,10 @@ fn disk_quota_gives_enospc() {
     let content = "x".repeat(1 << 20);
     let r = s.post(
         &format!("/sandboxes/{id}/files/write"),
-        json!({"path": "kept", "content": content}),
+        json!({"path": "d/kept", "content": content}),
     );
     assert_eq!(r.status(), 507);
-    let r = s.sh(&id, "rm /tmp/big; ls -A; cat kept");
+    let r = s.sh(&id, "rm /tmp/big; ls -A d; cat d/kept");
     assert_eq!(r["stdout"], "kept\nkept\n", "{r}");
     s.delete(&format!("/sandboxes/{id}"));
 }
