@@ -69,8 +69,8 @@ pub enum Side {
 }
 
 /// A file being written under a temporary name beside its destination (see
-/// [`SandboxFs::upload`]): `finish` moves it into place; dropped unfinished, it is removed.
-pub struct Upload {
+/// [`SandboxFs::replacement`]): `finish` moves it into place; dropped unfinished, it is removed.
+pub struct Replacement {
     file: File,
     dir: OwnedFd,
     temp: CString,
@@ -78,7 +78,7 @@ pub struct Upload {
     finished: bool,
 }
 
-impl Upload {
+impl Replacement {
     pub fn finish(mut self) -> io::Result<()> {
         rustix::fs::renameat(
             &self.dir,
@@ -91,7 +91,7 @@ impl Upload {
     }
 }
 
-impl Write for Upload {
+impl Write for Replacement {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.file.write(buf)
     }
@@ -101,7 +101,7 @@ impl Write for Upload {
     }
 }
 
-impl Drop for Upload {
+impl Drop for Replacement {
     fn drop(&mut self) {
         if !self.finished {
             let _ = rustix::fs::unlinkat(&self.dir, self.temp.as_c_str(), AtFlags::empty());
@@ -194,19 +194,19 @@ impl SandboxFs {
         Ok(data)
     }
 
-    /// Writes `data` to `path`, replacing it (see [`SandboxFs::upload`]).
+    /// Writes `data` to `path`, replacing it (see [`SandboxFs::replacement`]).
     pub fn write(&self, path: &str, data: &[u8], mode: u32, parents: bool) -> io::Result<()> {
-        let mut upload = self.upload(path, mode, parents)?;
-        upload.write_all(data)?;
-        upload.finish()
+        let mut file = self.replacement(path, mode, parents)?;
+        file.write_all(data)?;
+        file.finish()
     }
 
     /// Starts writing a file that takes the place of `path` (and, if asked, creates its parent
     /// directories) only when finished: it is written under a temporary name beside `path`
     /// and renamed, so a write cut short (a broken upload, a full disk) leaves `path` as it
     /// was. Only a regular file is replaced.
-    pub fn upload(&self, path: &str, mode: u32, parents: bool) -> io::Result<Upload> {
-        static UPLOADS: AtomicU64 = AtomicU64::new(0);
+    pub fn replacement(&self, path: &str, mode: u32, parents: bool) -> io::Result<Replacement> {
+        static REPLACEMENTS: AtomicU64 = AtomicU64::new(0);
         if parents
             && let Some((dir, _)) = checked(path)?.trim_end_matches('/').rsplit_once('/')
             && !dir.is_empty()
@@ -223,8 +223,8 @@ impl SandboxFs {
                 _ => return Err(not_regular()),
             }
         }
-        let n = UPLOADS.fetch_add(1, Ordering::Relaxed);
-        let temp = CString::new(format!(".cella-upload-{}-{n}", std::process::id()))
+        let n = REPLACEMENTS.fetch_add(1, Ordering::Relaxed);
+        let temp = CString::new(format!(".cella-new-{}-{n}", std::process::id()))
             .expect("no NUL in a number");
         // A new name (`EXCL`): whatever the sandbox may have planted there is not opened.
         let fd = rustix::fs::openat2(
@@ -234,16 +234,16 @@ impl SandboxFs {
             Mode::from_bits_truncate(mode & 0o7777),
             STRICT,
         )?;
-        let upload = Upload {
+        let file = Replacement {
             file: File::from(fd),
             dir,
             temp,
             name,
             finished: false,
         };
-        rustix::fs::fchown(&upload.file, Some(uid(self.uid)), Some(gid(self.uid)))?;
-        rustix::fs::fchmod(&upload.file, Mode::from_bits_truncate(mode & 0o7777))?;
-        Ok(upload)
+        rustix::fs::fchown(&file.file, Some(uid(self.uid)), Some(gid(self.uid)))?;
+        rustix::fs::fchmod(&file.file, Mode::from_bits_truncate(mode & 0o7777))?;
+        Ok(file)
     }
 
     pub fn stat(&self, path: &str) -> io::Result<Entry> {

@@ -224,12 +224,12 @@ where
     // reader reports why), whose file is then dropped unfinished.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Bytes>>(8);
     let writer = on_path(sandbox, path, move |fs, p| {
-        let mut upload = fs.upload(p, mode, true)?;
+        let mut file = fs.replacement(p, mode, true)?;
         while let Some(chunk) = rx.blocking_recv() {
             match chunk {
-                Some(chunk) => upload.write_all(&chunk)?,
+                Some(chunk) => file.write_all(&chunk)?,
                 None => {
-                    upload.finish()?;
+                    file.finish()?;
                     return fs.stat(p).map(Some);
                 }
             }
