@@ -173,6 +173,11 @@ def test_invalid_requests_get_fastapi_422(endpoint):
     assert r.json()["detail"][0]["type"] == "literal_error"
     r = requests.post(f"{endpoint}/run_code", json={"code": "x", "language": "python", "run_timeout": "soon"})
     assert r.json()["detail"][0]["type"] == "float_parsing"
+    for not_a_timeout in ("nan", " NaN "):
+        for route, body in (("run_code", {"code": "x", "language": "python", "run_timeout": not_a_timeout}),
+                            ("run_jupyter", {"cells": ["1"], "cell_timeout": not_a_timeout})):
+            r = requests.post(f"{endpoint}/{route}", json=body)
+            assert r.status_code == 422 and r.json()["detail"][0]["type"] == "finite_number", r.text
     r = requests.post(f"{endpoint}/run_code", data="{oops", headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["detail"][0]["type"] == "json_invalid"
     r = requests.post(f"{endpoint}/run_jupyter", json={"cells": "not a list"})

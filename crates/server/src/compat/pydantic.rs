@@ -149,6 +149,13 @@ impl<'a> Fields<'a> {
             Value::Number(n) => n.as_f64(),
             Value::Bool(b) => Some(f64::from(u8::from(*b))),
             Value::String(s) => match s.trim().parse::<f64>() {
+                // "nan" parses, but is no timeout: refused as pydantic refuses it where NaN is
+                // not allowed.
+                Ok(f) if f.is_nan() => {
+                    let msg = "Input should be a finite number";
+                    self.errors.push("finite_number", &[name], msg, v, None);
+                    return default;
+                }
                 Ok(f) => Some(f),
                 Err(_) => {
                     let msg = "Input should be a valid number, unable to parse string as a number";
@@ -293,17 +300,21 @@ mod tests {
 
     #[test]
     fn lax_numbers_and_errors() {
-        let body =
-            fields(json!({"a": "1.5", "b": 3, "c": "x", "d": 2.0, "e": 2.5, "lang": "cobol"}));
+        let body = fields(json!({
+            "a": "1.5", "b": 3, "c": "x", "d": 2.0, "e": 2.5, "lang": "cobol", "n": " NaN",
+            "i": "-inf",
+        }));
         let mut f = Fields::new(&body);
         assert_eq!(f.float("a", 0.0), 1.5);
         assert_eq!(f.float("b", 0.0), 3.0);
         assert_eq!(f.float("missing", 7.0), 7.0);
         assert_eq!(f.int("d", 0), 2);
+        assert_eq!(f.float("i", 0.0), f64::NEG_INFINITY);
         f.float("c", 0.0);
         f.int("e", 0);
         f.literal("lang", &["python", "cpp", "go"], None);
         f.string("code");
+        assert_eq!(f.float("n", 4.0), 4.0);
         let kinds: Vec<String> = f
             .errors
             .0
@@ -316,7 +327,8 @@ mod tests {
                 "float_parsing",
                 "int_from_float",
                 "literal_error",
-                "missing"
+                "missing",
+                "finite_number"
             ]
         );
         assert_eq!(
