@@ -160,24 +160,15 @@ fn a_second_server_on_the_same_cgroup_parent_is_refused() {
     let s = Server::start();
     let id = s.sandbox(json!({}));
     let data = s.data_dir.with_extension("second");
-    let mut second = std::process::Command::new(cella_bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
-        .env("CELLA_CGROUP_PARENT", &s.cgroup_parent)
-        .env("CELLA_UID_BASE", (s.uid_base + 500).to_string())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let refused = eventually(10.0, || second.try_wait().unwrap().is_some());
-    if !refused {
-        let _ = second.kill();
-    }
-    let out = second.wait_with_output().unwrap();
-    let _ = std::fs::remove_dir_all(&data);
-    assert!(
-        refused,
-        "the second server started: it would reap the first one's sandboxes"
+    // Were it to start, it would reap the first one's sandboxes.
+    let out = refused_start(
+        &data,
+        &s.cgroup_parent,
+        s.uid_base + 500,
+        "127.0.0.1:0",
+        &[],
     );
+    let _ = std::fs::remove_dir_all(&data);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("another cella server"), "{stderr}");
     // The first server's sandbox lives on.
@@ -321,4 +312,59 @@ fn soak_500_sandboxes_leaves_nothing_behind() {
         "namespaces held: {:?} (baseline {before})",
         namespaces(s.pid())
     );
+}
+
+/// Runs `cella serve` expecting it to refuse to start; its output once it has exited.
+fn refused_start(
+    data: &std::path::Path,
+    parent: &str,
+    uid_base: u32,
+    listen: &str,
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let mut server = std::process::Command::new(cella_bin())
+        .args(["serve", "--listen", listen, "--data-dir"])
+        .arg(data)
+        .env("CELLA_CGROUP_PARENT", parent)
+        .env("CELLA_UID_BASE", uid_base.to_string())
+        .envs(env.iter().copied())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = eventually(10.0, || server.try_wait().unwrap().is_some());
+    if !exited {
+        let _ = server.kill();
+    }
+    let out = server.wait_with_output().unwrap();
+    assert!(exited, "the server started");
+    assert!(!out.status.success());
+    out
+}
+
+#[test]
+fn a_server_that_cannot_start_says_why_and_leaves_nothing() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let in_use = taken.local_addr().unwrap().to_string();
+    let parent = format!("cella-test-{}-unstarted", std::process::id());
+    let data = std::env::temp_dir().join(&parent);
+    let uid_base = 20_000_000 + (std::process::id() % 1000) * 1000;
+    let attempt = |listen: &str, env: &[(&str, &str)]| {
+        let out = refused_start(&data, &parent, uid_base, listen, env);
+        let left: Vec<_> = parent_cgroups(&parent)
+            .filter(|(_, dir)| dir.exists())
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let said = attempt(&in_use, &[]);
+    assert!(said.contains(&format!("listen on {in_use}")), "{said}");
+    let said = attempt(
+        "127.0.0.1:0",
+        &[("CELLA_LIMITS__BODY_READ_TIMEOUT_SECS", "0")],
+    );
+    assert!(
+        said.contains("body_read_timeout_secs must be a positive number"),
+        "{said}"
+    );
+    let _ = std::fs::remove_dir_all(&data);
 }

@@ -36,12 +36,13 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         .map_err(|e| format!("tokio runtime: {e}"))?;
     runtime.block_on(async move {
         let metrics = cella_server::metrics::install()?;
-        let listen = config.listen.clone();
+        // Bound before the engine takes anything on the host: a port in use is then refused
+        // with nothing to undo.
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .map_err(|e| format!("listen on {}: {e}", config.listen))?;
         let engine = Engine::new(config, args.config.as_deref(), spawner, features)
             .map_err(|e| e.to_string())?;
-        let listener = tokio::net::TcpListener::bind(&listen)
-            .await
-            .map_err(|e| format!("listen on {listen}: {e}"))?;
         info!(address = %listener.local_addr().map_err(|e| e.to_string())?, "cella is serving");
         let (failure, failed) = tokio::sync::oneshot::channel();
         let watched = engine.clone();
@@ -56,9 +57,11 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
                 }
             }
         };
-        cella_server::serve(engine, listener, metrics, stop)
-            .await
-            .map_err(|e| e.to_string())?;
+        if let Err(e) = cella_server::serve(engine.clone(), listener, metrics, stop).await {
+            // Leave nothing behind: the engine holds a cgroup parent already.
+            engine.shutdown().await;
+            return Err(e.to_string());
+        }
         if let Ok(why) = failed.await {
             return Err(why.to_string());
         }

@@ -161,13 +161,14 @@ pub async fn serve(
     metrics: PrometheusHandle,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    engine.spawn_background();
-    let runs = Runs::new(engine.clone());
-    runs.warm_up();
+    // Checked before anything starts: a bad value is refused with nothing to undo.
     let limits = &engine.config.limits;
     let header_timeout =
         client_timeout(limits.header_read_timeout_secs, "header_read_timeout_secs")?;
     let body_timeout = client_timeout(limits.body_read_timeout_secs, "body_read_timeout_secs")?;
+    engine.spawn_background();
+    let runs = Runs::new(engine.clone());
+    runs.warm_up();
     let app = app(
         AppState {
             engine: engine.clone(),
