@@ -48,6 +48,10 @@ fn runs_unprivileged_with_seccomp_and_no_capabilities() {
     assert_eq!(field("CapPrm:"), "0000000000000000");
     assert_eq!(field("NoNewPrivs:"), "1");
     assert_eq!(field("Seccomp:"), "2");
+    // None of SIGHUP, SIGINT, SIGQUIT or SIGTERM is ignored: the spawner ignores the signals
+    // meant for the server's process group, and its inits inherit that until exec.
+    let ignored = u64::from_str_radix(&field("SigIgn:"), 16).unwrap();
+    assert_eq!(ignored & 0x4007, 0, "SigIgn {ignored:x}");
 }
 
 #[test]

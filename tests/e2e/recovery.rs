@@ -368,3 +368,67 @@ fn a_server_that_cannot_start_says_why_and_leaves_nothing() {
     );
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn a_ctrl_c_to_the_servers_process_group_shuts_it_down_gracefully() {
+    use std::os::unix::process::CommandExt;
+    let parent = format!("cella-test-{}-ctrl-c", std::process::id());
+    let data = std::env::temp_dir().join(&parent);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // Its own process group, as a shell gives a foreground job: a Ctrl-C reaches every process
+    // in it, the spawner and the zygotes too.
+    let mut server = std::process::Command::new(cella_bin())
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(&data)
+        .env("CELLA_CGROUP_PARENT", &parent)
+        .env(
+            "CELLA_UID_BASE",
+            (21_000_000 + (std::process::id() % 1000) * 1000).to_string(),
+        )
+        .env("CELLA_LOG", "info")
+        .process_group(0)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = server.stderr.take().unwrap();
+    let log = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let url = format!("http://127.0.0.1:{port}/run_code");
+    let http = reqwest::blocking::Client::new();
+    // Once a Python run has forked from the zygote, every helper is running.
+    let ran = eventually(30.0, || {
+        http.post(&url)
+            .json(&json!({"language": "python", "code": "print(1)"}))
+            .send()
+            .and_then(|r| r.json::<serde_json::Value>())
+            .is_ok_and(|r| r["run_result"]["stdout"] == "1\n")
+    });
+    assert!(ran, "the server did not serve");
+    // SAFETY: a signal to the process group this test created.
+    unsafe { libc::kill(-(server.id() as i32), libc::SIGINT) };
+    let exited = eventually(20.0, || server.try_wait().unwrap().is_some());
+    if !exited {
+        let _ = server.kill();
+    }
+    let status = server.wait().unwrap();
+    let log = log.join().unwrap();
+    let _ = std::fs::remove_dir_all(&data);
+    assert!(exited && status.success(), "{status:?}\n{log}");
+    assert!(log.contains("stopped"), "{log}");
+    assert!(
+        !log.contains("spawner process died") && !log.contains("Traceback"),
+        "{log}"
+    );
+    let left: Vec<_> = parent_cgroups(&parent)
+        .filter(|(_, dir)| dir.exists())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

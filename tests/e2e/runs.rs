@@ -446,6 +446,19 @@ print(pickle.loads(pickle.dumps(Point(3))), inspect.getsource(f).splitlines()[0]
          Point(x=3) def f():\n",
         "{r}"
     );
+    // The zygote ignores the signals meant for the server's process group; a program has
+    // them as a fresh interpreter does, and what it starts, as any exec'd program does (none
+    // of SIGHUP, SIGINT, SIGQUIT or SIGTERM ignored).
+    let code = r#"
+import signal, subprocess
+print(signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+      all(signal.getsignal(s) == signal.SIG_DFL for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)))
+status = subprocess.run(["cat", "/proc/self/status"], capture_output=True, text=True).stdout
+ignored = int(next(l for l in status.splitlines() if l.startswith("SigIgn:")).split()[1], 16)
+print(hex(ignored & 0x4007))
+"#;
+    let r = run(s, json!({"language": "python", "code": code}));
+    assert_eq!(r["run"]["stdout"], "True True\n0x0\n", "{r}");
 }
 
 /// How many times `pool` had an item ready when a run asked, from `/metrics`.

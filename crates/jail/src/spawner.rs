@@ -127,6 +127,7 @@ impl Spawner {
 
 fn serve(channel: OwnedFd, policy: &Policy, pool_size: usize) -> ! {
     sys::set_name("cella-spawner");
+    sys::ignore_signals(&sys::SERVER_GROUP_SIGNALS);
     let Ok(sigchld) = sys::signalfd(&[libc::SIGCHLD]) else {
         sys::exit_now(1)
     };

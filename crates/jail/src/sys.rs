@@ -311,6 +311,21 @@ pub fn drain_signalfd(fd: BorrowedFd<'_>) {
     while matches!(read(fd, &mut buf), Ok(n) if n > 0) {}
 }
 
+/// Signals sent to the server's whole process group (a Ctrl-C, a service manager's stop,
+/// a closed terminal). They are the server's to act on: it shuts down gracefully, and its
+/// helpers (the spawner, the zygotes) ignore them and go when it goes.
+pub const SERVER_GROUP_SIGNALS: [libc::c_int; 4] =
+    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+/// Ignores `sigs` (the disposition is inherited by children, until an exec'd program's
+/// `reset_signals`).
+pub fn ignore_signals(sigs: &[libc::c_int]) {
+    for &sig in sigs {
+        // SAFETY: SIG_IGN is a valid disposition for any catchable signal.
+        unsafe { libc::signal(sig, libc::SIG_IGN) };
+    }
+}
+
 /// Unblocks all signals and resets dispositions, as an exec'd program expects.
 pub fn reset_signals() {
     // SAFETY: resetting handlers to SIG_DFL and clearing the mask are always valid.

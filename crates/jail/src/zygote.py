@@ -197,6 +197,11 @@ def grandchild(req, report, stdio, go, procs, filters, landlock_abi):
         for fd in procs:
             os.write(fd, b"0")
         os.setsid()
+        # The zygote ignores the signals meant for the server's process group (sys.rs,
+        # SERVER_GROUP_SIGNALS); a program has them as a fresh interpreter does.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+            signal.signal(sig, signal.SIG_DFL)
         for target, fd in enumerate(stdio):
             os.dup2(fd, target)
         drop_privileges(req, filters, landlock_abi)

@@ -67,9 +67,12 @@ impl Zygote {
         // No PR_SET_PDEATHSIG: it fires when the *thread* that forked exits, and a runtime's
         // threads come and go. The zygote exits instead when its channel closes, which the
         // kernel does when the server dies, however it dies.
-        // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+        // SAFETY: only async-signal-safe calls (signal, dup2, fcntl) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
+                // Ignored at start, Python leaves them so (SIGINT raises no KeyboardInterrupt);
+                // each program gets them back as a fresh interpreter has them (`zygote.py`).
+                sys::ignore_signals(&sys::SERVER_GROUP_SIGNALS);
                 cvt(libc::dup2(theirs_raw, 3))?;
                 // dup2 onto itself keeps close-on-exec: clear it either way.
                 cvt(libc::fcntl(3, libc::F_SETFD, 0)).map(drop)
