@@ -370,17 +370,23 @@ fn a_server_that_cannot_start_says_why_and_leaves_nothing() {
 }
 
 #[test]
-fn a_ctrl_c_to_the_servers_process_group_shuts_it_down_gracefully() {
+fn a_ctrl_c_or_hangup_to_the_servers_process_group_shuts_it_down_gracefully() {
+    for signal in [libc::SIGINT, libc::SIGHUP] {
+        signal_the_process_group_of_a_serving_server(signal);
+    }
+}
+
+fn signal_the_process_group_of_a_serving_server(signal: libc::c_int) {
     use std::os::unix::process::CommandExt;
-    let parent = format!("cella-test-{}-ctrl-c", std::process::id());
+    let parent = format!("cella-test-{}-signal-{signal}", std::process::id());
     let data = std::env::temp_dir().join(&parent);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    // Its own process group, as a shell gives a foreground job: a Ctrl-C reaches every process
-    // in it, the spawner and the zygotes too.
+    // Its own process group, as a shell gives a foreground job: a Ctrl-C, or the terminal's
+    // hangup, reaches every process in it, the spawner and the zygotes too.
     let mut server = std::process::Command::new(cella_bin())
         .args([
             "serve",
@@ -413,7 +419,7 @@ fn a_ctrl_c_to_the_servers_process_group_shuts_it_down_gracefully() {
     });
     assert!(ran, "the server did not serve");
     // SAFETY: a signal to the process group this test created.
-    unsafe { libc::kill(-(server.id() as i32), libc::SIGINT) };
+    unsafe { libc::kill(-(server.id() as i32), signal) };
     let exited = eventually(20.0, || server.try_wait().unwrap().is_some());
     if !exited {
         let _ = server.kill();
@@ -421,7 +427,10 @@ fn a_ctrl_c_to_the_servers_process_group_shuts_it_down_gracefully() {
     let status = server.wait().unwrap();
     let log = log.join().unwrap();
     let _ = std::fs::remove_dir_all(&data);
-    assert!(exited && status.success(), "{status:?}\n{log}");
+    assert!(
+        exited && status.success(),
+        "signal {signal}: {status:?}\n{log}"
+    );
     assert!(log.contains("stopped"), "{log}");
     assert!(
         !log.contains("spawner process died") && !log.contains("Traceback"),

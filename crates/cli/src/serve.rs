@@ -1,5 +1,5 @@
 //! `cella serve`: probe the kernel, fork the spawner while still single-threaded, then start
-//! the runtime and serve until SIGINT or SIGTERM.
+//! the runtime and serve until SIGINT, SIGTERM or SIGHUP.
 
 use std::process::ExitCode;
 
@@ -85,17 +85,20 @@ fn init_logging(format: &str) {
     }
 }
 
+/// SIGTERM, SIGINT, or SIGHUP (the terminal the server ran in has closed).
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         return std::future::pending().await;
     };
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+        _ = hup.recv() => {}
     }
     info!("shutting down: stopping every sandbox");
 }
