@@ -343,3 +343,25 @@ fn planted_symlinks_cannot_redirect_the_file_api() {
     );
     s.delete(&format!("/sandboxes/{id}"));
 }
+
+#[test]
+fn the_servers_config_file_is_masked() {
+    // Outside every directory masked anyway, and readable by all on the host.
+    let file = format!("/opt/cella-test-config-{}.toml", std::process::id());
+    std::fs::write(&file, "# secret: hunter2\n[sandbox]\nmemory_mb = 512\n").unwrap();
+    let s = Server::start_with(&[("CELLA_CONFIG", &file)]);
+    let id = s.sandbox(json!({}));
+    let r = s.sh(&id, &format!("cat {file}; ls -A /opt"));
+    std::fs::remove_file(&file).unwrap();
+    let out = format!("{}{}", r["stdout"], r["stderr"]);
+    assert!(!out.contains("hunter2"), "{out}");
+    assert!(
+        !r["stdout"].as_str().unwrap().contains("cella-test-config"),
+        "{r}"
+    );
+    // The file was read: its settings are the sandbox's defaults.
+    assert_eq!(
+        json_of(s.get(&format!("/sandboxes/{id}")))["memory_mb"],
+        512
+    );
+}
