@@ -204,7 +204,11 @@ fn cli_run_and_exec() {
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("cannot reach the server"));
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        said.contains("cannot reach the server at http://127.0.0.1:1: Connection refused"),
+        "{said}"
+    );
 }
 
 #[test]

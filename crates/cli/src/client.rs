@@ -59,11 +59,24 @@ fn client() -> Result<Client, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Why a request got no answer, with its root cause (reqwest's own message names only the URL).
+fn unreachable(e: reqwest::Error) -> String {
+    let server = e
+        .url()
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or_default();
+    let cause = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+        .last()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    format!(
+        "cannot reach the server at {server}: {cause} (is `cella serve` running there? --server or CELLA_SERVER names another)"
+    )
+}
+
 /// Sends a request and returns its JSON body, or the server's error message.
 fn call(req: reqwest::blocking::RequestBuilder) -> Result<Value, String> {
-    let resp = req
-        .send()
-        .map_err(|e| format!("cannot reach the server: {e}"))?;
+    let resp = req.send().map_err(unreachable)?;
     let status = resp.status();
     let body: Value = if status == reqwest::StatusCode::NO_CONTENT {
         Value::Null
@@ -121,11 +134,7 @@ pub fn exec(args: ExecArgs) -> Result<ExitCode, String> {
 
 /// Runs a command through the streaming endpoint, printing output as it comes.
 fn stream_exec(http: &Client, url: &str, body: Value) -> Result<ExitCode, String> {
-    let resp = http
-        .post(url)
-        .json(&body)
-        .send()
-        .map_err(|e| format!("cannot reach the server: {e}"))?;
+    let resp = http.post(url).json(&body).send().map_err(unreachable)?;
     if !resp.status().is_success() {
         let status = resp.status();
         return Err(failure(status, &resp.json().unwrap_or_default()));
