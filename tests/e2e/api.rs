@@ -356,13 +356,17 @@ fn registered_images() {
     .unwrap();
     std::fs::write(root.join("etc/marker"), "tiny image\n").unwrap();
 
-    let r = s.post("/images", json!({"name": "tiny", "path": root}));
+    let r = s.post("/images", json!({"name": "team/tiny:1", "path": root}));
     assert_eq!(r.status(), 201, "{}", json_of(r));
     assert_eq!(
-        s.post("/images", json!({"name": "tiny", "path": root}))
+        s.post("/images", json!({"name": "team/tiny:1", "path": root}))
             .status(),
         409
     );
+    for name in ["", "../tiny", "/tiny", "team//tiny", ".tiny", "a b"] {
+        let r = s.post("/images", json!({"name": name, "path": root}));
+        assert_refused(r, 400, "invalid image name");
+    }
     assert_eq!(
         s.post("/images", json!({"name": "bad", "path": "/nonexistent"}))
             .status(),
@@ -377,14 +381,18 @@ fn registered_images() {
         assert_refused(r, 400, "image root");
     }
 
-    let id = s.sandbox(json!({"image": "tiny"}));
+    let id = s.sandbox(json!({"image": "team/tiny:1"}));
     let r = s.exec(&id, json!({"command": ["/bin/sh", "-c", "read x < /etc/marker; echo $x; echo > /tmp/w && echo writable"]}));
     assert_eq!(r["stdout"], "tiny image\nwritable\n", "{r}");
     // The image itself is read-only underneath the sandbox.
     assert!(root.join("tmp/w").metadata().is_err());
     s.delete(&format!("/sandboxes/{id}"));
-    assert_eq!(s.delete("/images/tiny").status(), 204);
-    assert_eq!(s.post("/sandboxes", json!({"image": "tiny"})).status(), 404);
+    assert_eq!(s.delete("/images/team%2Ftiny:1").status(), 204);
+    assert_eq!(
+        s.post("/sandboxes", json!({"image": "team/tiny:1"}))
+            .status(),
+        404
+    );
     std::fs::remove_dir_all(&root).unwrap();
 }
 

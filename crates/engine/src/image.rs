@@ -231,17 +231,22 @@ impl Images {
     }
 }
 
+/// Names as registries spell them (`team/python:3.12`): components separated by `/`, each
+/// starting with a letter or digit.
 fn validate_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._:-/".contains(c));
+    let ok = name.len() <= 128
+        && name.split('/').all(|part| {
+            part.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c))
+        });
     if ok {
         Ok(())
     } else {
         Err(Error::invalid(format!(
-            "invalid image name {name:?}: use letters, digits and ._:-/"
+            "invalid image name {name:?}: use letters, digits and ._:- in parts separated by /, \
+             each starting with a letter or digit"
         )))
     }
 }

@@ -40,6 +40,7 @@ pub async fn register(
 }
 
 #[utoipa::path(delete, path = "/images/{name}", operation_id = "remove_image", tag = "images",
+    params(("name" = String, Path, description = "The image's name, a `/` in it sent as `%2F`")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn remove(
     State(engine): State<Arc<Engine>>,
