@@ -444,11 +444,13 @@ fn bad_input_gets_clear_4xx() {
             .status(),
         404
     );
-    assert_eq!(
-        s.post("/sandboxes", json!({"hostname": "bad host!"}))
-            .status(),
-        400
-    );
+    for hostname in ["bad host!", "a..b", "-a", "a-", ".a", &"h".repeat(65)] {
+        let r = s.post("/sandboxes", json!({ "hostname": hostname }));
+        assert_refused(r, 400, "invalid hostname");
+    }
+    let named = s.sandbox(json!({"hostname": "box-1.example"}));
+    assert_eq!(s.sh(&named, "hostname")["stdout"], "box-1.example\n");
+    s.delete(&format!("/sandboxes/{named}"));
     // An environment execve could not pass on is refused at once, not at every exec.
     for env in [
         json!({"A=B": "x"}),
@@ -457,6 +459,24 @@ fn bad_input_gets_clear_4xx() {
     ] {
         let r = s.post("/sandboxes", json!({ "env": env }));
         assert_refused(r, 400, "invalid environment variable");
+    }
+    let long = json!({"env": {"A": "x".repeat(200_000)}});
+    assert_refused(
+        s.post("/sandboxes", long),
+        400,
+        "a program can be given at most",
+    );
+    // Labels find sandboxes; they hold no data.
+    let many: serde_json::Map<String, Value> =
+        (0..65).map(|i| (format!("k{i}"), json!("v"))).collect();
+    for labels in [
+        json!({"": "v"}),
+        json!({"a=b": "v"}),
+        json!({"k": "v".repeat(1025)}),
+        Value::Object(many),
+    ] {
+        let r = s.post("/sandboxes", json!({ "labels": labels }));
+        assert_refused(r, 400, "label");
     }
     assert_eq!(s.get("/sandboxes/does-not-exist").status(), 404);
     // Malformed path parameters and forms get the same JSON error body.

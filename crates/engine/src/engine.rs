@@ -36,11 +36,14 @@ pub struct CreateSandbox {
     pub disk_mb: Option<u64>,
     /// Environment every exec in the sandbox sees.
     pub env: BTreeMap<String, String>,
+    /// What to find the sandbox by (`?label=key=value`): at most 64, keys of 1 to 128 bytes
+    /// without `=`, values of at most 1024 bytes.
     pub labels: BTreeMap<String, String>,
     /// Stop after this long without activity (0 = never).
     pub idle_timeout_secs: Option<u64>,
     /// Stop this long after creation (0 = the server's maximum).
     pub max_lifetime_secs: Option<u64>,
+    /// Default `sandbox-` and the id's first 8 characters.
     pub hostname: Option<String>,
 }
 
@@ -314,13 +317,19 @@ impl Engine {
             l.max_lifetime_secs,
         )?;
         crate::sandbox::check_env(&req.env)?;
+        check_labels(&req.labels)?;
         let image = self
             .images
             .resolve(req.image.as_deref().unwrap_or(&d.image))?;
         let id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
         let hostname = match &req.hostname {
             Some(h) if valid_hostname(h) => h.clone(),
-            Some(h) => return Err(Error::invalid(format!("invalid hostname {h:?}"))),
+            Some(h) => {
+                return Err(Error::invalid(format!(
+                    "invalid hostname {h:?}: at most 64 characters, in dot-separated parts of \
+                     letters, digits and '-', none starting or ending with '-'"
+                )));
+            }
             None => format!("sandbox-{}", &id[..8]),
         };
         let info = SandboxInfo {
@@ -704,11 +713,36 @@ fn blocking<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     tokio::task::block_in_place(f)
 }
 
+/// Labels find sandboxes again (`?label=key=value`); they are not a place for data.
+fn check_labels(labels: &BTreeMap<String, String>) -> Result<()> {
+    const MOST: usize = 64;
+    if labels.len() > MOST {
+        return Err(Error::invalid(format!(
+            "{} labels: a sandbox has at most {MOST}",
+            labels.len()
+        )));
+    }
+    for (key, value) in labels {
+        if key.is_empty() || key.len() > 128 || key.contains('=') || value.len() > 1024 {
+            return Err(Error::invalid(format!(
+                "invalid label {key:?}: a key is 1 to 128 bytes without '=', a value at most \
+                 1024 bytes"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A hostname as RFC 1123 spells one, within the kernel's 64 bytes.
 fn valid_hostname(h: &str) -> bool {
-    !h.is_empty()
-        && h.len() <= 63
-        && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        && !h.starts_with('-')
+    h.len() <= 64
+        && h.split('.').all(|part| {
+            !part.is_empty()
+                && part.len() <= 63
+                && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        })
 }
 
 /// The host's memory in MiB, from `/proc/meminfo`.

@@ -358,12 +358,21 @@ impl Sandbox {
     }
 }
 
-/// Refuses what `execve` cannot pass on: an empty name, a name with `=` or NUL, a value with NUL.
+/// Refuses what `execve` cannot pass on: an empty name, a name with `=` or NUL, a value with
+/// NUL, a variable longer than the kernel takes.
 pub(crate) fn check_env(env: &BTreeMap<String, String>) -> Result<()> {
+    let longest = cella_jail::sys::max_arg_strlen() - 1;
     for (k, v) in env {
         if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
             return Err(Error::invalid(format!(
                 "invalid environment variable {k:?}: a name must be non-empty, without '=' or NUL; a value without NUL"
+            )));
+        }
+        let length = k.len() + 1 + v.len();
+        if length > longest {
+            return Err(Error::invalid(format!(
+                "environment variable {k:?} is {length} bytes as NAME=value; a program can be \
+                 given at most {longest}"
             )));
         }
     }

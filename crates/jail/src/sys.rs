@@ -311,6 +311,14 @@ pub fn drain_signalfd(fd: BorrowedFd<'_>) {
     while matches!(read(fd, &mut buf), Ok(n) if n > 0) {}
 }
 
+/// The longest string `execve` passes on, its NUL included: the kernel's `MAX_ARG_STRLEN`,
+/// 32 pages.
+pub fn max_arg_strlen() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    32 * usize::try_from(page).unwrap_or(4096)
+}
+
 /// Signals sent to the server's whole process group (a Ctrl-C, a service manager's stop,
 /// a closed terminal). They are the server's to act on: it shuts down gracefully, and its
 /// helpers (the spawner, the zygotes) ignore them and go when it goes.
