@@ -200,6 +200,9 @@ fn infinite_loop_times_out_and_cpu_is_limited() {
 fn idle_sandboxes_are_stopped() {
     let s = server();
     let id = s.sandbox(json!({"idle_timeout_secs": 1}));
+    // A running process is activity: the sandbox outlives its idle timeout while one runs.
+    let r = s.exec(&id, json!({"shell": "sleep 2.5; echo still here"}));
+    assert_eq!(r["stdout"], "still here\n", "{r}");
     assert!(cella_e2e::eventually(6.0, || cella_e2e::json_of(
         s.get(&format!("/sandboxes/{id}"))
     )["state"]
