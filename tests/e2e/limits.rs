@@ -226,7 +226,11 @@ fn idle_sandboxes_are_stopped() {
 
 #[test]
 fn the_sandbox_count_is_capped_with_a_retryable_error() {
-    let s = Server::start_with(&[("CELLA_LIMITS__MAX_SANDBOXES", "2")]);
+    let s = Server::start_with(&[
+        ("CELLA_LIMITS__MAX_SANDBOXES", "2"),
+        ("CELLA_POOL__WARM_SANDBOXES", "0"),
+        ("CELLA_POOL__WARM_KERNELS", "0"),
+    ]);
     let (a, b) = (s.sandbox(json!({})), s.sandbox(json!({})));
     let r = s.post("/sandboxes", json!({}));
     let error = cella_e2e::assert_refused(r, 503, "maximum of 2");
@@ -234,6 +238,26 @@ fn the_sandbox_count_is_capped_with_a_retryable_error() {
     assert_eq!(s.delete(&format!("/sandboxes/{a}")).status(), 204);
     let c = s.sandbox(json!({}));
     for id in [b, c] {
+        s.delete(&format!("/sandboxes/{id}"));
+    }
+    // Creates at once cannot all pass the count: exactly two of eight are made.
+    let creates: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, url) = (s.http.clone(), s.api("/sandboxes"));
+            std::thread::spawn(move || http.post(url).json(&json!({})).send().unwrap())
+        })
+        .collect();
+    let mut made = Vec::new();
+    for create in creates {
+        let r = create.join().unwrap();
+        match r.status().as_u16() {
+            201 => made.push(cella_e2e::json_of(r)["id"].as_str().unwrap().to_string()),
+            503 => {}
+            other => panic!("{other}: {}", cella_e2e::json_of(r)),
+        }
+    }
+    assert_eq!(made.len(), 2, "{made:?}");
+    for id in made {
         s.delete(&format!("/sandboxes/{id}"));
     }
 }

@@ -57,6 +57,8 @@ pub struct Engine {
     cgroups: Cgroups,
     store: Arc<Store>,
     live: RwLock<HashMap<String, Arc<Sandbox>>>,
+    /// Sandboxes being created (see `reserve_slot`).
+    creating: Mutex<usize>,
     stopped: Mutex<HashMap<String, (SandboxInfo, Instant)>>,
     uids: Mutex<UidPool>,
     /// Set when the server shuts down: no more sandboxes are made.
@@ -138,6 +140,7 @@ impl Engine {
             stopped: Mutex::default(),
             uids: Mutex::new(uids),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            creating: Mutex::new(0),
             in_flight: tokio::sync::RwLock::new(()),
         };
         engine.recover()?;
@@ -373,14 +376,7 @@ impl Engine {
         }
         let started = Instant::now();
         let (mut info, image) = self.resolve(&req)?;
-        if self.live.read().unwrap_or_else(|p| p.into_inner()).len()
-            >= self.config.limits.max_sandboxes
-        {
-            return Err(Error::Busy(format!(
-                "the server runs its maximum of {} sandboxes; retry later",
-                self.config.limits.max_sandboxes
-            )));
-        }
+        let slot = self.reserve_slot()?;
         info.uid = self
             .uids
             .lock()
@@ -399,17 +395,39 @@ impl Engine {
                 return Err(e);
             }
         };
-        self.store
-            .put(SANDBOXES, &sandbox.id, &sandbox.record(), false)?;
         let live_count = {
             let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
             live.insert(sandbox.id.clone(), sandbox.clone());
+            // Counted as live from here, in the same step (reserve_slot counts under this lock).
+            drop(slot);
             live.len()
         };
+        if let Err(e) = self
+            .store
+            .put(SANDBOXES, &sandbox.id, &sandbox.record(), false)
+        {
+            let _ = self.delete_now(&sandbox.id).await;
+            return Err(e);
+        }
         metrics::gauge!("cella_sandboxes_live").set(live_count as f64);
         metrics::histogram!("cella_sandbox_create_seconds").record(started.elapsed().as_secs_f64());
         debug!(sandbox = %sandbox.id, image = %info.image, uid = info.uid, elapsed = ?started.elapsed(), "sandbox created");
         Ok(sandbox)
+    }
+
+    /// A place for one more sandbox under `limits.max_sandboxes`, counting those being created
+    /// as well as those live: concurrent creates cannot all pass a check of the live ones.
+    fn reserve_slot(&self) -> Result<Slot<'_>> {
+        let live = self.live.read().unwrap_or_else(|p| p.into_inner());
+        let mut creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+        if live.len() + *creating >= self.config.limits.max_sandboxes {
+            return Err(Error::Busy(format!(
+                "the server runs its maximum of {} sandboxes; retry later",
+                self.config.limits.max_sandboxes
+            )));
+        }
+        *creating += 1;
+        Ok(Slot(&self.creating))
     }
 
     async fn start(
@@ -711,6 +729,16 @@ fn init_exit_reason(sandbox: &Sandbox) -> String {
 /// the worker thread hands its other tasks over while it blocks.
 fn blocking<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     tokio::task::block_in_place(f)
+}
+
+/// A sandbox being created, counted against `limits.max_sandboxes` until it is live or has
+/// failed.
+struct Slot<'a>(&'a Mutex<usize>);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+    }
 }
 
 /// Labels find sandboxes again (`?label=key=value`); they are not a place for data.
