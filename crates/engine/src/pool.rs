@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tracing::warn;
+use tracing::{debug, warn};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 pub struct WarmPool<T> {
     what: &'static str,
@@ -70,7 +70,12 @@ impl<T: Send + 'static> WarmPool<T> {
                             .push(item),
                         Err(_) if stopping() => return,
                         Err(e) => {
-                            warn!(pool = pool.what, error = %e, "could not refill a warm pool");
+                            // At the sandbox cap, the pool waits like any other user.
+                            if let Error::Busy(_) = e {
+                                debug!(pool = pool.what, error = %e, "could not refill a warm pool");
+                            } else {
+                                warn!(pool = pool.what, error = %e, "could not refill a warm pool");
+                            }
                             tokio::time::sleep(Duration::from_secs(1)).await;
                             break;
                         }

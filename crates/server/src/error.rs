@@ -79,10 +79,16 @@ impl From<Error> for ApiError {
             Error::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
-        if status.is_server_error() {
-            tracing::warn!(error = %e, "request failed");
-        }
+        log_if_fault(&e);
         ApiError::new(status, code, e.to_string())
+    }
+}
+
+/// Logs an error that is the server's own fault. Busy and unavailable are the server saying
+/// no under load, and the rest are the request's: each face answers those without a word.
+pub fn log_if_fault(e: &Error) {
+    if let Error::Internal(_) = e {
+        tracing::warn!(error = %e, "request failed");
     }
 }
 

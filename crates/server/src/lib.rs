@@ -103,7 +103,9 @@ pub fn app(state: AppState, metrics: PrometheusHandle, body_timeout: Duration) -
         ))
         // A stalled body would hold its share of the budget for ever.
         .layer(RequestBodyTimeoutLayer::new(body_timeout))
-        .layer(TraceLayer::new_for_http())
+        // Its default logs every 5xx as an error, a 503 or 504 under load included; the
+        // server's own faults are logged where they happen (`error.rs`).
+        .layer(TraceLayer::new_for_http().on_failure(()))
 }
 
 /// The body limits refuse an oversized body in plain text, before any handler runs: answer

@@ -247,6 +247,8 @@ impl Runs {
             match runs.make_skeleton(&dir).await {
                 Ok(()) => info!(dir = %dir.display(), "home skeleton built"),
                 Err(_) if runs.engine.is_stopping() => {}
+                // At the sandbox cap for now: the next run tries again.
+                Err(Error::Busy(_)) => runs.skeleton_started.store(false, Ordering::SeqCst),
                 Err(e) => warn!(error = %e, "no home skeleton; sandboxes start with an empty home"),
             }
         });

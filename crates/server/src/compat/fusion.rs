@@ -151,6 +151,7 @@ fn error_status(e: &Error) -> &'static str {
 
 impl RunCodeResponse {
     fn failure(e: Error) -> RunCodeResponse {
+        crate::error::log_if_fault(&e);
         RunCodeResponse {
             status: error_status(&e),
             message: e.to_string(),
@@ -350,6 +351,7 @@ pub struct RunJupyterResponse {
 
 impl RunJupyterResponse {
     fn failure(e: Error) -> RunJupyterResponse {
+        crate::error::log_if_fault(&e);
         RunJupyterResponse {
             status: error_status(&e),
             message: e.to_string(),
