@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use cella_e2e::{Server, cella_bin, json_of};
+use cella_e2e::{Server, assert_refused, cella_bin, json_of};
 use serde_json::{Value, json};
 
 fn server() -> &'static Server {
@@ -70,6 +70,21 @@ fn runs_with_stdin_files_and_fetch() {
             .status(),
         400
     );
+    // Limits out of bounds are refused, not quietly moved into them.
+    for (field, value, says) in [
+        ("run_timeout", json!(-1), "run_timeout must be more than 0"),
+        (
+            "compile_timeout",
+            json!(0),
+            "compile_timeout must be more than 0",
+        ),
+        ("run_timeout", json!(1e9), "run_timeout must be more than 0"),
+        ("memory_mb", json!(0), "memory_mb must be between"),
+    ] {
+        let mut body = json!({"language": "python", "code": "print(1)"});
+        body[field] = value;
+        assert_refused(s.post("/runs", body), 400, says);
+    }
 }
 
 #[test]

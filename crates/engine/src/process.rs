@@ -80,7 +80,11 @@ impl ExecRequest {
             env: self.env,
             cwd: self.cwd,
             stdin: self.stdin.map(String::into_bytes),
-            timeout: Some(exec_timeout(config, self.timeout)?),
+            timeout: Some(checked_timeout(
+                config,
+                "timeout",
+                self.timeout.unwrap_or(config.sandbox.exec_timeout_secs),
+            )?),
             output_cap: output_cap(config, self.output_cap)?,
         })
     }
@@ -91,13 +95,12 @@ pub fn shell_argv(line: String) -> Vec<String> {
     vec!["bash".into(), "-c".into(), line]
 }
 
-/// A requested timeout in seconds, checked against the server's bounds.
-pub fn exec_timeout(config: &Config, secs: Option<f64>) -> Result<Duration> {
+/// A requested timeout (`field`, in seconds), checked against the server's bounds.
+pub fn checked_timeout(config: &Config, field: &str, secs: f64) -> Result<Duration> {
     let max = config.limits.max_exec_timeout_secs;
-    let secs = secs.unwrap_or(config.sandbox.exec_timeout_secs);
     if !(secs > 0.0 && secs <= max) {
         return Err(Error::invalid(format!(
-            "timeout must be more than 0 and at most {max} seconds"
+            "{field} must be more than 0 and at most {max} seconds"
         )));
     }
     Ok(Duration::from_secs_f64(secs))

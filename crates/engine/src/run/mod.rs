@@ -32,7 +32,8 @@ use warm::Flavor;
 pub const RUN_LABEL: &str = "cella.run";
 /// Compilers and build tools get at least this much memory, whatever the run's limit.
 const COMPILE_MEMORY_MB: u64 = 2048;
-const MIN_MEMORY_MB: u64 = 32;
+/// The least memory a run is given.
+pub const MIN_MEMORY_MB: u64 = 32;
 
 #[derive(Debug, Clone)]
 pub struct RunRequest {

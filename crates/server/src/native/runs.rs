@@ -5,8 +5,11 @@ use std::time::Duration;
 
 use axum::extract::State;
 use base64::Engine as _;
+use cella_engine::Error;
+use cella_engine::config::Config;
 use cella_engine::language::LanguageInfo;
-use cella_engine::run::{RunRequest, Step, StepStatus};
+use cella_engine::process::checked_timeout;
+use cella_engine::run::{MIN_MEMORY_MB, RunRequest, Step, StepStatus};
 use serde::{Deserialize, Serialize};
 
 use super::processes::ExecResult;
@@ -21,11 +24,11 @@ pub struct RunBody {
     pub language: String,
     pub code: String,
     pub stdin: Option<String>,
-    /// Seconds (default 10).
+    /// Seconds (default 10; at most `limits.max_exec_timeout_secs`).
     pub compile_timeout: Option<f64>,
-    /// Seconds (default 10).
+    /// Seconds (default 10; at most `limits.max_exec_timeout_secs`).
     pub run_timeout: Option<f64>,
-    /// Memory limit of the run step.
+    /// Memory limit of the run step (at least 32; default `runs.memory_mb`).
     pub memory_mb: Option<u64>,
     /// Files written first (path → UTF-8 content); relative paths are in the work directory.
     #[serde(default)]
@@ -78,8 +81,21 @@ pub struct RunResult {
     pub files: BTreeMap<String, String>,
 }
 
-fn seconds(v: Option<f64>) -> Duration {
-    Duration::from_secs_f64(v.unwrap_or(10.0).clamp(0.001, 86_400.0))
+/// The request's limits, refused when out of bounds (SandboxFusion's face clamps them instead).
+fn checked_limits(config: &Config, body: &RunBody) -> Result<(Duration, Duration), Error> {
+    let timeout = |field, secs: Option<f64>| checked_timeout(config, field, secs.unwrap_or(10.0));
+    let max_memory = config.limits.max_memory_mb;
+    if let Some(mb) = body.memory_mb
+        && !(MIN_MEMORY_MB..=max_memory).contains(&mb)
+    {
+        return Err(Error::invalid(format!(
+            "memory_mb must be between {MIN_MEMORY_MB} and {max_memory}"
+        )));
+    }
+    Ok((
+        timeout("compile_timeout", body.compile_timeout)?,
+        timeout("run_timeout", body.run_timeout)?,
+    ))
 }
 
 #[utoipa::path(post, path = "/runs", operation_id = "run", tag = "runs", request_body = RunBody,
@@ -89,12 +105,13 @@ pub async fn run(
     State(state): State<AppState>,
     Json(body): Json<RunBody>,
 ) -> ApiResult<Json<RunResult>> {
+    let (compile_timeout, run_timeout) = checked_limits(&state.engine.config, &body)?;
     let req = RunRequest {
         language: body.language,
         code: body.code,
         stdin: body.stdin.map(String::into_bytes),
-        compile_timeout: seconds(body.compile_timeout),
-        run_timeout: seconds(body.run_timeout),
+        compile_timeout,
+        run_timeout,
         memory_mb: body.memory_mb,
         files: body
             .files
