@@ -275,25 +275,38 @@ fn request_object(
     pydantic::object(&body).map_err(|invalid| Box::new(invalid.into_response()))
 }
 
-/// Answers an overloaded queue with 504, the one status both verl and the client retry.
-pub fn overloaded(e: Error) -> Response {
-    (
-        StatusCode::GATEWAY_TIMEOUT,
-        axum::Json(json!({ "detail": e.to_string() })),
-    )
-        .into_response()
-}
-
-async fn run_code(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
-    let req = match run_request(body) {
+/// Runs a request read from the body and answers in the route's shape: its outcome; an
+/// overloaded server's 504, the one status both verl and the client retry; or `failure`.
+async fn answer<Req, Out, Answer: Serialize>(
+    req: Result<Req, Box<Response>>,
+    run: impl AsyncFnOnce(Req) -> cella_engine::Result<Out>,
+    outcome: fn(Out) -> Answer,
+    failure: Failure,
+) -> Response {
+    let req = match req {
         Ok(req) => req,
         Err(answer) => return *answer,
     };
-    match state.runs.run(req).await {
-        Ok(outcome) => axum::Json(RunCodeResponse::from_outcome(outcome)).into_response(),
-        Err(e @ Error::Busy(_)) => overloaded(e),
-        Err(e) => RUN_CODE_FAILURE(e),
+    match run(req).await {
+        Ok(out) => axum::Json(outcome(out)).into_response(),
+        Err(e @ Error::Busy(_)) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            axum::Json(json!({ "detail": e.to_string() })),
+        )
+            .into_response(),
+        Err(e) => failure(e),
     }
+}
+
+async fn run_code(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let run = async |req| state.runs.run(req).await;
+    answer(
+        run_request(body),
+        run,
+        RunCodeResponse::from_outcome,
+        RUN_CODE_FAILURE,
+    )
+    .await
 }
 
 fn run_request(body: Result<Bytes, BytesRejection>) -> Result<RunRequest, Box<Response>> {
@@ -405,15 +418,9 @@ async fn run_jupyter(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let req = match notebook_request(body) {
-        Ok(req) => req,
-        Err(answer) => return *answer,
-    };
-    match state.runs.run_notebook(req).await {
-        Ok(outcome) => axum::Json(RunJupyterResponse::from_outcome(outcome)).into_response(),
-        Err(e @ Error::Busy(_)) => overloaded(e),
-        Err(e) => RUN_JUPYTER_FAILURE(e),
-    }
+    let run = async |req| state.runs.run_notebook(req).await;
+    let outcome = RunJupyterResponse::from_outcome;
+    answer(notebook_request(body), run, outcome, RUN_JUPYTER_FAILURE).await
 }
 
 fn notebook_request(body: Result<Bytes, BytesRejection>) -> Result<NotebookRequest, Box<Response>> {
