@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::control::Control;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, within};
 use crate::host_claim::HostClaim;
 use crate::image::Images;
 use crate::sandbox::{ExecDefaults, Record, Sandbox, SandboxInfo, State, now_secs};
@@ -286,23 +286,14 @@ impl Engine {
                 l.max_cpus
             )));
         }
-        let check = |name: &str, v: u64, min: u64, max: u64| {
-            if (min..=max).contains(&v) {
-                Ok(v)
-            } else {
-                Err(Error::invalid(format!(
-                    "{name} must be between {min} and {max}"
-                )))
-            }
-        };
-        let memory_mb = check(
+        let memory_mb = within(
             "memory_mb",
             req.memory_mb.unwrap_or(d.memory_mb),
             16,
             l.max_memory_mb,
         )?;
-        let pids = check("pids", req.pids.unwrap_or(d.pids), 8, l.max_pids)?;
-        let disk_mb = check(
+        let pids = within("pids", req.pids.unwrap_or(d.pids), 8, l.max_pids)?;
+        let disk_mb = within(
             "disk_mb",
             req.disk_mb.unwrap_or(d.disk_mb),
             1,
@@ -310,10 +301,10 @@ impl Engine {
         )?;
         let lifetime = match req.max_lifetime_secs.unwrap_or(d.max_lifetime_secs) {
             0 => l.max_lifetime_secs,
-            s => check("max_lifetime_secs", s, 1, l.max_lifetime_secs)?,
+            s => within("max_lifetime_secs", s, 1, l.max_lifetime_secs)?,
         };
         // 0: never idle; beyond the longest lifetime an idle timeout could never fire.
-        let idle_timeout_secs = check(
+        let idle_timeout_secs = within(
             "idle_timeout_secs",
             req.idle_timeout_secs.unwrap_or(d.idle_timeout_secs),
             0,

@@ -30,6 +30,17 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A request's `field`, refused unless it lies between `min` and `max`.
+pub fn within(field: &str, value: u64, min: u64, max: u64) -> Result<u64> {
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(Error::invalid(format!(
+            "{field} must be between {min} and {max}"
+        )))
+    }
+}
+
 impl Error {
     pub fn invalid(msg: impl Into<String>) -> Error {
         Error::InvalidArgument(msg.into())

@@ -7,6 +7,7 @@ use axum::extract::State;
 use base64::Engine as _;
 use cella_engine::Error;
 use cella_engine::config::Config;
+use cella_engine::error::within;
 use cella_engine::language::LanguageInfo;
 use cella_engine::process::checked_timeout;
 use cella_engine::run::{MIN_MEMORY_MB, RunRequest, Step, StepStatus};
@@ -84,13 +85,8 @@ pub struct RunResult {
 /// The request's limits, refused when out of bounds (SandboxFusion's face clamps them instead).
 fn checked_limits(config: &Config, body: &RunBody) -> Result<(Duration, Duration), Error> {
     let timeout = |field, secs: Option<f64>| checked_timeout(config, field, secs.unwrap_or(10.0));
-    let max_memory = config.limits.max_memory_mb;
-    if let Some(mb) = body.memory_mb
-        && !(MIN_MEMORY_MB..=max_memory).contains(&mb)
-    {
-        return Err(Error::invalid(format!(
-            "memory_mb must be between {MIN_MEMORY_MB} and {max_memory}"
-        )));
+    if let Some(mb) = body.memory_mb {
+        within("memory_mb", mb, MIN_MEMORY_MB, config.limits.max_memory_mb)?;
     }
     Ok((
         timeout("compile_timeout", body.compile_timeout)?,
