@@ -206,9 +206,30 @@ fn shutdown_ends_requests_that_would_outlast_it() {
 fn assert_nothing_left(s: &Server) {
     assert!(processes_with_uid_in(s.uid_base, 1000).is_empty());
     assert_eq!(cgroups_under(&s.cgroup_parent), Vec::<String>::new());
-    for (_, parent) in parent_cgroups(&s.cgroup_parent) {
-        assert!(!parent.exists(), "{} is left", parent.display());
+    assert_no_cgroup_parent(&s.cgroup_parent);
+}
+
+fn assert_no_cgroup_parent(parent: &str) {
+    for (_, dir) in parent_cgroups(parent) {
+        assert!(!dir.exists(), "{} is left", dir.display());
     }
+}
+
+/// `cella serve` on `listen` with a data dir, cgroup parent and uid range of its own, its
+/// log piped.
+fn serve_command(
+    listen: &str,
+    data: &std::path::Path,
+    parent: &str,
+    uid_base: u32,
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new(cella_bin());
+    cmd.args(["serve", "--listen", listen, "--data-dir"])
+        .arg(data)
+        .env("CELLA_CGROUP_PARENT", parent)
+        .env("CELLA_UID_BASE", uid_base.to_string())
+        .stderr(std::process::Stdio::piped());
+    cmd
 }
 
 #[test]
@@ -322,13 +343,8 @@ fn refused_start(
     listen: &str,
     env: &[(&str, &str)],
 ) -> std::process::Output {
-    let mut server = std::process::Command::new(cella_bin())
-        .args(["serve", "--listen", listen, "--data-dir"])
-        .arg(data)
-        .env("CELLA_CGROUP_PARENT", parent)
-        .env("CELLA_UID_BASE", uid_base.to_string())
+    let mut server = serve_command(listen, data, parent, uid_base)
         .envs(env.iter().copied())
-        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let exited = eventually(10.0, || server.try_wait().unwrap().is_some());
@@ -350,10 +366,7 @@ fn a_server_that_cannot_start_says_why_and_leaves_nothing() {
     let uid_base = 20_000_000 + (std::process::id() % 1000) * 1000;
     let attempt = |listen: &str, env: &[(&str, &str)]| {
         let out = refused_start(&data, &parent, uid_base, listen, env);
-        let left: Vec<_> = parent_cgroups(&parent)
-            .filter(|(_, dir)| dir.exists())
-            .collect();
-        assert!(left.is_empty(), "left behind: {left:?}");
+        assert_no_cgroup_parent(&parent);
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let said = attempt(&in_use, &[]);
@@ -387,22 +400,11 @@ fn signal_the_process_group_of_a_serving_server(signal: libc::c_int) {
         .port();
     // Its own process group, as a shell gives a foreground job: a Ctrl-C, or the terminal's
     // hangup, reaches every process in it, the spawner and the zygotes too.
-    let mut server = std::process::Command::new(cella_bin())
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(&data)
-        .env("CELLA_CGROUP_PARENT", &parent)
-        .env(
-            "CELLA_UID_BASE",
-            (21_000_000 + (std::process::id() % 1000) * 1000).to_string(),
-        )
+    let listen = format!("127.0.0.1:{port}");
+    let uid_base = 21_000_000 + (std::process::id() % 1000) * 1000;
+    let mut server = serve_command(&listen, &data, &parent, uid_base)
         .env("CELLA_LOG", "info")
         .process_group(0)
-        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let stderr = server.stderr.take().unwrap();
@@ -436,8 +438,5 @@ fn signal_the_process_group_of_a_serving_server(signal: libc::c_int) {
         !log.contains("spawner process died") && !log.contains("Traceback"),
         "{log}"
     );
-    let left: Vec<_> = parent_cgroups(&parent)
-        .filter(|(_, dir)| dir.exists())
-        .collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_no_cgroup_parent(&parent);
 }
