@@ -44,7 +44,7 @@ LIBC = ctypes.CDLL(None, use_errno=True)
 LIBC.syscall.restype = ctypes.c_long
 CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = (
     0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x20000000, 0x40000000)
-PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 24, 38, 22, 2
+PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 4, 24, 38, 22, 2
 SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_RESTRICT_SELF = 444, 446
 LANDLOCK_ACCESS_FS_MAKE_CHAR, LANDLOCK_ACCESS_FS_MAKE_BLOCK = 1 << 6, 1 << 11
 LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET, LANDLOCK_SCOPE_SIGNAL = 1, 2
@@ -93,6 +93,9 @@ def drop_privileges(req, filters, landlock_abi):
     os.setgroups([])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)  # clears every capability set
+    # The uid change made the process undumpable, which execve of an ordinary program would
+    # undo: its /proc files (environ, fd, ...) are its own again, as in any other run.
+    check(LIBC.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "dumpable")
     os.chdir(req["cwd"])
     os.umask(0o022)
     for res, soft, hard in req["rlimits"]:
@@ -332,6 +335,7 @@ def main():
     config = json.loads(CHANNEL.recv(1 << 20))
     filters = [bytes.fromhex(f) for f in config["filters"]]
     landlock_abi = config["landlock_abi"]
+    os.environ.update(config["env"])
     preload(config["preload"])
     # Forks share the zygote's pages: keep their collectors from walking (and so copying) the
     # objects that exist now.

@@ -5,6 +5,7 @@
 //! how a child joins a sandbox (`setns` on the init's pidfd) and drops every privilege before
 //! the user's program starts. Its events use the init's wire format ([`proto::Event`]).
 
+use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -59,9 +60,6 @@ impl Zygote {
             .env("LANG", "C.UTF-8")
             .env("PATH", crate::DEFAULT_PATH)
             .env("HOME", crate::SANDBOX_HOME)
-            // debugpy (which ipykernel imports) otherwise warns about frozen modules on import.
-            .env("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         // No PR_SET_PDEATHSIG: it fires when the *thread* that forked exits, and a runtime's
@@ -86,6 +84,10 @@ impl Zygote {
             "filters": policy.to_bytes().iter().map(|f| f.iter().map(|b| format!("{b:02x}")).collect::<String>()).collect::<Vec<_>>(),
             "landlock_abi": landlock_abi,
             "preload": preload,
+            // Set in-process, not at exec: forks show the exec-time environment as their
+            // /proc/self/environ, which should hold nothing a run does not have itself.
+            // debugpy (which ipykernel imports) otherwise warns about frozen modules on import.
+            "env": env.iter().map(|(k, v)| (*k, v.as_str())).chain([("PYDEVD_DISABLE_FILE_VALIDATION", "1")]).collect::<BTreeMap<_, _>>(),
         });
         let mut buf = Vec::new();
         proto::send(ours.as_fd(), &config, &[])
