@@ -32,7 +32,7 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self):
+    def __init__(self, token=None):
         worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
         tag = f"{os.getpid()}-{worker}"
         self.port = _free_port()
@@ -42,6 +42,8 @@ class Server:
         uid_base = 3_000_000 + (os.getpid() % 1000) * 10_000 + int(worker.lstrip("gw") or 0) * 1000
         env = dict(os.environ, CELLA_CGROUP_PARENT=self.cgroup_parent, CELLA_UID_BASE=str(uid_base),
                    CELLA_UID_COUNT="1000", CELLA_LOG="warn")
+        if token:
+            env["CELLA_API_TOKEN"] = token
         self.proc = subprocess.Popen(
             [_binary(), "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", self.data_dir], env=env)
         deadline = time.time() + 30
@@ -55,7 +57,8 @@ class Server:
                 raise RuntimeError("cella exited during start-up")
             time.sleep(0.05)
         # The first listing checks every toolchain, so availability answers are final.
-        requests.get(f"{self.url}/api/v1/languages", timeout=120).raise_for_status()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        requests.get(f"{self.url}/api/v1/languages", headers=headers, timeout=120).raise_for_status()
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)

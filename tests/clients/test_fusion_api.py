@@ -1,11 +1,13 @@
 """The SandboxFusion wire contract through the real client (and raw JSON as verl sends it):
 files, concurrency, Jupyter, memory limits, validation errors, big output and hostile code."""
 
+import asyncio
 import base64
 import json
 import os
 import time
 
+import pytest
 import requests
 from sandbox_fusion import (RunCodeRequest, RunJupyterRequest, run_code, run_concurrent, run_jupyter,
                             summary_run_code_result, SummaryMapping)
@@ -361,3 +363,25 @@ def test_a_cell_that_ends_the_kernel_fails_the_notebook_without_retries(endpoint
     r = requests.post(f"{endpoint}/run_jupyter", json={
         "cells": ["x = bytearray(1 << 30)"], "memory_limit_MB": 256}).json()
     assert r["status"] == "Failed" and r["driver"]["oom_killed"] is True, r
+
+
+def test_a_server_with_an_api_token_takes_it_from_the_endpoint_url():
+    """The client has no way to send headers; an endpoint `http://user:token@host:port` is
+    how it carries a token (requests and aiohttp both send it as Basic auth)."""
+    from conftest import Server
+    from sandbox_fusion import run_code_async
+
+    server = Server(token="s3cret")
+    try:
+        endpoint = server.url.replace("http://", "http://cella:s3cret@")
+        hello = RunCodeRequest(code="print(6 * 7)", language="python")
+        assert run_code(hello, endpoint=endpoint).run_result.stdout == "42\n"
+        assert asyncio.run(run_code_async(hello, endpoint=endpoint)).run_result.stdout == "42\n"
+        notebook = run_jupyter(RunJupyterRequest(cells=["6 * 7"]), endpoint=endpoint)
+        assert notebook.cells[0].display == [{"text/plain": "42"}], notebook
+        for wrong in (server.url, server.url.replace("http://", "http://cella:nope@")):
+            # The client raises a bare Exception for any answer but a 200.
+            with pytest.raises(Exception, match="responded with code 401"):
+                run_code(hello, endpoint=wrong, max_attempts=1)
+    finally:
+        server.stop()

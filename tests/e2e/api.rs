@@ -23,6 +23,11 @@ fn health_openapi_and_metrics() {
             .unwrap(),
     );
     assert!(doc["openapi"].as_str().unwrap().starts_with('3'));
+    assert!(
+        doc.get("security").is_none(),
+        "no token, no security: {}",
+        doc["security"]
+    );
     let paths = doc["paths"].as_object().unwrap();
     for p in [
         "/api/v1/sandboxes",
@@ -677,5 +682,74 @@ fn a_client_stalling_its_body_is_answered_and_frees_its_budget() {
     assert!(
         body["message"].as_str().unwrap().contains("paused"),
         "{body}"
+    );
+}
+
+#[test]
+fn an_api_token_guards_every_route_but_healthz() {
+    let s = Server::start_with(&[("CELLA_API_TOKEN", "s3cret")]);
+    let health = s.http.get(format!("{}/healthz", s.url)).send().unwrap();
+    assert_eq!(health.status(), 200);
+    let code = json!({"code": "print(6 * 7)", "language": "python"});
+    let routes = [
+        s.http.get(s.api("/sandboxes")),
+        s.http.get(format!("{}/metrics", s.url)),
+        s.http.get(format!("{}/openapi.json", s.url)),
+        s.http.get(format!("{}/v1/ping", s.url)),
+        s.http.post(format!("{}/run_code", s.url)).json(&code),
+        s.http.get(format!("{}/no/such/route", s.url)),
+    ];
+    for req in routes {
+        let r = req.send().unwrap();
+        assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"cella\"");
+        assert_refused(r, 401, "wants its API token");
+    }
+    let wrong = s.http.get(s.api("/sandboxes")).bearer_auth("s3cre7");
+    assert_refused(wrong.send().unwrap(), 401, "token is wrong");
+    let basic_wrong = s
+        .http
+        .get(s.api("/sandboxes"))
+        .basic_auth("cella", Some("nope"));
+    assert_refused(basic_wrong.send().unwrap(), 401, "token is wrong");
+
+    let listed = s.http.get(s.api("/sandboxes")).bearer_auth("s3cret");
+    assert_eq!(json_of(listed.send().unwrap()), json!([]));
+    let doc = s
+        .http
+        .get(format!("{}/openapi.json", s.url))
+        .bearer_auth("s3cret");
+    let doc = json_of(doc.send().unwrap());
+    assert_eq!(doc["security"], json!([{"api_token": []}]));
+    let sandboxes = &doc["paths"]["/api/v1/sandboxes"]["get"]["responses"];
+    assert!(sandboxes.get("401").is_some(), "{sandboxes}");
+    // As SandboxFusion's clients send it, from an endpoint `http://cella:s3cret@host:port`.
+    let with_url = s.url.replace("http://", "http://cella:s3cret@") + "/run_code";
+    let ran = json_of(s.http.post(with_url).json(&code).send().unwrap());
+    assert_eq!(ran["run_result"]["stdout"], "42\n", "{ran}");
+
+    // Refused before its body is read: a client without the token holds nothing.
+    let huge = s.send_raw("POST /run_code\r\nContent-Length: 1000000000", b"{");
+    let (status, body) = answer_of(huge);
+    assert_eq!(status, 401, "{body}");
+
+    let cli = |token: Option<&str>| {
+        let mut cmd = std::process::Command::new(cella_e2e::cella_bin());
+        cmd.args(["exec", "--", "echo", "in"])
+            .env("CELLA_SERVER", &s.url);
+        match token {
+            Some(token) => cmd.env("CELLA_API_TOKEN", token),
+            None => cmd.env_remove("CELLA_API_TOKEN"),
+        };
+        cmd.output().unwrap()
+    };
+    let out = cli(Some("s3cret"));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "in\n");
+    let out = cli(None);
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("401 Unauthorized") && said.contains("CELLA_API_TOKEN"),
+        "{said}"
     );
 }

@@ -12,6 +12,31 @@ pub struct Target {
     /// The server's base URL.
     #[arg(long, env = "CELLA_SERVER", default_value = "http://127.0.0.1:8080")]
     server: String,
+    /// The server's API token, if it has one (better given as the variable: a command
+    /// line is readable by every user of the machine).
+    #[arg(long, env = "CELLA_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl Target {
+    /// A client for the server, sending its token with every request, and the URL of
+    /// `path` under its native API.
+    fn connect(&self, path: &str) -> Result<(Client, String), String> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &self.token {
+            let mut value = reqwest::header::HeaderValue::try_from(format!("Bearer {token}"))
+                .map_err(|_| "the API token must be printable ASCII".to_string())?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let client = Client::builder()
+            .timeout(None)
+            .default_headers(headers)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let url = format!("{}/api/v1{path}", self.server.trim_end_matches('/'));
+        Ok((client, url))
+    }
 }
 
 #[derive(clap::Args)]
@@ -52,13 +77,6 @@ pub struct ExecArgs {
     command: Vec<String>,
 }
 
-fn client() -> Result<Client, String> {
-    Client::builder()
-        .timeout(None)
-        .build()
-        .map_err(|e| e.to_string())
-}
-
 /// Why a request got no answer, with its root cause (reqwest's own message names only the URL).
 fn unreachable(e: reqwest::Error) -> String {
     let server = e
@@ -95,6 +113,9 @@ fn failure(status: reqwest::StatusCode, body: &Value) -> String {
         .as_str()
         .map(str::to_string)
         .unwrap_or_else(|| body.to_string());
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        return format!("{status}: {msg} (give it as CELLA_API_TOKEN)");
+    }
     format!("{status}: {msg}")
 }
 
@@ -112,8 +133,7 @@ fn stdin_text(arg: Option<String>) -> Result<Option<String>, String> {
 
 pub fn exec(args: ExecArgs) -> Result<ExitCode, String> {
     let stdin = stdin_text(args.stdin)?;
-    let http = client()?;
-    let base = format!("{}/api/v1", args.target.server.trim_end_matches('/'));
+    let (http, base) = args.target.connect("")?;
     let (id, fresh) = match args.sandbox {
         Some(id) => (id, false),
         None => {
@@ -177,8 +197,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
         Some(l) => l,
         None => language_for(&args.file)?,
     };
-    let http = client()?;
-    let url = format!("{}/api/v1/runs", args.target.server.trim_end_matches('/'));
+    let (http, url) = args.target.connect("/runs")?;
     let result = call(http.post(url).json(&json!({
         "language": language, "code": code, "stdin": stdin, "run_timeout": args.timeout,
     })))?;

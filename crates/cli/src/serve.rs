@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use cella_engine::Engine;
 use cella_engine::config::{Config, Overrides};
 use cella_engine::{Spawner, SpawnerConfig};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::ServeArgs;
 
@@ -43,7 +43,14 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
             .map_err(|e| format!("listen on {}: {e}", config.listen))?;
         let engine = Engine::new(config, args.config.as_deref(), spawner, features)
             .map_err(|e| e.to_string())?;
-        info!(address = %listener.local_addr().map_err(|e| e.to_string())?, "cella is serving");
+        let address = listener.local_addr().map_err(|e| e.to_string())?;
+        info!(%address, "cella is serving");
+        if !address.ip().is_loopback() && engine.config.api_token.is_none() {
+            warn!(
+                %address,
+                "no api_token is set: anyone who can reach this address can run code here"
+            );
+        }
         let (failure, failed) = tokio::sync::oneshot::channel();
         let watched = engine.clone();
         let stop = async move {

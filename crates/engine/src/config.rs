@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Address the HTTP server listens on.
     pub listen: String,
+    /// When set, every route but `/healthz` wants this token (`crates/server/src/auth.rs`).
+    /// Give it in the file or as `CELLA_API_TOKEN`, never on a command line others can read.
+    pub api_token: Option<String>,
     /// Everything cella keeps on disk lives here (state store, image registry, scratch).
     pub data_dir: PathBuf,
     /// `text` or `json` logs.
@@ -130,6 +133,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             listen: "127.0.0.1:8080".into(),
+            api_token: None,
             data_dir: "/var/lib/cella".into(),
             log_format: "text".into(),
             cgroup_parent: "cella".into(),

@@ -18,6 +18,7 @@ use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+mod auth;
 mod body_budget;
 mod compat;
 pub mod error;
@@ -73,12 +74,16 @@ pub fn app(state: AppState, metrics: PrometheusHandle, body_timeout: Duration) -
     let (native, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", native::router())
         .split_for_parts();
-    native::document_errors(&mut doc);
+    let token: Option<Arc<str>> = state.engine.config.api_token.as_deref().map(Arc::from);
+    native::document_errors(&mut doc, token.is_some());
+    if token.is_some() {
+        auth::document(&mut doc);
+    }
     let doc = Arc::new(doc);
     let limits = &state.engine.config.limits;
     let body_limit = limits.max_body_bytes;
     let budget = BodyBudget::new(limits.max_body_bytes_in_flight, body_limit);
-    Router::new()
+    let app = Router::new()
         .merge(native)
         .merge(compat::fusion::router())
         .route(
@@ -102,10 +107,15 @@ pub fn app(state: AppState, metrics: PrometheusHandle, body_timeout: Duration) -
             body_budget::limit,
         ))
         // A stalled body would hold its share of the budget for ever.
-        .layer(RequestBodyTimeoutLayer::new(body_timeout))
-        // Its default logs every 5xx as an error, a 503 or 504 under load included; the
-        // server's own faults are logged where they happen (`error.rs`).
-        .layer(TraceLayer::new_for_http().on_failure(()))
+        .layer(RequestBodyTimeoutLayer::new(body_timeout));
+    // Outside the body limits: a client without the token is refused before its body is read.
+    let app = match token {
+        Some(token) => app.layer(axum::middleware::from_fn_with_state(token, auth::require)),
+        None => app,
+    };
+    // Its default logs every 5xx as an error, a 503 or 504 under load included; the
+    // server's own faults are logged where they happen (`error.rs`).
+    app.layer(TraceLayer::new_for_http().on_failure(()))
 }
 
 /// The body limits refuse an oversized body in plain text, before any handler runs: answer
@@ -168,6 +178,16 @@ pub async fn serve(
     let header_timeout =
         client_timeout(limits.header_read_timeout_secs, "header_read_timeout_secs")?;
     let body_timeout = client_timeout(limits.body_read_timeout_secs, "body_read_timeout_secs")?;
+    if engine
+        .config
+        .api_token
+        .as_ref()
+        .is_some_and(|t| t.trim().is_empty())
+    {
+        return Err(std::io::Error::other(
+            "api_token is empty: give a token, or leave it out to serve without one",
+        ));
+    }
     engine.spawn_background();
     let runs = Runs::new(engine.clone());
     runs.warm_up();

@@ -39,9 +39,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// Completes the generated document with the statuses every route can answer besides its
-/// own (a malformed parameter, an unknown id, a body the extractors refuse) and a
-/// description for each status, so a client generated from it expects every answer.
-pub fn document_errors(doc: &mut OpenApi) {
+/// own (a malformed parameter, an unknown id, a body the extractors refuse, a missing API
+/// token if the server is `guarded` by one) and a description for each status, so a client
+/// generated from it expects every answer.
+pub fn document_errors(doc: &mut OpenApi, guarded: bool) {
     for (path, item) in doc.paths.paths.iter_mut() {
         let operations = [
             &mut item.get,
@@ -53,6 +54,9 @@ pub fn document_errors(doc: &mut OpenApi) {
             let body = op.request_body.as_ref();
             let json_body = body.is_some_and(|b| b.content.contains_key("application/json"));
             let mut errors = Vec::new();
+            if guarded {
+                errors.push("401");
+            }
             if op.parameters.as_ref().is_some_and(|p| !p.is_empty()) || body.is_some() {
                 errors.push("400");
             }
@@ -91,6 +95,7 @@ pub fn document_errors(doc: &mut OpenApi) {
 fn describe(status: &str) -> &'static str {
     match status {
         "400" => "Invalid argument: a malformed parameter or a value out of range",
+        "401" => "The server's API token is missing or wrong",
         "404" => "No such sandbox, process, image or file",
         "409" => "Conflicts with the current state (such as a stopped sandbox)",
         "408" => "The client paused sending the body for longer than the server allows",
