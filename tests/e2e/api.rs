@@ -100,7 +100,8 @@ fn sandbox_lifecycle() {
     let s = server();
     let r = s.post(
         "/sandboxes",
-        json!({"cpus": 0.5, "memory_mb": 256, "pids": 64, "disk_mb": 32, "env": {"GREETING": "hi"},
+        // 256.0: a whole number is an integer, however a client spells it.
+        json!({"cpus": 0.5, "memory_mb": 256.0, "pids": 64, "disk_mb": 32, "env": {"GREETING": "hi"},
                "labels": {"team": "rl", "run": "7"}, "idle_timeout_secs": 60, "max_lifetime_secs": 120,
                "hostname": "box"}),
     );
@@ -426,6 +427,12 @@ fn bad_input_gets_clear_4xx() {
         .status(),
         422
     );
+    let fraction = raw(
+        reqwest::Method::POST,
+        "/sandboxes",
+        r#"{"memory_mb": 256.5}"#,
+    );
+    assert_refused(fraction, 422, "expected u64");
     assert_eq!(
         raw(
             reqwest::Method::POST,
