@@ -39,6 +39,15 @@ fn languages_are_listed_with_versions() {
     assert_eq!(python["available"], true);
     assert!(python["version"].as_str().unwrap().starts_with("Python 3"));
     assert_eq!(find("cpp")["compiled"], true);
+    // The version line, not a launcher's log prefix (`info: kotlinc-jvm ...`).
+    let kotlin = find("kotlin_script");
+    assert!(
+        kotlin["version"]
+            .as_str()
+            .unwrap()
+            .starts_with("kotlinc-jvm"),
+        "{kotlin}"
+    );
     let julia = find("julia");
     assert_eq!(julia["available"], false);
     assert!(julia["reason"].as_str().is_some());

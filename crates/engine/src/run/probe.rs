@@ -90,12 +90,13 @@ fn probe_result(lang: &Language, result: Result<Outcome>) -> LanguageInfo {
             let text = [output.stdout, output.stderr].concat();
             let text = String::from_utf8_lossy(&text);
             info.available = true;
-            // The first line that is not a warning (the JVM launchers print some first).
+            // The first line that is not a warning (the JVM launchers print some first),
+            // without a log level's prefix (kotlinc says `info: kotlinc-jvm 1.3 ...`).
             info.version = text
                 .lines()
                 .map(str::trim)
                 .find(|l| !l.is_empty() && !l.to_ascii_lowercase().contains("warning"))
-                .map(str::to_string);
+                .map(|l| l.strip_prefix("info: ").unwrap_or(l).to_string());
         }
         Ok(Outcome { output, .. }) => {
             let err = String::from_utf8_lossy(&output.stderr)
