@@ -132,6 +132,27 @@ c = socket.create_connection(('127.0.0.1', port)); a, _ = srv.accept(); c.send(b
 }
 
 #[test]
+fn its_own_name_resolves_and_the_hosts_names_do_not_show() {
+    let r = python(
+        "import socket\nname = socket.gethostname()\n\
+         print(name, socket.gethostbyname(name), open('/etc/hostname').read().strip())\n\
+         print(open('/etc/hosts').read())",
+    );
+    let out = r["stdout"].as_str().unwrap();
+    let (names, hosts) = out.split_once('\n').unwrap();
+    let name = names.split(' ').next().unwrap();
+    assert!(name.starts_with("sandbox-"), "{out}");
+    assert_eq!(names, format!("{name} 127.0.1.1 {name}"), "{r}");
+    // Its own, as a container's: none of the host's names.
+    assert_eq!(
+        hosts.trim_end(),
+        format!(
+            "127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tlocalhost ip6-localhost ip6-loopback"
+        )
+    );
+}
+
+#[test]
 fn cannot_reach_the_server_or_host_loopback() {
     let s = server();
     let port = s.url.rsplit(':').next().unwrap().to_string();

@@ -147,7 +147,18 @@ fn prepare_upper(upper: &Path, spec: &SandboxSpec) -> Result<()> {
         Path::new("/etc/passwd"),
         &format!("{SANDBOX_USER}:x:{uid}:{uid}:{SANDBOX_USER}:{SANDBOX_HOME}:/bin/bash"),
     )?;
-    image.append_line(Path::new("/etc/group"), &format!("{SANDBOX_USER}:x:{uid}:"))
+    image.append_line(Path::new("/etc/group"), &format!("{SANDBOX_USER}:x:{uid}:"))?;
+    // The sandbox's own names, as a container has them: its hostname resolves (Java's
+    // InetAddress.getLocalHost, Python's gethostbyname(gethostname()) fail otherwise), and
+    // none of the host's names show.
+    let host = &spec.hostname;
+    image.write(Path::new("/etc/hostname"), &format!("{host}\n"))?;
+    image.write(
+        Path::new("/etc/hosts"),
+        &format!(
+            "127.0.0.1\tlocalhost\n127.0.1.1\t{host}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        ),
+    )
 }
 
 struct Image<'a> {
@@ -230,6 +241,11 @@ impl Image<'_> {
         }
         content.push_str(line);
         content.push('\n');
+        self.write(path, &content)
+    }
+
+    /// Puts a file readable by all, owned by root, in the upper layer in place of the image's.
+    fn write(&self, path: &Path, content: &str) -> Result<()> {
         self.mirror_parents(path)?;
         let up = self.upper_path(path);
         step(
