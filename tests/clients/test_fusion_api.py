@@ -251,6 +251,22 @@ def test_a_flood_of_infinite_loops_does_not_starve_others(endpoint):
     assert quick < 2, quick
 
 
+def test_programs_reopen_their_stdio_by_name(endpoint):
+    """`/dev/stdin` is `/proc/self/fd/0`: reopening it is checked against the pipe's owner.
+    Competitive-programming JavaScript reads its input this way."""
+    cases = [
+        ("nodejs", "const fs = require('fs');\n"
+                   "const nums = fs.readFileSync('/dev/stdin', 'utf8').trim().split(' ').map(Number);\n"
+                   "fs.writeFileSync('/dev/stdout', String(nums.reduce((a, b) => a + b)));"),
+        ("python", "print(sum(map(int, open('/dev/stdin').read().split())), file=open('/dev/stdout', 'w'))"),
+        ("bash", "read -a nums < /dev/stdin; echo $(( ${nums[0]} + ${nums[1]} + ${nums[2]} )) > /dev/stderr"),
+    ]
+    for language, code in cases:
+        r = run_code(RunCodeRequest(code=code, language=language, stdin="1 2 3"), max_attempts=1)
+        assert r.status == "Success", r
+        assert (r.run_result.stdout + r.run_result.stderr).strip() == "6", r
+
+
 def test_python_runs_get_the_same_seccomp_policy(endpoint):
     """Python runs fork from the zygote rather than the sandbox init: same confinement."""
     code = """

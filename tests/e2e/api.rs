@@ -167,6 +167,17 @@ fn exec_collects_everything() {
     assert!(r["wall_time"].as_f64().unwrap() > 0.0);
     assert!(r["cpu_time"].as_f64().unwrap() > 0.0, "{r}");
 
+    // Its stdio can be reopened by name, as a program's own pipes can.
+    let r = s.exec(
+        &id,
+        json!({"shell": "cat /dev/stdin > /dev/stdout; echo e > /dev/stderr", "stdin": "in"}),
+    );
+    assert_eq!(
+        (&r["stdout"], &r["stderr"]),
+        (&json!("in"), &json!("e\n")),
+        "{r}"
+    );
+
     // A background child keeping stdout open does not hold the answer back, nor lose what
     // was written before the program exited.
     let t = std::time::Instant::now();

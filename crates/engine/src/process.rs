@@ -309,8 +309,9 @@ async fn collect(sandbox: &Sandbox, process: Arc<Process>) -> Result<Outcome> {
     })
 }
 
-fn pipe_pair(big: bool) -> Result<(OwnedFd, OwnedFd)> {
-    let (r, w) = cella_jail::sys::pipe().map_err(Error::internal)?;
+/// A pipe for the stdio of a process running as `uid`.
+fn pipe_pair(big: bool, uid: u32) -> Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = cella_jail::sys::pipe_owned_by(uid).map_err(Error::internal)?;
     if big {
         // SAFETY: fcntl on a pipe we own; failure only leaves the default size.
         unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES) };
@@ -405,9 +406,10 @@ async fn launch(
     let launched_at = Instant::now();
     let id = sandbox.next_exec_id();
     let spec = sandbox.exec_spec(id, opts)?;
-    let (stdin_r, stdin_w) = pipe_pair(false)?;
-    let (stdout_r, stdout_w) = pipe_pair(true)?;
-    let (stderr_r, stderr_w) = pipe_pair(true)?;
+    let uid = sandbox.uid();
+    let (stdin_r, stdin_w) = pipe_pair(false, uid)?;
+    let (stdout_r, stdout_w) = pipe_pair(true, uid)?;
+    let (stderr_r, stderr_w) = pipe_pair(true, uid)?;
     let go = held.then(cella_jail::sys::pipe).transpose();
     let (go_r, go_w) = go.map_err(Error::internal)?.unzip();
     let control = sandbox.control();
@@ -552,7 +554,7 @@ fn launch_by_zygote(
     fds.extend(go.iter().map(|f| f.as_fd()));
     fds.extend(procs.iter().map(|f| f.as_fd()));
     zygote
-        .launch(spec, sandbox.info().uid, go.is_some(), &fds)
+        .launch(spec, sandbox.uid(), go.is_some(), &fds)
         .map_err(|e| Error::Unavailable(format!("the Python zygote: {e}")))?;
     let watcher = ours.try_clone().map_err(Error::internal)?;
     Ok((crate::control::events_of(ours)?, watcher))

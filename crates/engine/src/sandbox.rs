@@ -140,6 +140,11 @@ impl Sandbox {
         self.info.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The uid its processes run as (without copying the rest of `info`).
+    pub fn uid(&self) -> u32 {
+        self.info.lock().unwrap_or_else(|p| p.into_inner()).uid
+    }
+
     pub(crate) fn record(&self) -> Record {
         Record {
             info: self.info(),

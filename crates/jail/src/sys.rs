@@ -189,6 +189,16 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// A pipe whose inode belongs to `uid`, as the stdio of a program running as `uid` would
+/// (its shell's pipes would be its own): the program may then reopen it by name
+/// (`/dev/stdin` is `/proc/self/fd/0`), which the kernel checks against the inode's owner.
+pub fn pipe_owned_by(uid: u32) -> io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = pipe()?;
+    // SAFETY: fchown on a descriptor we own.
+    cvt(unsafe { libc::fchown(r.as_raw_fd(), uid, uid) })?;
+    Ok((r, w))
+}
+
 pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for two descriptors.
