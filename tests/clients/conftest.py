@@ -1,5 +1,6 @@
 """Starts a real cella server for the client-package tests (one per test session/worker)."""
 
+import itertools
 import os
 import pathlib
 import shutil
@@ -31,15 +32,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+_INSTANCES = itertools.count()
+
+
 class Server:
     def __init__(self, token=None):
         worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-        tag = f"{os.getpid()}-{worker}"
+        # Each server of this process needs its own cgroup parent and uids (a second one,
+        # with a token, starts beside the worker's own).
+        instance = next(_INSTANCES)
+        tag = f"{os.getpid()}-{worker}-{instance}"
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = tempfile.mkdtemp(prefix=f"cella-clients-{tag}-")
         self.cgroup_parent = f"cella-clients-{tag}"
-        uid_base = 3_000_000 + (os.getpid() % 1000) * 10_000 + int(worker.lstrip("gw") or 0) * 1000
+        slot = int(worker.lstrip("gw") or 0) + 5 * instance  # ten ranges of 1000 per pid
+        uid_base = 3_000_000 + (os.getpid() % 1000) * 10_000 + slot * 1000
         env = dict(os.environ, CELLA_CGROUP_PARENT=self.cgroup_parent, CELLA_UID_BASE=str(uid_base),
                    CELLA_UID_COUNT="1000", CELLA_LOG="warn")
         if token:
