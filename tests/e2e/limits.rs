@@ -261,3 +261,42 @@ fn the_sandbox_count_is_capped_with_a_retryable_error() {
         s.delete(&format!("/sandboxes/{id}"));
     }
 }
+
+#[test]
+fn warm_pools_give_way_to_requests_at_the_sandbox_cap() {
+    // Two ready sandboxes and two with a parked Python: the pools alone fill the cap.
+    let s = Server::start_with(&[
+        ("CELLA_LIMITS__MAX_SANDBOXES", "4"),
+        ("CELLA_POOL__WARM_SANDBOXES", "2"),
+        ("CELLA_POOL__WARM_KERNELS", "0"),
+    ]);
+    let live = || cella_e2e::json_of(s.http.get(format!("{}/healthz", s.url)).send().unwrap());
+    let run = |n: u32| {
+        let ran = s.run_code(json!({"code": format!("print({n})"), "language": "python"}));
+        let ran = cella_e2e::json_of(ran);
+        assert_eq!(ran["run_result"]["stdout"], format!("{n}\n"), "{ran}");
+    };
+    // The first runs also build the home skeleton in a sandbox of its own, which is no
+    // pool's to give up: wait until it is done and the pools alone hold the cap.
+    run(1);
+    let skeleton = s.data_dir.join("skel");
+    assert!(cella_e2e::eventually(60.0, || skeleton.is_dir()));
+    run(2);
+    assert!(
+        cella_e2e::eventually(30.0, || live()["sandboxes"] == 4),
+        "the pools did not fill: {}",
+        live()
+    );
+    // The last one in may still be parking its Python (milliseconds): let it land.
+    std::thread::sleep(Duration::from_millis(300));
+    let mine: Vec<String> = (0..4).map(|_| s.sandbox(json!({}))).collect();
+    let r = s.post("/sandboxes", json!({}));
+    cella_e2e::assert_refused(r, 503, "maximum of 4");
+    assert_eq!(live()["sandboxes"], 4);
+    for id in &mine {
+        assert_eq!(s.sh(id, "echo ok")["stdout"], "ok\n");
+        s.delete(&format!("/sandboxes/{id}"));
+    }
+    // With room again, runs still run (and the pools fill again behind them).
+    run(3);
+}

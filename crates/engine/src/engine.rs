@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use cella_jail::cgroup::{Cgroups, Limits};
@@ -18,6 +18,7 @@ use crate::control::Control;
 use crate::error::{Error, Result, within};
 use crate::host_claim::HostClaim;
 use crate::image::Images;
+use crate::pool::Spares;
 use crate::sandbox::{ExecDefaults, Record, Sandbox, SandboxInfo, State, now_secs};
 use crate::store::{SANDBOXES, Store};
 
@@ -59,6 +60,11 @@ pub struct Engine {
     live: RwLock<HashMap<String, Arc<Sandbox>>>,
     /// Sandboxes being created (see `reserve_slot`).
     creating: Mutex<usize>,
+    /// Warm pools whose ready sandboxes give way to a request that finds the server full,
+    /// the first registered first.
+    spares: Mutex<Vec<Weak<dyn Spares>>>,
+    /// Told each time a sandbox has stopped: its place under the cap is free.
+    stopped_one: tokio::sync::Notify,
     stopped: Mutex<HashMap<String, (SandboxInfo, Instant)>>,
     uids: Mutex<UidPool>,
     /// Set when the server shuts down: no more sandboxes are made.
@@ -141,6 +147,8 @@ impl Engine {
             uids: Mutex::new(uids),
             stopping: std::sync::atomic::AtomicBool::new(false),
             creating: Mutex::new(0),
+            spares: Mutex::default(),
+            stopped_one: tokio::sync::Notify::new(),
             in_flight: tokio::sync::RwLock::new(()),
         };
         engine.recover()?;
@@ -346,28 +354,55 @@ impl Engine {
         Ok((info, image))
     }
 
-    /// Creates a sandbox. The work runs to its end in a task of its own: a caller that goes
-    /// away mid-way (a dropped request) would otherwise leave a half-made sandbox behind, and
-    /// one finished for a caller no longer there is destroyed.
+    /// Creates a sandbox for a request; at the sandbox cap, a warm pool gives up a ready
+    /// sandbox to make room. The work runs to its end in a task of its own: a caller that
+    /// goes away mid-way (a dropped request) would otherwise leave a half-made sandbox
+    /// behind, and one finished for a caller no longer there is destroyed.
     pub async fn create(self: &Arc<Self>, req: CreateSandbox) -> Result<Arc<Sandbox>> {
+        self.create_in_task(req, true).await
+    }
+
+    /// Creates a sandbox to keep ready in a warm pool: at the cap, it waits like any other
+    /// (taking another pool's would only move the shortage).
+    pub(crate) async fn create_spare(self: &Arc<Self>, req: CreateSandbox) -> Result<Arc<Sandbox>> {
+        self.create_in_task(req, false).await
+    }
+
+    /// Lets `pool`'s ready sandboxes give way to requests when the server is at its cap.
+    pub(crate) fn yield_spares(&self, pool: Weak<dyn Spares>) {
+        self.spares
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(pool);
+    }
+
+    async fn create_in_task(
+        self: &Arc<Self>,
+        req: CreateSandbox,
+        make_room: bool,
+    ) -> Result<Arc<Sandbox>> {
         let (reply, created) = tokio::sync::oneshot::channel();
         let engine = self.clone();
         tokio::spawn(async move {
-            if let Err(Ok(orphan)) = reply.send(engine.create_now(req).await) {
+            if let Err(Ok(orphan)) = reply.send(engine.create_now(req, make_room).await) {
                 let _ = engine.delete_now(&orphan.id).await;
             }
         });
         created.await.map_err(Error::internal)?
     }
 
-    async fn create_now(&self, req: CreateSandbox) -> Result<Arc<Sandbox>> {
+    async fn create_now(&self, req: CreateSandbox, make_room: bool) -> Result<Arc<Sandbox>> {
+        let started = Instant::now();
+        let (mut info, image) = self.resolve(&req)?;
+        // Before `in_flight`: a shutdown waiting for it must not wait for room as well.
+        let slot = match self.reserve_slot() {
+            Err(Error::Busy(_)) if make_room => self.slot_from_a_spare().await?,
+            reserved => reserved?,
+        };
         let _in_flight = self.in_flight.read().await;
         if self.is_stopping() {
             return Err(Error::Unavailable("the server is shutting down".into()));
         }
-        let started = Instant::now();
-        let (mut info, image) = self.resolve(&req)?;
-        let slot = self.reserve_slot()?;
         info.uid = self
             .uids
             .lock()
@@ -419,6 +454,31 @@ impl Engine {
         }
         *creating += 1;
         Ok(Slot(&self.creating))
+    }
+
+    /// A slot freed by a warm pool giving up one of its sandboxes; Busy if no pool has one,
+    /// or another request took each place freed so.
+    async fn slot_from_a_spare(&self) -> Result<Slot<'_>> {
+        loop {
+            let stopped = self.stopped_one.notified();
+            tokio::pin!(stopped);
+            stopped.as_mut().enable();
+            match self.reserve_slot() {
+                Err(Error::Busy(_)) if self.give_up_a_spare() => {
+                    // A stop takes milliseconds; the bound is for a stop that never ends.
+                    let _ = tokio::time::timeout(Duration::from_secs(5), stopped).await;
+                }
+                reserved => return reserved,
+            }
+        }
+    }
+
+    fn give_up_a_spare(&self) -> bool {
+        let pools: Vec<_> = (self.spares.lock().unwrap_or_else(|p| p.into_inner()))
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        pools.iter().any(|pool| pool.give_up_one())
     }
 
     async fn start(
@@ -631,6 +691,7 @@ impl Engine {
         );
         debug!(sandbox = id, reason, "sandbox stopped");
         self.remember_stopped(info);
+        self.stopped_one.notify_waiters();
         true
     }
 

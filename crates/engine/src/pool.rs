@@ -19,6 +19,19 @@ pub struct WarmPool<T> {
     started: AtomicBool,
 }
 
+/// What the engine asks of a warm pool when a request finds the server at its sandbox cap.
+pub trait Spares: Send + Sync {
+    /// Drops one ready item, deleting its sandbox; false if there was none.
+    fn give_up_one(&self) -> bool;
+}
+
+impl<T: Send + 'static> Spares for WarmPool<T> {
+    fn give_up_one(&self) -> bool {
+        let item = self.items.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        item.is_some() // dropped here, outside the lock
+    }
+}
+
 impl<T: Send + 'static> WarmPool<T> {
     pub fn new(what: &'static str, target: usize) -> Arc<WarmPool<T>> {
         Arc::new(WarmPool {

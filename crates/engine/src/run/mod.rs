@@ -25,7 +25,7 @@ use crate::sandbox::Sandbox;
 mod probe;
 mod warm;
 
-use warm::Flavor;
+use warm::{Flavor, Need};
 
 /// Label carried by the sandboxes of one-shot runs; such sandboxes are internal and are not
 /// listed by the native API.
@@ -194,6 +194,10 @@ impl Runs {
             WarmPool::new("pythons", pools.warm_sandboxes),
             WarmPool::new("kernels", pools.warm_kernels),
         );
+        // At the sandbox cap, the cheapest to make again go first.
+        engine.yield_spares(Arc::downgrade(&sandboxes) as _);
+        engine.yield_spares(Arc::downgrade(&pythons) as _);
+        engine.yield_spares(Arc::downgrade(&kernels) as _);
         Arc::new(Runs {
             engine,
             availability: Availability::default(),
@@ -264,7 +268,7 @@ impl Runs {
         };
         let (sandbox, parked) = match pooled {
             Some((sandbox, parked)) => (sandbox, Some(parked)),
-            None => (self.claim().await?, None),
+            None => (self.claim(Need::Request).await?, None),
         };
         let outcome = self
             .run_in(&sandbox, lang, &main, req, flavor, parked)

@@ -76,6 +76,14 @@ impl Flavor {
     }
 }
 
+/// Whom a sandbox is made for: a request, which a warm pool makes room for at the sandbox
+/// cap, or a warm pool itself, which waits for room.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Need {
+    Request,
+    Spare,
+}
+
 impl Runs {
     /// Keeps `pool` filled by `make` in the background, from the first call on.
     fn keep_warm<T, Fut>(
@@ -92,19 +100,24 @@ impl Runs {
     }
 
     /// A fresh sandbox of the run shape, from the pool when one is ready.
-    pub(super) async fn claim(self: &Arc<Self>) -> Result<Disposable> {
+    pub(super) async fn claim(self: &Arc<Self>, need: Need) -> Result<Disposable> {
         self.build_skeleton();
-        self.keep_warm(&self.sandboxes, |runs| async move { runs.create().await });
+        self.keep_warm(&self.sandboxes, |runs| async move {
+            runs.create(Need::Spare).await
+        });
         // A pooled sandbox may have been stopped meanwhile (its lifetime ran out).
         let pooled = self.sandboxes.take_usable(|s| s.is_running());
         match pooled {
             Some(sandbox) => Ok(sandbox),
-            None => self.create().await,
+            None => self.create(need).await,
         }
     }
 
-    async fn create(&self) -> Result<Disposable> {
-        let sandbox = self.engine.create(self.shape()).await?;
+    async fn create(self: &Arc<Self>, need: Need) -> Result<Disposable> {
+        let sandbox = match need {
+            Need::Request => self.engine.create(self.shape()).await?,
+            Need::Spare => self.engine.create_spare(self.shape()).await?,
+        };
         Ok(Disposable::new(&self.engine, sandbox))
     }
 
@@ -131,7 +144,7 @@ impl Runs {
 
     async fn park_python(self: &Arc<Self>) -> Result<(Disposable, Parked)> {
         let lang = language::find(PARKED_LANGUAGE).ok_or_else(|| Error::internal("no python"))?;
-        let sandbox = self.create().await?;
+        let sandbox = self.create(Need::Spare).await?;
         let zygote = (self.python_zygote(&sandbox, Flavor::Plain).await)
             .ok_or_else(|| Error::Unavailable("the Python zygote is not running".into()))?;
         let argv = language::render(lang.run, "", self.engine.config.runs.memory_mb);
@@ -146,21 +159,23 @@ impl Runs {
         startup_timeout: Duration,
     ) -> Result<(Disposable, Kernel)> {
         self.keep_warm(&self.kernels, |runs| async move {
-            runs.start_kernel(Duration::from_secs(60)).await
+            runs.start_kernel(Duration::from_secs(60), Need::Spare)
+                .await
         });
         let usable = |(s, k): &(Disposable, Kernel)| s.is_running() && !k.is_dead();
         let pooled = self.kernels.take_usable(usable);
         match pooled {
             Some(ready) => Ok(ready),
-            None => self.start_kernel(startup_timeout).await,
+            None => self.start_kernel(startup_timeout, Need::Request).await,
         }
     }
 
     async fn start_kernel(
         self: &Arc<Self>,
         startup_timeout: Duration,
+        need: Need,
     ) -> Result<(Disposable, Kernel)> {
-        let sandbox = self.claim().await?;
+        let sandbox = self.claim(need).await?;
         let zygote = self.python_zygote(&sandbox, Flavor::Kernel).await;
         let launcher = zygote.as_deref().map_or(Launcher::Init, Launcher::Zygote);
         let output_cap = self.engine.config.sandbox.output_cap_bytes;
@@ -258,7 +273,7 @@ impl Runs {
         const CACHE: &str = ".cache/matplotlib";
         let sandbox = self
             .engine
-            .create(CreateSandbox {
+            .create_spare(CreateSandbox {
                 labels: self.shape().labels,
                 ..Default::default()
             })
