@@ -113,7 +113,7 @@ impl Runs {
         }
     }
 
-    async fn create(self: &Arc<Self>, need: Need) -> Result<Disposable> {
+    async fn create(&self, need: Need) -> Result<Disposable> {
         let sandbox = match need {
             Need::Request => self.engine.create(self.shape()).await?,
             Need::Spare => self.engine.create_spare(self.shape()).await?,
