@@ -93,9 +93,6 @@ def drop_privileges(req, filters, landlock_abi):
     os.setgroups([])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)  # clears every capability set
-    # The uid change made the process undumpable, which execve of an ordinary program would
-    # undo: its /proc files (environ, fd, ...) are its own again, as in any other run.
-    check(LIBC.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "dumpable")
     os.chdir(req["cwd"])
     os.umask(0o022)
     for res, soft, hard in req["rlimits"]:
@@ -107,6 +104,11 @@ def drop_privileges(req, filters, landlock_abi):
         buf = ctypes.create_string_buffer(prog, len(prog))
         fprog = SockFprog(len(prog) // 8, ctypes.cast(buf, ctypes.c_void_p))
         check(LIBC.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "seccomp")
+    # The uid change made the process undumpable, which execve of an ordinary program would
+    # undo: its /proc files (environ, fd, ...) are its own again, as in any other run. Only
+    # now, confined like its neighbours: a dumpable process's memory is open to the others
+    # of its uid (/proc/<pid>/mem), which must not find one without its filters.
+    check(LIBC.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "dumpable")
 
 
 def user_frames(tb):
