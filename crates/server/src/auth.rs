@@ -37,6 +37,18 @@ pub async fn require(State(token): State<Arc<str>>, req: Request, next: Next) ->
     }
 }
 
+/// Refuses a token no client could send: empty, or with characters a header cannot carry
+/// as they are.
+pub fn check_token(token: &str) -> Result<(), &'static str> {
+    if token.is_empty() {
+        return Err("api_token is empty: give a token, or leave it out to serve without one");
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("api_token must be printable ASCII without spaces");
+    }
+    Ok(())
+}
+
 /// Declares the token in the OpenAPI document, as a bearer token every operation wants.
 pub fn document(doc: &mut OpenApi) {
     let scheme = SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build());
@@ -98,6 +110,14 @@ mod tests {
         assert_eq!(presented(&header("Basic !!!")), None);
         assert_eq!(presented(&header("Digest s3cret")), None);
         assert_eq!(presented(&header("s3cret")), None);
+    }
+
+    #[test]
+    fn a_token_must_be_sendable() {
+        assert!(check_token("s3cret-_.~+/=").is_ok());
+        for bad in ["", " ", "with space", "tab\t", "naïve"] {
+            assert!(check_token(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

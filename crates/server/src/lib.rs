@@ -178,15 +178,8 @@ pub async fn serve(
     let header_timeout =
         client_timeout(limits.header_read_timeout_secs, "header_read_timeout_secs")?;
     let body_timeout = client_timeout(limits.body_read_timeout_secs, "body_read_timeout_secs")?;
-    if engine
-        .config
-        .api_token
-        .as_ref()
-        .is_some_and(|t| t.trim().is_empty())
-    {
-        return Err(std::io::Error::other(
-            "api_token is empty: give a token, or leave it out to serve without one",
-        ));
+    if let Some(token) = &engine.config.api_token {
+        auth::check_token(token).map_err(std::io::Error::other)?;
     }
     engine.spawn_background();
     let runs = Runs::new(engine.clone());
