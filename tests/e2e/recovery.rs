@@ -381,6 +381,13 @@ fn a_server_that_cannot_start_says_why_and_leaves_nothing() {
     );
     let said = attempt("127.0.0.1:0", &[("CELLA_API_TOKEN", "two words")]);
     assert!(said.contains("api_token must be printable ASCII"), "{said}");
+    let not_a_dir = data.with_extension("file");
+    std::fs::write(&not_a_dir, "").unwrap();
+    let out = refused_start(&not_a_dir, &parent, uid_base, "127.0.0.1:0", &[]);
+    assert_no_cgroup_parent(&parent);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("the data dir: cannot create"), "{said}");
+    std::fs::remove_file(&not_a_dir).unwrap();
     let _ = std::fs::remove_dir_all(&data);
 }
 

@@ -116,8 +116,13 @@ impl Engine {
             config.scratch_dir(),
             config.images_dir(),
         ] {
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| Error::Internal(format!("create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                Error::Internal(format!(
+                    "the data dir: cannot create {} ({e}); give a writable one with \
+                         --data-dir or CELLA_DATA_DIR",
+                    dir.display()
+                ))
+            })?;
         }
         let store = Arc::new(Store::open(&config.state_file())?);
         let images = Images::load(&config, config_file, &store)?;
