@@ -221,6 +221,28 @@ fn cli_run_and_exec() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "PIPED IN\n");
+
+    // Ends as a shell reports them: 128 + a killing signal; 124 at the timeout, as
+    // coreutils' `timeout` does, for a command and for a run alike.
+    let killed = cli(s)
+        .args(["exec", "--", "sh", "-c", "kill -9 $$"])
+        .output();
+    assert_eq!(killed.unwrap().status.code(), Some(137));
+    let out = cli(s)
+        .args(["exec", "--timeout", "0.5", "--", "sleep", "10"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(124), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the command timed out"));
+    let file = dir.join("slow.py");
+    std::fs::write(&file, "import time\ntime.sleep(10)\n").unwrap();
+    let out = cli(s)
+        .args(["run", "--timeout", "0.5"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(124), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the run step timed out"));
     std::fs::remove_dir_all(&dir).unwrap();
 
     let bad = Command::new(cella_bin())

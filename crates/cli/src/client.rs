@@ -159,7 +159,7 @@ fn stream_exec(http: &Client, url: &str, body: Value) -> Result<ExitCode, String
         let status = resp.status();
         return Err(failure(status, &resp.json().unwrap_or_default()));
     }
-    let mut code = 1;
+    let mut code = ExitCode::FAILURE;
     for line in BufReader::new(resp).lines() {
         let event: Value =
             serde_json::from_str(&line.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
@@ -167,21 +167,28 @@ fn stream_exec(http: &Client, url: &str, body: Value) -> Result<ExitCode, String
         match event["type"].as_str() {
             Some("stdout") => print_flush(&mut std::io::stdout(), data),
             Some("stderr") => print_flush(&mut std::io::stderr(), data),
-            Some("exit") => {
-                if event["timed_out"].as_bool() == Some(true) {
-                    eprintln!("cella: timed out");
-                }
-                if event["oom_killed"].as_bool() == Some(true) {
-                    eprintln!("cella: killed at the memory limit");
-                }
-                code = event["exit_code"]
-                    .as_i64()
-                    .unwrap_or_else(|| 128 + event["signal"].as_i64().unwrap_or(0));
-            }
+            Some("exit") => code = exit_status(&event, "the command"),
             _ => {}
         }
     }
-    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+    Ok(code)
+}
+
+/// The status a shell gives a process that ended so: its exit code, 128 + the signal that
+/// killed it, or, as coreutils' `timeout` does, 124 at the timeout. Says why on stderr when
+/// the server ended it.
+fn exit_status(end: &Value, what: &str) -> ExitCode {
+    if end["timed_out"].as_bool() == Some(true) {
+        eprintln!("cella: {what} timed out");
+        return ExitCode::from(124);
+    }
+    if end["oom_killed"].as_bool() == Some(true) {
+        eprintln!("cella: {what} was killed at the memory limit");
+    }
+    let code = (end["exit_code"].as_i64())
+        .or_else(|| end["signal"].as_i64().map(|signal| 128 + signal))
+        .unwrap_or(1);
+    ExitCode::from(code.clamp(0, 255) as u8)
 }
 
 fn print_flush(out: &mut impl Write, data: &str) {
@@ -201,6 +208,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
     let result = call(http.post(url).json(&json!({
         "language": language, "code": code, "stdin": stdin, "run_timeout": args.timeout,
     })))?;
+    let mut code = ExitCode::FAILURE;
     for stage in ["compile", "run"] {
         let r = &result[stage];
         if r.is_null() {
@@ -214,17 +222,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode, String> {
             &mut std::io::stderr(),
             r["stderr"].as_str().unwrap_or_default(),
         );
-        if r["timed_out"].as_bool() == Some(true) {
-            eprintln!("cella: {stage} timed out");
-        }
+        code = exit_status(r, &format!("the {stage} step"));
     }
-    let last = if result["run"].is_null() {
-        &result["compile"]
-    } else {
-        &result["run"]
-    };
-    let code = last["exit_code"].as_i64().unwrap_or(1);
-    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+    Ok(code)
 }
 
 /// File extensions `cella run` recognises, and the language each one means.
