@@ -23,11 +23,13 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(ServeArgs),
-    /// Run a source file in a fresh sandbox on a running server and print its output. Exits
-    /// with the program's status (128 + signal if killed; 124 at the timeout).
+    /// Run a source file in a fresh sandbox on a running server and print its output.
+    ///
+    /// Exits with the program's status (128 + signal if killed; 124 at the timeout).
     Run(client::RunArgs),
-    /// Run a command in a sandbox (a fresh one unless --sandbox is given). Exits with the
-    /// command's status (128 + signal if killed; 124 at the timeout).
+    /// Run a command in a sandbox (a fresh one unless --sandbox is given).
+    ///
+    /// Exits with the command's status (128 + signal if killed; 124 at the timeout).
     Exec(client::ExecArgs),
 }
 
