@@ -1,8 +1,9 @@
 //! A thin cgroupfs layer: one cgroup per sandbox, limits written as files, usage read back.
 //!
 //! Both layouts are handled. cgroup v1 (what this project's machines have: memory with memsw,
-//! pids, cpu and cpuacct each in their own hierarchy) and the unified v2 hierarchy. Nothing
-//! here shells out; creating a sandbox's cgroups is a few `mkdir`s and `write`s.
+//! pids, cpu and cpuacct each in their own hierarchy, and cpuset where mounted, which limits
+//! nothing but is shown to the sandbox) and the unified v2 hierarchy. Nothing here shells
+//! out; creating a sandbox's cgroups is a few `mkdir`s and `write`s.
 
 use std::fs;
 use std::io;
@@ -37,10 +38,32 @@ enum Layout {
         pids: PathBuf,
         cpu: PathBuf,
         cpuacct: PathBuf,
+        /// Limits nothing here; joined so that a sandbox sees the hierarchy the JVM needs
+        /// before it trusts any container limit.
+        cpuset: Option<PathBuf>,
     },
     V2 {
         root: PathBuf,
     },
+}
+
+impl Layout {
+    /// The v1 hierarchies sandboxes join (none for v2).
+    fn v1_mounts(&self) -> Vec<&PathBuf> {
+        match self {
+            Layout::V1 {
+                memory,
+                pids,
+                cpu,
+                cpuacct,
+                cpuset,
+            } => [memory, pids, cpu, cpuacct]
+                .into_iter()
+                .chain(cpuset.as_ref())
+                .collect(),
+            Layout::V2 { .. } => Vec::new(),
+        }
+    }
 }
 
 /// The cgroup parent all sandboxes live under (`<hierarchy>/<parent>/<sandbox>`).
@@ -71,6 +94,20 @@ impl Cgroups {
             write(&root.join("cgroup.subtree_control"), enable)?;
             write(&root.join(parent).join("cgroup.subtree_control"), enable)?;
         }
+        if let Layout::V1 {
+            cpuset: Some(root), ..
+        } = &cgroups.layout
+        {
+            // A v1 cpuset starts with no CPUs and no memory nodes, and takes no process until
+            // given some: the parent copies the root's, and its children copy the parent's.
+            let dir = root.join(parent);
+            for file in ["cpuset.cpus", "cpuset.mems"] {
+                let value = fs::read_to_string(root.join(file))
+                    .map_err(|e| Error::sys(format!("read {}", root.join(file).display()), e))?;
+                write(&dir.join(file), value.trim())?;
+            }
+            write(&dir.join("cgroup.clone_children"), "1")?;
+        }
         Ok(cgroups)
     }
 
@@ -95,21 +132,18 @@ impl Cgroups {
 
     pub fn describe(&self) -> String {
         match &self.layout {
-            Layout::V1 { .. } => "cgroup v1 (memory+memsw, pids, cpu, cpuacct)".into(),
+            Layout::V1 { cpuset, .. } => format!(
+                "cgroup v1 (memory+memsw, pids, cpu, cpuacct{})",
+                if cpuset.is_some() { ", cpuset" } else { "" }
+            ),
             Layout::V2 { root } => format!("cgroup v2 at {}", root.display()),
         }
     }
 
     fn parent_dirs(&self) -> Vec<PathBuf> {
         match &self.layout {
-            Layout::V1 {
-                memory,
-                pids,
-                cpu,
-                cpuacct,
-            } => {
-                let mut dirs: Vec<PathBuf> = [memory, pids, cpu, cpuacct]
-                    .iter()
+            Layout::V1 { .. } => {
+                let mut dirs: Vec<PathBuf> = (self.layout.v1_mounts().iter())
                     .map(|m| m.join(&self.parent))
                     .collect();
                 dirs.dedup();
@@ -235,6 +269,7 @@ fn detect_layout(mountinfo: &str) -> Result<Layout> {
         pids: get("pids")?,
         cpu: get("cpu")?,
         cpuacct: get("cpuacct")?,
+        cpuset: v1.get("cpuset").cloned(),
     })
 }
 
@@ -310,6 +345,19 @@ impl SandboxCgroup {
                 write(&dir.join("memory.swap.max"), "0")
             }
         }
+    }
+
+    /// The sandbox's directories, each with the name its hierarchy has under
+    /// `/sys/fs/cgroup` (`memory`, `pids`, ...; empty for the single v2 hierarchy).
+    pub fn views(&self) -> Vec<(String, PathBuf)> {
+        let mounts = self.layout.v1_mounts();
+        let name = |dir: &Path| {
+            let mount = mounts.iter().find(|m| dir.starts_with(m));
+            let name = mount.and_then(|m| m.file_name());
+            name.map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        self.dirs.iter().map(|d| (name(d), d.clone())).collect()
     }
 
     /// The `cgroup.procs` files a process writes to join this sandbox.

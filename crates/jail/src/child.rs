@@ -71,6 +71,7 @@ fn setup_and_exec(
             cvt(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) }),
         )?;
     }
+    at("oom_score_adj", sys::first_to_oom_kill())?;
     drop_privileges(uid)?;
     at(
         &format!("chdir {}", spec.cwd),

@@ -31,6 +31,8 @@ pub struct SandboxSpec {
     pub disk_bytes: u64,
     /// `cgroup.procs` files the init joins, one per controller hierarchy.
     pub cgroup_procs: Vec<PathBuf>,
+    /// The sandbox's own cgroup directories, shown read-only under `/sys/fs/cgroup/<name>`.
+    pub cgroup_views: Vec<(String, PathBuf)>,
     /// The cgroup directory under which each exec gets its own child cgroup, so that a timeout
     /// or kill reaches every process the exec started.
     pub exec_cgroup_dir: PathBuf,

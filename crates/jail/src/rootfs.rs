@@ -8,6 +8,7 @@
 //!   root/            overlay(lower = image, upper) → becomes `/`
 //!     proc/          fresh procfs of the sandbox's pid namespace (sysctl bits read-only)
 //!     dev/           tmpfs with null, zero, full, random, urandom, tty, a private devpts, shm
+//!     sys/fs/cgroup/ the sandbox's own cgroups, bound read-only (tmpfs around them)
 //! ```
 //!
 //! Masks are overlay whiteouts and opaque directories in the upper layer, so a masked path is
@@ -106,6 +107,7 @@ pub fn build(spec: &SandboxSpec) -> Result<()> {
     )?;
     mount_proc(&root)?;
     mount_dev(&root, spec.shm_bytes)?;
+    mount_cgroup_views(&root, &spec.cgroup_views)?;
 
     step(|| "chdir to new root".into(), sys::chdir(&root))?;
     step(|| "pivot_root".into(), sys::pivot_root_here())?;
@@ -331,6 +333,60 @@ fn mount_proc(root: &Path) -> Result<()> {
         0o555,
         NOSUID_NODEV | libc::MS_NOEXEC,
         "hidepid=invisible",
+    )
+}
+
+/// `/sys/fs/cgroup` as a container has it: the sandbox's own cgroups (the cgroup namespace
+/// makes each the root of its hierarchy), read-only. The JVM, Node and .NET size their heaps
+/// and thread pools from the limits they find there; without them, from the host's.
+fn mount_cgroup_views(root: &Path, views: &[(String, PathBuf)]) -> Result<()> {
+    let sys_dir = root.join("sys");
+    step(
+        || format!("mkdir {}", sys_dir.display()),
+        fs::create_dir_all(&sys_dir),
+    )?;
+    let readonly = NOSUID_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY;
+    step(
+        || format!("mount tmpfs on {}", sys_dir.display()),
+        sys::mount(
+            Some("tmpfs"),
+            &sys_dir,
+            Some("tmpfs"),
+            NOSUID_NODEV | libc::MS_NOEXEC,
+            Some("mode=0755,size=64k"),
+        ),
+    )?;
+    let base = sys_dir.join("fs/cgroup");
+    for (name, host_dir) in views {
+        let target = base.join(name);
+        step(
+            || format!("mkdir {}", target.display()),
+            fs::create_dir_all(&target),
+        )?;
+        step(
+            || format!("bind {}", host_dir.display()),
+            sys::mount(
+                Some(&host_dir.to_string_lossy()),
+                &target,
+                None,
+                MS_BIND,
+                None,
+            ),
+        )?;
+        step(
+            || format!("remount {} read-only", target.display()),
+            sys::mount(
+                None,
+                &target,
+                None,
+                MS_BIND | libc::MS_REMOUNT | readonly,
+                None,
+            ),
+        )?;
+    }
+    step(
+        || format!("remount {} read-only", sys_dir.display()),
+        sys::mount(None, &sys_dir, None, libc::MS_REMOUNT | readonly, None),
     )
 }
 

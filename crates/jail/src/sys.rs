@@ -181,6 +181,14 @@ pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// Makes this process, and what it forks, the first the OOM killer takes: before the
+/// sandbox's init (whose death would end the sandbox), and before anything on the host.
+/// Raising the score needs no privilege; the sandbox's code runs with it (`child.rs`,
+/// `zygote.py`).
+pub fn first_to_oom_kill() -> io::Result<()> {
+    std::fs::write("/proc/self/oom_score_adj", "1000")
+}
+
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for two descriptors.
