@@ -372,6 +372,10 @@ fn registered_images() {
     )
     .unwrap();
     std::fs::write(root.join("etc/marker"), "tiny image\n").unwrap();
+    // Mount points that are symlinks in the image must not redirect the sandbox's mounts.
+    for (link, target) in [("proc", "/"), ("dev", "/etc"), ("sys", "../upper")] {
+        std::os::unix::fs::symlink(target, root.join(link)).unwrap();
+    }
 
     let r = s.post("/images", json!({"name": "team/tiny:1", "path": root}));
     assert_eq!(r.status(), 201, "{}", json_of(r));
@@ -399,8 +403,12 @@ fn registered_images() {
     }
 
     let id = s.sandbox(json!({"image": "team/tiny:1"}));
-    let r = s.exec(&id, json!({"command": ["/bin/sh", "-c", "read x < /etc/marker; echo $x; echo > /tmp/w && echo writable"]}));
-    assert_eq!(r["stdout"], "tiny image\nwritable\n", "{r}");
+    let r = s.exec(&id, json!({"command": ["/bin/sh", "-c", "read x < /etc/marker; echo $x; echo > /tmp/w && echo writable; \
+        read l < /proc/self/status; echo $l; read m < /sys/fs/cgroup/memory/memory.limit_in_bytes && echo cgroup; echo > /dev/null && echo dev"]}));
+    assert_eq!(
+        r["stdout"], "tiny image\nwritable\nName: sh\ncgroup\ndev\n",
+        "{r}"
+    );
     // The image itself is read-only underneath the sandbox.
     assert!(root.join("tmp/w").metadata().is_err());
     s.delete(&format!("/sandboxes/{id}"));

@@ -29,6 +29,11 @@ const NOSUID_NODEV: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV;
 
 /// Directories that start out empty in every sandbox, with their modes.
 const FRESH_DIRS: &[(&str, u32)] = &[
+    // Mount points: real directories whatever the image has there (a symlink in a
+    // registered image must not redirect a mount).
+    ("/proc", 0o555),
+    ("/dev", 0o755),
+    ("/sys", 0o555),
     ("/tmp", 0o1777),
     ("/var/tmp", 0o1777),
     ("/run", 0o755),
@@ -341,10 +346,6 @@ fn mount_proc(root: &Path) -> Result<()> {
 /// and thread pools from the limits they find there; without them, from the host's.
 fn mount_cgroup_views(root: &Path, views: &[(String, PathBuf)]) -> Result<()> {
     let sys_dir = root.join("sys");
-    step(
-        || format!("mkdir {}", sys_dir.display()),
-        fs::create_dir_all(&sys_dir),
-    )?;
     let readonly = NOSUID_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY;
     step(
         || format!("mount tmpfs on {}", sys_dir.display()),
