@@ -29,16 +29,15 @@ const NOSUID_NODEV: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV;
 
 /// Directories that start out empty in every sandbox, with their modes.
 const FRESH_DIRS: &[(&str, u32)] = &[
-    // Mount points: real directories whatever the image has there (a symlink in a
-    // registered image must not redirect a mount).
-    ("/proc", 0o555),
-    ("/dev", 0o755),
-    ("/sys", 0o555),
     ("/tmp", 0o1777),
     ("/var/tmp", 0o1777),
     ("/run", 0o755),
     ("/home", 0o755),
 ];
+
+/// Where the sandbox's own filesystems are mounted, with the modes they get when the image
+/// has no directory there: a symlink in a registered image must not redirect a mount.
+const MOUNT_POINTS: &[(&str, u32)] = &[("/proc", 0o555), ("/dev", 0o755), ("/sys", 0o555)];
 
 /// Host device nodes bind-mounted into the sandbox's `/dev`.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
@@ -136,6 +135,14 @@ fn prepare_upper(upper: &Path, spec: &SandboxSpec) -> Result<()> {
     }
     for (dir, mode) in FRESH_DIRS {
         image.fresh_dir(Path::new(dir), *mode, 0, 0)?;
+    }
+    // An image's own directory stays (the file API cannot move it, a lower-layer directory);
+    // anything else there is covered by a real one.
+    for (dir, mode) in MOUNT_POINTS {
+        let dir = Path::new(dir);
+        if !image.lower_meta(dir).is_some_and(|(_, meta)| meta.is_dir()) {
+            image.fresh_dir(dir, *mode, 0, 0)?;
+        }
     }
     // The user's own: its home, and /mnt as a scratch place (SandboxFusion programs write
     // there, as they would as root in its container).
