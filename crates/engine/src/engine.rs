@@ -504,8 +504,7 @@ impl Engine {
             lowerdirs: image.lowerdirs,
             masks: image.masks,
             disk_bytes: info.disk_mb << 20,
-            cgroup_procs: Vec::new(),
-            cgroup_views: Vec::new(),
+            cgroups: Vec::new(),
             exec_cgroup_dir: Default::default(),
             scratch_dir: self.config.scratch_dir(),
             shm_bytes: d.shm_mb << 20,
@@ -516,8 +515,7 @@ impl Engine {
         let (cgroup, spawned) = blocking(|| {
             let cgroup = self.cgroups.create(&spec.id, &limits)?;
             let spec = SandboxSpec {
-                cgroup_procs: cgroup.procs_files(),
-                cgroup_views: cgroup.views(),
+                cgroups: cgroup.named_dirs(),
                 exec_cgroup_dir: cgroup.exec_parent(),
                 ..spec.clone()
             };

@@ -349,7 +349,7 @@ impl SandboxCgroup {
 
     /// The sandbox's directories, each with the name its hierarchy has under
     /// `/sys/fs/cgroup` (`memory`, `pids`, ...; empty for the single v2 hierarchy).
-    pub fn views(&self) -> Vec<(String, PathBuf)> {
+    pub fn named_dirs(&self) -> Vec<(String, PathBuf)> {
         let mounts = self.layout.v1_mounts();
         let name = |dir: &Path| {
             let mount = mounts.iter().find(|m| dir.starts_with(m));
@@ -358,11 +358,6 @@ impl SandboxCgroup {
                 .unwrap_or_default()
         };
         self.dirs.iter().map(|d| (name(d), d.clone())).collect()
-    }
-
-    /// The `cgroup.procs` files a process writes to join this sandbox.
-    pub fn procs_files(&self) -> Vec<PathBuf> {
-        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
     }
 
     /// Where per-exec child cgroups go (the pids hierarchy: it bounds and enumerates a tree).

@@ -29,10 +29,9 @@ pub struct SandboxSpec {
     pub masks: Vec<PathBuf>,
     /// Size of the writable layer (a tmpfs) in bytes.
     pub disk_bytes: u64,
-    /// `cgroup.procs` files the init joins, one per controller hierarchy.
-    pub cgroup_procs: Vec<PathBuf>,
-    /// The sandbox's own cgroup directories, shown read-only under `/sys/fs/cgroup/<name>`.
-    pub cgroup_views: Vec<(String, PathBuf)>,
+    /// The sandbox's cgroup directories, one per hierarchy, each with the hierarchy's name
+    /// under `/sys/fs/cgroup`: the init joins them, and shows them read-only by that name.
+    pub cgroups: Vec<(String, PathBuf)>,
     /// The cgroup directory under which each exec gets its own child cgroup, so that a timeout
     /// or kill reaches every process the exec started.
     pub exec_cgroup_dir: PathBuf,

@@ -111,7 +111,7 @@ pub fn build(spec: &SandboxSpec) -> Result<()> {
     )?;
     mount_proc(&root)?;
     mount_dev(&root, spec.shm_bytes)?;
-    mount_cgroup_views(&root, &spec.cgroup_views)?;
+    mount_cgroup_views(&root, &spec.cgroups)?;
 
     step(|| "chdir to new root".into(), sys::chdir(&root))?;
     step(|| "pivot_root".into(), sys::pivot_root_here())?;

@@ -214,10 +214,12 @@ struct CloneArgs {
 
 fn spawn(spec: &SandboxSpec, netns: OwnedFd, policy: &Policy) -> Result<Spawned> {
     let cgroup_procs = spec
-        .cgroup_procs
+        .cgroups
         .iter()
-        .map(|p| {
-            sys::open(p, libc::O_WRONLY).map_err(|e| Error::sys(format!("open {}", p.display()), e))
+        .map(|(_, dir)| {
+            let p = dir.join("cgroup.procs");
+            sys::open(&p, libc::O_WRONLY)
+                .map_err(|e| Error::sys(format!("open {}", p.display()), e))
         })
         .collect::<Result<Vec<_>>>()?;
     let exec_cgroups = sys::open(&spec.exec_cgroup_dir, libc::O_PATH | libc::O_DIRECTORY)
