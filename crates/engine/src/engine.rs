@@ -359,18 +359,9 @@ impl Engine {
         Ok((info, image))
     }
 
-    /// Creates a sandbox for a request; at the sandbox cap, a warm pool gives up a ready
-    /// sandbox to make room. The work runs to its end in a task of its own: a caller that
-    /// goes away mid-way (a dropped request) would otherwise leave a half-made sandbox
-    /// behind, and one finished for a caller no longer there is destroyed.
+    /// Creates a sandbox for a request (see [`Engine::create_for`]).
     pub async fn create(self: &Arc<Self>, req: CreateSandbox) -> Result<Arc<Sandbox>> {
-        self.create_in_task(req, true).await
-    }
-
-    /// Creates a sandbox to keep ready in a warm pool: at the cap, it waits like any other
-    /// (taking another pool's would only move the shortage).
-    pub(crate) async fn create_spare(self: &Arc<Self>, req: CreateSandbox) -> Result<Arc<Sandbox>> {
-        self.create_in_task(req, false).await
+        self.create_for(req, Need::Request).await
     }
 
     /// Lets `pool`'s ready sandboxes give way to requests when the server is at its cap.
@@ -381,27 +372,32 @@ impl Engine {
             .push(pool);
     }
 
-    async fn create_in_task(
+    /// Creates a sandbox for `need`. The work runs to its end in a task of its own: a caller
+    /// that goes away mid-way (a dropped request) would otherwise leave a half-made sandbox
+    /// behind, and one finished for a caller no longer there is destroyed.
+    pub(crate) async fn create_for(
         self: &Arc<Self>,
         req: CreateSandbox,
-        make_room: bool,
+        need: Need,
     ) -> Result<Arc<Sandbox>> {
         let (reply, created) = tokio::sync::oneshot::channel();
         let engine = self.clone();
         tokio::spawn(async move {
-            if let Err(Ok(orphan)) = reply.send(engine.create_now(req, make_room).await) {
+            if let Err(Ok(orphan)) = reply.send(engine.create_now(req, need).await) {
                 let _ = engine.delete_now(&orphan.id).await;
             }
         });
         created.await.map_err(Error::internal)?
     }
 
-    async fn create_now(&self, req: CreateSandbox, make_room: bool) -> Result<Arc<Sandbox>> {
+    async fn create_now(&self, req: CreateSandbox, need: Need) -> Result<Arc<Sandbox>> {
         let started = Instant::now();
         let (mut info, image) = self.resolve(&req)?;
         // Before `in_flight`: a shutdown waiting for it must not wait for room as well.
         let slot = match self.reserve_slot() {
-            Err(Error::Busy(_)) if make_room => self.slot_from_a_spare().await?,
+            Err(Error::Busy(_)) if matches!(need, Need::Request) => {
+                self.slot_from_a_spare().await?
+            }
             reserved => reserved?,
         };
         let _in_flight = self.in_flight.read().await;
@@ -786,6 +782,15 @@ fn init_exit_reason(sandbox: &Sandbox) -> String {
 /// the worker thread hands its other tasks over while it blocks.
 fn blocking<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     tokio::task::block_in_place(f)
+}
+
+/// Whom a sandbox is made for: a request, for which a warm pool gives up a ready sandbox at
+/// the sandbox cap; or a warm pool itself, which waits for room like any other (taking
+/// another pool's would only move the shortage).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Need {
+    Request,
+    Spare,
 }
 
 /// A sandbox being created, counted against `limits.max_sandboxes` until it is live or has

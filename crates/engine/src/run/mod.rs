@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use cella_jail::zygote::Zygote;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use crate::engine::{CreateSandbox, Engine};
+use crate::engine::{CreateSandbox, Engine, Need};
 use crate::error::{Error, Result};
 use crate::jupyter::{CellResult, Kernel, KernelDeath};
 use crate::language::{self, Availability, Language};
@@ -25,7 +25,7 @@ use crate::sandbox::Sandbox;
 mod probe;
 mod warm;
 
-use warm::{Flavor, Need};
+use warm::Flavor;
 
 /// Label carried by the sandboxes of one-shot runs; such sandboxes are internal and are not
 /// listed by the native API.

@@ -11,7 +11,7 @@ use cella_jail::zygote::Zygote;
 use tracing::{info, warn};
 
 use super::{Disposable, Runs};
-use crate::engine::CreateSandbox;
+use crate::engine::{CreateSandbox, Need};
 use crate::error::{Error, Result};
 use crate::jupyter::Kernel;
 use crate::language::{self, Language};
@@ -76,14 +76,6 @@ impl Flavor {
     }
 }
 
-/// Whom a sandbox is made for: a request, which a warm pool makes room for at the sandbox
-/// cap, or a warm pool itself, which waits for room.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Need {
-    Request,
-    Spare,
-}
-
 impl Runs {
     /// Keeps `pool` filled by `make` in the background, from the first call on.
     fn keep_warm<T, Fut>(
@@ -114,10 +106,7 @@ impl Runs {
     }
 
     async fn create(&self, need: Need) -> Result<Disposable> {
-        let sandbox = match need {
-            Need::Request => self.engine.create(self.shape()).await?,
-            Need::Spare => self.engine.create_spare(self.shape()).await?,
-        };
+        let sandbox = self.engine.create_for(self.shape(), need).await?;
         Ok(Disposable::new(&self.engine, sandbox))
     }
 
@@ -273,10 +262,13 @@ impl Runs {
         const CACHE: &str = ".cache/matplotlib";
         let sandbox = self
             .engine
-            .create_spare(CreateSandbox {
-                labels: self.shape().labels,
-                ..Default::default()
-            })
+            .create_for(
+                CreateSandbox {
+                    labels: self.shape().labels,
+                    ..Default::default()
+                },
+                Need::Spare,
+            )
             .await?;
         let opts = ExecOptions {
             argv: ["python3", "-c", "import matplotlib.font_manager"]
