@@ -40,6 +40,10 @@ pub enum Main {
 const JUNIT: &str = "/usr/share/java/junit-platform-console-standalone.jar";
 /// The work directory, jars uploaded into it, and javatuples (which MultiPL-E's Java tests
 /// and SandboxFusion's own Java runtime use).
+/// For the JVM a compiler (javac, scalac) runs in: the quick JIT tier only and the serial
+/// collector, which start a short compile a quarter faster. The program's JVM is left alone.
+const COMPILER_QUICK_JIT: &str = "-J-XX:TieredStopAtLevel=1";
+const COMPILER_SERIAL_GC: &str = "-J-XX:+UseSerialGC";
 const JAVA_CP: &str = ".:*:/usr/share/java/javatuples.jar";
 const JUNIT_CP: &str =
     ".:*:/usr/share/java/javatuples.jar:/usr/share/java/junit-platform-console-standalone.jar";
@@ -224,12 +228,10 @@ pub static LANGUAGES: &[Language] = &[
     compiled(
         "java",
         "Main.java",
-        // javac, scalac: the compiler's own JVM with the quick JIT tier only and the serial
-        // collector, which starts a short job a quarter faster (the program's is left alone).
         &[
             "javac",
-            "-J-XX:TieredStopAtLevel=1",
-            "-J-XX:+UseSerialGC",
+            COMPILER_QUICK_JIT,
+            COMPILER_SERIAL_GC,
             "-encoding",
             "UTF-8",
             "-cp",
@@ -253,8 +255,8 @@ pub static LANGUAGES: &[Language] = &[
             "{main}.java",
             &[
                 "javac",
-                "-J-XX:TieredStopAtLevel=1",
-                "-J-XX:+UseSerialGC",
+                COMPILER_QUICK_JIT,
+                COMPILER_SERIAL_GC,
                 "-encoding",
                 "UTF-8",
                 "-cp",
@@ -363,8 +365,8 @@ pub static LANGUAGES: &[Language] = &[
             "main.scala",
             &[
                 "scalac",
-                "-J-XX:TieredStopAtLevel=1",
-                "-J-XX:+UseSerialGC",
+                COMPILER_QUICK_JIT,
+                COMPILER_SERIAL_GC,
                 "main.scala",
             ],
             &["scala", "{main}"],
