@@ -130,7 +130,9 @@ fn prepare_upper(upper: &Path, spec: &SandboxSpec) -> Result<()> {
         lowers: &spec.lowerdirs,
         upper,
     };
-    for mask in &spec.masks {
+    // A mask under a fresh directory is already hidden; applying it would show its path's
+    // skeleton of empty directories there (the data dir under /tmp, say).
+    for mask in spec.masks.iter().filter(|m| !under_fresh_dir(m)) {
         image.mask(mask)?;
     }
     for (dir, mode) in FRESH_DIRS {
@@ -309,6 +311,13 @@ fn make_dir(path: &Path, mode: u32, uid: u32, gid: u32) -> Result<()> {
         || format!("chown {}", path.display()),
         sys::lchown(path, uid, gid),
     )
+}
+
+fn under_fresh_dir(path: &Path) -> bool {
+    let rel = relative(path);
+    FRESH_DIRS
+        .iter()
+        .any(|(dir, _)| rel.starts_with(relative(Path::new(dir))))
 }
 
 /// `/a/b` → `a/b`, dropping `..` and `.` so a mask can never point outside the layer.
