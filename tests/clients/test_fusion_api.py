@@ -53,6 +53,16 @@ def test_files_and_fetch_files_stay_inside_the_sandbox(endpoint):
     assert not os.path.exists("/mnt/b")
 
 
+def test_fetched_files_beyond_the_read_limit_are_named_in_the_message(endpoint):
+    # 70 MB is past the default 64 MiB read limit for a run's fetched files together.
+    code = "open('big', 'wb').write(b'x' * (70 << 20))\nopen('small', 'w').write('s')"
+    r = run_code(RunCodeRequest(code=code, language="python", fetch_files=["small", "big", "missing"]),
+                 max_attempts=1)
+    assert r.status == "Success", r
+    assert r.files == {"small": b64("s")}
+    assert "big" in r.message and "max_read_bytes" in r.message and "missing" not in r.message
+
+
 def test_jest_runs_write_the_report_graders_fetch(endpoint):
     # FullStackBench-style graders fetch jest-report.json; a React component comes in `files`.
     component = "export default function Greeting({ name }: { name: string }) { return <h1>Hello, {name}</h1>; }\n"

@@ -66,7 +66,7 @@ pub struct NotebookRequest {
 pub struct NotebookOutcome {
     /// One result per cell that ran; a failing cell does not stop the next.
     pub cells: Vec<CellResult>,
-    pub files: Vec<(String, Vec<u8>)>,
+    pub files: Fetched,
     pub wall: Duration,
     /// The total timeout ended the notebook before every cell ran.
     pub timed_out: bool,
@@ -112,9 +112,30 @@ impl Step {
 pub struct RunOutcome {
     pub compile: Option<Step>,
     pub run: Option<Step>,
-    pub files: Vec<(String, Vec<u8>)>,
+    pub files: Fetched,
     /// Set when the language cannot run on this server, with the reason.
     pub unavailable: Option<String>,
+}
+
+/// The files read back after a run, keyed as asked; missing ones are left out.
+#[derive(Debug, Clone, Default)]
+pub struct Fetched {
+    pub files: Vec<(String, Vec<u8>)>,
+    /// Those left out because they would pass the read limit for a run's files together.
+    pub too_large: Vec<String>,
+}
+
+impl Fetched {
+    /// Names the files left out for their size, if any.
+    pub fn note(&self) -> Option<String> {
+        (!self.too_large.is_empty()).then(|| {
+            format!(
+                "fetch_files left out, beyond the read limit for a run's files together \
+                 (limits.max_read_bytes): {}",
+                self.too_large.join(", ")
+            )
+        })
+    }
 }
 
 /// A sandbox of the runs, pooled or taken by one: destroyed when dropped, so neither a
@@ -354,14 +375,10 @@ impl Runs {
             .await
     }
 
-    /// Reads back the files asked for, keyed as asked; missing ones are left out, and so
-    /// are those beyond one read limit for them all (else naming one big file many ways,
-    /// `big`, `./big`, ..., would multiply what the server holds).
-    async fn fetch_files(
-        &self,
-        sandbox: &Arc<Sandbox>,
-        paths: Vec<String>,
-    ) -> Result<Vec<(String, Vec<u8>)>> {
+    /// Reads back the files asked for, keyed as asked, within one read limit for them all
+    /// (else naming one big file many ways, `big`, `./big`, ..., would multiply what the
+    /// server holds).
+    async fn fetch_files(&self, sandbox: &Arc<Sandbox>, paths: Vec<String>) -> Result<Fetched> {
         let mut budget = self.engine.config.limits.max_read_bytes;
         let wanted: Vec<(String, String)> = paths
             .into_iter()
@@ -369,14 +386,20 @@ impl Runs {
             .collect();
         sandbox
             .with_fs(move |fs| {
-                let mut files = Vec::new();
+                let mut fetched = Fetched::default();
                 for (abs, key) in wanted {
-                    if let Ok(data) = fs.read(&abs, budget) {
-                        budget -= data.len() as u64;
-                        files.push((key, data));
+                    match fs.read(&abs, budget) {
+                        Ok(data) => {
+                            budget -= data.len() as u64;
+                            fetched.files.push((key, data));
+                        }
+                        Err(e) if e.raw_os_error() == Some(libc::EFBIG) => {
+                            fetched.too_large.push(key)
+                        }
+                        Err(_) => {}
                     }
                 }
-                Ok(files)
+                Ok(fetched)
             })
             .await
     }

@@ -21,7 +21,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use cella_engine::jupyter::CellResult;
 use cella_engine::process::Exit;
 use cella_engine::run::{
-    NotebookOutcome, NotebookRequest, RunOutcome, RunRequest, Step, StepStatus,
+    Fetched, NotebookOutcome, NotebookRequest, RunOutcome, RunRequest, Step, StepStatus,
 };
 use cella_engine::{Error, language};
 use serde::Serialize;
@@ -180,12 +180,22 @@ impl RunCodeResponse {
         let (status, message) = run_status(&present);
         RunCodeResponse {
             status,
-            message,
+            message: with_fetch_note(message, &outcome.files),
             compile_result,
             run_result,
             executor_pod_name: pod_name(),
-            files: encode_files(outcome.files),
+            files: encode_files(outcome.files.files),
         }
+    }
+}
+
+/// The message, with a note of the fetched files left out for their size (SandboxFusion has
+/// no field for it; silence would read as "no such file").
+fn with_fetch_note(message: String, fetched: &Fetched) -> String {
+    match fetched.note() {
+        Some(note) if message.is_empty() => note,
+        Some(note) => format!("{message}; {note}"),
+        None => message,
     }
 }
 
@@ -403,13 +413,16 @@ impl RunJupyterResponse {
         let failed = o.timed_out || death.is_some();
         RunJupyterResponse {
             status: if failed { "Failed" } else { "Success" },
-            message: death
-                .map(|d| format!("the Jupyter kernel {}", d.how))
-                .unwrap_or_default(),
+            message: with_fetch_note(
+                death
+                    .map(|d| format!("the Jupyter kernel {}", d.how))
+                    .unwrap_or_default(),
+                &o.files,
+            ),
             driver: Some(driver),
             cells: o.cells.iter().map(CellRunResult::from).collect(),
             executor_pod_name: pod_name(),
-            files: encode_files(o.files),
+            files: encode_files(o.files.files),
         }
     }
 }

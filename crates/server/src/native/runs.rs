@@ -75,6 +75,7 @@ impl From<Step> for RunStep {
 pub struct RunResult {
     /// `success` (every step exited 0), `failed`, or `unavailable` (the language cannot run here).
     pub status: &'static str,
+    /// Why the language is unavailable, or which fetched files were left out for their size.
     pub message: Option<String>,
     pub compile: Option<RunStep>,
     pub run: Option<RunStep>,
@@ -125,10 +126,11 @@ pub async fn run(
     };
     Ok(Json(RunResult {
         status,
-        message: outcome.unavailable,
+        message: outcome.unavailable.or_else(|| outcome.files.note()),
         compile: outcome.compile.map(RunStep::from),
         run: outcome.run.map(RunStep::from),
         files: outcome
+            .files
             .files
             .into_iter()
             .map(|(k, v)| (k, base64::engine::general_purpose::STANDARD.encode(v)))
