@@ -509,6 +509,17 @@ fn bad_input_gets_clear_4xx() {
         let r = s.post("/sandboxes", json!({ "labels": labels }));
         assert_refused(r, 400, "label");
     }
+    // What was refused is quoted, not echoed back whole.
+    let huge = "k".repeat(100_000);
+    for (body, status) in [
+        (json!({"labels": {&huge: "v"}}), 400),
+        (json!({"env": {format!("{huge}="): "v"}}), 400),
+        (json!({"hostname": &huge}), 400),
+        (json!({"image": &huge}), 404),
+    ] {
+        let e = assert_refused(s.post("/sandboxes", body), status, "kk\"...");
+        assert!(e["message"].as_str().unwrap().len() < 300, "{e}");
+    }
     assert_eq!(s.get("/sandboxes/does-not-exist").status(), 404);
     // Malformed path parameters and forms get the same JSON error body.
     let bad_pid = s.get("/sandboxes/does-not-exist/processes/-1");

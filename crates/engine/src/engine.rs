@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::control::Control;
-use crate::error::{Error, Result, within};
+use crate::error::{Error, Result, quoted, within};
 use crate::host_claim::HostClaim;
 use crate::image::Images;
 use crate::pool::Spares;
@@ -333,8 +333,9 @@ impl Engine {
             Some(h) if valid_hostname(h) => h.clone(),
             Some(h) => {
                 return Err(Error::invalid(format!(
-                    "invalid hostname {h:?}: at most 64 characters, in dot-separated parts of \
-                     letters, digits and '-', none starting or ending with '-'"
+                    "invalid hostname {}: at most 64 characters, in dot-separated parts of \
+                     letters, digits and '-', none starting or ending with '-'",
+                    quoted(h)
                 )));
             }
             None => format!("sandbox-{}", &id[..8]),
@@ -815,8 +816,9 @@ fn check_labels(labels: &BTreeMap<String, String>) -> Result<()> {
     for (key, value) in labels {
         if key.is_empty() || key.len() > 128 || key.contains('=') || value.len() > 1024 {
             return Err(Error::invalid(format!(
-                "invalid label {key:?}: a key is 1 to 128 bytes without '=', a value at most \
-                 1024 bytes"
+                "invalid label {}: a key is 1 to 128 bytes without '=', a value at most 1024 \
+                 bytes",
+                quoted(key)
             )));
         }
     }

@@ -7,7 +7,7 @@ use std::io;
 pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),
-    #[error("{kind} {id:?} not found")]
+    #[error("{kind} {} not found", quoted(id))]
     NotFound { kind: &'static str, id: String },
     #[error("{0}")]
     Conflict(String),
@@ -29,6 +29,16 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A value a request sent, quoted for an error message: its first 64 characters, so a huge
+/// one is not echoed back whole.
+pub fn quoted(value: &str) -> String {
+    const MOST: usize = 64;
+    match value.char_indices().nth(MOST) {
+        Some((cut, _)) => format!("{:?}...", &value[..cut]),
+        None => format!("{value:?}"),
+    }
+}
 
 /// A request's `field`, refused unless it lies between `min` and `max`.
 pub fn within(field: &str, value: u64, min: u64, max: u64) -> Result<u64> {

@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, quoted};
 use crate::store::{IMAGES, Store};
 
 pub const HOST: &str = "host";
@@ -156,7 +156,8 @@ impl Images {
         validate_name(name)?;
         if name == HOST || self.aliases.contains_key(name) {
             return Err(Error::Conflict(format!(
-                "image name {name:?} is built in or an alias"
+                "image name {} is built in or an alias",
+                quoted(name)
             )));
         }
         let path = self.validate_rootfs(path)?;
@@ -169,7 +170,10 @@ impl Images {
         };
         let mut registered = self.registered.write().map_err(Error::internal)?;
         if registered.contains_key(name) {
-            return Err(Error::Conflict(format!("image {name:?} already exists")));
+            return Err(Error::Conflict(format!(
+                "image {} already exists",
+                quoted(name)
+            )));
         }
         store.put(IMAGES, name, &record, true)?;
         registered.insert(name.to_string(), record.clone());
@@ -245,8 +249,9 @@ fn validate_name(name: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::invalid(format!(
-            "invalid image name {name:?}: use letters, digits and ._:- in parts separated by /, \
-             each starting with a letter or digit"
+            "invalid image name {}: use letters, digits and ._:- in parts separated by /, \
+             each starting with a letter or digit",
+            quoted(name)
         )))
     }
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 
 use crate::control::Control;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, quoted};
 use crate::process::{ExecOptions, Process};
 
 /// Finished processes remembered per sandbox for inspection: at most this many, and the
@@ -370,7 +370,8 @@ pub(crate) fn check_env(env: &BTreeMap<String, String>) -> Result<()> {
     for (k, v) in env {
         if k.is_empty() || k.contains(['=', '\0']) || v.contains('\0') {
             return Err(Error::invalid(format!(
-                "invalid environment variable {k:?}: a name must be non-empty, without '=' or NUL; a value without NUL"
+                "invalid environment variable {}: a name must be non-empty, without '=' or NUL; a value without NUL",
+                quoted(k)
             )));
         }
         let length = k.len() + 1 + v.len();

@@ -15,7 +15,7 @@ use cella_jail::zygote::Zygote;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::engine::{CreateSandbox, Engine, Need};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, quoted};
 use crate::jupyter::{CellResult, Kernel, KernelDeath};
 use crate::language::{self, Availability, Language};
 use crate::pool::WarmPool;
@@ -266,7 +266,7 @@ impl Runs {
 
     pub async fn run(self: &Arc<Self>, req: RunRequest) -> Result<RunOutcome> {
         let lang = language::find(&req.language)
-            .ok_or_else(|| Error::invalid(format!("unknown language {:?}", req.language)))?;
+            .ok_or_else(|| Error::invalid(format!("unknown language {}", quoted(&req.language))))?;
         if let Some(why) = self.availability.unavailable(lang) {
             return Ok(unavailable(lang, &why));
         }

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use cella_engine::error::quoted;
 use cella_engine::jupyter::CellResult;
 use cella_engine::process::Exit;
 use cella_engine::run::{
@@ -215,7 +216,9 @@ pub fn decode_files(files: Vec<(String, Option<String>)>) -> Result<Vec<(String,
         .map(|(name, content)| {
             B64.decode(content.trim().as_bytes())
                 .map(|d| (name.clone(), d))
-                .map_err(|e| Error::invalid(format!("file {name:?} is not valid base64: {e}")))
+                .map_err(|e| {
+                    Error::invalid(format!("file {} is not valid base64: {e}", quoted(&name)))
+                })
         })
         .collect()
 }
