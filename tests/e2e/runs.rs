@@ -565,3 +565,28 @@ fn python_runs_take_a_parked_interpreter() {
     assert_eq!(r["run"]["oom_killed"], true, "{r}");
     assert!(pool_hits(&s, "pythons") >= hits + 2);
 }
+
+#[test]
+fn the_server_gives_back_the_memory_of_big_outputs() {
+    let s = Server::start();
+    let flood = json!({"language": "python", "run_timeout": 2,
+                       "code": "import sys\nwhile True: sys.stdout.write('x' * 65536)"});
+    std::thread::scope(|scope| {
+        for _ in 0..16 {
+            scope.spawn(|| {
+                for _ in 0..6 {
+                    let r = run(&s, flood.clone());
+                    assert_eq!(r["run"]["stdout_truncated"], true, "{r}");
+                }
+            });
+        }
+    });
+    // 96 outputs cut at 4 MiB went through the server, 16 at a time.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(rss_kib < 100 << 10, "the server holds {rss_kib} KiB");
+}
