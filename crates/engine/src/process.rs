@@ -193,6 +193,12 @@ pub struct Captured {
     pub stderr_truncated: bool,
 }
 
+/// Output as text, invalid UTF-8 replaced; valid output (nearly all) is moved, not copied.
+pub fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes)
+        .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned())
+}
+
 /// One event of a streamed exec.
 #[derive(Debug, Clone)]
 pub enum Chunk {
@@ -260,19 +266,31 @@ impl Process {
         }
     }
 
+    /// Takes its output, for one who alone has it (a forgotten process).
+    fn take_captured(&self) -> Captured {
+        let mut out = self.output.lock().unwrap_or_else(|p| p.into_inner());
+        Captured {
+            stdout: std::mem::take(&mut out.stdout.data),
+            stderr: std::mem::take(&mut out.stderr.data),
+            stdout_truncated: out.stdout.truncated,
+            stderr_truncated: out.stderr.truncated,
+        }
+    }
+
     /// Bytes of output held for it.
     pub fn captured_bytes(&self) -> usize {
         let out = self.output.lock().unwrap_or_else(|p| p.into_inner());
         out.stdout.data.len() + out.stderr.data.len()
     }
 
-    fn keep(&self, stream: Stream, chunk: &[u8]) -> Bytes {
+    /// Keeps what fits under the cap; returns that part of `chunk`.
+    fn keep<'a>(&self, stream: Stream, chunk: &'a [u8]) -> &'a [u8] {
         let mut out = self.output.lock().unwrap_or_else(|p| p.into_inner());
         let buf = match stream {
             Stream::Stdout => &mut out.stdout,
             Stream::Stderr => &mut out.stderr,
         };
-        Bytes::copy_from_slice(buf.push(chunk))
+        buf.push(chunk)
     }
 }
 
@@ -305,7 +323,7 @@ async fn collect(sandbox: &Sandbox, process: Arc<Process>) -> Result<Outcome> {
     sandbox.forget_process(process.id);
     Ok(Outcome {
         exit,
-        output: process.captured(),
+        output: process.take_captured(),
     })
 }
 
@@ -724,7 +742,9 @@ async fn drain(
             && !kept.is_empty()
         {
             // A client that went away is not waited for; draining goes on regardless.
-            let _ = sink.send(Chunk::Output(stream, kept)).await;
+            let _ = sink
+                .send(Chunk::Output(stream, Bytes::copy_from_slice(kept)))
+                .await;
         }
     };
     loop {

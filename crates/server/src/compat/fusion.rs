@@ -20,7 +20,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use cella_engine::error::quoted;
 use cella_engine::jupyter::CellResult;
-use cella_engine::process::Exit;
+use cella_engine::process::{self, Exit};
 use cella_engine::run::{
     Fetched, NotebookOutcome, NotebookRequest, RunOutcome, RunRequest, Step, StepStatus,
 };
@@ -60,8 +60,7 @@ pub struct CommandRunResult {
 }
 
 impl CommandRunResult {
-    pub fn from_step(step: &Step) -> CommandRunResult {
-        let text = |b: &[u8]| Some(String::from_utf8_lossy(b).into_owned());
+    pub fn from_step(step: Step) -> CommandRunResult {
         let exit = step.exit.as_ref();
         CommandRunResult {
             status: match step.status {
@@ -74,8 +73,8 @@ impl CommandRunResult {
                 StepStatus::Finished => exit.and_then(return_code),
                 _ => None,
             },
-            stdout: text(&step.output.stdout),
-            stderr: text(&step.output.stderr),
+            stdout: Some(process::text(step.output.stdout)),
+            stderr: Some(process::text(step.output.stderr)),
             cpu_time: exit.map(|e| e.cpu_time),
             stdout_truncated: step.output.stdout_truncated,
             stderr_truncated: step.output.stderr_truncated,
@@ -174,8 +173,8 @@ impl RunCodeResponse {
                 files: Default::default(),
             };
         }
-        let compile_result = outcome.compile.as_ref().map(CommandRunResult::from_step);
-        let run_result = outcome.run.as_ref().map(CommandRunResult::from_step);
+        let compile_result = outcome.compile.map(CommandRunResult::from_step);
+        let run_result = outcome.run.map(CommandRunResult::from_step);
         let present: Vec<&CommandRunResult> =
             compile_result.iter().chain(run_result.iter()).collect();
         let (status, message) = run_status(&present);

@@ -33,8 +33,8 @@ pub struct Output {
 impl From<Captured> for Output {
     fn from(out: Captured) -> Output {
         Output {
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            stdout: process::text(out.stdout),
+            stderr: process::text(out.stderr),
             stdout_truncated: out.stdout_truncated,
             stderr_truncated: out.stderr_truncated,
         }

@@ -9,7 +9,7 @@ use cella_engine::Error;
 use cella_engine::config::Config;
 use cella_engine::error::within;
 use cella_engine::language::LanguageInfo;
-use cella_engine::process::checked_timeout;
+use cella_engine::process::{self, checked_timeout};
 use cella_engine::run::{MIN_MEMORY_MB, RunRequest, Step, StepStatus};
 use serde::{Deserialize, Serialize};
 
@@ -65,7 +65,7 @@ impl From<Step> for RunStep {
             None => RunStep {
                 status,
                 result: None,
-                error: Some(String::from_utf8_lossy(&step.output.stderr).into_owned()),
+                error: Some(process::text(step.output.stderr)),
             },
         }
     }
