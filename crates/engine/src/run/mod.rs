@@ -66,7 +66,7 @@ pub struct NotebookRequest {
 pub struct NotebookOutcome {
     /// One result per cell that ran; a failing cell does not stop the next.
     pub cells: Vec<CellResult>,
-    pub files: Fetched,
+    pub fetched: Fetched,
     pub wall: Duration,
     /// The total timeout ended the notebook before every cell ran.
     pub timed_out: bool,
@@ -112,7 +112,7 @@ impl Step {
 pub struct RunOutcome {
     pub compile: Option<Step>,
     pub run: Option<Step>,
-    pub files: Fetched,
+    pub fetched: Fetched,
     /// Set when the language cannot run on this server, with the reason.
     pub unavailable: Option<String>,
 }
@@ -341,7 +341,7 @@ impl Runs {
         }
         outcome.kernel_death = kernel.death().cloned();
         kernel.shutdown();
-        outcome.files = self.fetch_files(sandbox, req.fetch_files).await?;
+        outcome.fetched = self.fetch_files(sandbox, req.fetch_files).await?;
         outcome.wall = started.elapsed();
         Ok(outcome)
     }
@@ -446,7 +446,7 @@ impl Runs {
         let parked = parked.filter(|p| p.argv() == opts.argv);
         outcome.run = Some(self.step(sandbox, opts, flavor, parked).await?);
 
-        outcome.files = self.fetch_files(sandbox, req.fetch_files).await?;
+        outcome.fetched = self.fetch_files(sandbox, req.fetch_files).await?;
         Ok(outcome)
     }
 

@@ -180,11 +180,11 @@ impl RunCodeResponse {
         let (status, message) = run_status(&present);
         RunCodeResponse {
             status,
-            message: with_fetch_note(message, &outcome.files),
+            message: with_fetch_note(message, &outcome.fetched),
             compile_result,
             run_result,
             executor_pod_name: pod_name(),
-            files: encode_files(outcome.files.files),
+            files: encode_files(outcome.fetched.files),
         }
     }
 }
@@ -419,12 +419,12 @@ impl RunJupyterResponse {
                 death
                     .map(|d| format!("the Jupyter kernel {}", d.how))
                     .unwrap_or_default(),
-                &o.files,
+                &o.fetched,
             ),
             driver: Some(driver),
             cells: o.cells.iter().map(CellRunResult::from).collect(),
             executor_pod_name: pod_name(),
-            files: encode_files(o.files.files),
+            files: encode_files(o.fetched.files),
         }
     }
 }

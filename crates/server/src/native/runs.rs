@@ -126,11 +126,11 @@ pub async fn run(
     };
     Ok(Json(RunResult {
         status,
-        message: outcome.unavailable.or_else(|| outcome.files.note()),
+        message: outcome.unavailable.or_else(|| outcome.fetched.note()),
         compile: outcome.compile.map(RunStep::from),
         run: outcome.run.map(RunStep::from),
         files: outcome
-            .files
+            .fetched
             .files
             .into_iter()
             .map(|(k, v)| (k, base64::engine::general_purpose::STANDARD.encode(v)))
