@@ -26,6 +26,7 @@ use crate::{Error, Result};
 
 const MS_BIND: libc::c_ulong = libc::MS_BIND;
 const NOSUID_NODEV: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV;
+const READ_ONLY: libc::c_ulong = NOSUID_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY;
 
 /// Directories that start out empty in every sandbox, with their modes.
 const FRESH_DIRS: &[(&str, u32)] = &[
@@ -362,16 +363,12 @@ fn mount_proc(root: &Path) -> Result<()> {
 /// and thread pools from the limits they find there; without them, from the host's.
 fn mount_cgroup_views(root: &Path, views: &[(String, PathBuf)]) -> Result<()> {
     let sys_dir = root.join("sys");
-    let readonly = NOSUID_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY;
-    step(
-        || format!("mount tmpfs on {}", sys_dir.display()),
-        sys::mount(
-            Some("tmpfs"),
-            &sys_dir,
-            Some("tmpfs"),
-            NOSUID_NODEV | libc::MS_NOEXEC,
-            Some("mode=0755,size=64k"),
-        ),
+    mount_new(
+        &sys_dir,
+        "tmpfs",
+        0o755,
+        NOSUID_NODEV | libc::MS_NOEXEC,
+        "mode=0755,size=64k",
     )?;
     let base = sys_dir.join("fs/cgroup");
     for (name, host_dir) in views {
@@ -380,30 +377,36 @@ fn mount_cgroup_views(root: &Path, views: &[(String, PathBuf)]) -> Result<()> {
             || format!("mkdir {}", target.display()),
             fs::create_dir_all(&target),
         )?;
-        step(
-            || format!("bind {}", host_dir.display()),
-            sys::mount(
-                Some(&host_dir.to_string_lossy()),
-                &target,
-                None,
-                MS_BIND,
-                None,
-            ),
-        )?;
-        step(
-            || format!("remount {} read-only", target.display()),
-            sys::mount(
-                None,
-                &target,
-                None,
-                MS_BIND | libc::MS_REMOUNT | readonly,
-                None,
-            ),
-        )?;
+        bind_read_only(host_dir, &target)?;
     }
     step(
         || format!("remount {} read-only", sys_dir.display()),
-        sys::mount(None, &sys_dir, None, libc::MS_REMOUNT | readonly, None),
+        sys::mount(None, &sys_dir, None, libc::MS_REMOUNT | READ_ONLY, None),
+    )
+}
+
+/// Binds `source` (and what is mounted under it) on `target`, read-only, nosuid, nodev and
+/// noexec: a bind takes its flags only in a second, remounting step.
+fn bind_read_only(source: &Path, target: &Path) -> Result<()> {
+    step(
+        || format!("bind {}", source.display()),
+        sys::mount(
+            Some(&source.to_string_lossy()),
+            target,
+            None,
+            MS_BIND | libc::MS_REC,
+            None,
+        ),
+    )?;
+    step(
+        || format!("remount {} read-only", target.display()),
+        sys::mount(
+            None,
+            target,
+            None,
+            MS_BIND | libc::MS_REMOUNT | READ_ONLY,
+            None,
+        ),
     )
 }
 
@@ -455,21 +458,7 @@ fn mount_dev(root: &Path, shm_bytes: u64) -> Result<()> {
 /// After the pivot: host-wide procfs knobs become read-only, and leaky files are masked.
 fn protect_proc() -> Result<()> {
     for p in PROC_READONLY.iter().map(Path::new).filter(|p| p.exists()) {
-        let src = p.to_string_lossy();
-        step(
-            || format!("bind {src}"),
-            sys::mount(Some(&src), p, None, MS_BIND | libc::MS_REC, None),
-        )?;
-        step(
-            || format!("remount {src} read-only"),
-            sys::mount(
-                None,
-                p,
-                None,
-                MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | NOSUID_NODEV | libc::MS_NOEXEC,
-                None,
-            ),
-        )?;
+        bind_read_only(p, p)?;
     }
     for p in PROC_MASKED.iter().map(Path::new).filter(|p| p.exists()) {
         step(
