@@ -90,9 +90,7 @@ impl Cgroups {
                 .map_err(|e| Error::sys(format!("create cgroup {}", dir.display()), e))?;
         }
         if let Layout::V2 { root } = &cgroups.layout {
-            let enable = "+memory +pids +cpu";
-            write(&root.join("cgroup.subtree_control"), enable)?;
-            write(&root.join(parent).join("cgroup.subtree_control"), enable)?;
+            enable_v2_controllers(root, parent)?;
         }
         if let Layout::V1 {
             cpuset: Some(root), ..
@@ -200,6 +198,35 @@ impl Cgroups {
         names.dedup();
         names
     }
+}
+
+/// Hands the memory, pids and cpu controllers down from the v2 root to the sandboxes' parent.
+fn enable_v2_controllers(root: &Path, parent: &str) -> Result<()> {
+    let enable = "+memory +pids +cpu";
+    let control = root.join("cgroup.subtree_control");
+    match fs::write(&control, enable) {
+        // A cgroup namespace's root holding processes (a container's) cannot hand
+        // controllers down: v2 lets no cgroup but the real root have both.
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            return Err(Error::Unsupported(format!(
+                "cgroup v2: cannot enable controllers in {} (processes live in it): move them \
+                 to a child cgroup first, as container entrypoints that nest cgroups do",
+                control.display()
+            )));
+        }
+        result => {
+            result.map_err(|e| Error::sys(format!("write {enable} to {}", control.display()), e))?
+        }
+    }
+    write(&root.join(parent).join("cgroup.subtree_control"), enable)?;
+    if !root.join(parent).join("memory.swap.max").exists() {
+        return Err(Error::Unsupported(
+            "cgroup v2 memory has no memory.swap.max: boot with swapaccount=1 so swap cannot \
+             bypass the memory limit"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The cgroup mounts listed in `/proc/self/mountinfo` text: mount point, filesystem type
@@ -532,6 +559,37 @@ mod tests {
         let mi = "35 25 0:30 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
         let err = detect_layout(mi).unwrap_err().to_string();
         assert!(err.contains("`memory`"), "{err}");
+    }
+
+    /// The v2 files a sandbox's limits go to, on a stand-in hierarchy (this project's
+    /// machines mount their controllers as v1).
+    #[test]
+    fn v2_limits_and_exec_cgroups() {
+        let root = std::env::temp_dir().join(format!("cella-cg2-test-{}", std::process::id()));
+        fs::create_dir_all(root.join("cella")).unwrap();
+        let cgroups = Cgroups {
+            layout: Layout::V2 { root: root.clone() },
+            parent: "cella".into(),
+        };
+        let limits = Limits {
+            memory_bytes: 256 << 20,
+            pids: 64,
+            cpus: 1.5,
+        };
+        let cg = cgroups.create("s1", &limits).unwrap();
+        let dir = root.join("cella/s1");
+        let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap();
+        assert_eq!(read("memory.max"), (256u64 << 20).to_string());
+        assert_eq!(read("memory.swap.max"), "0");
+        assert_eq!(read("pids.max"), "64");
+        assert_eq!(read("cpu.max"), "150000 100000");
+        assert_eq!(cg.named_dirs(), vec![(String::new(), dir.clone())]);
+        // In v2 a process joins only its exec's cgroup, below the sandbox's: joining both
+        // is impossible in one hierarchy, and the sandbox's limits cover its children.
+        let procs = cg.exec_procs(7).unwrap();
+        assert_eq!(procs, vec![dir.join("x7/cgroup.procs")]);
+        assert_eq!(cgroups.list(), vec!["s1".to_string()]);
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
