@@ -1,5 +1,8 @@
 //! `cella`: the server (`cella serve`) and a small client for a running server.
 
+// Every unsafe block lives in cella-jail, behind a safe function.
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

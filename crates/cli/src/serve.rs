@@ -84,9 +84,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
 /// 200-350 MiB. A fixed threshold keeps big buffers mmapped, returned to the system when freed
 /// (25 MiB after the same burst).
 fn keep_big_buffers_out_of_the_heap() {
-    const THRESHOLD: libc::c_int = 256 << 10;
-    // SAFETY: sets a malloc tunable, before any other thread exists.
-    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD) };
+    cella_jail::sys::set_mmap_threshold(256 << 10);
 }
 
 fn init_logging(format: &str) {

@@ -346,8 +346,11 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen, "127.0.0.1:1");
         // SAFETY: the only test in this binary that touches the environment.
-        unsafe { std::env::set_var("CELLA_SANDBOX__PIDS", "99") };
-        unsafe { std::env::set_var("CELLA_NOT_A_KEY", "ignored") };
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("CELLA_SANDBOX__PIDS", "99");
+            std::env::set_var("CELLA_NOT_A_KEY", "ignored");
+        }
         let c = Config::load(Some(&file), Overrides::default()).unwrap();
         assert_eq!(c.sandbox.pids, 99);
         std::fs::write(&file, "no_such_key = 1\n").unwrap();

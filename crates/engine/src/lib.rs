@@ -1,6 +1,9 @@
 //! cella's engine: images, sandboxes, processes, files, and one-shot runs, on top of the jail.
 //! Every API face is a thin translation onto the types here.
 
+// Every unsafe block lives in cella-jail, behind a safe function (tests aside).
+#![deny(unsafe_code)]
+
 pub mod config;
 pub mod control;
 pub mod engine;

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -331,8 +331,8 @@ async fn collect(sandbox: &Sandbox, process: Arc<Process>) -> Result<Outcome> {
 fn pipe_pair(big: bool, uid: u32) -> Result<(OwnedFd, OwnedFd)> {
     let (r, w) = cella_jail::sys::pipe_owned_by(uid).map_err(Error::internal)?;
     if big {
-        // SAFETY: fcntl on a pipe we own; failure only leaves the default size.
-        unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES) };
+        // A failure only leaves the default size.
+        let _ = cella_jail::sys::set_pipe_size(w.as_fd(), PIPE_BYTES);
     }
     Ok((r, w))
 }

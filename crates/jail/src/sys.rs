@@ -207,6 +207,19 @@ pub fn pipe_owned_by(uid: u32) -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((r, w))
 }
 
+/// Sets the capacity of the pipe `fd` is an end of, in bytes.
+pub fn set_pipe_size(fd: BorrowedFd<'_>, bytes: libc::c_int) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor the caller holds.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, bytes) }).map(drop)
+}
+
+/// Makes malloc serve every block of `bytes` or more by its own mmap, so that freeing it
+/// returns it to the system. To be called before any other thread exists.
+pub fn set_mmap_threshold(bytes: libc::c_int) {
+    // SAFETY: sets a malloc tunable; the caller is still single-threaded.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, bytes) };
+}
+
 pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for two descriptors.

@@ -1,6 +1,9 @@
 //! cella's HTTP server: the native API, the compatibility faces, OpenAPI, health and metrics,
 //! all on one port.
 
+// Every unsafe block lives in cella-jail, behind a safe function.
+#![forbid(unsafe_code)]
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
