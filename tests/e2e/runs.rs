@@ -226,8 +226,23 @@ fn cli_run_and_exec() {
     // coreutils' `timeout` does, for a command and for a run alike.
     let killed = cli(s)
         .args(["exec", "--", "sh", "-c", "kill -9 $$"])
-        .output();
-    assert_eq!(killed.unwrap().status.code(), Some(137));
+        .output()
+        .unwrap();
+    assert_eq!(killed.status.code(), Some(137));
+    let said = String::from_utf8_lossy(&killed.stderr);
+    assert_eq!(said, "cella: the command was killed by SIGKILL\n");
+    // A forbidden system call (321 is bpf on x86-64) ends in a SIGSYS that says what it means.
+    let out = cli(s)
+        .args(["exec", "--", "python3", "-c"])
+        .arg("import ctypes; ctypes.CDLL(None).syscall(321, 0, 0, 0)")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(128 + 31), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("killed by SIGSYS (a system call the sandbox forbids)"),
+        "{said}"
+    );
     let out = cli(s)
         .args(["exec", "--timeout", "0.5", "--", "sleep", "10"])
         .output()

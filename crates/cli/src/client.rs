@@ -182,13 +182,59 @@ fn exit_status(end: &Value, what: &str) -> ExitCode {
         eprintln!("cella: {what} timed out");
         return ExitCode::from(124);
     }
+    let signal = end["signal"].as_i64();
     if end["oom_killed"].as_bool() == Some(true) {
         eprintln!("cella: {what} was killed at the memory limit");
+    } else if let Some(signal) = signal {
+        eprintln!("cella: {what} was killed by {}", signal_name(signal));
     }
     let code = (end["exit_code"].as_i64())
-        .or_else(|| end["signal"].as_i64().map(|signal| 128 + signal))
+        .or_else(|| signal.map(|signal| 128 + signal))
         .unwrap_or(1);
     ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+/// A signal as a person reads it; a forbidden system call is how a sandbox ends with SIGSYS.
+fn signal_name(signal: i64) -> String {
+    const NAMES: [&str; 31] = [
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    let name = usize::try_from(signal - 1).ok().and_then(|i| NAMES.get(i));
+    match name {
+        Some(&"SIGSYS") => "SIGSYS (a system call the sandbox forbids)".into(),
+        Some(name) => (*name).into(),
+        None => format!("signal {signal}"),
+    }
 }
 
 fn print_flush(out: &mut impl Write, data: &str) {
