@@ -298,15 +298,18 @@ except OSError as e:
 print(open('/proc/self/status').read().split('Seccomp:')[1].split()[0], flush=True)
 import os
 print(set(open('/proc/self/environ').read().split('\\0')[:-1]) <= {f'{k}={v}' for k, v in os.environ.items()}, flush=True)
+print('zygote' in open('/proc/self/cmdline').read(), flush=True)
 sc(321, 0, 0, 0)  # bpf: killed
 print('survived')
 """
     r = requests.post(f"{endpoint}/run_code", json={"code": code, "language": "python"}).json()
     out = r["run_result"]["stdout"].split("\n")
-    assert out[:9] == ["mount EPERM", "unshare EPERM", "ptrace EPERM", "keyctl EPERM", "tiocsti EPERM",
+    assert out[:10] == ["mount EPERM", "unshare EPERM", "ptrace EPERM", "keyctl EPERM", "tiocsti EPERM",
                        "io_uring ENOSYS", "netfilter EPERM", "2",
                        # Its own /proc files are readable, as an exec'd program's are, and hold no more than its env.
-                       "True"], r
+                       "True",
+                       # A warm interpreter's command line does not hold the zygote's source.
+                       "False"], r
     assert "survived" not in r["run_result"]["stdout"]
     assert r["run_result"]["return_code"] == -31, r  # SIGSYS
 

@@ -443,15 +443,18 @@ fn scientific_runs_fork_from_a_zygote_with_numpy_pandas_and_matplotlib() {
     }
 }
 
-/// The zygotes: the server's own children running a `python3 -c` whose source names itself.
+/// The zygotes: the server's own children running `python3 -` (their source on stdin).
 /// (A run forked from a zygote shares its command line but is the zygote's child, and ends.)
 fn zygotes(s: &Server) -> Vec<u32> {
     cella_e2e::descendants(s.pid())
         .into_iter()
         .filter(|pid| cella_e2e::parent_of(*pid) == Some(s.pid()))
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("cella's Python zygote"))
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+                args.first().is_some_and(|a| a.ends_with(b"python3"))
+                    && args.get(1) == Some(&&b"-"[..])
+            })
         })
         .collect()
 }

@@ -1,11 +1,11 @@
 # cella's Python zygote: a warm interpreter that forks into sandboxes.
 #
-# Started by the server as `python3 -c <this file>` with a SOCK_SEQPACKET channel on fd 3. It
-# imports everything it will ever need now, then never imports again while privileged: after a
-# fork, the child joins a sandbox's namespaces (its root is then the sandbox's root, whose
-# files the sandbox's user controls), and only the grandchild, after dropping to the sandbox's
-# uid with no capabilities, no_new_privs, Landlock and the same seccomp filters as every other
-# sandbox process, runs user code.
+# Started by the server as `python3 -`, this file on stdin, with a SOCK_SEQPACKET channel on
+# fd 3. It imports everything it will ever need now, then never imports again while
+# privileged: after a fork, the child joins a sandbox's namespaces (its root is then the
+# sandbox's root, whose files the sandbox's user controls), and only the grandchild, after
+# dropping to the sandbox's uid with no capabilities, no_new_privs, Landlock and the same
+# seccomp filters as every other sandbox process, runs user code.
 #
 # Per request (JSON, with descriptors): the sandbox init's pidfd, a channel for events, stdin,
 # stdout, stderr, for a held request the read end of its "go" pipe, then the cgroup.procs
@@ -49,8 +49,8 @@ SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_RESTRICT_SELF = 444, 446
 LANDLOCK_ACCESS_FS_MAKE_CHAR, LANDLOCK_ACCESS_FS_MAKE_BLOCK = 1 << 6, 1 << 11
 LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET, LANDLOCK_SCOPE_SIGNAL = 1, 2
 CHANNEL = socket.socket(fileno=3)
-# Frames of the launcher itself (this file runs as `-c`, so "<string>"): not the user's.
-LAUNCHER_FILES = {runpy.__file__, "<frozen runpy>", "<string>"}
+# Frames of the launcher itself (this file is read from stdin, so "<stdin>"): not the user's.
+LAUNCHER_FILES = {runpy.__file__, "<frozen runpy>", "<stdin>"}
 
 
 class SockFprog(ctypes.Structure):

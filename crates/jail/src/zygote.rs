@@ -6,7 +6,7 @@
 //! the user's program starts. Its events use the init's wire format ([`proto::Event`]).
 
 use std::collections::BTreeMap;
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -54,13 +54,14 @@ impl Zygote {
         let (ours, theirs) = sys::seqpacket_pair().map_err(|e| Error::sys("socketpair", e))?;
         let theirs_raw = theirs.as_raw_fd();
         let mut cmd = Command::new(python);
-        cmd.arg("-c")
-            .arg(SOURCE)
+        // The source comes on stdin (`python3 -`), so that `ps` and a program's own
+        // /proc/self/cmdline show `python3 -`, not the zygote's whole source.
+        cmd.arg("-")
             .env_clear()
             .env("LANG", "C.UTF-8")
             .env("PATH", crate::DEFAULT_PATH)
             .env("HOME", crate::SANDBOX_HOME)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::null());
         // No PR_SET_PDEATHSIG: it fires when the *thread* that forked exits, and a runtime's
         // threads come and go. The zygote exits instead when its channel closes, which the
@@ -76,10 +77,16 @@ impl Zygote {
                 cvt(libc::fcntl(3, libc::F_SETFD, 0)).map(drop)
             });
         }
-        let child = cmd
+        let mut child = cmd
             .spawn()
             .map_err(|e| Error::sys(format!("start {}", python.display()), e))?;
         drop(theirs);
+        // Fits in the pipe: written whole before Python reads it, then closed to end it.
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(SOURCE.as_bytes())
+                .map_err(|e| Error::sys("send the zygote its source", e))?;
+        }
         let config = serde_json::json!({
             "filters": policy.to_bytes().iter().map(|f| f.iter().map(|b| format!("{b:02x}")).collect::<String>()).collect::<Vec<_>>(),
             "landlock_abi": landlock_abi,
