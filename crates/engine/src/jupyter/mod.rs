@@ -58,6 +58,63 @@ pub enum Output {
     },
 }
 
+fn error_output(ename: &str, evalue: String) -> Output {
+    Output::Error {
+        ename: ename.into(),
+        evalue,
+        traceback: Vec::new(),
+    }
+}
+
+/// What one iopub message of the running cell means for its result.
+enum CellEvent {
+    Output(Output),
+    /// `execute_input`: the cell's number.
+    Input {
+        execution_count: Option<i64>,
+    },
+    /// The kernel is idle again: the cell is done.
+    Idle,
+    Other,
+}
+
+impl CellEvent {
+    fn of(msg: &Message) -> CellEvent {
+        let c = &msg.content;
+        let text = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+        let output = match msg.msg_type() {
+            "stream" => Output::Stream {
+                name: text("name"),
+                text: text("text"),
+            },
+            "display_data" => Output::DisplayData {
+                data: c["data"].clone(),
+                metadata: c["metadata"].clone(),
+            },
+            "execute_result" => Output::ExecuteResult {
+                data: c["data"].clone(),
+                metadata: c["metadata"].clone(),
+                execution_count: c["execution_count"].as_i64(),
+            },
+            "error" => Output::Error {
+                ename: text("ename"),
+                evalue: text("evalue"),
+                traceback: (c["traceback"].as_array().into_iter().flatten())
+                    .filter_map(|l| l.as_str().map(String::from))
+                    .collect(),
+            },
+            "execute_input" => {
+                return CellEvent::Input {
+                    execution_count: c["execution_count"].as_i64(),
+                };
+            }
+            "status" if c["execution_state"] == "idle" => return CellEvent::Idle,
+            _ => return CellEvent::Other,
+        };
+        CellEvent::Output(output)
+    }
+}
+
 /// Everything one cell produced.
 #[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct CellResult {
@@ -70,6 +127,22 @@ pub struct CellResult {
 }
 
 impl CellResult {
+    /// Keeps `output` (of `size` bytes on the wire) within `cap` bytes for the whole cell,
+    /// `kept` so far: of a stream, what fits; of anything else, all or nothing.
+    fn keep(&mut self, output: Output, size: usize, kept: &mut usize, cap: usize) {
+        if *kept + size <= cap {
+            *kept += size;
+            self.outputs.push(output);
+            return;
+        }
+        self.truncated = true;
+        if let Output::Stream { name, mut text } = output {
+            text.truncate(text.floor_char_boundary(cap - *kept));
+            *kept = cap;
+            self.outputs.push(Output::Stream { name, text });
+        }
+    }
+
     pub fn stream(&self, name: &str) -> String {
         self.outputs
             .iter()
@@ -298,11 +371,10 @@ impl Kernel {
                     // The cell's code ended the kernel (os._exit, a crash, out of memory): the
                     // cell's answer, like a program that dies.
                     let how = self.record_death().await.how.clone();
-                    result.outputs.push(Output::Error {
-                        ename: "DeadKernelError".into(),
-                        evalue: format!("the kernel {how} while running this cell"),
-                        traceback: Vec::new(),
-                    });
+                    result.outputs.push(error_output(
+                        "DeadKernelError",
+                        format!("the kernel {how} while running this cell"),
+                    ));
                     return Ok(result);
                 }
                 Err(_) if !result.timed_out => {
@@ -312,80 +384,45 @@ impl Kernel {
                     continue;
                 }
                 Err(_) => {
-                    // It ignored the interrupt: stopped, as the cell's code left no other way.
-                    self.process.kill();
-                    self.dead = true;
-                    result.outputs.push(Output::Error {
-                        ename: "TimeoutError".into(),
-                        evalue: "the cell ran past its timeout and ignored the interrupt: the \
-                                 kernel was stopped"
-                            .into(),
-                        traceback: Vec::new(),
-                    });
-                    self.death = Some(KernelDeath {
-                        exit: None,
-                        how: "ignored the interrupt at a cell's timeout and was stopped".into(),
-                        stderr_tail: String::new(),
-                    });
+                    result.outputs.push(self.stop_at_ignored_interrupt());
                     return Ok(result);
                 }
             };
             if msg.parent_id() != id {
                 continue;
             }
-            let c = &msg.content;
-            let text = |k: &str| c[k].as_str().unwrap_or_default().to_string();
-            let output = match msg.msg_type() {
-                "stream" => Output::Stream {
-                    name: text("name"),
-                    text: text("text"),
-                },
-                "display_data" => Output::DisplayData {
-                    data: c["data"].clone(),
-                    metadata: c["metadata"].clone(),
-                },
-                "execute_result" => {
-                    result.execution_count = c["execution_count"].as_i64();
-                    Output::ExecuteResult {
-                        data: c["data"].clone(),
-                        metadata: c["metadata"].clone(),
-                        execution_count: c["execution_count"].as_i64(),
+            match CellEvent::of(&msg) {
+                CellEvent::Output(output) => {
+                    if let Output::ExecuteResult {
+                        execution_count, ..
+                    } = &output
+                    {
+                        result.execution_count = *execution_count;
                     }
+                    result.keep(output, msg.size, &mut kept, self.output_cap);
                 }
-                "error" => Output::Error {
-                    ename: text("ename"),
-                    evalue: text("evalue"),
-                    traceback: c["traceback"]
-                        .as_array()
-                        .map(|t| {
-                            t.iter()
-                                .filter_map(|l| l.as_str().map(String::from))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                },
-                "execute_input" => {
-                    result.execution_count = c["execution_count"].as_i64();
-                    continue;
-                }
-                "status" if c["execution_state"] == "idle" => break,
-                _ => continue,
-            };
-            // Whatever the cell prints, the server keeps at most `output_cap` bytes of it: of
-            // a stream, what fits; of anything else, all or nothing.
-            if kept + msg.size <= self.output_cap {
-                kept += msg.size;
-                result.outputs.push(output);
-                continue;
-            }
-            result.truncated = true;
-            if let Output::Stream { name, mut text } = output {
-                text.truncate(text.floor_char_boundary(self.output_cap - kept));
-                kept = self.output_cap;
-                result.outputs.push(Output::Stream { name, text });
+                CellEvent::Input { execution_count } => result.execution_count = execution_count,
+                CellEvent::Idle => return Ok(result),
+                CellEvent::Other => {}
             }
         }
-        Ok(result)
+    }
+
+    /// Stops a kernel that ignored the interrupt at a cell's timeout, as the cell's code left
+    /// no other way, and says so as the cell's error.
+    fn stop_at_ignored_interrupt(&mut self) -> Output {
+        self.process.kill();
+        self.dead = true;
+        self.death = Some(KernelDeath {
+            exit: None,
+            how: "ignored the interrupt at a cell's timeout and was stopped".into(),
+            stderr_tail: String::new(),
+        });
+        error_output(
+            "TimeoutError",
+            "the cell ran past its timeout and ignored the interrupt: the kernel was stopped"
+                .into(),
+        )
     }
 
     /// Stops the kernel process.
