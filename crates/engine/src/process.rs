@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::control::ExecEvent;
@@ -578,6 +579,13 @@ fn launch_by_zygote(
     Ok((crate::control::events_of(ours)?, watcher))
 }
 
+/// A process's exit as its parent saw it.
+struct Ended {
+    code: Option<i32>,
+    signal: Option<i32>,
+    cpu_us: u64,
+}
+
 struct Pump {
     /// Set when started by the zygote: the channel to the zygote's child that watches the
     /// process. Its processes are outside the init's Landlock domain, so the host kills their
@@ -625,7 +633,7 @@ impl Pump {
             };
             tokio::select! {
                 event = events.recv() => match event {
-                    Some(ExecEvent::Exited { code, signal, cpu_us }) => break Some((code, signal, cpu_us)),
+                    Some(ExecEvent::Exited { code, signal, cpu_us }) => break Some(Ended { code, signal, cpu_us }),
                     Some(ExecEvent::Lost) | None => break None,
                     Some(_) => continue,
                 },
@@ -645,35 +653,23 @@ impl Pump {
         let wall = self.started.elapsed();
         self.sandbox.control().unsubscribe(id);
         feeder.abort();
-        // Output already written is read to the end; a background child holding the pipes
-        // gets a short grace, then what it has written so far is taken and the pipes dropped.
-        let readers = futures::future::join_all(readers);
-        tokio::pin!(readers);
-        tokio::select! {
-            _ = &mut readers => {}
-            () = tokio::time::sleep(OUTPUT_GRACE) => {
-                let _ = stop.send(true);
-                readers.await;
-            }
-        }
-        let exit = match ended {
-            Some((code, signal, cpu_us)) => {
-                let oom = signal == Some(libc::SIGKILL)
-                    && !timed_out
-                    && !killed
-                    && self.sandbox.usage().oom_kills > self.oom_before;
-                Exit {
-                    exit_code: code,
-                    signal,
-                    wall_time: wall.as_secs_f64(),
-                    cpu_time: cpu_us as f64 / 1e6,
-                    timed_out,
-                    oom_killed: oom,
-                    killed,
-                    sandbox_lost: false,
-                }
-            }
-            None => Exit {
+        finish_reading(readers, stop).await;
+        let exit = self.exit(ended, wall, timed_out, killed);
+        metrics::histogram!("cella_exec_seconds").record(wall.as_secs_f64());
+        self.sandbox.touch();
+        let _ = exit_tx.send(Some(exit));
+        self.sandbox.retire_process(id);
+    }
+
+    /// How the process ended; `ended` is none when the sandbox went away under it.
+    fn exit(&self, ended: Option<Ended>, wall: Duration, timed_out: bool, killed: bool) -> Exit {
+        let Some(Ended {
+            code,
+            signal,
+            cpu_us,
+        }) = ended
+        else {
+            return Exit {
                 exit_code: None,
                 signal: Some(libc::SIGKILL),
                 wall_time: wall.as_secs_f64(),
@@ -682,12 +678,22 @@ impl Pump {
                 oom_killed: false,
                 killed,
                 sandbox_lost: true,
-            },
+            };
         };
-        metrics::histogram!("cella_exec_seconds").record(wall.as_secs_f64());
-        self.sandbox.touch();
-        let _ = exit_tx.send(Some(exit));
-        self.sandbox.retire_process(id);
+        let oom = signal == Some(libc::SIGKILL)
+            && !timed_out
+            && !killed
+            && self.sandbox.usage().oom_kills > self.oom_before;
+        Exit {
+            exit_code: code,
+            signal,
+            wall_time: wall.as_secs_f64(),
+            cpu_time: cpu_us as f64 / 1e6,
+            timed_out,
+            oom_killed: oom,
+            killed,
+            sandbox_lost: false,
+        }
     }
 
     async fn signal(&self, id: u64, signal: i32) {
@@ -709,6 +715,20 @@ impl Pump {
                 .control()
                 .send(&Command::KillTree { id }, &[])
                 .await;
+        }
+    }
+}
+
+/// Reads what was written before the exit to the end; a background child holding the pipes
+/// gets a short grace, then what it has written so far is taken and the pipes dropped.
+async fn finish_reading(readers: [JoinHandle<()>; 2], stop: watch::Sender<bool>) {
+    let readers = futures::future::join_all(readers);
+    tokio::pin!(readers);
+    tokio::select! {
+        _ = &mut readers => {}
+        () = tokio::time::sleep(OUTPUT_GRACE) => {
+            let _ = stop.send(true);
+            readers.await;
         }
     }
 }
