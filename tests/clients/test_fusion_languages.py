@@ -112,6 +112,8 @@ PROGRAMS = {
 SLOW = {"java", "junit", "scala", "kotlin_script", "csharp", "go", "go_test", "rust", "D_ut", "jest", "react", "gtest", "R", "racket"}
 # What a passing "hello" prints where a test runner captures the program's own output.
 HELLO = {"pytest": "1 passed", "go_test": "ok"}
+# Test runners that report on stderr; every other hello world leaves it empty (no toolchain noise).
+REPORT_ON_STDERR = {"jest", "react"}
 COMPILED = {"cpp", "gtest", "go", "java", "junit", "csharp", "rust", "scala", "D_ut", "verilog"}
 
 
@@ -138,6 +140,8 @@ def test_language(endpoint, lang, case):
         assert HELLO.get(lang, "hello") in out, r
         assert r.run_result.return_code == 0
         assert (r.compile_result is not None) == (lang in COMPILED), r
+        if lang not in REPORT_ON_STDERR:
+            assert r.run_result.stderr == "", r
     elif case == "echo":
         r = run(lang, code, stdin="stressed\n")
         assert r.status == "Success", r

@@ -376,7 +376,8 @@ pub static LANGUAGES: &[Language] = &[
     lang(
         "kotlin_script",
         "main.kts",
-        &["kotlinc", "-script", "main.kts"],
+        // Debian's kotlinc passes the JVM `-noverify`, which JDK 13+ warns about on every run.
+        &["kotlinc", "-J-XX:-PrintWarnings", "-script", "main.kts"],
         &["kotlinc", "-version"],
     ),
     lang(
