@@ -127,7 +127,11 @@ def run(lang, code, **kw):
     slow = lang in SLOW
     kw.setdefault("compile_timeout", 60 if slow else 20)
     kw.setdefault("run_timeout", 30 if slow else 10)
-    return run_code(RunCodeRequest(code=code, language=lang, **kw), max_attempts=1)
+    r = run_code(RunCodeRequest(code=code, language=lang, **kw), max_attempts=1)
+    # Output is read by programs: no toolchain colours it with terminal escapes.
+    for result in (r.compile_result, r.run_result):
+        assert result is None or "\x1b[" not in (result.stdout or "") + (result.stderr or ""), r
+    return r
 
 
 @pytest.mark.parametrize("lang,case", list(cases()))

@@ -59,7 +59,8 @@ const NODE_ENV: &[(&str, &str)] = &[
     ("NO_COLOR", "1"),
 ];
 /// Jest's configuration for a test environment: modules from the shared project, TypeScript
-/// and JSX transpiled by ts-jest without type checking (as SandboxFusion's Babel set-up does).
+/// and JSX transpiled by ts-jest without type checking (as SandboxFusion's Babel set-up does),
+/// its errors without terminal colours.
 macro_rules! jest_config {
     ($environment:literal, $setup:literal) => {
         concat!(
@@ -74,7 +75,8 @@ macro_rules! jest_config {
   modulePaths: ['/opt/cella/node/node_modules'],
   cacheDirectory: '/tmp/jest-cache',
   transform: { '^.+\\.[tj]sx?$': ['/opt/cella/node/node_modules/ts-jest', { tsconfig: {
-    isolatedModules: true, allowJs: true, esModuleInterop: true, jsx: 'react-jsx' } }] },
+    isolatedModules: true, allowJs: true, esModuleInterop: true, jsx: 'react-jsx' },
+    diagnostics: { pretty: false } }] },
 };
 "#
         )
@@ -269,6 +271,7 @@ pub static LANGUAGES: &[Language] = &[
                 "-jar",
                 JUNIT,
                 "--disable-banner",
+                "--disable-ansi-colors",
                 "--class-path",
                 JAVA_CP,
                 "--scan-class-path",
