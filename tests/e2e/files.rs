@@ -240,18 +240,21 @@ fn read_size_is_limited() {
 }
 
 #[test]
-fn planted_fifos_are_refused_not_waited_on() {
+fn planted_fifos_and_sockets_are_refused_not_waited_on() {
     let s = server();
     let id = s.sandbox(json!({}));
     let f = |p: &str| format!("/sandboxes/{id}/files{p}");
-    s.sh(&id, "mkfifo lonely held");
+    s.sh(
+        &id,
+        "mkfifo lonely held; python3 -c 'import socket; socket.socket(socket.AF_UNIX).bind(\"sock\")'",
+    );
     // A reader keeps `held` open, so opening it to write would succeed at once.
     let held = s.post(
         &format!("/sandboxes/{id}/processes"),
         json!({"shell": "exec 3<>held; sleep 60"}),
     );
     assert_eq!(held.status(), 201);
-    for fifo in ["lonely", "held"] {
+    for fifo in ["lonely", "held", "sock"] {
         let refused = |r| assert_refused(r, 400, "not a regular file");
         let put = s.http.put(s.api(&f(&format!("?path={fifo}")))).body("x");
         refused(put.send().unwrap());

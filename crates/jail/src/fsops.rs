@@ -159,7 +159,12 @@ impl SandboxFs {
 
     /// Opens a file for reading; returns it with its size.
     pub fn open_read(&self, path: &str) -> io::Result<(File, u64)> {
-        let fd = self.resolve(path, OFlags::RDONLY | OFlags::NOCTTY | OFlags::NONBLOCK, 0)?;
+        let fd = (self.resolve(path, OFlags::RDONLY | OFlags::NOCTTY | OFlags::NONBLOCK, 0))
+            // What opening a UNIX socket gives.
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENXIO) => not_regular(),
+                _ => e,
+            })?;
         let st = rustix::fs::fstat(&fd)?;
         match st.st_mode & libc::S_IFMT {
             libc::S_IFREG => {}
