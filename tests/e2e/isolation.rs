@@ -2,7 +2,7 @@
 
 use std::sync::OnceLock;
 
-use cella_e2e::{Server, json_of};
+use cella_e2e::{Server, assert_refused, json_of};
 use serde_json::{Value, json};
 
 fn server() -> &'static Server {
@@ -75,11 +75,95 @@ fn cannot_read_host_secrets() {
     // tests keep it) not even its path shows.
     assert!(s.data_dir.starts_with("/tmp"));
     assert!(!out.contains("data-dir-shows"), "{out}");
-    // From the host: the API cannot reach it either.
-    let api = json_of(s.get(&format!("/sandboxes/{id}/files/read?path={marker}")));
-    assert_eq!(api["error"]["code"], "not_found", "{api}");
+    // From the host: the API cannot reach it either; as for the sandbox's user, the masked
+    // /root is an empty directory only root may open.
+    let api = s.get(&format!("/sandboxes/{id}/files/read?path={marker}"));
+    assert_refused(api, 400, &format!("{marker}: permission denied"));
     s.delete(&format!("/sandboxes/{id}"));
     std::fs::remove_file(&marker).unwrap();
+}
+
+/// Host files only root may read, as the `host` image shows them; removed on drop.
+struct RootOnlyFiles(std::path::PathBuf);
+
+impl RootOnlyFiles {
+    fn plant() -> RootOnlyFiles {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::path::PathBuf::from(format!("/opt/cella-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("closed")).unwrap();
+        for (name, mode) in [
+            ("secret", 0o600),
+            ("group-secret", 0o640),
+            ("closed/inside", 0o644),
+            ("open", 0o644),
+        ] {
+            std::fs::write(dir.join(name), format!("host file {name}")).unwrap();
+            std::fs::set_permissions(dir.join(name), PermissionsExt::from_mode(mode)).unwrap();
+        }
+        std::fs::set_permissions(dir.join("closed"), PermissionsExt::from_mode(0o700)).unwrap();
+        RootOnlyFiles(dir)
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.0.join(name).display().to_string()
+    }
+}
+
+impl Drop for RootOnlyFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn the_file_api_reaches_only_what_the_sandboxs_user_may() {
+    let s = server();
+    let host = RootOnlyFiles::plant();
+    let hidden = ["secret", "group-secret", "closed/inside"].map(|n| host.path(n));
+    let id = s.sandbox(json!({}));
+    let f = |p: &str| format!("/sandboxes/{id}/files{p}");
+    // What the sandbox's user sees from inside...
+    let r = s.sh(
+        &id,
+        &format!("cat {} {}", hidden.join(" "), host.path("open")),
+    );
+    assert_eq!(r["stdout"], "host file open", "{r}");
+    // ... is what the API reaches: root on the host could open these, the user cannot.
+    for path in &hidden {
+        let denied = |r| assert_refused(r, 400, &format!("{path}: permission denied"));
+        denied(s.get(&f(&format!("/read?path={path}"))));
+        denied(s.get(&f(&format!("?path={path}"))));
+    }
+    // Behind a directory the user may not search, not even its name or size shows.
+    let closed = host.path("closed");
+    for what in ["/list?path={closed}", "/stat?path={closed}/inside"] {
+        let r = s.get(&f(&what.replace("{closed}", &closed)));
+        assert_refused(r, 400, "permission denied");
+    }
+    assert_refused(
+        s.post(
+            &f("/move"),
+            json!({"source": host.path("closed/inside"), "destination": "/tmp/taken"}),
+        ),
+        400,
+        "permission denied",
+    );
+    let open = json_of(s.get(&f(&format!("/read?path={}", host.path("open")))));
+    assert_eq!(open["content"], "host file open", "{open}");
+    // A run's fetched files too, through either API.
+    let mut wanted = hidden.to_vec();
+    wanted.push(host.path("open"));
+    let native = json_of(s.post(
+        "/runs",
+        json!({"language": "bash", "code": "true", "fetch_files": wanted}),
+    ));
+    let fusion =
+        json_of(s.run_code(json!({"language": "bash", "code": "true", "fetch_files": wanted})));
+    for r in [&native, &fusion] {
+        let names: Vec<&String> = r["files"].as_object().unwrap().keys().collect();
+        assert_eq!(names, [&host.path("open")], "{r}");
+    }
+    s.delete(&format!("/sandboxes/{id}"));
 }
 
 #[test]

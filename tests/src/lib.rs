@@ -66,10 +66,15 @@ fn spawn_tied_to_this_process(mut cmd: Command) -> io::Result<Child> {
         });
         Mutex::new(tx)
     });
-    // SAFETY: prctl is async-signal-safe.
+    // SAFETY: prctl and setgroups are async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // As `sudo` starts it: with root's group as a supplementary group too, which the
+            // server must not let count when it acts as a sandbox's user.
+            if libc::setgroups(1, [0].as_ptr()) != 0 {
                 return Err(io::Error::last_os_error());
             }
             Ok(())

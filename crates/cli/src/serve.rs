@@ -24,6 +24,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
     let open_files = cella_engine::probe::raise_open_files(config.sandbox.open_files)
         .map_err(|e| e.to_string())?;
     info!(open_files, "{}", features.summary());
+    // Checks made as a sandbox's user (jail::fsops) must not count root's groups.
+    cella_jail::sys::clear_supplementary_groups()
+        .map_err(|e| format!("dropping supplementary groups: {e}"))?;
     // The spawner must be forked before the runtime creates any thread.
     let spawner = Spawner::start(SpawnerConfig {
         netns_pool: config.pool.netns,

@@ -13,6 +13,12 @@
 //! Names that the final step creates or removes are handled relative to an already resolved
 //! parent directory descriptor, so a swap of a path component mid-operation cannot redirect it.
 //! New files and directories are owned by the sandbox user.
+//!
+//! What is read, listed, inspected or moved is reached as the sandbox's user (the thread's
+//! fsuid switched for the call): the image's lower layer is the host's own filesystem, where
+//! root could open files, such as TLS private keys, that the sandbox's user cannot. Writing,
+//! creating and removing stay root's: they touch only the sandbox's writable layer. (The server
+//! drops its supplementary groups at start, so that root's do not count in those checks.)
 
 use std::ffi::CString;
 use std::fs::File;
@@ -157,9 +163,16 @@ impl SandboxFs {
         Ok((fd, CString::new(name).map_err(|_| invalid("NUL in path"))?))
     }
 
+    /// Runs `f` with this thread's file permissions those of the sandbox's user.
+    fn as_user<T>(&self, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        let _user = crate::sys::FsIdentity::switch_to(self.uid, self.uid)?;
+        f()
+    }
+
     /// Opens a file for reading; returns it with its size.
     pub fn open_read(&self, path: &str) -> io::Result<(File, u64)> {
-        let fd = (self.resolve(path, OFlags::RDONLY | OFlags::NOCTTY | OFlags::NONBLOCK, 0))
+        let open = || self.resolve(path, OFlags::RDONLY | OFlags::NOCTTY | OFlags::NONBLOCK, 0);
+        let fd = (self.as_user(open))
             // What opening a UNIX socket gives.
             .map_err(|e| match e.raw_os_error() {
                 Some(libc::ENXIO) => not_regular(),
@@ -252,30 +265,31 @@ impl SandboxFs {
     }
 
     pub fn stat(&self, path: &str) -> io::Result<Entry> {
-        let (dir, name) = match self.parent(path) {
-            Ok(p) => p,
+        self.as_user(|| match self.parent(path) {
+            Ok((dir, name)) => entry_at(
+                dir.as_fd(),
+                &name,
+                absolute(path),
+                AtFlags::SYMLINK_NOFOLLOW,
+            ),
             // The root itself.
             Err(_) if checked(path)?.trim_matches('/').is_empty() => {
-                return entry_at(self.root.as_fd(), c"", "/".into(), AtFlags::EMPTY_PATH);
+                entry_at(self.root.as_fd(), c"", "/".into(), AtFlags::EMPTY_PATH)
             }
-            Err(e) => return Err(e),
-        };
-        entry_at(
-            dir.as_fd(),
-            &name,
-            absolute(path),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
+            Err(e) => Err(e),
+        })
     }
 
     /// Lists a directory, descending `depth` levels (1 = its direct children). Symlinks and
     /// mount points are listed but never entered.
     pub fn list(&self, path: &str, depth: u32, limit: usize) -> io::Result<Vec<Entry>> {
-        let dir = self.resolve(path, OFlags::RDONLY | OFlags::DIRECTORY, 0)?;
-        let mut out = Vec::new();
-        let base = absolute(path);
-        list_into(dir, &base, depth.max(1), limit, &mut out)?;
-        Ok(out)
+        self.as_user(|| {
+            let dir = self.resolve(path, OFlags::RDONLY | OFlags::DIRECTORY, 0)?;
+            let mut out = Vec::new();
+            let base = absolute(path);
+            list_into(dir, &base, depth.max(1), limit, &mut out)?;
+            Ok(out)
+        })
     }
 
     pub fn mkdir(&self, path: &str, parents: bool, mode: u32) -> io::Result<()> {
@@ -321,6 +335,8 @@ impl SandboxFs {
 
     /// Moves `from` to `to`; an error says which of the two paths it concerns.
     pub fn rename(&self, from: &str, to: &str) -> Result<(), (Side, io::Error)> {
+        let _user =
+            crate::sys::FsIdentity::switch_to(self.uid, self.uid).map_err(|e| (Side::Source, e))?;
         let source = |e: io::Error| (Side::Source, e);
         let (from_dir, from_name) = self.parent(from).map_err(source)?;
         rustix::fs::statat(&from_dir, from_name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
@@ -334,6 +350,10 @@ impl SandboxFs {
                     "cannot be moved: a mount point, or a directory that comes from the image (copy it instead)",
                 )),
                 rustix::io::Errno::INVAL => source(invalid("a directory cannot move into itself")),
+                // A directory not the user's to change: the source's, if it is that one.
+                rustix::io::Errno::ACCESS if !writable(&from_dir) => source(e.into()),
+                // A file of another user's in a sticky directory.
+                rustix::io::Errno::PERM => source(e.into()),
                 e => (Side::Destination, e.into()),
             })
     }
@@ -461,6 +481,12 @@ fn entry_at(
         mtime: st.st_mtime,
         target,
     })
+}
+
+/// Whether this thread's user may add and remove names in `dir`.
+fn writable(dir: &OwnedFd) -> bool {
+    let access = rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK;
+    rustix::fs::accessat(dir, c".", access, AtFlags::EACCESS).is_ok()
 }
 
 fn checked(path: &str) -> io::Result<&str> {

@@ -220,6 +220,52 @@ pub fn set_mmap_threshold(bytes: libc::c_int) {
     unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, bytes) };
 }
 
+/// This thread's file-system identity (`setfsuid`, `setfsgid`) switched to another user's
+/// until dropped: its permission checks are then that user's, without root's file
+/// capabilities, which the kernel takes away while the fsuid is not 0 and gives back after.
+/// Only the calling thread's: the process's other threads keep theirs, but one it starts
+/// meanwhile would copy it, so start none.
+pub struct FsIdentity {
+    uid: u32,
+    gid: u32,
+}
+
+impl FsIdentity {
+    pub fn switch_to(uid: u32, gid: u32) -> io::Result<FsIdentity> {
+        // SAFETY: setfsgid and setfsuid change only the calling thread's file-system ids;
+        // each returns the previous id whether or not it succeeded.
+        let (old_gid, old_uid) = unsafe { (libc::setfsgid(gid), libc::setfsuid(uid)) };
+        let previous = FsIdentity {
+            uid: old_uid as u32,
+            gid: old_gid as u32,
+        };
+        // An invalid id changes nothing and returns the current one: whether the switch took.
+        // SAFETY: as above.
+        let now = unsafe { (libc::setfsgid(u32::MAX), libc::setfsuid(u32::MAX)) };
+        if now != (gid as i32, uid as i32) {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+        Ok(previous)
+    }
+}
+
+impl Drop for FsIdentity {
+    fn drop(&mut self) {
+        // SAFETY: as in `switch_to`, back to the ids this thread had.
+        unsafe {
+            libc::setfsuid(self.uid);
+            libc::setfsgid(self.gid);
+        }
+    }
+}
+
+/// Leaves the process with no supplementary groups, which root has no use for and which
+/// would otherwise count in the checks made as a sandbox's user ([`FsIdentity`]).
+pub fn clear_supplementary_groups() -> io::Result<()> {
+    // SAFETY: an empty list; glibc applies it to every thread.
+    cvt(unsafe { libc::setgroups(0, std::ptr::null()) }).map(drop)
+}
+
 pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for two descriptors.
@@ -443,4 +489,40 @@ pub fn set_rlimit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> 
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and runs no atexit handlers, which is what a forked child wants.
     unsafe { libc::_exit(code) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The real, effective, saved and file-system ids of the calling thread.
+    fn thread_ids(field: &str) -> Vec<u32> {
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+        line.split_whitespace()
+            .skip(1)
+            .map(|v| v.parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn an_fs_identity_holds_for_its_thread_until_dropped() {
+        if thread_ids("Uid:")[1] != 0 {
+            return; // switching needs root
+        }
+        // A thread that already runs (a new one would copy the switched ids of its creator).
+        let (ask, asked) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || {
+            asked.recv().unwrap();
+            thread_ids("Uid:")[3]
+        });
+        let user = FsIdentity::switch_to(4_242_424, 4_242_425).unwrap();
+        assert_eq!(thread_ids("Uid:"), [0, 0, 0, 4_242_424]);
+        assert_eq!(thread_ids("Gid:")[3], 4_242_425);
+        ask.send(()).unwrap();
+        assert_eq!(other.join().unwrap(), 0, "another thread keeps root's");
+        drop(user);
+        assert_eq!(thread_ids("Uid:"), [0, 0, 0, 0]);
+        assert_eq!(thread_ids("Gid:")[3], 0);
+    }
 }
