@@ -134,12 +134,33 @@ fn the_file_api_reaches_only_what_the_sandboxs_user_may() {
         denied(s.get(&f(&format!("/read?path={path}"))));
         denied(s.get(&f(&format!("?path={path}"))));
     }
-    // Behind a directory the user may not search, not even its name or size shows.
+    // Behind a directory the user may not search, not even its name or size shows, and
+    // nothing is made or removed.
     let closed = host.path("closed");
     for what in ["/list?path={closed}", "/stat?path={closed}/inside"] {
         let r = s.get(&f(&what.replace("{closed}", &closed)));
         assert_refused(r, 400, "permission denied");
     }
+    for made in [
+        s.post(
+            &f("/write"),
+            json!({"path": host.path("closed/new"), "content": "x"}),
+        ),
+        s.post(&f("/mkdir"), json!({"path": host.path("closed/d")})),
+        s.delete(&f(&format!("?path={}", host.path("closed/inside")))),
+    ] {
+        assert_refused(made, 400, "permission denied");
+    }
+    // Where the user may search, the API's root may add files (to the sandbox's own layer).
+    let added = s.post(
+        &f("/write"),
+        json!({"path": host.path("added"), "content": "x"}),
+    );
+    assert_eq!(added.status(), 200);
+    assert!(
+        !host.0.join("added").exists(),
+        "the host's own directory is untouched"
+    );
     assert_refused(
         s.post(
             &f("/move"),

@@ -14,11 +14,12 @@
 //! parent directory descriptor, so a swap of a path component mid-operation cannot redirect it.
 //! New files and directories are owned by the sandbox user.
 //!
-//! What is read, listed, inspected or moved is reached as the sandbox's user (the thread's
-//! fsuid switched for the call): the image's lower layer is the host's own filesystem, where
-//! root could open files, such as TLS private keys, that the sandbox's user cannot. Writing,
-//! creating and removing stay root's: they touch only the sandbox's writable layer. (The server
-//! drops its supplementary groups at start, so that root's do not count in those checks.)
+//! Every path is resolved as the sandbox's user (the thread's fsuid switched for the call),
+//! and files are read, listed and moved as that user: the image's lower layer is the host's
+//! own filesystem, where root could open files, such as TLS private keys, that the user
+//! cannot. Root's one extra right is to create, replace and remove names in a directory the
+//! user can search: that touches only the sandbox's writable layer. (The server drops its
+//! supplementary groups at start, so that root's do not count in those checks.)
 
 use std::ffi::CString;
 use std::fs::File;
@@ -28,7 +29,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
+use rustix::fs::{Access, AtFlags, Mode, OFlags, ResolveFlags};
 
 const SCOPED: ResolveFlags = ResolveFlags::IN_ROOT
     .union(ResolveFlags::NO_MAGICLINKS)
@@ -138,18 +139,22 @@ impl SandboxFs {
         Ok((st.f_blocks - st.f_bfree) * st.f_frsize)
     }
 
+    /// Opens `path` as the sandbox's user: only where the user may search.
     fn resolve(&self, path: &str, flags: OFlags, mode: u32) -> io::Result<OwnedFd> {
         let path = checked(path)?;
-        Ok(rustix::fs::openat2(
-            &self.root,
-            path,
-            flags | OFlags::CLOEXEC,
-            Mode::from_bits_truncate(mode),
-            SCOPED,
-        )?)
+        self.as_user(|| {
+            Ok(rustix::fs::openat2(
+                &self.root,
+                path,
+                flags | OFlags::CLOEXEC,
+                Mode::from_bits_truncate(mode),
+                SCOPED,
+            )?)
+        })
     }
 
-    /// The resolved parent directory of `path` and the final name.
+    /// The resolved parent directory of `path` and the final name. The user must be able to
+    /// search that directory: its names are then ones the user could look up too.
     fn parent(&self, path: &str) -> io::Result<(OwnedFd, CString)> {
         let path = checked(path)?.trim_end_matches('/');
         let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
@@ -160,6 +165,14 @@ impl SandboxFs {
         }
         let dir = if dir.is_empty() { "/" } else { dir };
         let fd = self.resolve(dir, OFlags::PATH | OFlags::DIRECTORY, 0)?;
+        self.as_user(|| {
+            Ok(rustix::fs::accessat(
+                &fd,
+                c".",
+                Access::EXEC_OK,
+                AtFlags::EACCESS,
+            )?)
+        })?;
         Ok((fd, CString::new(name).map_err(|_| invalid("NUL in path"))?))
     }
 
@@ -171,8 +184,7 @@ impl SandboxFs {
 
     /// Opens a file for reading; returns it with its size.
     pub fn open_read(&self, path: &str) -> io::Result<(File, u64)> {
-        let open = || self.resolve(path, OFlags::RDONLY | OFlags::NOCTTY | OFlags::NONBLOCK, 0);
-        let fd = (self.as_user(open))
+        let fd = (self.resolve(path, OFlags::RDONLY | OFlags::NOCTTY | OFlags::NONBLOCK, 0))
             // What opening a UNIX socket gives.
             .map_err(|e| match e.raw_os_error() {
                 Some(libc::ENXIO) => not_regular(),
@@ -265,7 +277,7 @@ impl SandboxFs {
     }
 
     pub fn stat(&self, path: &str) -> io::Result<Entry> {
-        self.as_user(|| match self.parent(path) {
+        match self.parent(path) {
             Ok((dir, name)) => entry_at(
                 dir.as_fd(),
                 &name,
@@ -277,7 +289,7 @@ impl SandboxFs {
                 entry_at(self.root.as_fd(), c"", "/".into(), AtFlags::EMPTY_PATH)
             }
             Err(e) => Err(e),
-        })
+        }
     }
 
     /// Lists a directory, descending `depth` levels (1 = its direct children). Symlinks and
@@ -485,7 +497,7 @@ fn entry_at(
 
 /// Whether this thread's user may add and remove names in `dir`.
 fn writable(dir: &OwnedFd) -> bool {
-    let access = rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK;
+    let access = Access::WRITE_OK | Access::EXEC_OK;
     rustix::fs::accessat(dir, c".", access, AtFlags::EACCESS).is_ok()
 }
 
