@@ -172,7 +172,7 @@ fn mkdir_move_remove_and_their_errors() {
     // Moves are the sandbox user's: the image's directories are not theirs to change.
     refused("/usr/bin", "u", 400, "/usr/bin: permission denied");
     refused("a/g", "/usr/g", 400, "/usr/g: permission denied");
-    refused("/proc", "p", 400, "/proc: permission denied");
+    refused("/proc", "p", 400, "/proc: a mount point of the sandbox");
 
     assert_eq!(
         s.delete(&f("?path=a")).status(),
@@ -180,6 +180,17 @@ fn mkdir_move_remove_and_their_errors() {
         "non-empty directory without recursive"
     );
     assert_eq!(s.delete(&f("?path=a&recursive=true")).status(), 204);
+    // The sandbox's own mounts are no files to remove: from the host's side they would go
+    // without a trace, detached from under the sandbox.
+    for mount in ["/proc", "/dev", "/sys"] {
+        let r = s.delete(&f(&format!("?path={mount}&recursive=true")));
+        assert_refused(r, 400, &format!("{mount}: a mount point of the sandbox"));
+    }
+    let r = s.sh(
+        &id,
+        "head -c 4 /proc/self/stat >/dev/null && echo still mounted",
+    );
+    assert_eq!(r["stdout"], "still mounted\n", "{r}");
     assert_eq!(s.get(&f("/stat?path=a")).status(), 404);
     assert_eq!(s.delete(&f("?path=a")).status(), 404);
 

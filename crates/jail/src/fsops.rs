@@ -245,6 +245,7 @@ impl SandboxFs {
         }
         let (dir, name) = self.parent(path)?;
         // Refused now, not after the whole body has come.
+        not_a_mount_point(&dir, &name)?;
         if let Ok(st) = rustix::fs::statat(&dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
             match st.st_mode & libc::S_IFMT {
                 libc::S_IFREG => {}
@@ -350,10 +351,13 @@ impl SandboxFs {
         let _user =
             crate::sys::FsIdentity::switch_to(self.uid, self.uid).map_err(|e| (Side::Source, e))?;
         let source = |e: io::Error| (Side::Source, e);
+        let destination = |e: io::Error| (Side::Destination, e);
         let (from_dir, from_name) = self.parent(from).map_err(source)?;
         rustix::fs::statat(&from_dir, from_name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| source(e.into()))?;
-        let (to_dir, to_name) = self.parent(to).map_err(|e| (Side::Destination, e))?;
+        not_a_mount_point(&from_dir, &from_name).map_err(source)?;
+        let (to_dir, to_name) = self.parent(to).map_err(destination)?;
+        not_a_mount_point(&to_dir, &to_name).map_err(destination)?;
         rustix::fs::renameat(&from_dir, from_name.as_c_str(), &to_dir, to_name.as_c_str())
             .map_err(|e| match e {
                 // Both parents are on the sandbox's own filesystem: the source is a mount
@@ -373,6 +377,7 @@ impl SandboxFs {
     /// Removes a file, symlink or (empty, or with `recursive`) directory.
     pub fn remove(&self, path: &str, recursive: bool) -> io::Result<()> {
         let (dir, name) = self.parent(path)?;
+        not_a_mount_point(&dir, &name)?;
         let st = rustix::fs::statat(&dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)?;
         if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
             return Ok(rustix::fs::unlinkat(
@@ -390,6 +395,19 @@ impl SandboxFs {
             name.as_c_str(),
             AtFlags::REMOVEDIR,
         )?)
+    }
+}
+
+/// Refuses `name` in `dir` if something is mounted on it in the sandbox (its /proc, /dev,
+/// /sys). From the host's side it is no mount point, and removing or replacing it there
+/// would silently detach that mount from the sandbox.
+fn not_a_mount_point(dir: &OwnedFd, name: &CString) -> io::Result<()> {
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match rustix::fs::openat2(dir, name.as_c_str(), flags, Mode::empty(), STRICT) {
+        Err(rustix::io::Errno::XDEV) => Err(invalid(
+            "a mount point of the sandbox (such as /proc, /dev or /sys) stays where it is",
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -416,6 +434,7 @@ fn remove_children(dir: OwnedFd) -> io::Result<()> {
         })
         .collect();
     for (name, is_dir) in names {
+        not_a_mount_point(&dir, &name)?;
         if is_dir {
             let sub = open_subdir(&dir, &name)?;
             remove_children(sub)?;
