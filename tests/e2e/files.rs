@@ -324,3 +324,43 @@ fn an_upload_cut_short_leaves_the_file_as_it_was() {
         "kept\nafter\n"
     );
 }
+
+/// An upload body that comes slowly: `chunks` pieces of 64 KiB, 10 ms apart.
+struct SlowBody {
+    chunks: usize,
+}
+
+impl std::io::Read for SlowBody {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.chunks == 0 {
+            return Ok(0);
+        }
+        self.chunks -= 1;
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        let n = buf.len().min(64 << 10);
+        buf[..n].fill(b'x');
+        Ok(n)
+    }
+}
+
+#[test]
+fn an_upload_into_a_sandbox_deleted_meanwhile_is_refused() {
+    let s = server();
+    let id = s.sandbox(json!({}));
+    let (http, url) = (
+        s.http.clone(),
+        s.api(&format!("/sandboxes/{id}/files?path=big")),
+    );
+    let upload = std::thread::spawn(move || {
+        let body = reqwest::blocking::Body::new(SlowBody { chunks: 100 });
+        http.put(url).body(body).send().unwrap()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(s.delete(&format!("/sandboxes/{id}")).status(), 204);
+    // Not a success for a file in a filesystem nobody can reach any more.
+    assert_refused(
+        upload.join().unwrap(),
+        409,
+        "the sandbox stopped during the upload",
+    );
+}

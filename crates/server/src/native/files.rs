@@ -237,26 +237,32 @@ where
         Ok(None)
     });
     let feeder = async move {
-        let mut tx = Some(tx);
-        // A closed channel means the writer stopped on an error, which it reports. The rest
-        // of the body is still read (and dropped) so the client gets that answer rather
-        // than a broken pipe.
-        let mut feed = async |chunk| {
-            if let Some(sender) = &tx
-                && sender.send(chunk).await.is_err()
-            {
-                tx = None;
-            }
-        };
+        // A closed channel means the writer stopped on an error, which it reports; a sandbox
+        // stopped meanwhile gets no more of the file, which would land in a filesystem nobody
+        // can reach. Either way the rest of the body is still read (and dropped), so the
+        // client gets that answer rather than a broken pipe.
+        let (mut tx, mut stopped) = (Some(tx), false);
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk.map_err(|e| {
                 ApiError::body_limit_exceeded(&e).unwrap_or_else(|| {
                     ApiError::bad_request(format!("reading the upload failed: {e}"))
                 })
             })?;
-            feed(Some(chunk)).await;
+            if !stopped && !sandbox.is_running() {
+                (tx, stopped) = (None, true);
+            }
+            if let Some(sender) = &tx
+                && sender.send(Some(chunk)).await.is_err()
+            {
+                tx = None;
+            }
         }
-        feed(None).await;
+        if stopped {
+            return Err(Error::Conflict("the sandbox stopped during the upload".into()).into());
+        }
+        if let Some(sender) = &tx {
+            let _ = sender.send(None).await;
+        }
         Ok::<(), ApiError>(())
     };
     let (written, fed) = tokio::join!(writer, feeder);
