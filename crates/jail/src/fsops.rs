@@ -141,16 +141,18 @@ impl SandboxFs {
 
     /// Opens `path` as the sandbox's user: only where the user may search.
     fn resolve(&self, path: &str, flags: OFlags, mode: u32) -> io::Result<OwnedFd> {
-        let path = checked(path)?;
-        self.as_user(|| {
-            Ok(rustix::fs::openat2(
-                &self.root,
-                path,
-                flags | OFlags::CLOEXEC,
-                Mode::from_bits_truncate(mode),
-                SCOPED,
-            )?)
-        })
+        self.as_user(|| self.open_scoped(path, flags, mode))
+    }
+
+    /// Opens `path` within the sandbox's root with this thread's identity.
+    fn open_scoped(&self, path: &str, flags: OFlags, mode: u32) -> io::Result<OwnedFd> {
+        Ok(rustix::fs::openat2(
+            &self.root,
+            checked(path)?,
+            flags | OFlags::CLOEXEC,
+            Mode::from_bits_truncate(mode),
+            SCOPED,
+        )?)
     }
 
     /// The resolved parent directory of `path` and the final name. The user must be able to
@@ -164,14 +166,10 @@ impl SandboxFs {
             ));
         }
         let dir = if dir.is_empty() { "/" } else { dir };
-        let fd = self.resolve(dir, OFlags::PATH | OFlags::DIRECTORY, 0)?;
-        self.as_user(|| {
-            Ok(rustix::fs::accessat(
-                &fd,
-                c".",
-                Access::EXEC_OK,
-                AtFlags::EACCESS,
-            )?)
+        let fd = self.as_user(|| {
+            let fd = self.open_scoped(dir, OFlags::PATH | OFlags::DIRECTORY, 0)?;
+            rustix::fs::accessat(&fd, c".", Access::EXEC_OK, AtFlags::EACCESS)?;
+            Ok(fd)
         })?;
         Ok((fd, CString::new(name).map_err(|_| invalid("NUL in path"))?))
     }
@@ -297,7 +295,7 @@ impl SandboxFs {
     /// mount points are listed but never entered.
     pub fn list(&self, path: &str, depth: u32, limit: usize) -> io::Result<Vec<Entry>> {
         self.as_user(|| {
-            let dir = self.resolve(path, OFlags::RDONLY | OFlags::DIRECTORY, 0)?;
+            let dir = self.open_scoped(path, OFlags::RDONLY | OFlags::DIRECTORY, 0)?;
             let mut out = Vec::new();
             let base = absolute(path);
             list_into(dir, &base, depth.max(1), limit, &mut out)?;
