@@ -258,21 +258,20 @@ impl Process {
     }
 
     pub fn captured(&self) -> Captured {
-        let out = self.output.lock().unwrap_or_else(|p| p.into_inner());
-        Captured {
-            stdout: out.stdout.data.clone(),
-            stderr: out.stderr.data.clone(),
-            stdout_truncated: out.stdout.truncated,
-            stderr_truncated: out.stderr.truncated,
-        }
+        self.captured_by(|data| data.clone())
     }
 
     /// Takes its output, for one who alone has it (a forgotten process).
     fn take_captured(&self) -> Captured {
+        self.captured_by(std::mem::take)
+    }
+
+    /// Its output, each stream's bytes got from the buffer by `get` (a copy, or the bytes).
+    fn captured_by(&self, get: impl Fn(&mut Vec<u8>) -> Vec<u8>) -> Captured {
         let mut out = self.output.lock().unwrap_or_else(|p| p.into_inner());
         Captured {
-            stdout: std::mem::take(&mut out.stdout.data),
-            stderr: std::mem::take(&mut out.stderr.data),
+            stdout: get(&mut out.stdout.data),
+            stderr: get(&mut out.stderr.data),
             stdout_truncated: out.stdout.truncated,
             stderr_truncated: out.stderr.truncated,
         }
@@ -661,26 +660,21 @@ impl Pump {
         self.sandbox.retire_process(id);
     }
 
-    /// How the process ended; `ended` is none when the sandbox went away under it.
+    /// How the process ended; `ended` is none when the sandbox went away under it, which
+    /// reads as a SIGKILL.
     fn exit(&self, ended: Option<Ended>, wall: Duration, timed_out: bool, killed: bool) -> Exit {
-        let Some(Ended {
+        let sandbox_lost = ended.is_none();
+        let Ended {
             code,
             signal,
             cpu_us,
-        }) = ended
-        else {
-            return Exit {
-                exit_code: None,
-                signal: Some(libc::SIGKILL),
-                wall_time: wall.as_secs_f64(),
-                cpu_time: 0.0,
-                timed_out,
-                oom_killed: false,
-                killed,
-                sandbox_lost: true,
-            };
-        };
+        } = ended.unwrap_or(Ended {
+            code: None,
+            signal: Some(libc::SIGKILL),
+            cpu_us: 0,
+        });
         let oom = signal == Some(libc::SIGKILL)
+            && !sandbox_lost
             && !timed_out
             && !killed
             && self.sandbox.usage().oom_kills > self.oom_before;
@@ -692,7 +686,7 @@ impl Pump {
             timed_out,
             oom_killed: oom,
             killed,
-            sandbox_lost: false,
+            sandbox_lost,
         }
     }
 
