@@ -176,8 +176,13 @@ impl SandboxFs {
 
     /// Runs `f` with this thread's file permissions those of the sandbox's user.
     fn as_user<T>(&self, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
-        let _user = crate::sys::FsIdentity::switch_to(self.uid, self.uid)?;
+        let _user = self.user()?;
         f()
+    }
+
+    /// This thread's file permissions those of the sandbox's user, until dropped.
+    fn user(&self) -> io::Result<crate::sys::FsIdentity> {
+        crate::sys::FsIdentity::switch_to(self.uid, self.uid)
     }
 
     /// Opens a file for reading; returns it with its size.
@@ -346,9 +351,8 @@ impl SandboxFs {
 
     /// Moves `from` to `to`; an error says which of the two paths it concerns.
     pub fn rename(&self, from: &str, to: &str) -> Result<(), (Side, io::Error)> {
-        let _user =
-            crate::sys::FsIdentity::switch_to(self.uid, self.uid).map_err(|e| (Side::Source, e))?;
         let source = |e: io::Error| (Side::Source, e);
+        let _user = self.user().map_err(source)?;
         let destination = |e: io::Error| (Side::Destination, e);
         let (from_dir, from_name) = self.parent(from).map_err(source)?;
         rustix::fs::statat(&from_dir, from_name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)
