@@ -38,15 +38,30 @@ pub enum Main {
 }
 
 const JUNIT: &str = "/usr/share/java/junit-platform-console-standalone.jar";
-/// The work directory, jars uploaded into it, and javatuples (which MultiPL-E's Java tests
-/// and SandboxFusion's own Java runtime use).
 /// For the JVM a compiler (javac, scalac) runs in: the quick JIT tier only and the serial
 /// collector, which start a short compile a quarter faster. The program's JVM is left alone.
 const COMPILER_QUICK_JIT: &str = "-J-XX:TieredStopAtLevel=1";
 const COMPILER_SERIAL_GC: &str = "-J-XX:+UseSerialGC";
+/// The work directory, jars uploaded into it, and javatuples (which MultiPL-E's Java tests
+/// and SandboxFusion's own Java runtime use).
 const JAVA_CP: &str = ".:*:/usr/share/java/javatuples.jar";
 const JUNIT_CP: &str =
     ".:*:/usr/share/java/javatuples.jar:/usr/share/java/junit-platform-console-standalone.jar";
+/// javac's argv for one source file against a class path.
+macro_rules! javac {
+    ($class_path:expr, $source:literal) => {
+        &[
+            "javac",
+            COMPILER_QUICK_JIT,
+            COMPILER_SERIAL_GC,
+            "-encoding",
+            "UTF-8",
+            "-cp",
+            $class_path,
+            $source,
+        ]
+    };
+}
 /// JavaScript tooling lives in one project directory (installed by `scripts/setup.sh`), so
 /// that peer packages resolve each other; its `.bin` leads `PATH`.
 const NODE_ENV: &[(&str, &str)] = &[
@@ -230,16 +245,7 @@ pub static LANGUAGES: &[Language] = &[
     compiled(
         "java",
         "Main.java",
-        &[
-            "javac",
-            COMPILER_QUICK_JIT,
-            COMPILER_SERIAL_GC,
-            "-encoding",
-            "UTF-8",
-            "-cp",
-            JAVA_CP,
-            "Main.java",
-        ],
+        javac!(JAVA_CP, "Main.java"),
         &[
             "java",
             "-XX:MaxRAM={memory_mb}m",
@@ -255,16 +261,7 @@ pub static LANGUAGES: &[Language] = &[
         ..compiled(
             "junit",
             "{main}.java",
-            &[
-                "javac",
-                COMPILER_QUICK_JIT,
-                COMPILER_SERIAL_GC,
-                "-encoding",
-                "UTF-8",
-                "-cp",
-                JUNIT_CP,
-                "{main}.java",
-            ],
+            javac!(JUNIT_CP, "{main}.java"),
             &[
                 "java",
                 "-XX:MaxRAM={memory_mb}m",
