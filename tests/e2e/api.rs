@@ -338,6 +338,38 @@ fn background_processes() {
 }
 
 #[test]
+fn an_exec_whose_caller_hangs_up_runs_on_and_can_be_waited_on() {
+    let s = server();
+    let id = s.sandbox(json!({}));
+    let body = br#"{"shell": "sleep 1; echo finished", "timeout": 30}"#;
+    let head = format!(
+        "POST /api/v1/sandboxes/{id}/exec\r\nContent-Type: application/json\r\nContent-Length: {}",
+        body.len()
+    );
+    let caller = s.send_raw(&head, body);
+    let listed = || {
+        let list = json_of(s.get(&format!("/sandboxes/{id}/processes")));
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["command"][2] == "sleep 1; echo finished")
+            .map(|p| p["id"].as_u64().unwrap())
+    };
+    assert!(cella_e2e::eventually(5.0, || listed().is_some()));
+    drop(caller);
+    // Like E2B's commands, it is the sandbox's, not the connection's: it finishes, and its
+    // result is there for whoever asks.
+    let pid = listed().expect("still listed after the caller left");
+    let w = json_of(s.post(
+        &format!("/sandboxes/{id}/processes/{pid}/wait"),
+        json!(null),
+    ));
+    assert_eq!(w["exit"]["exit_code"], 0, "{w}");
+    assert_eq!(w["stdout"], "finished\n", "{w}");
+    s.delete(&format!("/sandboxes/{id}"));
+}
+
+#[test]
 fn registered_images() {
     let s = server();
     let list = json_of(s.get("/images"));

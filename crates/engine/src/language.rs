@@ -62,6 +62,12 @@ macro_rules! javac {
         ]
     };
 }
+/// g++'s argv for `main.cpp` (with the precompiled `<bits/stdc++.h>`), then `$lib`s.
+macro_rules! gpp {
+    ($($lib:literal),*) => {
+        &["g++", "-std=c++17", PCH_INCLUDE, "main.cpp", "-o", "main", $($lib),*]
+    };
+}
 /// JavaScript tooling lives in one project directory (installed by `scripts/setup.sh`), so
 /// that peer packages resolve each other; its `.bin` leads `PATH`.
 const NODE_ENV: &[(&str, &str)] = &[
@@ -176,36 +182,16 @@ pub static LANGUAGES: &[Language] = &[
     compiled(
         "cpp",
         "main.cpp",
-        &[
-            "g++",
-            "-std=c++17",
-            PCH_INCLUDE,
-            "main.cpp",
-            "-o",
-            "main",
-            "-lpthread",
-            "-lssl",
-            "-lcrypto",
-        ],
+        gpp!("-lpthread", "-lssl", "-lcrypto"),
         &["./main"],
         &["g++", "--version"],
     ),
     compiled(
         "gtest",
         "main.cpp",
-        &[
-            "g++",
-            "-std=c++17",
-            PCH_INCLUDE,
-            "main.cpp",
-            "-o",
-            "main",
-            "-lgtest",
-            "-lgtest_main",
-            // Not `-pthread`: it also defines _REENTRANT (a no-op since glibc 2.34), and g++
-            // refuses a PCH built without it.
-            "-lpthread",
-        ],
+        // Not `-pthread`: it also defines _REENTRANT (a no-op since glibc 2.34), and g++
+        // refuses a PCH built without it.
+        gpp!("-lgtest", "-lgtest_main", "-lpthread"),
         &["./main"],
         &["g++", "--version"],
     ),
