@@ -73,6 +73,51 @@ else
   log "g++: <bits/stdc++.h> precompiled"
 fi
 
+# Class-data-sharing archives of the JVM tools' own classes (javac, JUnit's launcher, scalac,
+# kotlinc): each starts a third faster when its classes come mapped, parsed and verified. Each
+# is dumped by running the tool as the language table does (the same JVM flags), written
+# under a temporary name and moved into place only once the JVM has mapped it with
+# `-Xshare:on` (a truncated archive would crash the JVM). Redone when the JDK or a tool changes;
+# the JVM skips an archive it cannot use, silently, under the flags the table passes.
+CDS_DIR=/opt/cella/cds
+CDS_QUICK=(-J-XX:TieredStopAtLevel=1 -J-XX:+UseSerialGC)   # the table's COMPILER_QUICK_JIT and _SERIAL_GC
+cds_stamp="$(java -version 2>&1 | tail -1) $(dpkg-query -W -f='${Version} ' junit5 scala kotlin) ${CDS_QUICK[*]}"
+if [ "$(cat "$CDS_DIR/stamp" 2>/dev/null)" != "$cds_stamp" ]; then
+  log "jvm: dumping class-data-sharing archives"
+  mkdir -p "$CDS_DIR"
+  work=$(mktemp -d)
+  (
+    cd "$work"
+    echo 'public class Main { public static void main(String[] a) { System.out.println(a.length); } }' > Main.java
+    printf '%s\n' 'import org.junit.jupiter.api.Test;' \
+      'public class MainTest { @Test void ok() { org.junit.jupiter.api.Assertions.assertEquals(1, 1); } }' > MainTest.java
+    echo 'object Main { def main(args: Array[String]): Unit = println(args.length) }' > main.scala
+    echo 'println(listOf(1, 2).sum())' > main.kts
+    junit=/usr/share/java/junit-platform-console-standalone.jar
+    # dump NAME PREFIX TOOL ARGS...: runs TOOL with the JVM flags (each after PREFIX: `-J` for
+    # a launcher script, nothing for `java`) first, then ARGS.
+    dump() {
+      local name=$1 prefix=$2 tool=$3; shift 3
+      local archive="$CDS_DIR/$name.jsa"
+      rm -f "$archive" "$archive.tmp"
+      "$tool" "${prefix}-XX:ArchiveClassesAtExit=$archive.tmp" "$@" >/dev/null 2>&1 || true
+      if [ -s "$archive.tmp" ] &&
+        "$tool" "${prefix}-Xshare:on" "${prefix}-XX:SharedArchiveFile=$archive.tmp" "$@" >/dev/null 2>&1
+      then mv "$archive.tmp" "$archive"
+      else rm -f "$archive.tmp"; log "jvm: no archive for $name (it did not run here)"
+      fi
+    }
+    dump javac -J javac "${CDS_QUICK[@]}" -encoding UTF-8 -cp ".:$junit" Main.java MainTest.java
+    dump junit "" java -jar "$junit" --disable-banner --disable-ansi-colors --class-path . --scan-class-path
+    dump scalac -J scalac "${CDS_QUICK[@]}" main.scala
+    dump kotlinc -J kotlinc -J-XX:-PrintWarnings -script main.kts
+  )
+  rm -rf "$work"
+  echo "$cds_stamp" > "$CDS_DIR/stamp"
+else
+  log "jvm: class-data-sharing archives dumped"
+fi
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   log "venv: creating .venv"

@@ -315,6 +315,14 @@ async fn fusion_suite(http: Client, base: String, scale: f64) {
             json!({"language": "cpp", "code": "#include <bits/stdc++.h>\nint main(){std::vector<int> v{2,1};std::sort(v.begin(),v.end());std::cout<<v[0]<<std::endl;}"}),
         ),
         (
+            "run_code cpp <iostream> hello",
+            json!({"language": "cpp", "code": "#include <iostream>\nint main(){std::cout<<\"hello\"<<std::endl;}"}),
+        ),
+        (
+            "run_code java hello",
+            json!({"language": "java", "code": "public class Main { public static void main(String[] a) { System.out.println(\"hello\"); } }"}),
+        ),
+        (
             "run_code python printing 1 MB",
             json!({"language": "python", "code": "import sys; sys.stdout.write('x' * (1 << 20))"}),
         ),

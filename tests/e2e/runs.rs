@@ -54,6 +54,48 @@ fn languages_are_listed_with_versions() {
 }
 
 #[test]
+fn jvm_tools_start_from_their_class_data_sharing_archives() {
+    let s = server();
+    let id = s.sandbox(json!({"memory_mb": 1024}));
+    // With `-Xshare:on` a JVM that cannot map its archive fails instead of skipping it: each
+    // archive setup dumped maps inside a sandbox, under the flags the language table runs with.
+    let archive = |tool: &str| format!("-XX:SharedArchiveFile=/opt/cella/cds/{tool}.jsa");
+    let quick = "-J-XX:TieredStopAtLevel=1 -J-XX:+UseSerialGC";
+    for line in [
+        format!("javac {quick} -J{} -J-Xshare:on -version", archive("javac")),
+        format!(
+            "java -XX:MaxRAM=1024m {} -Xshare:on -jar \
+             /usr/share/java/junit-platform-console-standalone.jar --list-engines",
+            archive("junit")
+        ),
+        format!(
+            "scalac {quick} -J{} -J-Xshare:on -version",
+            archive("scalac")
+        ),
+        format!(
+            "kotlinc -J-XX:-PrintWarnings -J{} -J-Xshare:on -version",
+            archive("kotlinc")
+        ),
+    ] {
+        let r = s.sh(&id, &line);
+        assert_eq!(r["exit_code"], 0, "{line}: {r}");
+    }
+    // An archive the JVM cannot use (here one of another tool's classes) makes it warn on
+    // the program's stdout, unless told to keep quiet as the table tells it.
+    let mismatched = |quiet: &str| {
+        let r = s.sh(&id, &format!("java {} {quiet} -version", archive("junit")));
+        assert_eq!(r["exit_code"], 0, "{r}");
+        r["stdout"]
+            .as_str()
+            .unwrap()
+            .contains("Unable to use shared archive")
+    };
+    assert!(mismatched(""));
+    assert!(!mismatched("-Xlog:cds*=off"));
+    s.delete(&format!("/sandboxes/{id}"));
+}
+
+#[test]
 fn runs_with_stdin_files_and_fetch() {
     let s = server();
     let r = run(

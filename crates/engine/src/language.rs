@@ -42,6 +42,23 @@ const JUNIT: &str = "/usr/share/java/junit-platform-console-standalone.jar";
 /// collector, which start a short compile a quarter faster. The program's JVM is left alone.
 const COMPILER_QUICK_JIT: &str = "-J-XX:TieredStopAtLevel=1";
 const COMPILER_SERIAL_GC: &str = "-J-XX:+UseSerialGC";
+/// The class-data-sharing archive of a JVM tool's own classes, dumped by `scripts/setup.sh`
+/// with the flags the tool runs with here: the tool's JVM starts a third faster with it. The
+/// JVM skips an archive it cannot use (missing, or older than the JDK), and with `CDS_QUIET`
+/// says nothing: it would say so on the program's stdout.
+macro_rules! cds_archive {
+    ($jvm_flag:literal, $tool:literal) => {
+        concat!(
+            $jvm_flag,
+            "-XX:SharedArchiveFile=/opt/cella/cds/",
+            $tool,
+            ".jsa"
+        )
+    };
+}
+const CDS_QUIET: &str = "-Xlog:cds*=off";
+/// `CDS_QUIET` through a launcher script's `-J`.
+const J_CDS_QUIET: &str = "-J-Xlog:cds*=off";
 /// The work directory, jars uploaded into it, and javatuples (which MultiPL-E's Java tests
 /// and SandboxFusion's own Java runtime use).
 const JAVA_CP: &str = ".:*:/usr/share/java/javatuples.jar";
@@ -54,6 +71,8 @@ macro_rules! javac {
             "javac",
             COMPILER_QUICK_JIT,
             COMPILER_SERIAL_GC,
+            cds_archive!("-J", "javac"),
+            J_CDS_QUIET,
             "-encoding",
             "UTF-8",
             "-cp",
@@ -251,6 +270,8 @@ pub static LANGUAGES: &[Language] = &[
             &[
                 "java",
                 "-XX:MaxRAM={memory_mb}m",
+                cds_archive!("", "junit"),
+                CDS_QUIET,
                 "-jar",
                 JUNIT,
                 "--disable-banner",
@@ -353,6 +374,8 @@ pub static LANGUAGES: &[Language] = &[
                 "scalac",
                 COMPILER_QUICK_JIT,
                 COMPILER_SERIAL_GC,
+                cds_archive!("-J", "scalac"),
+                J_CDS_QUIET,
                 "main.scala",
             ],
             &["scala", "{main}"],
@@ -363,7 +386,14 @@ pub static LANGUAGES: &[Language] = &[
         "kotlin_script",
         "main.kts",
         // Debian's kotlinc passes the JVM `-noverify`, which JDK 13+ warns about on every run.
-        &["kotlinc", "-J-XX:-PrintWarnings", "-script", "main.kts"],
+        &[
+            "kotlinc",
+            "-J-XX:-PrintWarnings",
+            cds_archive!("-J", "kotlinc"),
+            J_CDS_QUIET,
+            "-script",
+            "main.kts",
+        ],
         &["kotlinc", "-version"],
     ),
     lang(
