@@ -323,6 +323,10 @@ async fn fusion_suite(http: Client, base: String, scale: f64) {
             json!({"language": "java", "code": "public class Main { public static void main(String[] a) { System.out.println(\"hello\"); } }"}),
         ),
         (
+            "run_code go_test hello",
+            json!({"language": "go_test", "code": "package main\nimport (\"fmt\"; \"testing\")\nfunc TestHello(t *testing.T) { fmt.Println(\"hello\") }"}),
+        ),
+        (
             "run_code python printing 1 MB",
             json!({"language": "python", "code": "import sys; sys.stdout.write('x' * (1 << 20))"}),
         ),

@@ -54,6 +54,36 @@ fn languages_are_listed_with_versions() {
 }
 
 #[test]
+fn go_tests_find_the_standard_librarys_vet_facts_in_the_cache_setup_built() {
+    let s = server();
+    // A go_test run has the cache copied in as its own (setup leaves a stamp in it).
+    let stamped = "package main\nimport (\"os\"; \"testing\")\nfunc TestA(t *testing.T) {\n\
+                   \t_, err := os.Stat(os.Getenv(\"HOME\") + \"/.cache/go-build/stamp\")\n\
+                   \tif err != nil { t.Fatal(err) }\n}\n";
+    let r = run(s, json!({"language": "go_test", "code": stamped}));
+    assert_eq!(r["status"], "success", "{r}");
+    let id = s.sandbox(json!({}));
+    let test = "package main\nimport (\"testing\"; \"fmt\")\nfunc TestA(t *testing.T) { fmt.Println(1) }\n";
+    s.exec(
+        &id,
+        json!({"shell": "mkdir -p w && cat > w/main_test.go", "stdin": test}),
+    );
+    // `go test -x` prints each tool it runs: vet once for the package itself with the cache a
+    // go_test run copies in, vet for each standard package it imports without.
+    let vets = |with_cache: &str| {
+        let line =
+            format!("cd w && {with_cache} && go test -x -count=1 main_test.go 2>&1 | grep -c /vet");
+        let r = s.sh(&id, &line);
+        let count = r["stdout"].as_str().unwrap().trim().parse::<u32>();
+        count.unwrap_or_else(|_| panic!("{line}: {r}"))
+    };
+    let copied = "export GOCACHE=/tmp/warm && cp -rnT /opt/cella/go-cache $GOCACHE";
+    assert!(vets(copied) < 10);
+    assert!(vets("export GOCACHE=/tmp/cold") > 100);
+    s.delete(&format!("/sandboxes/{id}"));
+}
+
+#[test]
 fn jvm_tools_start_from_their_class_data_sharing_archives() {
     let s = server();
     let id = s.sandbox(json!({"memory_mb": 1024}));
