@@ -102,6 +102,7 @@ fn jvm_tools_start_from_their_class_data_sharing_archives() {
             "scalac {quick} -J{} -J-Xshare:on -version",
             archive("scalac")
         ),
+        format!("scala -J{} -J-Xshare:on -version", archive("scala")),
         format!(
             "kotlinc -J-XX:-PrintWarnings -J{} -J-Xshare:on -version",
             archive("kotlinc")

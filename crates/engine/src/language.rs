@@ -384,7 +384,7 @@ pub static LANGUAGES: &[Language] = &[
                 J_CDS_QUIET,
                 "main.scala",
             ],
-            &["scala", "{main}"],
+            &["scala", cds_archive!("-J", "scala"), J_CDS_QUIET, "{main}"],
             &["scalac", "-version"],
         )
     },
