@@ -322,6 +322,22 @@ def test_a_notebook_flooding_output_is_capped(endpoint):
     assert r["cells"][1]["stdout"] == "next\n" and not r["cells"][1]["truncated"]
 
 
+def test_a_notebook_keeps_32_mib_of_output_in_all_and_runs_every_cell(endpoint):
+    # Each cell within its own 4 MiB cap; together past the notebook's (or a request of a
+    # thousand such cells would have the server hold gigabytes).
+    cells = ["print('z' * (3 << 20))"] * 12 + ["open('ran', 'w').write('yes')", "raise ValueError('v' * 5000)"]
+    r = requests.post(f"{endpoint}/run_jupyter",
+                      json={"cells": cells, "fetch_files": ["ran"], "total_timeout": 60}).json()
+    assert r["status"] == "Success", {k: v for k, v in r.items() if k != "cells"}
+    kept = [len(c["stdout"]) for c in r["cells"][:12]]
+    assert kept[:10] == [(3 << 20) + 1] * 10 and 0 < kept[10] < 3 << 20 and kept[11] == 0, kept
+    assert [c["truncated"] for c in r["cells"][9:]] == [False, True, True, True, True]
+    assert base64.b64decode(r["files"]["ran"]) == b"yes"
+    # The last cell's failure is still told, in short.
+    [error] = r["cells"][-1]["error"]
+    assert error["ename"] == "ValueError" and error["evalue"] == "v" * 1024 and error["traceback"] == []
+
+
 def test_a_notebook_message_beyond_the_cap_is_dropped_and_the_kernel_lives_on(endpoint):
     # Each is one iopub message far larger than the 4 MiB cap: read past, never held whole.
     huge_print = "x = 41\nprint('z' * (100 << 20), end='')"

@@ -123,6 +123,9 @@ pub struct RunsConfig {
     pub memory_mb: u64,
     /// Python runs fork from a warm interpreter (the zygote) instead of starting one.
     pub python_zygote: bool,
+    /// Most output a notebook run keeps over all its cells (each cell keeps at most
+    /// `sandbox.output_cap_bytes`); the cells after it still run, their output dropped.
+    pub notebook_output_bytes: usize,
 }
 
 fn cores() -> usize {
@@ -228,6 +231,7 @@ impl Default for RunsConfig {
             max_queue: 10_000,
             memory_mb: 2048,
             python_zygote: true,
+            notebook_output_bytes: 32 << 20,
         }
     }
 }

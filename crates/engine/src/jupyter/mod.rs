@@ -58,6 +58,9 @@ pub enum Output {
     },
 }
 
+/// How much of an error's value is kept when the cell's output is over its cap.
+const SHORT_ERROR_BYTES: usize = 1024;
+
 fn error_output(ename: &str, evalue: String) -> Output {
     Output::Error {
         ename: ename.into(),
@@ -124,22 +127,34 @@ pub struct CellResult {
     pub timed_out: bool,
     /// The cell produced more output than the cap; later outputs were dropped.
     pub truncated: bool,
+    /// Bytes of output kept (as they came on the wire).
+    #[serde(skip)]
+    pub kept_bytes: usize,
 }
 
 impl CellResult {
-    /// Keeps `output` (of `size` bytes on the wire) within `cap` bytes for the whole cell,
-    /// `kept` so far: of a stream, what fits; of anything else, all or nothing.
-    fn keep(&mut self, output: Output, size: usize, kept: &mut usize, cap: usize) {
-        if *kept + size <= cap {
-            *kept += size;
+    /// Keeps `output` (of `size` bytes on the wire) within `cap` bytes for the whole cell:
+    /// of a stream, what fits; of an error, its name and the start of its value (that the
+    /// cell failed matters more than what it printed); of anything else, all or nothing.
+    fn keep(&mut self, output: Output, size: usize, cap: usize) {
+        if self.kept_bytes + size <= cap {
+            self.kept_bytes += size;
             self.outputs.push(output);
             return;
         }
         self.truncated = true;
-        if let Output::Stream { name, mut text } = output {
-            text.truncate(text.floor_char_boundary(cap - *kept));
-            *kept = cap;
-            self.outputs.push(Output::Stream { name, text });
+        match output {
+            Output::Stream { name, mut text } if self.kept_bytes < cap => {
+                text.truncate(text.floor_char_boundary(cap - self.kept_bytes));
+                self.kept_bytes = cap;
+                self.outputs.push(Output::Stream { name, text });
+            }
+            Output::Error { ename, evalue, .. } => {
+                let short = |s: &str| s[..s.floor_char_boundary(SHORT_ERROR_BYTES)].to_string();
+                self.outputs
+                    .push(error_output(&short(&ename), short(&evalue)));
+            }
+            _ => {}
         }
     }
 
@@ -344,9 +359,15 @@ impl Kernel {
         self.dead
     }
 
-    /// Runs one cell; at `timeout` the kernel is interrupted. Outputs beyond the output cap
-    /// are dropped (and `truncated` set).
-    pub async fn execute(&mut self, code: &str, timeout: Duration) -> Result<CellResult> {
+    /// Runs one cell; at `timeout` the kernel is interrupted. Outputs beyond `cap` bytes, or
+    /// the kernel's output cap for a cell, are dropped (and `truncated` set).
+    pub async fn execute(
+        &mut self,
+        code: &str,
+        timeout: Duration,
+        cap: usize,
+    ) -> Result<CellResult> {
+        let cap = cap.min(self.output_cap);
         if self.dead {
             return Err(Error::Unavailable("the Jupyter kernel is dead".into()));
         }
@@ -356,7 +377,6 @@ impl Kernel {
         });
         let id = self.request("execute_request", content).await?;
         let mut result = CellResult::default();
-        let mut kept = 0;
         let mut deadline = tokio::time::Instant::now() + timeout;
         loop {
             let msg = match tokio::time::timeout_at(deadline, self.iopub.recv()).await {
@@ -399,7 +419,7 @@ impl Kernel {
                     {
                         result.execution_count = *execution_count;
                     }
-                    result.keep(output, msg.size, &mut kept, self.output_cap);
+                    result.keep(output, msg.size, cap);
                 }
                 CellEvent::Input { execution_count } => result.execution_count = execution_count,
                 CellEvent::Idle => return Ok(result),
@@ -509,5 +529,58 @@ async fn read_iopub(mut socket: Socket, session: Session, tx: mpsc::Sender<Iopub
         if tx.send(item).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(text: &str) -> Output {
+        Output::Stream {
+            name: "stdout".into(),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn a_cell_keeps_what_fits_under_its_cap() {
+        let mut cell = CellResult::default();
+        cell.keep(stream("abc"), 3, 5);
+        cell.keep(stream("defg"), 4, 5);
+        cell.keep(stream("h"), 1, 5);
+        let display = Output::DisplayData {
+            data: json!({"text/plain": "x"}),
+            metadata: json!({}),
+        };
+        cell.keep(display, 1, 5);
+        assert_eq!(cell.stream("stdout"), "abcde");
+        assert_eq!(cell.outputs.len(), 2, "{:?}", cell.outputs);
+        assert_eq!((cell.kept_bytes, cell.truncated), (5, true));
+    }
+
+    #[test]
+    fn an_error_over_the_cap_is_kept_in_short() {
+        let mut cell = CellResult::default();
+        let error = Output::Error {
+            ename: "E".repeat(5000),
+            evalue: "é".repeat(5000),
+            traceback: vec!["frame".into(); 1000],
+        };
+        cell.keep(error, 20_000, 0);
+        let [
+            Output::Error {
+                ename,
+                evalue,
+                traceback,
+            },
+        ] = &cell.outputs[..]
+        else {
+            panic!("{:?}", cell.outputs);
+        };
+        assert_eq!(ename.len(), SHORT_ERROR_BYTES);
+        assert_eq!(evalue.len(), SHORT_ERROR_BYTES);
+        assert!(traceback.is_empty());
+        assert_eq!((cell.kept_bytes, cell.truncated), (0, true));
     }
 }

@@ -326,6 +326,7 @@ impl Runs {
         self.write_files(sandbox, req.files).await?;
         let deadline = started + req.total_timeout;
         let mut outcome = NotebookOutcome::default();
+        let mut output_left = self.engine.config.runs.notebook_output_bytes;
         for code in &req.cells {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || kernel.is_dead() {
@@ -333,7 +334,8 @@ impl Runs {
                 break;
             }
             let limit = req.cell_timeout.map_or(left, |t| t.min(left));
-            let cell = kernel.execute(code, limit).await?;
+            let cell = kernel.execute(code, limit, output_left).await?;
+            output_left -= cell.kept_bytes;
             // The notebook timed out: at its total, or at a cell's timeout the kernel did not
             // survive (no later cell can run).
             outcome.timed_out = cell.timed_out && (limit == left || kernel.is_dead());
