@@ -39,11 +39,11 @@ pub enum Main {
 
 const JUNIT: &str = "/usr/share/java/junit-platform-console-standalone.jar";
 /// For the JVM a compiler (javac, scalac) runs in: the quick JIT tier only and the serial
-/// collector, which start a short compile a quarter faster. The program's JVM is left alone.
+/// collector, which start a short compile a quarter faster. The program's JVM keeps its own.
 const COMPILER_QUICK_JIT: &str = "-J-XX:TieredStopAtLevel=1";
 const COMPILER_SERIAL_GC: &str = "-J-XX:+UseSerialGC";
 /// The class-data-sharing archive of a JVM tool's own classes, dumped by `scripts/setup.sh`
-/// with the flags the tool runs with here: the tool's JVM starts a third faster with it. The
+/// with the flags the tool runs with here: the tool starts a fifth to a half faster. The
 /// JVM skips an archive it cannot use (missing, or older than the JDK), and with `CDS_QUIET`
 /// says nothing: it would say so on the program's stdout.
 macro_rules! cds_archive {
