@@ -40,6 +40,17 @@ fn memory_limit_oom_kills_and_says_so() {
     assert_eq!(r["oom_killed"], true, "{r}");
     assert_eq!(r["signal"], 9);
     assert_eq!(r["stdout"], "");
+    // Through a shell (as through a launcher script such as kotlinc's), which reports its
+    // child's death as exit code 137.
+    let hog = "python3 -c 'x = bytearray(512 << 20)'; exit $?";
+    let r = s.exec(&id, json!({"shell": hog, "timeout": 30}));
+    assert_eq!(
+        (r["exit_code"].as_i64(), r["oom_killed"].as_bool()),
+        (Some(137), Some(true)),
+        "{r}"
+    );
+    // That code alone, with no process out of memory, is just a code.
+    assert_eq!(s.sh(&id, "exit 137")["oom_killed"], false);
     // The sandbox is still usable afterwards.
     assert_eq!(s.sh(&id, "echo alive")["stdout"], "alive\n");
     s.delete(&format!("/sandboxes/{id}"));

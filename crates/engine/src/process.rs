@@ -138,7 +138,8 @@ pub struct Exit {
     pub cpu_time: f64,
     /// Killed at its deadline (with every process it started).
     pub timed_out: bool,
-    /// Killed by the kernel's OOM killer at the sandbox's memory limit.
+    /// Killed by the kernel's OOM killer at the sandbox's memory limit (it, or a child whose
+    /// death it reported with exit code 137).
     pub oom_killed: bool,
     /// Killed through the API.
     pub killed: bool,
@@ -151,6 +152,9 @@ impl Exit {
     /// of memory)".
     pub fn describe(&self) -> String {
         match (self.exit_code, self.signal) {
+            (Some(code), _) if self.oom_killed => {
+                format!("exited with code {code} (a process it started ran out of memory)")
+            }
             (Some(code), _) => format!("exited with code {code}"),
             (None, Some(signal)) if self.oom_killed => {
                 format!("was killed by signal {signal} (out of memory)")
@@ -673,7 +677,10 @@ impl Pump {
             signal: Some(libc::SIGKILL),
             cpu_us: 0,
         });
-        let oom = signal == Some(libc::SIGKILL)
+        // Killed, or a shell or launcher script reporting a child killed (128 + SIGKILL):
+        // through `kotlinc`, `sh -c` and the like a run's program is such a child.
+        let kill_ended = signal == Some(libc::SIGKILL) || code == Some(128 + libc::SIGKILL);
+        let oom = kill_ended
             && !sandbox_lost
             && !timed_out
             && !killed
