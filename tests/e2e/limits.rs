@@ -187,6 +187,49 @@ fn huge_output_is_capped_without_blocking() {
     s.delete(&format!("/sandboxes/{id}"));
 }
 
+/// Output held by all execs together is bounded: a background process's kept output in one
+/// sandbox leaves less for an exec in another, which is cut and flagged, until it is freed.
+#[test]
+fn output_held_across_sandboxes_stays_within_the_servers_budget() {
+    let s = Server::start_with(&[("CELLA_LIMITS__MAX_OUTPUT_BYTES_HELD", "3000000")]);
+    let print_2mb = "head -c 2000000 /dev/zero | tr '\\0' x";
+    let held = |s: &Server| {
+        let metrics = s.metrics();
+        let value = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("cella_output_bytes_held "));
+        value.map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
+    };
+    let (a, b) = (s.sandbox(json!({})), s.sandbox(json!({})));
+    let r = s.post(
+        &format!("/sandboxes/{a}/processes"),
+        json!({"shell": print_2mb}),
+    );
+    let background = cella_e2e::json_of(r)["id"].clone();
+    let r = s.post(
+        &format!("/sandboxes/{a}/processes/{background}/wait?timeout=20"),
+        json!(null),
+    );
+    assert_eq!(cella_e2e::json_of(r)["exit"]["exit_code"], 0);
+    let r = s.exec(&b, json!({"shell": format!("{print_2mb}; echo done >&2")}));
+    assert_eq!(r["exit_code"], 0, "{r}");
+    assert_eq!(r["stdout_truncated"], true, "{r}");
+    let kept = r["stdout"].as_str().unwrap().len();
+    assert!((990_000..=1_000_000).contains(&kept), "kept {kept}");
+    assert!(held(&s) >= 2e6, "{}", s.metrics());
+    // Deleting the sandbox frees what its process held.
+    assert_eq!(s.delete(&format!("/sandboxes/{a}")).status(), 204);
+    let r = s.exec(&b, json!({"shell": print_2mb}));
+    assert_eq!(r["stdout_truncated"], false, "{}", r["stderr"]);
+    assert_eq!(r["stdout"].as_str().unwrap().len(), 2_000_000);
+    assert!(
+        cella_e2e::eventually(5.0, || held(&s) == 0.0),
+        "{}",
+        held(&s)
+    );
+    s.delete(&format!("/sandboxes/{b}"));
+}
+
 #[test]
 fn infinite_loop_times_out_and_cpu_is_limited() {
     let s = server();

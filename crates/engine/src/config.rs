@@ -80,6 +80,9 @@ pub struct Limits {
     /// Seconds a client may pause while sending a request's body: a stalled upload is
     /// answered and its share of the body budget freed.
     pub body_read_timeout_secs: f64,
+    /// Output of all execs held at once, together; past it, more is cut as if past the exec's
+    /// own cap (and flagged truncated).
+    pub max_output_bytes_held: usize,
     /// Largest file read into a JSON response; for a run, the largest its fetched files together.
     pub max_read_bytes: u64,
     /// Stopped sandboxes stay visible (state `stopped`) this long before they are forgotten.
@@ -184,6 +187,7 @@ impl Default for Limits {
             max_body_bytes_in_flight: 512 << 20,
             header_read_timeout_secs: 30.0,
             body_read_timeout_secs: 30.0,
+            max_output_bytes_held: 2 << 30,
             max_read_bytes: 64 << 20,
             stopped_retention_secs: 3600,
             total_memory_mb: 0,

@@ -19,6 +19,7 @@ use crate::error::{Error, Result, quoted, within};
 use crate::host_claim::HostClaim;
 use crate::image::Images;
 use crate::pool::Spares;
+use crate::process::OutputBudget;
 use crate::sandbox::{ExecDefaults, Record, Sandbox, SandboxInfo, State, now_secs};
 use crate::store::{SANDBOXES, Store};
 
@@ -67,6 +68,7 @@ pub struct Engine {
     stopped_one: tokio::sync::Notify,
     stopped: Mutex<HashMap<String, (SandboxInfo, Instant)>>,
     uids: Mutex<UidPool>,
+    output_budget: Arc<OutputBudget>,
     /// Set when the server shuts down: no more sandboxes are made.
     stopping: std::sync::atomic::AtomicBool,
     /// Held shared by every create and stop in flight; shutdown takes it exclusively to wait
@@ -139,6 +141,7 @@ impl Engine {
             next: 0,
             used: HashSet::new(),
         };
+        let output_budget = OutputBudget::new(config.limits.max_output_bytes_held);
         let engine = Engine {
             _claim: claim,
             config,
@@ -150,6 +153,7 @@ impl Engine {
             live: RwLock::default(),
             stopped: Mutex::default(),
             uids: Mutex::new(uids),
+            output_budget,
             stopping: std::sync::atomic::AtomicBool::new(false),
             creating: Mutex::new(0),
             spares: Mutex::default(),
@@ -551,6 +555,7 @@ impl Engine {
         let defaults = ExecDefaults {
             open_files: d.open_files,
             disk_bytes: info.disk_mb << 20,
+            output_budget: self.output_budget.clone(),
         };
         Ok(Arc::new(Sandbox::new(
             info.clone(),

@@ -14,7 +14,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::control::Control;
 use crate::error::{Error, Result, quoted};
-use crate::process::{ExecOptions, Process};
+use crate::process::{ExecOptions, OutputBudget, Process};
 
 /// Finished processes remembered per sandbox for inspection: at most this many, and the
 /// older ones only while their output together stays within `FINISHED_OUTPUT_KEPT` (the
@@ -87,6 +87,8 @@ pub(crate) fn now_secs() -> f64 {
 pub struct ExecDefaults {
     pub open_files: u64,
     pub disk_bytes: u64,
+    /// The server's, shared by every exec.
+    pub output_budget: Arc<OutputBudget>,
 }
 
 pub struct Sandbox {
@@ -237,6 +239,10 @@ impl Sandbox {
             ],
             tty: false,
         })
+    }
+
+    pub(crate) fn output_budget(&self) -> &Arc<OutputBudget> {
+        &self.exec_defaults.output_budget
     }
 
     /// A sandbox path made absolute: relative paths are relative to the home directory.
