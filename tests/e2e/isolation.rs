@@ -64,7 +64,7 @@ fn cannot_read_host_secrets() {
         &id,
         &format!(
             "cat {marker}; cat /etc/shadow; ls -A /root; ls -A /home; \
-             test -e {data} && echo data-dir-shows",
+             test -e {data} && echo data-dir-shows; cat /proc/self/mountinfo",
             data = s.data_dir.display()
         ),
     );
@@ -75,6 +75,9 @@ fn cannot_read_host_secrets() {
     // tests keep it) not even its path shows.
     assert!(s.data_dir.starts_with("/tmp"));
     assert!(!out.contains("data-dir-shows"), "{out}");
+    // Nor does the overlay's description name its layers by their host paths.
+    assert!(out.contains("upperdir=upper,"), "{out}");
+    assert!(!out.contains(&s.data_dir.display().to_string()), "{out}");
     // From the host: the API cannot reach it either; as for the sandbox's user, the masked
     // /root is an empty directory only root may open.
     let api = s.get(&format!("/sandboxes/{id}/files/read?path={marker}"));

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! <scratch>          tmpfs, size = disk quota
+//!   lower0/ ...      the image's layers, bound here so the overlay names them relatively
 //!   upper/ work/     the overlay's writable layer, with the image's masks applied
 //!   root/            overlay(lower = image, upper) → becomes `/`
 //!     proc/          fresh procfs of the sandbox's pid namespace (sysctl bits read-only)
@@ -89,17 +90,29 @@ pub fn build(spec: &SandboxSpec) -> Result<()> {
     }
     prepare_upper(&upper, spec)?;
 
-    let lower: Vec<String> = spec
-        .lowerdirs
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
-    let overlay = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.join(":"),
-        upper.display(),
-        work.display()
-    );
+    // The overlay's options show in the sandbox's mountinfo: name its layers by paths
+    // relative to the scratch directory, each lower bound there, so the host's are not told.
+    step(|| "chdir to scratch".into(), sys::chdir(scratch))?;
+    let mut lower = Vec::with_capacity(spec.lowerdirs.len());
+    for (i, dir) in spec.lowerdirs.iter().enumerate() {
+        let name = format!("lower{i}");
+        step(
+            || format!("mkdir {name}"),
+            sys::mkdir(Path::new(&name), 0o755),
+        )?;
+        step(
+            || format!("bind {} on {name}", dir.display()),
+            sys::mount(
+                Some(&dir.to_string_lossy()),
+                Path::new(&name),
+                None,
+                MS_BIND,
+                None,
+            ),
+        )?;
+        lower.push(name);
+    }
+    let overlay = format!("lowerdir={},upperdir=upper,workdir=work", lower.join(":"));
     step(
         || format!("mount overlay ({overlay})"),
         sys::mount(
