@@ -513,7 +513,8 @@ async fn drain(mut replies: Socket<OwnedReadHalf>) {
 /// What the iopub reader passes on.
 enum Iopub {
     Message(Message),
-    /// A message larger than a cell's whole output cap, read past unkept.
+    /// A message larger than a cell's whole output cap, read past unkept (but for a
+    /// stream's first text, passed on as a message).
     TooLarge,
 }
 
@@ -524,7 +525,10 @@ async fn read_iopub(mut socket: Socket, session: Session, tx: mpsc::Sender<Iopub
                 Some(msg) => Iopub::Message(msg),
                 None => continue,
             },
-            Received::TooLarge => Iopub::TooLarge,
+            Received::TooLarge { prefix, size } => match session.decode_cut(prefix, size) {
+                Some(msg) => Iopub::Message(msg),
+                None => Iopub::TooLarge,
+            },
         };
         if tx.send(item).await.is_err() {
             return;

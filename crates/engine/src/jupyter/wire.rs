@@ -128,6 +128,40 @@ impl Session {
             size: rest[4].len(),
         })
     }
+
+    /// What can be read of a message cut at the reader's limit (`size` bytes whole): a
+    /// stream's first text, its content closed where it was cut. Without the rest its
+    /// signature cannot be checked; it comes from the kernel's socket in the sandbox all the
+    /// same, and is kept only as that cell's text, marked cut by its size.
+    pub fn decode_cut(&self, frames: Vec<Vec<u8>>, size: u64) -> Option<Message> {
+        let at = frames.iter().position(|f| f == DELIMITER)?;
+        let rest = frames.get(at + 1..at + 6)?;
+        let header: Value = serde_json::from_slice(&rest[1]).ok()?;
+        if header["msg_type"] != "stream" {
+            return None;
+        }
+        Some(Message {
+            parent: serde_json::from_slice(&rest[2]).ok()?,
+            content: close_cut_string(&rest[4])?,
+            header,
+            size: usize::try_from(size).unwrap_or(usize::MAX),
+        })
+    }
+}
+
+/// A JSON object cut inside its last value, a string, closed there. Up to 12 bytes before the
+/// cut are let go as needed: a cut escape, surrogate pair or UTF-8 sequence does not parse.
+fn close_cut_string(cut: &[u8]) -> Option<Value> {
+    let mut json = cut.to_vec();
+    for _ in 0..=12 {
+        json.extend_from_slice(b"\"}");
+        if let Ok(value) = serde_json::from_slice(&json) {
+            return Some(value);
+        }
+        json.truncate(json.len() - 2);
+        json.pop()?;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -149,6 +183,35 @@ mod tests {
             "a tampered message must be rejected"
         );
         assert!(s.decode(vec![b"junk".to_vec()]).is_none());
+    }
+
+    #[test]
+    fn a_cut_stream_message_keeps_its_first_text() {
+        let s = Session::new();
+        let content = json!({"name": "stdout", "text": "ab\\c\u{e9}\u{1f600}\"d\n"});
+        let (_, frames) = s.encode("stream", &content);
+        let whole = frames[5].len();
+        // Every cut inside the text, however it splits an escape or a character, gives a
+        // prefix of the text.
+        let start = whole - content["text"].to_string().len() + 1;
+        for cut in start..whole - 2 {
+            let mut cut_frames = frames.clone();
+            cut_frames[5].truncate(cut);
+            let m = s.decode_cut(cut_frames, whole as u64).expect("decodes");
+            assert_eq!(m.content["name"], "stdout");
+            let text = m.content["text"].as_str().unwrap();
+            assert!(
+                content["text"].as_str().unwrap().starts_with(text),
+                "{cut}: {text:?}"
+            );
+            assert_eq!(m.size, whole);
+        }
+        let (_, mut other) = s.encode("error", &json!({"traceback": ["x"], "ename": "E"}));
+        other[5].truncate(10);
+        assert!(
+            s.decode_cut(other, 100).is_none(),
+            "only streams are kept cut"
+        );
     }
 
     #[test]

@@ -42,8 +42,12 @@ pub struct Socket<S = UnixStream> {
 /// One message from the peer.
 pub enum Received {
     Frames(Vec<Vec<u8>>),
-    /// A message larger than the reader's limit, read past and dropped.
-    TooLarge,
+    /// A message larger than the reader's limit, read to its end: its frames up to the limit
+    /// (the last of them cut there), and its whole size.
+    TooLarge {
+        prefix: Vec<Vec<u8>>,
+        size: u64,
+    },
 }
 
 fn bad(msg: &str) -> io::Error {
@@ -139,6 +143,13 @@ impl<S: AsyncRead + Unpin> Socket<S> {
         Ok(body)
     }
 
+    /// Reads the first `keep` of `len` bytes and past the rest.
+    async fn read_prefix(&mut self, len: u64, keep: u64) -> io::Result<Vec<u8>> {
+        let body = self.read_body(keep, keep).await?;
+        self.skip(len - keep).await?;
+        Ok(body)
+    }
+
     /// Reads past `len` bytes without keeping them.
     async fn skip(&mut self, len: u64) -> io::Result<()> {
         let skipped =
@@ -150,7 +161,7 @@ impl<S: AsyncRead + Unpin> Socket<S> {
     }
 
     /// Receives one multipart message of at most `max` bytes, skipping commands (a peer's
-    /// PING or ERROR). A larger one is read to its end and only its size returned.
+    /// PING or ERROR). Of a larger one, read to its end, only its first `max` bytes are kept.
     pub async fn recv(&mut self, max: u64) -> io::Result<Received> {
         let mut frames = Vec::new();
         let (mut size, mut count) = (0u64, 0usize);
@@ -170,16 +181,21 @@ impl<S: AsyncRead + Unpin> Socket<S> {
             if count > MAX_FRAMES {
                 return Err(bad("too many frames in one message"));
             }
+            let room = max.saturating_sub(size);
             size = size.saturating_add(len);
-            if size > max {
-                frames.clear();
-                self.skip(len).await?;
-            } else {
+            if len <= room {
                 frames.push(self.read_body(len, max).await?);
+            } else if room > 0 {
+                frames.push(self.read_prefix(len, room).await?);
+            } else {
+                self.skip(len).await?;
             }
             if flags & FLAG_MORE == 0 {
                 return Ok(if size > max {
-                    Received::TooLarge
+                    Received::TooLarge {
+                        prefix: frames,
+                        size,
+                    }
                 } else {
                     Received::Frames(frames)
                 });
@@ -193,16 +209,22 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_message_over_the_limit_is_read_past_and_the_next_one_arrives() {
+    async fn a_message_over_the_limit_is_read_past_its_prefix_and_the_next_one_arrives() {
         let (ours, peer) = UnixStream::pair().unwrap();
         let (mut ours, mut peer) = (Socket { stream: ours }, Socket { stream: peer });
         let big = vec![b'z'; 3000];
         peer.send(&[b"head", &big, b"tail"]).await.unwrap();
         peer.send(&[b"small", b"one"]).await.unwrap();
-        assert!(matches!(ours.recv(1000).await.unwrap(), Received::TooLarge));
+        match ours.recv(1000).await.unwrap() {
+            Received::TooLarge { prefix, size } => {
+                assert_eq!(size, 3008);
+                assert_eq!(prefix, [b"head".to_vec(), vec![b'z'; 996]]);
+            }
+            Received::Frames(_) => panic!("a message over the limit was taken whole"),
+        }
         match ours.recv(1000).await.unwrap() {
             Received::Frames(frames) => assert_eq!(frames, [b"small".to_vec(), b"one".to_vec()]),
-            Received::TooLarge => panic!("the second message was dropped"),
+            Received::TooLarge { .. } => panic!("the second message was dropped"),
         }
     }
 }
