@@ -193,13 +193,7 @@ fn huge_output_is_capped_without_blocking() {
 fn output_held_across_sandboxes_stays_within_the_servers_budget() {
     let s = Server::start_with(&[("CELLA_LIMITS__MAX_OUTPUT_BYTES_HELD", "3000000")]);
     let print_2mb = "head -c 2000000 /dev/zero | tr '\\0' x";
-    let held = |s: &Server| {
-        let metrics = s.metrics();
-        let value = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("cella_output_bytes_held "));
-        value.map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
-    };
+    let held = |s: &Server| s.metric("cella_output_bytes_held");
     let (a, b) = (s.sandbox(json!({})), s.sandbox(json!({})));
     let r = s.post(
         &format!("/sandboxes/{a}/processes"),

@@ -169,6 +169,54 @@ fn runs_with_stdin_files_and_fetch() {
     }
 }
 
+/// An evaluation runs one program against many tests: its compile is done once, and every
+/// run of the same code and files, at once or later, gets that compile's outcome and files.
+#[test]
+fn runs_of_the_same_code_compile_it_once() {
+    let s = Server::start();
+    let compiles = |hit: bool| s.metric(&format!("cella_compile_cache_total{{hit=\"{hit}\"}}"));
+    let code = "#warning \"from the compiler\"\n#include <cstdio>\n#include \"k.h\"\n\
+                int main() { int x; scanf(\"%d\", &x); printf(\"%d\\n\", x * K); }";
+    let cpp = |stdin: u32, k: u32, timeout: f64| {
+        json!({"language": "cpp", "code": code, "stdin": stdin.to_string(), "compile_timeout": timeout,
+               "files": {"k.h": format!("#define K {k}")}})
+    };
+    let tests: Vec<_> = (0..6)
+        .map(|i| {
+            let (http, url, body) = (s.http.clone(), s.api("/runs"), cpp(i, 2, 30.0));
+            std::thread::spawn(move || json_of(http.post(url).json(&body).send().unwrap()))
+        })
+        .collect();
+    for (i, test) in tests.into_iter().enumerate() {
+        let r = test.join().unwrap();
+        assert_eq!(r["run"]["stdout"], format!("{}\n", i * 2), "{r}");
+        let warning = r["compile"]["stderr"].as_str().unwrap();
+        assert!(warning.contains("from the compiler"), "{r}");
+    }
+    assert_eq!((compiles(false), compiles(true)), (1.0, 5.0));
+    // The files are part of what is compiled.
+    let r = run(&s, cpp(5, 3, 30.0));
+    assert_eq!(r["run"]["stdout"], "15\n", "{r}");
+    assert_eq!(compiles(false), 2.0);
+    // A compile error is the code's own: kept, and told again.
+    let broken = json!({"language": "cpp", "code": "int main() { return missing; }"});
+    let (first, again) = (run(&s, broken.clone()), run(&s, broken));
+    assert_eq!(first["compile"]["stderr"], again["compile"]["stderr"]);
+    assert!(
+        again["compile"]["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("missing")
+    );
+    assert_eq!(compiles(true), 6.0);
+    // A compile cut short by its timeout says nothing of the code: not kept.
+    let slow = cpp(1, 4, 0.001);
+    assert_eq!(run(&s, slow)["compile"]["timed_out"], true);
+    let r = run(&s, cpp(1, 4, 30.0));
+    assert_eq!(r["run"]["stdout"], "4\n", "{r}");
+    assert_eq!((compiles(false), compiles(true)), (5.0, 6.0));
+}
+
 #[test]
 fn python_runs_from_the_zygote_are_fully_confined() {
     let s = server();
@@ -603,13 +651,10 @@ print(hex(ignored & 0x4007))
 }
 
 /// How many times `pool` had an item ready when a run asked, from `/metrics`.
-fn pool_hits(s: &Server, pool: &str) -> u64 {
-    let metrics = s.metrics();
-    let series = format!("cella_pool_takes_total{{pool=\"{pool}\",hit=\"true\"}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .map_or(0, |n| n.trim().parse().unwrap())
+fn pool_hits(s: &Server, pool: &str) -> f64 {
+    s.metric(&format!(
+        "cella_pool_takes_total{{pool=\"{pool}\",hit=\"true\"}}"
+    ))
 }
 
 /// Plain Python runs take an interpreter parked ahead of time in a pooled sandbox; from the
@@ -634,7 +679,7 @@ fn python_runs_take_a_parked_interpreter() {
         std::thread::sleep(Duration::from_millis(500));
     }
     let hits = pool_hits(&s, "pythons");
-    assert!(hits >= 3, "{hits} runs took a parked interpreter");
+    assert!(hits >= 3.0, "{hits} runs took a parked interpreter");
 
     std::thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
@@ -654,7 +699,7 @@ fn python_runs_take_a_parked_interpreter() {
         json!({"language": "python", "code": code, "memory_mb": 128}),
     );
     assert_eq!(r["run"]["oom_killed"], true, "{r}");
-    assert!(pool_hits(&s, "pythons") >= hits + 2);
+    assert!(pool_hits(&s, "pythons") >= hits + 2.0);
 }
 
 #[test]

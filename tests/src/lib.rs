@@ -242,6 +242,15 @@ impl Server {
         r.and_then(Response::text).expect("metrics")
     }
 
+    /// The value of one series at `/metrics` (e.g. `name{label="x"}`); 0 if not there yet.
+    pub fn metric(&self, series: &str) -> f64 {
+        let prefix = format!("{series} ");
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map_or(0.0, |v| v.trim().parse().expect("a number"))
+    }
+
     pub fn delete(&self, path: &str) -> Response {
         self.http.delete(self.api(path)).send().expect("request")
     }

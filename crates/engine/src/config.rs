@@ -129,6 +129,8 @@ pub struct RunsConfig {
     /// Most output a notebook run keeps over all its cells (each cell keeps at most
     /// `sandbox.output_cap_bytes`); the cells after it still run, their output dropped.
     pub notebook_output_bytes: usize,
+    /// Memory for compiles kept for later runs of the same code (0: none kept).
+    pub compile_cache_mb: u64,
 }
 
 fn cores() -> usize {
@@ -236,6 +238,7 @@ impl Default for RunsConfig {
             memory_mb: 2048,
             python_zygote: true,
             notebook_output_bytes: 32 << 20,
+            compile_cache_mb: 256,
         }
     }
 }

@@ -530,6 +530,12 @@ impl Availability {
             .insert(name, info);
     }
 
+    /// The version line of `lang`'s toolchain, once probed.
+    pub fn version(&self, lang: &Language) -> Option<String> {
+        let probed = self.probed.read().unwrap_or_else(|p| p.into_inner());
+        probed.get(lang.name).and_then(|i| i.version.clone())
+    }
+
     /// Why `lang` cannot run, if it is known that it cannot.
     pub fn unavailable(&self, lang: &Language) -> Option<String> {
         if let Some(why) = lang.missing {

@@ -7,10 +7,12 @@
 //! slots with a FIFO queue behind them: overload makes runs wait their turn instead of timing
 //! out or starving the machine.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use cella_jail::fsops::Kind;
 use cella_jail::zygote::Zygote;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
@@ -22,9 +24,11 @@ use crate::pool::WarmPool;
 use crate::process::{self, Captured, ExecOptions, Exit, Launcher, Outcome, Parked};
 use crate::sandbox::Sandbox;
 
+mod compiled;
 mod probe;
 mod warm;
 
+use compiled::{Artifact, CompileCache, Compiled, Key, KeyBuilder, Lookup};
 use warm::Flavor;
 
 /// Label carried by the sandboxes of one-shot runs; such sandboxes are internal and are not
@@ -201,6 +205,8 @@ pub struct Runs {
     kernels: Arc<WarmPool<(Disposable, Kernel)>>,
     /// The warm Pythons runs fork from, by [`Flavor`] (restarted if one dies).
     zygotes: [tokio::sync::Mutex<Option<Arc<Zygote>>>; 3],
+    /// Compiles kept for later runs of the same code.
+    compiled: Arc<CompileCache>,
     /// Set once the toolchains have been checked.
     probed: tokio::sync::OnceCell<()>,
     skeleton_started: std::sync::atomic::AtomicBool,
@@ -219,7 +225,9 @@ impl Runs {
         engine.yield_spares(Arc::downgrade(&sandboxes) as _);
         engine.yield_spares(Arc::downgrade(&pythons) as _);
         engine.yield_spares(Arc::downgrade(&kernels) as _);
+        let compiled = CompileCache::new((engine.config.runs.compile_cache_mb as usize) << 20);
         Arc::new(Runs {
+            compiled,
             engine,
             availability: Availability::default(),
             slots: Semaphore::new(slots),
@@ -427,14 +435,19 @@ impl Runs {
             source,
             lang.source_text(&req.code).into_owned().into_bytes(),
         ));
+        let compile = lang.compile.map(|compile| {
+            let argv = language::render(compile, main, memory_mb);
+            let key = self.compile_key(lang, &argv, &files);
+            let inputs = files.iter().map(|(p, _)| sandbox.absolute(p)).collect();
+            (argv, key, inputs)
+        });
         self.write_files(sandbox, files).await?;
 
         let mut outcome = RunOutcome::default();
-        if let Some(compile) = lang.compile {
+        if let Some((argv, key, inputs)) = compile {
             sandbox.set_memory_mb(memory_mb.max(COMPILE_MEMORY_MB))?;
-            let argv = language::render(compile, main, memory_mb);
             let opts = self.exec_options(lang, argv, req.compile_timeout, None);
-            let step = self.step(sandbox, opts, Flavor::Plain, None).await?;
+            let step = self.compile(sandbox, opts, key, inputs).await?;
             let ok = step.succeeded();
             outcome.compile = Some(step);
             if !ok {
@@ -450,6 +463,97 @@ impl Runs {
 
         outcome.fetched = self.fetch_files(sandbox, req.fetch_files).await?;
         Ok(outcome)
+    }
+
+    /// Hash of everything a compile reads: the language, its toolchain, the command and the
+    /// files written before it (the work directory holds nothing else at that point).
+    fn compile_key(&self, lang: &Language, argv: &[String], files: &[(String, Vec<u8>)]) -> Key {
+        let toolchain = self.availability.version(lang).unwrap_or_default();
+        let mut key = KeyBuilder::default()
+            .part(lang.name.as_bytes())
+            .part(toolchain.as_bytes())
+            .part(&argv.len().to_le_bytes());
+        for arg in argv {
+            key = key.part(arg.as_bytes());
+        }
+        for (path, data) in files {
+            key = key.part(path.as_bytes()).part(data);
+        }
+        key.finish()
+    }
+
+    /// Runs the compile `opts` in `sandbox`, or writes there what an earlier compile of the
+    /// same `key` made. `inputs` are the files written before it (not its own).
+    async fn compile(
+        self: &Arc<Self>,
+        sandbox: &Arc<Sandbox>,
+        opts: ExecOptions,
+        key: Key,
+        inputs: HashSet<String>,
+    ) -> Result<Step> {
+        let leader = match self.compiled.lookup(key).await? {
+            Lookup::Hit(kept) => return restore(sandbox, &kept).await,
+            Lookup::Compile(leader) => leader,
+        };
+        let step = self.step(sandbox, opts, Flavor::Plain, None).await?;
+        let artifacts = match Compiled::keeps(&step) {
+            true if step.succeeded() => self.artifacts(sandbox, inputs).await?,
+            true => Some(Vec::new()),
+            false => None,
+        };
+        leader.keep(artifacts.map(|artifacts| Compiled {
+            step: step.clone(),
+            artifacts,
+        }));
+        Ok(step)
+    }
+
+    /// The files a compile made: the regular files of the work directory but its `inputs`,
+    /// outside hidden directories (tool caches). `None` when there are more, or more bytes,
+    /// than the compile cache keeps of one compile, or anything but files and directories.
+    async fn artifacts(
+        &self,
+        sandbox: &Arc<Sandbox>,
+        inputs: HashSet<String>,
+    ) -> Result<Option<Vec<Artifact>>> {
+        let (max_files, max_bytes) = (self.compiled.max_files(), self.compiled.max_entry_bytes());
+        sandbox
+            .with_fs(move |fs| {
+                let (mut dirs, mut files) = (vec![cella_jail::SANDBOX_HOME.to_string()], vec![]);
+                let (mut seen, mut bytes) = (0, 0);
+                while let Some(dir) = dirs.pop() {
+                    for entry in fs.list(&dir, 1, max_files + 1).map_err(Error::internal)? {
+                        seen += 1;
+                        if entry.name.starts_with('.') || inputs.contains(&entry.path) {
+                            continue;
+                        }
+                        match entry.kind {
+                            Kind::Dir => dirs.push(entry.path),
+                            Kind::File => {
+                                bytes += entry.size;
+                                files.push(entry);
+                            }
+                            Kind::Symlink | Kind::Other => return Ok(None),
+                        }
+                        if seen > max_files || bytes > max_bytes as u64 {
+                            return Ok(None);
+                        }
+                    }
+                }
+                let mut artifacts = Vec::with_capacity(files.len());
+                for entry in files {
+                    let data = fs
+                        .read(&entry.path, max_bytes as u64)
+                        .map_err(|e| Error::file(&entry.path, e))?;
+                    artifacts.push(Artifact {
+                        path: entry.path,
+                        mode: entry.mode & 0o7777,
+                        data,
+                    });
+                }
+                Ok(Some(artifacts))
+            })
+            .await
     }
 
     fn exec_options(
@@ -508,6 +612,27 @@ impl Runs {
             Err(e) => Ok(Step::error(e.to_string())),
         }
     }
+}
+
+/// A kept compile's outcome, its files written into `sandbox`; its time is the writing's.
+async fn restore(sandbox: &Arc<Sandbox>, kept: &Arc<Compiled>) -> Result<Step> {
+    let started = Instant::now();
+    let writing = kept.clone();
+    sandbox
+        .with_fs(move |fs| {
+            for file in &writing.artifacts {
+                fs.write(&file.path, &file.data, file.mode, true)
+                    .map_err(|e| Error::file(&file.path, e))?;
+            }
+            Ok(())
+        })
+        .await?;
+    let mut step = kept.step.clone();
+    if let Some(exit) = &mut step.exit {
+        exit.wall_time = started.elapsed().as_secs_f64();
+        exit.cpu_time = 0.0;
+    }
+    Ok(step)
 }
 
 fn lang_env(lang: &Language) -> std::collections::BTreeMap<String, String> {

@@ -1,0 +1,399 @@
+//! Compiles kept for later runs of the same code. An evaluation runs one solution against
+//! many tests, each a run with the same code and files and only its stdin its own, and the
+//! compile (0.05 to 2 s) is most of such a run: its outcome, and on success the files it
+//! made, are kept in memory (least recently used first out, `runs.compile_cache_mb`) under a
+//! key over everything the compile reads, and a run with that key has them written into its
+//! sandbox instead of compiling. Runs with the same key at once wait for the first one's
+//! compile instead of each compiling.
+//!
+//! What is kept comes from the compile step alone, before any of the run's own code runs, so
+//! one run cannot change what another gets. A compile cut short (timeout, out of memory,
+//! killed, failed to start) says nothing about the code and is not kept.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use super::{Step, StepStatus};
+use crate::error::Result;
+
+/// Hash of everything a compile reads.
+pub(super) type Key = [u8; 32];
+
+/// At most this many files of a compile are kept (a build that makes more is not kept).
+const MAX_FILES: usize = 1000;
+
+/// Builds a [`Key`] from its parts, each length-prefixed so no two lists of parts collide.
+#[derive(Default)]
+pub(super) struct KeyBuilder(Sha256);
+
+impl KeyBuilder {
+    pub fn part(mut self, bytes: &[u8]) -> Self {
+        self.0.update((bytes.len() as u64).to_le_bytes());
+        self.0.update(bytes);
+        self
+    }
+
+    pub fn finish(self) -> Key {
+        self.0.finalize().into()
+    }
+}
+
+/// A file a compile made: its path in the sandbox, mode and content.
+#[derive(Debug, Clone)]
+pub(super) struct Artifact {
+    pub path: String,
+    pub mode: u32,
+    pub data: Vec<u8>,
+}
+
+/// A compile's outcome and, when it succeeded, the files it made.
+#[derive(Debug)]
+pub(super) struct Compiled {
+    pub step: Step,
+    pub artifacts: Vec<Artifact>,
+}
+
+impl Compiled {
+    /// Whether a compile that ended as `step` tells the code's own outcome.
+    pub fn keeps(step: &Step) -> bool {
+        step.status == StepStatus::Finished
+            && step.exit.as_ref().is_some_and(|e| {
+                e.exit_code.is_some() && !e.oom_killed && !e.killed && !e.sandbox_lost
+            })
+    }
+
+    fn bytes(&self) -> usize {
+        let output = self.step.output.stdout.len() + self.step.output.stderr.len();
+        output
+            + self
+                .artifacts
+                .iter()
+                .map(|a| a.path.len() + a.data.len())
+                .sum::<usize>()
+    }
+}
+
+/// What a run does about its compile.
+pub(super) enum Lookup {
+    /// Kept from an earlier run: write its files and skip the compile.
+    Hit(Arc<Compiled>),
+    /// Compile, then [`Leader::keep`] what came of it (or drop the leader: nothing kept).
+    Compile(Leader),
+}
+
+/// What the runs waiting for a compile of their key learn.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    Pending,
+    /// It ended in nothing to keep: each compiles for itself.
+    Unkept,
+}
+
+#[derive(Default)]
+struct State {
+    entries: HashMap<Key, (Arc<Compiled>, u64)>,
+    /// Entries by last use, oldest first.
+    by_use: BTreeMap<u64, Key>,
+    ticks: u64,
+    bytes: usize,
+    /// Compiles under way, each told to its waiters when it settles or its run goes away.
+    compiling: HashMap<Key, watch::Receiver<Settled>>,
+}
+
+pub(super) struct CompileCache {
+    capacity: usize,
+    state: Mutex<State>,
+}
+
+impl CompileCache {
+    pub fn new(capacity: usize) -> Arc<CompileCache> {
+        Arc::new(CompileCache {
+            capacity,
+            state: Mutex::default(),
+        })
+    }
+
+    /// Largest compile kept: an eighth of the cache, so one cannot empty it.
+    pub fn max_entry_bytes(&self) -> usize {
+        self.capacity / 8
+    }
+
+    pub fn max_files(&self) -> usize {
+        MAX_FILES
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The kept compile of `key`, or the lead of its compile. While another run compiles the
+    /// same key this waits for it; if that one ends in nothing kept, this run compiles too.
+    pub async fn lookup(self: &Arc<Self>, key: Key) -> Result<Lookup> {
+        if self.capacity == 0 {
+            return Ok(Lookup::Compile(Leader::unregistered(self, key)));
+        }
+        loop {
+            let mut settled = {
+                let mut state = self.state();
+                if let Some(compiled) = state.touch(&key) {
+                    metrics::counter!("cella_compile_cache_total", "hit" => "true").increment(1);
+                    return Ok(Lookup::Hit(compiled));
+                }
+                match state.compiling.get(&key) {
+                    Some(settled) => settled.clone(),
+                    None => {
+                        let (tx, rx) = watch::channel(Settled::Pending);
+                        state.compiling.insert(key, rx);
+                        metrics::counter!("cella_compile_cache_total", "hit" => "false")
+                            .increment(1);
+                        return Ok(Lookup::Compile(Leader {
+                            cache: self.clone(),
+                            key,
+                            settled: Some(tx),
+                        }));
+                    }
+                }
+            };
+            // Ends when the leader settles, or is dropped (its run went away): look again.
+            let unkept = settled.wait_for(|s| *s == Settled::Unkept).await.is_ok();
+            if unkept {
+                metrics::counter!("cella_compile_cache_total", "hit" => "false").increment(1);
+                return Ok(Lookup::Compile(Leader::unregistered(self, key)));
+            }
+        }
+    }
+
+    /// Keeps `compiled` unless it is too big; says whether it did.
+    fn insert(&self, key: Key, compiled: Compiled) -> bool {
+        let bytes = compiled.bytes();
+        if bytes > self.max_entry_bytes() {
+            return false;
+        }
+        let mut state = self.state();
+        state.remove(&key);
+        while state.bytes + bytes > self.capacity {
+            let Some((_, oldest)) = state.by_use.pop_first() else {
+                break;
+            };
+            state.remove(&oldest);
+        }
+        state.ticks += 1;
+        let tick = state.ticks;
+        state.by_use.insert(tick, key);
+        state.entries.insert(key, (Arc::new(compiled), tick));
+        state.bytes += bytes;
+        true
+    }
+}
+
+impl State {
+    /// The entry of `key`, marked as just used.
+    fn touch(&mut self, key: &Key) -> Option<Arc<Compiled>> {
+        self.ticks += 1;
+        let tick = self.ticks;
+        let (compiled, used) = self.entries.get_mut(key)?;
+        self.by_use.remove(used);
+        *used = tick;
+        self.by_use.insert(tick, *key);
+        Some(compiled.clone())
+    }
+
+    fn remove(&mut self, key: &Key) {
+        if let Some((compiled, used)) = self.entries.remove(key) {
+            self.by_use.remove(&used);
+            self.bytes -= compiled.bytes();
+        }
+    }
+}
+
+/// The run that compiles a key. Dropped without [`Leader::keep`], its waiters look again.
+pub(super) struct Leader {
+    cache: Arc<CompileCache>,
+    key: Key,
+    /// `None` for a run compiling on its own (others were not waiting for it).
+    settled: Option<watch::Sender<Settled>>,
+}
+
+impl Leader {
+    fn unregistered(cache: &Arc<CompileCache>, key: Key) -> Leader {
+        Leader {
+            cache: cache.clone(),
+            key,
+            settled: None,
+        }
+    }
+
+    /// Keeps `compiled` (`None`: nothing to keep) and tells the runs waiting for it.
+    pub fn keep(mut self, compiled: Option<Compiled>) {
+        let kept = compiled.is_some_and(|c| self.cache.insert(self.key, c));
+        if let Some(settled) = self.settled.take() {
+            self.cache.state().compiling.remove(&self.key);
+            // Kept: they find it when they look again (on the sender's drop).
+            if !kept {
+                let _ = settled.send(Settled::Unkept);
+            }
+        }
+    }
+}
+
+impl Drop for Leader {
+    /// A leader gone without keeping anything (its run went away): its waiters look again,
+    /// and one of them leads.
+    fn drop(&mut self) {
+        if self.settled.is_some() {
+            self.cache.state().compiling.remove(&self.key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::{Captured, Exit};
+    use std::time::Duration;
+
+    fn key(n: u8) -> Key {
+        KeyBuilder::default().part(&[n]).finish()
+    }
+
+    fn compiled(code: i32, stderr: &str, file: usize) -> Compiled {
+        Compiled {
+            step: Step {
+                status: StepStatus::Finished,
+                exit: Some(Exit {
+                    exit_code: Some(code),
+                    signal: None,
+                    wall_time: 0.1,
+                    cpu_time: 0.1,
+                    timed_out: false,
+                    oom_killed: false,
+                    killed: false,
+                    sandbox_lost: false,
+                }),
+                output: Captured {
+                    stderr: stderr.into(),
+                    ..Default::default()
+                },
+            },
+            artifacts: vec![Artifact {
+                path: "m".into(),
+                mode: 0o755,
+                data: vec![0; file],
+            }],
+        }
+    }
+
+    async fn hit(cache: &Arc<CompileCache>, key: Key) -> Option<Arc<Compiled>> {
+        match cache.lookup(key).await.unwrap() {
+            Lookup::Hit(c) => Some(c),
+            Lookup::Compile(_) => None,
+        }
+    }
+
+    #[test]
+    fn keys_tell_their_parts_apart() {
+        let k = |parts: &[&[u8]]| {
+            parts
+                .iter()
+                .fold(KeyBuilder::default(), |b, p| b.part(p))
+                .finish()
+        };
+        assert_ne!(k(&[b"ab", b"c"]), k(&[b"a", b"bc"]));
+        assert_eq!(k(&[b"ab", b"c"]), k(&[b"ab", b"c"]));
+    }
+
+    #[tokio::test]
+    async fn the_least_recently_used_go_first_and_big_ones_are_not_kept() {
+        let cache = CompileCache::new(8000);
+        for n in 0..3 {
+            let Lookup::Compile(leader) = cache.lookup(key(n)).await.unwrap() else {
+                panic!("an empty cache hit");
+            };
+            leader.keep(Some(compiled(0, "", 900)));
+        }
+        assert!(hit(&cache, key(0)).await.is_some());
+        // Nine do not fit in 8000 bytes: the least recently used (key 1) goes.
+        for n in 3..9 {
+            let Lookup::Compile(leader) = cache.lookup(key(n)).await.unwrap() else {
+                panic!()
+            };
+            leader.keep(Some(compiled(0, "", 900)));
+        }
+        assert!(hit(&cache, key(0)).await.is_some(), "recently used stays");
+        assert!(
+            hit(&cache, key(1)).await.is_none(),
+            "least recently used went"
+        );
+        assert!(cache.state().bytes <= 8000);
+        let Lookup::Compile(leader) = cache.lookup(key(9)).await.unwrap() else {
+            panic!()
+        };
+        leader.keep(Some(compiled(0, "", 2000)));
+        assert!(
+            hit(&cache, key(9)).await.is_none(),
+            "over an eighth of the cache"
+        );
+    }
+
+    #[tokio::test]
+    async fn runs_of_one_key_at_once_wait_for_the_first_compile() {
+        let cache = CompileCache::new(1 << 20);
+        let Lookup::Compile(leader) = cache.lookup(key(1)).await.unwrap() else {
+            panic!()
+        };
+        let waiter = tokio::spawn({
+            let cache = cache.clone();
+            async move { hit(&cache, key(1)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !waiter.is_finished(),
+            "the second run waits for the first's compile"
+        );
+        leader.keep(Some(compiled(1, "error: x", 0)));
+        let kept = waiter
+            .await
+            .unwrap()
+            .expect("the waiter gets the first's outcome");
+        assert_eq!(kept.step.output.stderr, b"error: x");
+    }
+
+    #[tokio::test]
+    async fn waiters_compile_themselves_when_the_first_keeps_nothing_or_goes_away() {
+        let cache = CompileCache::new(1 << 20);
+        let Lookup::Compile(leader) = cache.lookup(key(1)).await.unwrap() else {
+            panic!()
+        };
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { hit(&cache, key(1)).await.is_none() })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        leader.keep(None);
+        for waiter in waiters {
+            assert!(waiter.await.unwrap(), "each compiles for itself");
+        }
+        // A first run that goes away hands the lead to a waiter.
+        let Lookup::Compile(leader) = cache.lookup(key(2)).await.unwrap() else {
+            panic!()
+        };
+        let waiter = tokio::spawn({
+            let cache = cache.clone();
+            async move {
+                match cache.lookup(key(2)).await.unwrap() {
+                    Lookup::Compile(next) => next.keep(Some(compiled(0, "", 10))),
+                    Lookup::Hit(_) => panic!("nothing was kept"),
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(leader);
+        waiter.await.unwrap();
+        assert!(hit(&cache, key(2)).await.is_some());
+    }
+}
