@@ -215,6 +215,14 @@ fn runs_of_the_same_code_compile_it_once() {
     let r = run(&s, cpp(1, 4, 30.0));
     assert_eq!(r["run"]["stdout"], "4\n", "{r}");
     assert_eq!((compiles(false), compiles(true)), (5.0, 6.0));
+    // A file the compile replaced (named as its output) is had as the compile left it.
+    let shadowed = json!({"language": "cpp", "code": "int main() { return 3; }",
+                          "files": {"main": "not a program"}});
+    for _ in 0..2 {
+        let r = run(&s, shadowed.clone());
+        assert_eq!(r["run"]["exit_code"], 3, "{r}");
+    }
+    assert_eq!((compiles(false), compiles(true)), (6.0, 7.0));
 }
 
 #[test]

@@ -12,18 +12,23 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use super::{Step, StepStatus};
-use crate::error::Result;
 
 /// Hash of everything a compile reads.
 pub(super) type Key = [u8; 32];
 
 /// At most this many files of a compile are kept (a build that makes more is not kept).
 const MAX_FILES: usize = 1000;
+
+/// The digest of one file's content.
+pub(super) fn digest(data: &[u8]) -> Key {
+    Sha256::digest(data).into()
+}
 
 /// Builds a [`Key`] from its parts, each length-prefixed so no two lists of parts collide.
 #[derive(Default)]
@@ -84,6 +89,14 @@ pub(super) enum Lookup {
     Compile(Leader),
 }
 
+impl Lookup {
+    /// A miss: the run compiles.
+    fn compile(leader: Leader) -> Lookup {
+        metrics::counter!("cella_compile_cache_total", "hit" => "false").increment(1);
+        Lookup::Compile(leader)
+    }
+}
+
 /// What the runs waiting for a compile of their key learn.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Settled {
@@ -130,38 +143,38 @@ impl CompileCache {
     }
 
     /// The kept compile of `key`, or the lead of its compile. While another run compiles the
-    /// same key this waits for it; if that one ends in nothing kept, this run compiles too.
-    pub async fn lookup(self: &Arc<Self>, key: Key) -> Result<Lookup> {
+    /// same key this waits for it, for at most `patience` (the run's own compile timeout);
+    /// if that one ends in nothing kept, or takes longer, this run compiles too.
+    pub async fn lookup(self: &Arc<Self>, key: Key, patience: Duration) -> Lookup {
         if self.capacity == 0 {
-            return Ok(Lookup::Compile(Leader::unregistered(self, key)));
+            return Lookup::compile(Leader::unregistered(self, key));
         }
+        let deadline = tokio::time::Instant::now() + patience;
         loop {
             let mut settled = {
                 let mut state = self.state();
                 if let Some(compiled) = state.touch(&key) {
                     metrics::counter!("cella_compile_cache_total", "hit" => "true").increment(1);
-                    return Ok(Lookup::Hit(compiled));
+                    return Lookup::Hit(compiled);
                 }
                 match state.compiling.get(&key) {
                     Some(settled) => settled.clone(),
                     None => {
                         let (tx, rx) = watch::channel(Settled::Pending);
                         state.compiling.insert(key, rx);
-                        metrics::counter!("cella_compile_cache_total", "hit" => "false")
-                            .increment(1);
-                        return Ok(Lookup::Compile(Leader {
+                        return Lookup::compile(Leader {
                             cache: self.clone(),
                             key,
                             settled: Some(tx),
-                        }));
+                        });
                     }
                 }
             };
-            // Ends when the leader settles, or is dropped (its run went away): look again.
-            let unkept = settled.wait_for(|s| *s == Settled::Unkept).await.is_ok();
-            if unkept {
-                metrics::counter!("cella_compile_cache_total", "hit" => "false").increment(1);
-                return Ok(Lookup::Compile(Leader::unregistered(self, key)));
+            let unkept = settled.wait_for(|s| *s == Settled::Unkept);
+            match tokio::time::timeout_at(deadline, unkept).await {
+                Ok(Ok(_)) | Err(_) => return Lookup::compile(Leader::unregistered(self, key)),
+                // The leader kept it or went away (its run did): look again.
+                Ok(Err(_)) => {}
             }
         }
     }
@@ -253,7 +266,8 @@ impl Drop for Leader {
 mod tests {
     use super::*;
     use crate::process::{Captured, Exit};
-    use std::time::Duration;
+
+    const PATIENCE: Duration = Duration::from_secs(60);
 
     fn key(n: u8) -> Key {
         KeyBuilder::default().part(&[n]).finish()
@@ -287,7 +301,7 @@ mod tests {
     }
 
     async fn hit(cache: &Arc<CompileCache>, key: Key) -> Option<Arc<Compiled>> {
-        match cache.lookup(key).await.unwrap() {
+        match cache.lookup(key, PATIENCE).await {
             Lookup::Hit(c) => Some(c),
             Lookup::Compile(_) => None,
         }
@@ -309,7 +323,7 @@ mod tests {
     async fn the_least_recently_used_go_first_and_big_ones_are_not_kept() {
         let cache = CompileCache::new(8000);
         for n in 0..3 {
-            let Lookup::Compile(leader) = cache.lookup(key(n)).await.unwrap() else {
+            let Lookup::Compile(leader) = cache.lookup(key(n), PATIENCE).await else {
                 panic!("an empty cache hit");
             };
             leader.keep(Some(compiled(0, "", 900)));
@@ -317,7 +331,7 @@ mod tests {
         assert!(hit(&cache, key(0)).await.is_some());
         // Nine do not fit in 8000 bytes: the least recently used (key 1) goes.
         for n in 3..9 {
-            let Lookup::Compile(leader) = cache.lookup(key(n)).await.unwrap() else {
+            let Lookup::Compile(leader) = cache.lookup(key(n), PATIENCE).await else {
                 panic!()
             };
             leader.keep(Some(compiled(0, "", 900)));
@@ -328,7 +342,7 @@ mod tests {
             "least recently used went"
         );
         assert!(cache.state().bytes <= 8000);
-        let Lookup::Compile(leader) = cache.lookup(key(9)).await.unwrap() else {
+        let Lookup::Compile(leader) = cache.lookup(key(9), PATIENCE).await else {
             panic!()
         };
         leader.keep(Some(compiled(0, "", 2000)));
@@ -341,7 +355,7 @@ mod tests {
     #[tokio::test]
     async fn runs_of_one_key_at_once_wait_for_the_first_compile() {
         let cache = CompileCache::new(1 << 20);
-        let Lookup::Compile(leader) = cache.lookup(key(1)).await.unwrap() else {
+        let Lookup::Compile(leader) = cache.lookup(key(1), PATIENCE).await else {
             panic!()
         };
         let waiter = tokio::spawn({
@@ -362,9 +376,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_run_waits_for_anothers_compile_no_longer_than_its_own_would_take() {
+        let cache = CompileCache::new(1 << 20);
+        let Lookup::Compile(_leader) = cache.lookup(key(1), PATIENCE).await else {
+            panic!()
+        };
+        let impatient = cache.lookup(key(1), Duration::from_millis(20));
+        let Lookup::Compile(_) = tokio::time::timeout(PATIENCE, impatient).await.unwrap() else {
+            panic!("nothing was kept")
+        };
+    }
+
+    #[tokio::test]
     async fn waiters_compile_themselves_when_the_first_keeps_nothing_or_goes_away() {
         let cache = CompileCache::new(1 << 20);
-        let Lookup::Compile(leader) = cache.lookup(key(1)).await.unwrap() else {
+        let Lookup::Compile(leader) = cache.lookup(key(1), PATIENCE).await else {
             panic!()
         };
         let waiters: Vec<_> = (0..2)
@@ -379,13 +405,13 @@ mod tests {
             assert!(waiter.await.unwrap(), "each compiles for itself");
         }
         // A first run that goes away hands the lead to a waiter.
-        let Lookup::Compile(leader) = cache.lookup(key(2)).await.unwrap() else {
+        let Lookup::Compile(leader) = cache.lookup(key(2), PATIENCE).await else {
             panic!()
         };
         let waiter = tokio::spawn({
             let cache = cache.clone();
             async move {
-                match cache.lookup(key(2)).await.unwrap() {
+                match cache.lookup(key(2), PATIENCE).await {
                     Lookup::Compile(next) => next.keep(Some(compiled(0, "", 10))),
                     Lookup::Hit(_) => panic!("nothing was kept"),
                 }

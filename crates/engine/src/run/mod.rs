@@ -7,7 +7,7 @@
 //! slots with a FIFO queue behind them: overload makes runs wait their turn instead of timing
 //! out or starving the machine.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -438,7 +438,10 @@ impl Runs {
         let compile = lang.compile.map(|compile| {
             let argv = language::render(compile, main, memory_mb);
             let key = self.compile_key(lang, &argv, &files);
-            let inputs = files.iter().map(|(p, _)| sandbox.absolute(p)).collect();
+            let inputs = files
+                .iter()
+                .map(|(path, data)| (sandbox.absolute(path), compiled::digest(data)))
+                .collect();
             (argv, key, inputs)
         });
         self.write_files(sandbox, files).await?;
@@ -483,21 +486,22 @@ impl Runs {
     }
 
     /// Runs the compile `opts` in `sandbox`, or writes there what an earlier compile of the
-    /// same `key` made. `inputs` are the files written before it (not its own).
+    /// same `key` made. `inputs` are the files written before it, with their digests.
     async fn compile(
         self: &Arc<Self>,
         sandbox: &Arc<Sandbox>,
         opts: ExecOptions,
         key: Key,
-        inputs: HashSet<String>,
+        inputs: HashMap<String, Key>,
     ) -> Result<Step> {
-        let leader = match self.compiled.lookup(key).await? {
+        let patience = opts.timeout.unwrap_or_default();
+        let leader = match self.compiled.lookup(key, patience).await {
             Lookup::Hit(kept) => return restore(sandbox, &kept).await,
             Lookup::Compile(leader) => leader,
         };
         let step = self.step(sandbox, opts, Flavor::Plain, None).await?;
         let artifacts = match Compiled::keeps(&step) {
-            true if step.succeeded() => self.artifacts(sandbox, inputs).await?,
+            true if step.succeeded() => self.artifacts(sandbox, inputs).await,
             true => Some(Vec::new()),
             false => None,
         };
@@ -508,43 +512,55 @@ impl Runs {
         Ok(step)
     }
 
-    /// The files a compile made: the regular files of the work directory but its `inputs`,
-    /// outside hidden directories (tool caches). `None` when there are more, or more bytes,
-    /// than the compile cache keeps of one compile, or anything but files and directories.
+    /// The files a compile made or changed: the regular files of the work directory but its
+    /// `inputs` as they were written, outside hidden directories (tool caches). `None` when
+    /// there are more, or more bytes, than the compile cache keeps of one compile, anything
+    /// but files and directories, or anything the sandbox's user cannot read.
     async fn artifacts(
         &self,
         sandbox: &Arc<Sandbox>,
-        inputs: HashSet<String>,
-    ) -> Result<Option<Vec<Artifact>>> {
+        inputs: HashMap<String, Key>,
+    ) -> Option<Vec<Artifact>> {
         let (max_files, max_bytes) = (self.compiled.max_files(), self.compiled.max_entry_bytes());
-        sandbox
+        let found = sandbox
             .with_fs(move |fs| {
                 let (mut dirs, mut files) = (vec![cella_jail::SANDBOX_HOME.to_string()], vec![]);
-                let (mut seen, mut bytes) = (0, 0);
+                let mut seen = 0;
                 while let Some(dir) = dirs.pop() {
-                    for entry in fs.list(&dir, 1, max_files + 1).map_err(Error::internal)? {
+                    let Ok(entries) = fs.list(&dir, 1, max_files + 1) else {
+                        return Ok(None);
+                    };
+                    for entry in entries {
                         seen += 1;
-                        if entry.name.starts_with('.') || inputs.contains(&entry.path) {
-                            continue;
+                        if seen > max_files {
+                            return Ok(None);
                         }
                         match entry.kind {
+                            _ if entry.name.starts_with('.') => {}
                             Kind::Dir => dirs.push(entry.path),
-                            Kind::File => {
-                                bytes += entry.size;
-                                files.push(entry);
-                            }
+                            Kind::File => files.push(entry),
                             Kind::Symlink | Kind::Other => return Ok(None),
-                        }
-                        if seen > max_files || bytes > max_bytes as u64 {
-                            return Ok(None);
                         }
                     }
                 }
-                let mut artifacts = Vec::with_capacity(files.len());
+                let (mut artifacts, mut bytes) = (Vec::new(), 0);
                 for entry in files {
-                    let data = fs
-                        .read(&entry.path, max_bytes as u64)
-                        .map_err(|e| Error::file(&entry.path, e))?;
+                    let input = inputs.get(&entry.path);
+                    let limit = if input.is_some() {
+                        entry.size
+                    } else {
+                        max_bytes as u64
+                    };
+                    let Ok(data) = fs.read(&entry.path, limit) else {
+                        return Ok(None);
+                    };
+                    if input == Some(&compiled::digest(&data)) {
+                        continue;
+                    }
+                    bytes += data.len();
+                    if bytes > max_bytes {
+                        return Ok(None);
+                    }
                     artifacts.push(Artifact {
                         path: entry.path,
                         mode: entry.mode & 0o7777,
@@ -553,7 +569,8 @@ impl Runs {
                 }
                 Ok(Some(artifacts))
             })
-            .await
+            .await;
+        found.ok().flatten()
     }
 
     fn exec_options(
