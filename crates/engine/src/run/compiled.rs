@@ -7,7 +7,8 @@
 //! compile instead of each compiling.
 //!
 //! What is kept comes from the compile step alone, before any of the run's own code runs, so
-//! one run cannot change what another gets. A compile cut short (timeout, out of memory,
+//! one run cannot change what another gets (code that runs while compiling, such as a Java
+//! annotation processor in an uploaded jar, is in the key like every file). A compile cut short (timeout, out of memory,
 //! killed, failed to start) says nothing about the code and is not kept.
 
 use std::collections::{BTreeMap, HashMap};
@@ -23,7 +24,7 @@ use super::{Step, StepStatus};
 pub(super) type Key = [u8; 32];
 
 /// At most this many files of a compile are kept (a build that makes more is not kept).
-const MAX_FILES: usize = 1000;
+pub(super) const MAX_FILES: usize = 1000;
 
 /// The digest of one file's content.
 pub(super) fn digest(data: &[u8]) -> Key {
@@ -132,10 +133,6 @@ impl CompileCache {
     /// Largest compile kept: an eighth of the cache, so one cannot empty it.
     pub fn max_entry_bytes(&self) -> usize {
         self.capacity / 8
-    }
-
-    pub fn max_files(&self) -> usize {
-        MAX_FILES
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {

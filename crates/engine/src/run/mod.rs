@@ -521,7 +521,7 @@ impl Runs {
         sandbox: &Arc<Sandbox>,
         inputs: HashMap<String, Key>,
     ) -> Option<Vec<Artifact>> {
-        let (max_files, max_bytes) = (self.compiled.max_files(), self.compiled.max_entry_bytes());
+        let (max_files, max_bytes) = (compiled::MAX_FILES, self.compiled.max_entry_bytes());
         let found = sandbox
             .with_fs(move |fs| {
                 let (mut dirs, mut files) = (vec![cella_jail::SANDBOX_HOME.to_string()], vec![]);
