@@ -119,8 +119,13 @@ fn files_filling_a_sandboxs_memory_kill_the_writer_not_the_sandbox() {
     let id = s.sandbox(json!({"memory_mb": 64, "disk_mb": 256}));
     let r = s.sh(&id, "head -c 100000000 /dev/zero > /tmp/fill");
     assert_eq!(r["oom_killed"], true, "{r}");
-    // The sandbox's init is the last the OOM killer would take: the sandbox lives on, and
-    // the file API, which needs no process in it, frees the memory the file holds.
+    // With its memory full of the file, a new process in it is killed too, but never the
+    // init, whose own memory is charged outside the sandbox's: the sandbox lives on, and the
+    // file API, which needs no process in it, frees the memory the file holds.
+    for _ in 0..3 {
+        let r = s.sh(&id, "cat /tmp/fill | wc -c");
+        assert_eq!(r["oom_killed"], true, "{r}");
+    }
     let info = cella_e2e::json_of(s.get(&format!("/sandboxes/{id}")));
     assert_eq!(info["state"], "running", "{info}");
     let removed = s.delete(&format!("/sandboxes/{id}/files?path=/tmp/fill"));

@@ -506,6 +506,7 @@ impl Engine {
             masks: image.masks,
             disk_bytes: info.disk_mb << 20,
             cgroups: Vec::new(),
+            init_memory_cgroup: self.cgroups.init_memory_dir(),
             exec_cgroup_dir: Default::default(),
             scratch_dir: self.config.scratch_dir(),
             shm_bytes: d.shm_mb << 20,

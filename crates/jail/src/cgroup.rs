@@ -151,6 +151,16 @@ impl Cgroups {
         }
     }
 
+    /// Where a sandbox's init keeps its own memory: the v1 memory hierarchy's parent, outside
+    /// every sandbox's limit (see `SandboxSpec::init_memory_cgroup`); none on v2, where a
+    /// process's cgroup is one for all controllers.
+    pub fn init_memory_dir(&self) -> Option<PathBuf> {
+        match &self.layout {
+            Layout::V1 { memory, .. } => Some(memory.join(&self.parent)),
+            Layout::V2 { .. } => None,
+        }
+    }
+
     /// The cgroup of sandbox `name`, whether or not it exists yet.
     pub fn sandbox(&self, name: &str) -> SandboxCgroup {
         let dirs = self

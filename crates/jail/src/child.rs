@@ -1,15 +1,16 @@
 //! The last steps before user code runs: in a child forked by the sandbox init.
 //!
-//! Order matters and follows runc/youki: join the exec's cgroup (still root), new session and
-//! stdio, drop to the sandbox uid (which clears every capability), chdir as that user, rlimits,
-//! `no_new_privs`, mark every other descriptor close-on-exec, then `execve`. The seccomp
+//! Order matters and follows runc/youki: join the sandbox's memory cgroup (the init is not in
+//! it) and the exec's cgroup (still root), new session and stdio, drop to the sandbox uid
+//! (which clears every capability), chdir as that user, rlimits, `no_new_privs`, mark every
+//! other descriptor close-on-exec, then `execve`. The seccomp
 //! filters are already in force: the init installed them and every child inherits them.
 //! Any failure is written to `err` (close-on-exec, so success is EOF) and the child exits 127:
 //! one byte saying whether the program itself was not found, then the message.
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use crate::proto::ExecSpec;
@@ -17,9 +18,11 @@ use crate::sys::{self, cvt};
 
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-pub struct ChildFds {
+pub struct ChildFds<'a> {
     /// stdin, stdout, stderr.
     pub stdio: [OwnedFd; 3],
+    /// `cgroup.procs` of the sandbox's memory cgroup, when the init is not in it.
+    pub memory_procs: Option<BorrowedFd<'a>>,
     /// `cgroup.procs` of the exec's own cgroup.
     pub cgroup_procs: OwnedFd,
     /// Where a setup failure is reported.
@@ -50,6 +53,12 @@ fn setup_and_exec(
     uid: u32,
     fds: &ChildFds,
 ) -> Result<std::convert::Infallible, Failure> {
+    if let Some(memory) = fds.memory_procs {
+        at(
+            "join the sandbox's memory cgroup",
+            sys::write_all(memory, b"0"),
+        )?;
+    }
     at(
         "join exec cgroup",
         sys::write_all(fds.cgroup_procs.as_fd(), b"0"),

@@ -24,6 +24,8 @@ pub struct InitFds {
     pub control: OwnedFd,
     pub netns: OwnedFd,
     pub cgroup_procs: Vec<OwnedFd>,
+    /// `cgroup.procs` of the memory cgroup the init moves to (`SandboxSpec::init_memory_cgroup`).
+    pub init_memory_procs: Option<OwnedFd>,
     pub exec_cgroups: OwnedFd,
 }
 
@@ -31,6 +33,7 @@ impl InitFds {
     pub fn raw(&self) -> Vec<i32> {
         let mut fds = vec![self.control.as_raw_fd(), self.netns.as_raw_fd()];
         fds.extend(self.cgroup_procs.iter().map(|f| f.as_raw_fd()));
+        fds.extend(self.init_memory_procs.iter().map(|f| f.as_raw_fd()));
         fds.push(self.exec_cgroups.as_raw_fd());
         fds
     }
@@ -42,12 +45,11 @@ const CAP_SETGID: u32 = 6;
 const CAP_SETUID: u32 = 7;
 const KEPT_CAPS: [u32; 3] = [CAP_KILL, CAP_SETGID, CAP_SETUID];
 
-pub fn run(spec: &SandboxSpec, fds: InitFds, policy: &Policy) -> ! {
+pub fn run(spec: &SandboxSpec, mut fds: InitFds, policy: &Policy) -> ! {
     sys::set_name("cella-init");
-    let control = fds.control.as_fd();
-    if let Err(e) = setup(spec, &fds, policy) {
+    if let Err(e) = setup(spec, &mut fds, policy) {
         let _ = proto::send(
-            control,
+            fds.control.as_fd(),
             &Event::SetupFailed {
                 error: e.to_string(),
             },
@@ -55,6 +57,7 @@ pub fn run(spec: &SandboxSpec, fds: InitFds, policy: &Policy) -> ! {
         );
         sys::exit_now(1);
     }
+    let control = fds.control.as_fd();
     let sigchld = match sys::signalfd(&[libc::SIGCHLD]) {
         Ok(fd) => fd,
         Err(e) => {
@@ -66,8 +69,14 @@ pub fn run(spec: &SandboxSpec, fds: InitFds, policy: &Policy) -> ! {
     if proto::send(control, &Event::Ready, &[]).is_err() {
         sys::exit_now(1);
     }
+    // Moved out of the sandbox's memory cgroup, the init has its children join it.
+    let memory_procs = spec.init_memory_cgroup.as_ref().and_then(|_| {
+        let memory = spec.cgroups.iter().position(|(name, _)| name == "memory");
+        memory.map(|i| fds.cgroup_procs[i].as_fd())
+    });
     let mut init = Init {
         control,
+        memory_procs,
         exec_cgroups: fds.exec_cgroups.as_fd(),
         uid: spec.uid,
         running: HashMap::new(),
@@ -76,7 +85,7 @@ pub fn run(spec: &SandboxSpec, fds: InitFds, policy: &Policy) -> ! {
     init.serve(sigchld.as_fd())
 }
 
-fn setup(spec: &SandboxSpec, fds: &InitFds, policy: &Policy) -> Result<()> {
+fn setup(spec: &SandboxSpec, fds: &mut InitFds, policy: &Policy) -> Result<()> {
     // If the spawner (and so the server) is gone, stop at once.
     sys::set_pdeathsig(libc::SIGKILL).map_err(|e| Error::sys("PR_SET_PDEATHSIG", e))?;
     detach_from_server_tty()?;
@@ -86,6 +95,12 @@ fn setup(spec: &SandboxSpec, fds: &InitFds, policy: &Policy) -> Result<()> {
     sys::setns(fds.netns.as_fd(), libc::CLONE_NEWNET).map_err(|e| Error::sys("setns net", e))?;
     // A cgroup namespace rooted at the sandbox's cgroup hides the host's hierarchy.
     sys::unshare(libc::CLONE_NEWCGROUP).map_err(|e| Error::sys("unshare cgroup", e))?;
+    // The namespace stays rooted at the sandbox's cgroups (what its processes see); only
+    // the init's own memory is charged elsewhere from now on.
+    if let Some(procs) = fds.init_memory_procs.take() {
+        sys::write_all(procs.as_fd(), b"0")
+            .map_err(|e| Error::sys("leave the sandbox's memory cgroup", e))?;
+    }
     sys::sethostname(&spec.hostname).map_err(|e| Error::sys("sethostname", e))?;
     rootfs::build(spec)?;
     drop_capabilities()?;
@@ -187,6 +202,8 @@ struct Running {
 
 struct Init<'a> {
     control: BorrowedFd<'a>,
+    /// `cgroup.procs` of the sandbox's memory cgroup, when the init is not in it.
+    memory_procs: Option<BorrowedFd<'a>>,
     exec_cgroups: BorrowedFd<'a>,
     uid: u32,
     /// Host of each running exec's main process: pid → exec.
@@ -295,6 +312,7 @@ impl Init<'_> {
             drop(err_r);
             let fds = ChildFds {
                 stdio,
+                memory_procs: self.memory_procs,
                 cgroup_procs: procs,
                 err: err_w,
             };

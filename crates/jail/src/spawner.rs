@@ -222,6 +222,13 @@ fn spawn(spec: &SandboxSpec, netns: OwnedFd, policy: &Policy) -> Result<Spawned>
                 .map_err(|e| Error::sys(format!("open {}", p.display()), e))
         })
         .collect::<Result<Vec<_>>>()?;
+    let init_memory_procs = (spec.init_memory_cgroup.as_ref())
+        .map(|dir| {
+            let p = dir.join("cgroup.procs");
+            sys::open(&p, libc::O_WRONLY)
+                .map_err(|e| Error::sys(format!("open {}", p.display()), e))
+        })
+        .transpose()?;
     let exec_cgroups = sys::open(&spec.exec_cgroup_dir, libc::O_PATH | libc::O_DIRECTORY)
         .map_err(|e| Error::sys(format!("open {}", spec.exec_cgroup_dir.display()), e))?;
     let (control, init_control) = sys::seqpacket_pair().map_err(|e| Error::sys("socketpair", e))?;
@@ -232,6 +239,7 @@ fn spawn(spec: &SandboxSpec, netns: OwnedFd, policy: &Policy) -> Result<Spawned>
         control: init_control,
         netns,
         cgroup_procs,
+        init_memory_procs,
         exec_cgroups,
     };
 
