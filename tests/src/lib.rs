@@ -97,9 +97,28 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Removes the data dirs of test servers whose test process has ended: a server kept in a
+/// `static` (one per test binary) is never dropped, so never removes its own.
+fn remove_data_dirs_of_ended_tests() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix("cella-test-")
+            .and_then(|tag| tag.split('-').next());
+        if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 impl Server {
     /// Starts a server with the given extra `CELLA_*` settings.
     pub fn start_with(env: &[(&str, &str)]) -> Server {
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(remove_data_dirs_of_ended_tests);
         let n = SERVERS.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}-{n}", std::process::id());
         let data_dir = std::env::temp_dir().join(format!("cella-test-{tag}"));
