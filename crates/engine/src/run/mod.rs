@@ -563,7 +563,7 @@ impl Runs {
                     }
                     artifacts.push(Artifact {
                         path: entry.path,
-                        mode: entry.mode & 0o7777,
+                        mode: entry.mode & 0o777,
                         data,
                     });
                 }
