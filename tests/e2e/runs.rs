@@ -326,6 +326,22 @@ fn cli_run_and_exec() {
     assert_eq!(out.status.code(), Some(5), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello in C\n");
 
+    let out = cli(s).arg("languages").output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("python ") && l.contains("Python 3")),
+        "{listed}"
+    );
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("julia ") && l.contains("unavailable: ")),
+        "{listed}"
+    );
+
     let out = cli(s)
         .args(["exec", "--", "sh", "-c", "echo out; echo err >&2; exit 3"])
         .output()

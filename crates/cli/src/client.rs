@@ -1,4 +1,5 @@
-//! `cella run` and `cella exec`: thin clients of a running server's native API.
+//! `cella run`, `cella exec` and `cella languages`: thin clients of a running server's
+//! native API.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
@@ -54,6 +55,12 @@ pub struct RunArgs {
     /// Run timeout in seconds.
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
+}
+
+#[derive(clap::Args)]
+pub struct LanguagesArgs {
+    #[command(flatten)]
+    target: Target,
 }
 
 #[derive(clap::Args)]
@@ -240,6 +247,26 @@ fn signal_name(signal: i64) -> String {
 fn print_flush(out: &mut impl Write, data: &str) {
     let _ = out.write_all(data.as_bytes());
     let _ = out.flush();
+}
+
+/// Prints each language the server knows, with its toolchain's version or why it cannot run.
+pub fn languages(args: LanguagesArgs) -> Result<ExitCode, String> {
+    let (http, url) = args.target.connect("/languages")?;
+    let listed = call(http.get(url))?;
+    let mut out = String::new();
+    for lang in listed.as_array().into_iter().flatten() {
+        let name = lang["name"].as_str().unwrap_or_default();
+        let about = match (lang["available"].as_bool(), lang["version"].as_str()) {
+            (Some(true), version) => version.unwrap_or("available").to_string(),
+            _ => format!(
+                "unavailable: {}",
+                lang["reason"].as_str().unwrap_or("unknown")
+            ),
+        };
+        out.push_str(&format!("{name:<14} {about}\n"));
+    }
+    print_flush(&mut std::io::stdout(), &out);
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode, String> {

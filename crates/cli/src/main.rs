@@ -34,6 +34,8 @@ enum Command {
     ///
     /// Exits with the command's status (128 + signal if killed; 124 at the timeout).
     Exec(client::ExecArgs),
+    /// List the languages a running server can run, with their toolchains' versions.
+    Languages(client::LanguagesArgs),
 }
 
 #[derive(clap::Args)]
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Run(args) => client::run(args),
         Command::Exec(args) => client::exec(args),
+        Command::Languages(args) => client::languages(args),
     };
     match result {
         Ok(code) => code,
