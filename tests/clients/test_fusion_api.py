@@ -357,14 +357,19 @@ def test_a_notebook_message_beyond_the_cap_is_read_past_and_the_kernel_lives_on(
     # Of the print, its first text is kept, as a program's would be; the display is dropped.
     huge_print = "x = 41\nprint('é' + 'z' * (100 << 20), end='')"
     huge_display = "from IPython.display import display\ndisplay({'text/plain': 'y' * (100 << 20)}, raw=True)"
-    r = requests.post(f"{endpoint}/run_jupyter", json={"cells": [huge_print, huge_display, "print(x + 1)"]}).json()
+    # An error's message is in its traceback too: the cell still says it failed, and how.
+    huge_error = "raise KeyError('k' * (20 << 20))"
+    cells = [huge_print, huge_display, huge_error, "print(x + 1)"]
+    r = requests.post(f"{endpoint}/run_jupyter", json={"cells": cells}).json()
     assert r["status"] == "Success", {k: v for k, v in r.items() if k != "cells"}
     first = r["cells"][0]
     kept = first["stdout"]
     assert (4 << 20) - 4096 < len(kept.encode()) <= 4 << 20 and kept == "é" + "z" * (len(kept) - 1), len(kept)
     assert first["truncated"] and first["display"] == [] and first["error"] == []
     assert [(c["stdout"], c["display"], c["error"], c["truncated"]) for c in r["cells"][1:]] == [
-        ("", [], [], True), ("42\n", [], [], False)]
+        ("", [], [], True),
+        ("", [], [{"ename": "KeyError", "evalue": "'" + "k" * 1023, "traceback": []}], True),
+        ("42\n", [], [], False)]
 
 
 def test_deterministic_request_errors_fail_fast_without_retries(endpoint):

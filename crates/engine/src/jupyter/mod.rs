@@ -514,7 +514,7 @@ async fn drain(mut replies: Socket<OwnedReadHalf>) {
 enum Iopub {
     Message(Message),
     /// A message larger than a cell's whole output cap, read past unkept (but for a
-    /// stream's first text, passed on as a message).
+    /// stream's first text and an error's name and value, passed on as a message).
     TooLarge,
 }
 

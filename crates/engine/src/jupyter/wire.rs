@@ -130,38 +130,92 @@ impl Session {
     }
 
     /// What can be read of a message cut at the reader's limit (`size` bytes whole): a
-    /// stream's first text, its content closed where it was cut. Without the rest its
-    /// signature cannot be checked; it comes from the kernel's socket in the sandbox all the
-    /// same, and is kept only as that cell's text, marked cut by its size.
+    /// stream's first text, or that an error was raised, its name and the start of its value
+    /// as its traceback shows them. Without the rest its signature cannot be checked; it
+    /// comes from the kernel's socket in the sandbox all the same, and is kept only as that
+    /// cell's output, marked cut by its size.
     pub fn decode_cut(&self, frames: Vec<Vec<u8>>, size: u64) -> Option<Message> {
         let at = frames.iter().position(|f| f == DELIMITER)?;
         let rest = frames.get(at + 1..at + 6)?;
         let header: Value = serde_json::from_slice(&rest[1]).ok()?;
-        if header["msg_type"] != "stream" {
-            return None;
-        }
+        let content = match header["msg_type"].as_str()? {
+            // `{"name": ..., "text": "...` cut in the text.
+            "stream" => close_cut(&rest[4], &[b"\"}"])?,
+            // ipykernel's `{"traceback": ["...", ...` cut in the traceback, which ends with
+            // the value; or, in another order, cut in the value.
+            "error" => error_of_cut(close_cut(&rest[4], &[b"\"]}", b"\"}"])?),
+            _ => return None,
+        };
         Some(Message {
             parent: serde_json::from_slice(&rest[2]).ok()?,
-            content: close_cut_string(&rest[4])?,
+            content,
             header,
             size: usize::try_from(size).unwrap_or(usize::MAX),
         })
     }
 }
 
-/// A JSON object cut inside its last value, a string, closed there. Up to 12 bytes before the
-/// cut are let go as needed: a cut escape, surrogate pair or UTF-8 sequence does not parse.
-fn close_cut_string(cut: &[u8]) -> Option<Value> {
+/// JSON cut inside a string, closed there by the first of `closers` that parses. Up to 12
+/// bytes before the cut are let go as needed: a cut escape, surrogate pair or UTF-8 sequence
+/// does not parse.
+fn close_cut(cut: &[u8], closers: &[&[u8]]) -> Option<Value> {
     let mut json = cut.to_vec();
     for _ in 0..=12 {
-        json.extend_from_slice(b"\"}");
-        if let Ok(value) = serde_json::from_slice(&json) {
-            return Some(value);
+        for closer in closers {
+            json.extend_from_slice(closer);
+            let closed = serde_json::from_slice(&json);
+            json.truncate(json.len() - closer.len());
+            if let Ok(value) = closed {
+                return Some(value);
+            }
         }
-        json.truncate(json.len() - 2);
         json.pop()?;
     }
     None
+}
+
+/// A cut error's content: its name and (the start of) its value, from its own fields when
+/// they came before the cut, else from the start of its IPython traceback: a rule, then
+/// `<name>   Traceback (most recent call last)`, the frames, and `<name>: <value>`. A
+/// traceback of another shape still tells that an error was raised.
+fn error_of_cut(content: Value) -> Value {
+    if let Some(name) = content["ename"].as_str() {
+        let value = content["evalue"].as_str().unwrap_or_default();
+        return json!({"ename": name, "evalue": value, "traceback": []});
+    }
+    let lines: Vec<String> = content["traceback"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.as_str().map(without_colours))
+        .collect();
+    let name = lines
+        .get(1)
+        .and_then(|header| header.split_whitespace().next())
+        .filter(|n| {
+            n.chars()
+                .all(|c| c.is_alphanumeric() || c == '_' || c == '.')
+        })
+        .unwrap_or("Error");
+    let value = lines
+        .last()
+        .and_then(|l| l.strip_prefix(name)?.strip_prefix(": "))
+        .unwrap_or_default();
+    json!({"ename": name, "evalue": value, "traceback": []})
+}
+
+/// Text without its ANSI colour sequences (`ESC [ ... letter`).
+fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| c.is_ascii_alphabetic());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -206,11 +260,56 @@ mod tests {
             );
             assert_eq!(m.size, whole);
         }
-        let (_, mut other) = s.encode("error", &json!({"traceback": ["x"], "ename": "E"}));
-        other[5].truncate(10);
+        let (_, mut other) = s.encode("display_data", &json!({"data": {"text/plain": "x"}}));
+        other[5].truncate(20);
         assert!(
             s.decode_cut(other, 100).is_none(),
-            "only streams are kept cut"
+            "a cut display is not kept"
+        );
+    }
+
+    #[test]
+    fn a_cut_error_keeps_its_name_and_the_start_of_its_value() {
+        let s = Session::new();
+        let traceback = [
+            "\u{1b}[0;31m-----\u{1b}[0m",
+            "\u{1b}[0;31mValueError\u{1b}[0m     Traceback (most recent call last)",
+            "Cell \u{1b}[0;32mIn [1], line 1\u{1b}[0m\n----> 1 raise ValueError('v' * 9)",
+            "\u{1b}[0;31mValueError\u{1b}[0m: vvvvvvvvv",
+        ];
+        // In ipykernel's order, the traceback first.
+        let (_, mut frames) = s.encode("error", &json!({}));
+        frames[5] = format!(
+            r#"{{"traceback": {}, "ename": "ValueError", "evalue": "vvvvvvvvv"}}"#,
+            json!(traceback)
+        )
+        .into_bytes();
+        let whole = frames[5].clone();
+        let value_starts = String::from_utf8_lossy(&whole).find(": vvv").unwrap() + 2;
+        let cut = |at: usize| {
+            let mut cut_frames = frames.clone();
+            cut_frames[5].truncate(at);
+            s.decode_cut(cut_frames, whole.len() as u64)
+                .unwrap()
+                .content
+        };
+        assert_eq!(
+            cut(value_starts + 4),
+            json!({"ename": "ValueError", "evalue": "vvvv", "traceback": []})
+        );
+        // Cut before its last line: the name, no value; before its header: that it failed.
+        assert_eq!(cut(value_starts - 30)["ename"], "ValueError");
+        assert_eq!(cut(value_starts - 30)["evalue"], "");
+        assert_eq!(cut(20)["ename"], "Error");
+        // Its own fields first: they are read as they are.
+        let content = json!({"ename": "KeyError", "evalue": "kkkkkkkk", "traceback": traceback});
+        let (_, mut frames) = s.encode("error", &content);
+        let at = String::from_utf8_lossy(&frames[5]).find("kkkk").unwrap() + 3;
+        frames[5].truncate(at);
+        let content = s.decode_cut(frames, 1000).unwrap().content;
+        assert_eq!(
+            content,
+            json!({"ename": "KeyError", "evalue": "kkk", "traceback": []})
         );
     }
 
