@@ -95,14 +95,14 @@ fn setup(spec: &SandboxSpec, fds: &mut InitFds, policy: &Policy) -> Result<()> {
     sys::setns(fds.netns.as_fd(), libc::CLONE_NEWNET).map_err(|e| Error::sys("setns net", e))?;
     // A cgroup namespace rooted at the sandbox's cgroup hides the host's hierarchy.
     sys::unshare(libc::CLONE_NEWCGROUP).map_err(|e| Error::sys("unshare cgroup", e))?;
-    // The namespace stays rooted at the sandbox's cgroups (what its processes see); only
-    // the init's own memory is charged elsewhere from now on.
+    sys::sethostname(&spec.hostname).map_err(|e| Error::sys("sethostname", e))?;
+    rootfs::build(spec)?;
+    // The root filesystem's files are the sandbox's; what the init allocates from now on is
+    // charged elsewhere. The namespace stays rooted at the sandbox's cgroups.
     if let Some(procs) = fds.init_memory_procs.take() {
         sys::write_all(procs.as_fd(), b"0")
             .map_err(|e| Error::sys("leave the sandbox's memory cgroup", e))?;
     }
-    sys::sethostname(&spec.hostname).map_err(|e| Error::sys("sethostname", e))?;
-    rootfs::build(spec)?;
     drop_capabilities()?;
     restrict_landlock();
     // Installed once here, inherited by every process of the sandbox (the init itself needs
