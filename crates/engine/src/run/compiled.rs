@@ -13,41 +13,65 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use cella_jail::fsops::Kind;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use super::{Step, StepStatus};
+use crate::error::{Error, Result};
+use crate::sandbox::Sandbox;
 
 /// Hash of everything a compile reads.
 pub(super) type Key = [u8; 32];
 
 /// At most this many files of a compile are kept (a build that makes more is not kept).
-pub(super) const MAX_FILES: usize = 1000;
+const MAX_FILES: usize = 1000;
 
 /// The digest of one file's content.
 pub(super) fn digest(data: &[u8]) -> Key {
     Sha256::digest(data).into()
 }
 
+/// Hash of everything a compile reads: the language, its toolchain, the command and the
+/// files written before it (the work directory holds nothing else at that point).
+pub(super) fn key(
+    language: &str,
+    toolchain: &str,
+    argv: &[String],
+    files: &[(String, Vec<u8>)],
+) -> Key {
+    let mut key = KeyBuilder::default()
+        .part(language.as_bytes())
+        .part(toolchain.as_bytes())
+        .part(&argv.len().to_le_bytes());
+    for arg in argv {
+        key = key.part(arg.as_bytes());
+    }
+    for (path, data) in files {
+        key = key.part(path.as_bytes()).part(data);
+    }
+    key.finish()
+}
+
 /// Builds a [`Key`] from its parts, each length-prefixed so no two lists of parts collide.
 #[derive(Default)]
-pub(super) struct KeyBuilder(Sha256);
+struct KeyBuilder(Sha256);
 
 impl KeyBuilder {
-    pub fn part(mut self, bytes: &[u8]) -> Self {
+    fn part(mut self, bytes: &[u8]) -> Self {
         self.0.update((bytes.len() as u64).to_le_bytes());
         self.0.update(bytes);
         self
     }
 
-    pub fn finish(self) -> Key {
+    fn finish(self) -> Key {
         self.0.finalize().into()
     }
 }
 
-/// A file a compile made: its path in the sandbox, mode and content.
+/// A file a compile made: its path in the sandbox, permission bits and content.
 #[derive(Debug, Clone)]
 pub(super) struct Artifact {
     pub path: String,
@@ -131,8 +155,69 @@ impl CompileCache {
     }
 
     /// Largest compile kept: an eighth of the cache, so one cannot empty it.
-    pub fn max_entry_bytes(&self) -> usize {
+    fn max_entry_bytes(&self) -> usize {
         self.capacity / 8
+    }
+
+    /// The files a compile made or changed: the regular files of the work directory but its
+    /// `inputs` as they were written, outside hidden directories (tool caches). `None` when
+    /// there are more, or more bytes, than the compile cache keeps of one compile, anything
+    /// but files and directories, or anything the sandbox's user cannot read.
+    pub async fn capture(
+        &self,
+        sandbox: &Arc<Sandbox>,
+        inputs: HashMap<String, Key>,
+    ) -> Option<Vec<Artifact>> {
+        let (max_files, max_bytes) = (MAX_FILES, self.max_entry_bytes());
+        let found = sandbox
+            .with_fs(move |fs| {
+                let (mut dirs, mut files) = (vec![cella_jail::SANDBOX_HOME.to_string()], vec![]);
+                let mut seen = 0;
+                while let Some(dir) = dirs.pop() {
+                    let Ok(entries) = fs.list(&dir, 1, max_files + 1) else {
+                        return Ok(None);
+                    };
+                    for entry in entries {
+                        seen += 1;
+                        if seen > max_files {
+                            return Ok(None);
+                        }
+                        match entry.kind {
+                            _ if entry.name.starts_with('.') => {}
+                            Kind::Dir => dirs.push(entry.path),
+                            Kind::File => files.push(entry),
+                            Kind::Symlink | Kind::Other => return Ok(None),
+                        }
+                    }
+                }
+                let (mut artifacts, mut bytes) = (Vec::new(), 0);
+                for entry in files {
+                    let input = inputs.get(&entry.path);
+                    let limit = if input.is_some() {
+                        entry.size
+                    } else {
+                        max_bytes as u64
+                    };
+                    let Ok(data) = fs.read(&entry.path, limit) else {
+                        return Ok(None);
+                    };
+                    if input == Some(&digest(&data)) {
+                        continue;
+                    }
+                    bytes += data.len();
+                    if bytes > max_bytes {
+                        return Ok(None);
+                    }
+                    artifacts.push(Artifact {
+                        path: entry.path,
+                        mode: entry.mode & 0o777,
+                        data,
+                    });
+                }
+                Ok(Some(artifacts))
+            })
+            .await;
+        found.ok().flatten()
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -257,6 +342,27 @@ impl Drop for Leader {
             self.cache.state().compiling.remove(&self.key);
         }
     }
+}
+
+/// A kept compile's outcome, its files written into `sandbox`; its time is the writing's.
+pub(super) async fn restore(sandbox: &Arc<Sandbox>, kept: &Arc<Compiled>) -> Result<Step> {
+    let started = Instant::now();
+    let writing = kept.clone();
+    sandbox
+        .with_fs(move |fs| {
+            for file in &writing.artifacts {
+                fs.write(&file.path, &file.data, file.mode, true)
+                    .map_err(|e| Error::file(&file.path, e))?;
+            }
+            Ok(())
+        })
+        .await?;
+    let mut step = kept.step.clone();
+    if let Some(exit) = &mut step.exit {
+        exit.wall_time = started.elapsed().as_secs_f64();
+        exit.cpu_time = 0.0;
+    }
+    Ok(step)
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cella_jail::fsops::Kind;
 use cella_jail::zygote::Zygote;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
@@ -28,7 +27,7 @@ mod compiled;
 mod probe;
 mod warm;
 
-use compiled::{Artifact, CompileCache, Compiled, Key, KeyBuilder, Lookup};
+use compiled::{CompileCache, Compiled, Key, Lookup};
 use warm::Flavor;
 
 /// Label carried by the sandboxes of one-shot runs; such sandboxes are internal and are not
@@ -437,7 +436,8 @@ impl Runs {
         ));
         let compile = lang.compile.map(|compile| {
             let argv = language::render(compile, main, memory_mb);
-            let key = self.compile_key(lang, &argv, &files);
+            let toolchain = self.availability.version(lang).unwrap_or_default();
+            let key = compiled::key(lang.name, &toolchain, &argv, &files);
             let inputs = files
                 .iter()
                 .map(|(path, data)| (sandbox.absolute(path), compiled::digest(data)))
@@ -468,23 +468,6 @@ impl Runs {
         Ok(outcome)
     }
 
-    /// Hash of everything a compile reads: the language, its toolchain, the command and the
-    /// files written before it (the work directory holds nothing else at that point).
-    fn compile_key(&self, lang: &Language, argv: &[String], files: &[(String, Vec<u8>)]) -> Key {
-        let toolchain = self.availability.version(lang).unwrap_or_default();
-        let mut key = KeyBuilder::default()
-            .part(lang.name.as_bytes())
-            .part(toolchain.as_bytes())
-            .part(&argv.len().to_le_bytes());
-        for arg in argv {
-            key = key.part(arg.as_bytes());
-        }
-        for (path, data) in files {
-            key = key.part(path.as_bytes()).part(data);
-        }
-        key.finish()
-    }
-
     /// Runs the compile `opts` in `sandbox`, or writes there what an earlier compile of the
     /// same `key` made. `inputs` are the files written before it, with their digests.
     async fn compile(
@@ -496,12 +479,12 @@ impl Runs {
     ) -> Result<Step> {
         let patience = opts.timeout.unwrap_or_default();
         let leader = match self.compiled.lookup(key, patience).await {
-            Lookup::Hit(kept) => return restore(sandbox, &kept).await,
+            Lookup::Hit(kept) => return compiled::restore(sandbox, &kept).await,
             Lookup::Compile(leader) => leader,
         };
         let step = self.step(sandbox, opts, Flavor::Plain, None).await?;
         let artifacts = match Compiled::keeps(&step) {
-            true if step.succeeded() => self.artifacts(sandbox, inputs).await,
+            true if step.succeeded() => self.compiled.capture(sandbox, inputs).await,
             true => Some(Vec::new()),
             false => None,
         };
@@ -510,67 +493,6 @@ impl Runs {
             artifacts,
         }));
         Ok(step)
-    }
-
-    /// The files a compile made or changed: the regular files of the work directory but its
-    /// `inputs` as they were written, outside hidden directories (tool caches). `None` when
-    /// there are more, or more bytes, than the compile cache keeps of one compile, anything
-    /// but files and directories, or anything the sandbox's user cannot read.
-    async fn artifacts(
-        &self,
-        sandbox: &Arc<Sandbox>,
-        inputs: HashMap<String, Key>,
-    ) -> Option<Vec<Artifact>> {
-        let (max_files, max_bytes) = (compiled::MAX_FILES, self.compiled.max_entry_bytes());
-        let found = sandbox
-            .with_fs(move |fs| {
-                let (mut dirs, mut files) = (vec![cella_jail::SANDBOX_HOME.to_string()], vec![]);
-                let mut seen = 0;
-                while let Some(dir) = dirs.pop() {
-                    let Ok(entries) = fs.list(&dir, 1, max_files + 1) else {
-                        return Ok(None);
-                    };
-                    for entry in entries {
-                        seen += 1;
-                        if seen > max_files {
-                            return Ok(None);
-                        }
-                        match entry.kind {
-                            _ if entry.name.starts_with('.') => {}
-                            Kind::Dir => dirs.push(entry.path),
-                            Kind::File => files.push(entry),
-                            Kind::Symlink | Kind::Other => return Ok(None),
-                        }
-                    }
-                }
-                let (mut artifacts, mut bytes) = (Vec::new(), 0);
-                for entry in files {
-                    let input = inputs.get(&entry.path);
-                    let limit = if input.is_some() {
-                        entry.size
-                    } else {
-                        max_bytes as u64
-                    };
-                    let Ok(data) = fs.read(&entry.path, limit) else {
-                        return Ok(None);
-                    };
-                    if input == Some(&compiled::digest(&data)) {
-                        continue;
-                    }
-                    bytes += data.len();
-                    if bytes > max_bytes {
-                        return Ok(None);
-                    }
-                    artifacts.push(Artifact {
-                        path: entry.path,
-                        mode: entry.mode & 0o777,
-                        data,
-                    });
-                }
-                Ok(Some(artifacts))
-            })
-            .await;
-        found.ok().flatten()
     }
 
     fn exec_options(
@@ -629,27 +551,6 @@ impl Runs {
             Err(e) => Ok(Step::error(e.to_string())),
         }
     }
-}
-
-/// A kept compile's outcome, its files written into `sandbox`; its time is the writing's.
-async fn restore(sandbox: &Arc<Sandbox>, kept: &Arc<Compiled>) -> Result<Step> {
-    let started = Instant::now();
-    let writing = kept.clone();
-    sandbox
-        .with_fs(move |fs| {
-            for file in &writing.artifacts {
-                fs.write(&file.path, &file.data, file.mode, true)
-                    .map_err(|e| Error::file(&file.path, e))?;
-            }
-            Ok(())
-        })
-        .await?;
-    let mut step = kept.step.clone();
-    if let Some(exit) = &mut step.exit {
-        exit.wall_time = started.elapsed().as_secs_f64();
-        exit.cpu_time = 0.0;
-    }
-    Ok(step)
 }
 
 fn lang_env(lang: &Language) -> std::collections::BTreeMap<String, String> {
