@@ -106,8 +106,7 @@ impl Session {
 
     /// Parses a received message; `None` if it is malformed or its signature is wrong.
     pub fn decode(&self, frames: Vec<Vec<u8>>) -> Option<Message> {
-        let at = frames.iter().position(|f| f == DELIMITER)?;
-        let rest = frames.get(at + 1..at + 6)?;
+        let rest = signed_parts(&frames)?;
         let parts: Vec<&[u8]> = rest[1..].iter().map(Vec::as_slice).collect();
         let expected = self.sign(&parts);
         // Constant-time comparison of the hex digests.
@@ -135,8 +134,7 @@ impl Session {
     /// comes from the kernel's socket in the sandbox all the same, and is kept only as that
     /// cell's output, marked cut by its size.
     pub fn decode_cut(&self, frames: Vec<Vec<u8>>, size: u64) -> Option<Message> {
-        let at = frames.iter().position(|f| f == DELIMITER)?;
-        let rest = frames.get(at + 1..at + 6)?;
+        let rest = signed_parts(&frames)?;
         let header: Value = serde_json::from_slice(&rest[1]).ok()?;
         let content = match header["msg_type"].as_str()? {
             // `{"name": ..., "text": "...` cut in the text.
@@ -153,6 +151,13 @@ impl Session {
             size: usize::try_from(size).unwrap_or(usize::MAX),
         })
     }
+}
+
+/// The signature, header, parent header, metadata and content after the routing ids and
+/// `<IDS|MSG>`.
+fn signed_parts(frames: &[Vec<u8>]) -> Option<&[Vec<u8>]> {
+    let at = frames.iter().position(|f| f == DELIMITER)?;
+    frames.get(at + 1..at + 6)
 }
 
 /// JSON cut inside a string, closed there by the first of `closers` that parses. Up to 12
