@@ -31,8 +31,6 @@ const DIR: &str = "/tmp/.cella-jupyter";
 const INTERRUPT_GRACE: Duration = Duration::from_secs(3);
 /// Matplotlib's backend in kernels: figures become `image/png` displays.
 pub const INLINE_BACKEND: &str = "module://matplotlib_inline.backend_inline";
-/// Largest shell reply read whole: replies are only drained, never used.
-const MAX_REPLY: u64 = 1 << 20;
 
 /// One output of a cell, in the order the kernel produced it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -506,8 +504,9 @@ async fn connect(
 }
 
 /// Reads the shell socket's replies until it closes: unread, they would fill its buffer.
+/// They are never used, so none of their bytes is kept (a limit of 0).
 async fn drain(mut replies: Socket<OwnedReadHalf>) {
-    while replies.recv(MAX_REPLY).await.is_ok() {}
+    while replies.recv(0).await.is_ok() {}
 }
 
 /// What the iopub reader passes on.
