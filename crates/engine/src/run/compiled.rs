@@ -35,12 +35,13 @@ pub(super) fn digest(data: &[u8]) -> Key {
 }
 
 /// Hash of everything a compile reads: the language, its toolchain, the command and the
-/// files written before it (the work directory holds nothing else at that point).
+/// files written before it (the work directory holds nothing else at that point), each by
+/// its path in the sandbox and [`digest`].
 pub(super) fn key(
     language: &str,
     toolchain: &str,
     argv: &[String],
-    files: &[(String, Vec<u8>)],
+    files: &[(String, Key)],
 ) -> Key {
     let mut key = KeyBuilder::default()
         .part(language.as_bytes())
@@ -49,8 +50,8 @@ pub(super) fn key(
     for arg in argv {
         key = key.part(arg.as_bytes());
     }
-    for (path, data) in files {
-        key = key.part(path.as_bytes()).part(data);
+    for (path, digest) in files {
+        key = key.part(path.as_bytes()).part(digest);
     }
     key.finish()
 }

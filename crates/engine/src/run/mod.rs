@@ -436,13 +436,13 @@ impl Runs {
         ));
         let compile = lang.compile.map(|compile| {
             let argv = language::render(compile, main, memory_mb);
-            let toolchain = self.availability.version(lang).unwrap_or_default();
-            let key = compiled::key(lang.name, &toolchain, &argv, &files);
-            let inputs = files
+            let inputs: Vec<(String, Key)> = files
                 .iter()
                 .map(|(path, data)| (sandbox.absolute(path), compiled::digest(data)))
                 .collect();
-            (argv, key, inputs)
+            let toolchain = self.availability.version(lang).unwrap_or_default();
+            let key = compiled::key(lang.name, &toolchain, &argv, &inputs);
+            (argv, key, inputs.into_iter().collect())
         });
         self.write_files(sandbox, files).await?;
 
