@@ -10,11 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-
 use crate::config::Config;
 use crate::error::{Error, Result, quoted};
-use crate::store::{IMAGES, Store};
+use crate::store::{IMAGES, ImageRecord as Record, Store};
 
 pub const HOST: &str = "host";
 
@@ -45,23 +43,15 @@ pub struct Image {
     pub masks: Vec<PathBuf>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone)]
 pub struct ImageInfo {
     pub name: String,
     /// The root filesystem directory (`/` for `host`).
-    #[schema(value_type = String)]
     pub path: PathBuf,
     /// Names that resolve to this image.
     pub aliases: Vec<String>,
     /// Seconds since the epoch; absent for built-in images.
     pub created_at: Option<u64>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Record {
-    name: String,
-    path: PathBuf,
-    created_at: u64,
 }
 
 pub struct Images {

@@ -9,12 +9,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use cella_jail::cgroup::{SandboxCgroup, Usage};
 use cella_jail::fsops::SandboxFs;
 use cella_jail::proto::ExecSpec;
-use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 
 use crate::control::Control;
 use crate::error::{Error, Result, quoted};
 use crate::process::{ExecOptions, OutputBudget, Process};
+
+/// Label of the sandboxes the server makes for its own work (one-shot runs, probes): they are
+/// listed only when a listing asks for this label.
+pub const INTERNAL_LABEL: &str = "cella.internal";
 
 /// Finished processes remembered per sandbox for inspection: at most this many, and the
 /// older ones only while their output together stays within `FINISHED_OUTPUT_KEPT` (the
@@ -22,15 +25,14 @@ use crate::process::{ExecOptions, OutputBudget, Process};
 const FINISHED_KEPT: usize = 64;
 const FINISHED_OUTPUT_KEPT: usize = 16 << 20;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Running,
     Stopped,
 }
 
-/// A sandbox as the API shows it (and as the state store keeps it).
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+/// What a sandbox is: its resources, labels and state.
+#[derive(Debug, Clone)]
 pub struct SandboxInfo {
     pub id: String,
     pub image: String,
@@ -52,18 +54,8 @@ pub struct SandboxInfo {
     pub uid: u32,
 }
 
-/// What the state store keeps of a sandbox: its description and, while it runs, the host
-/// pid of its init with that process's start time (clock ticks since boot), so a restarted
-/// server recognises exactly that process and no other that reused the pid.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Record {
-    #[serde(flatten)]
-    pub info: SandboxInfo,
-    pub init: Option<(i32, u64)>,
-}
-
 /// Resource usage, read from the sandbox's cgroup and writable layer.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone)]
 pub struct ResourceUsage {
     pub cpu_seconds: f64,
     pub memory_bytes: u64,
@@ -145,13 +137,6 @@ impl Sandbox {
     /// The uid its processes run as (without copying the rest of `info`).
     pub fn uid(&self) -> u32 {
         self.info.lock().unwrap_or_else(|p| p.into_inner()).uid
-    }
-
-    pub(crate) fn record(&self) -> Record {
-        Record {
-            info: self.info(),
-            init: self.init,
-        }
     }
 
     pub fn is_running(&self) -> bool {

@@ -1,4 +1,6 @@
-//! Durable state in one redb file: sandbox records and registered images.
+//! Durable state in one redb file: sandbox records and registered images. The records here
+//! are the on-disk format, kept apart from the engine's types and the API's views so that
+//! neither can change it by accident.
 //!
 //! Sandbox records are written with `Durability::None` on the hot path and made durable a few
 //! milliseconds later by a background [`Store::flush`] (woken by [`Store::dirtied`]), so no
@@ -9,11 +11,15 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::sandbox::{SandboxInfo, State};
 
 pub const SANDBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("sandboxes");
 pub const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
@@ -110,6 +116,15 @@ impl Store {
         Ok(out)
     }
 
+    /// Records a sandbox (made durable by the next flush).
+    pub fn put_sandbox(&self, info: &SandboxInfo, init: Option<(i32, u64)>) -> Result<()> {
+        self.put(SANDBOXES, &info.id, &SandboxRecord::new(info, init), false)
+    }
+
+    pub fn sandboxes(&self) -> Result<Vec<SandboxRecord>> {
+        self.all(SANDBOXES)
+    }
+
     /// Makes every earlier non-durable write durable.
     pub fn flush(&self) -> Result<()> {
         if self.dirty.swap(false, Ordering::Relaxed) {
@@ -118,6 +133,91 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// A sandbox as the store keeps it: its description and, while it runs, the host pid of its
+/// init with that process's start time (clock ticks since boot), so a restarted server
+/// recognises exactly that process and no other that reused the pid.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    pub id: String,
+    pub image: String,
+    /// `running` or `stopped`.
+    pub state: String,
+    pub stop_reason: Option<String>,
+    pub hostname: String,
+    pub cpus: f64,
+    pub memory_mb: u64,
+    pub pids: u64,
+    pub disk_mb: u64,
+    pub env: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub idle_timeout_secs: u64,
+    pub max_lifetime_secs: u64,
+    pub created_at: f64,
+    pub uid: u32,
+    pub init: Option<(i32, u64)>,
+}
+
+impl SandboxRecord {
+    pub fn new(info: &SandboxInfo, init: Option<(i32, u64)>) -> SandboxRecord {
+        let info = info.clone();
+        SandboxRecord {
+            id: info.id,
+            image: info.image,
+            state: match info.state {
+                State::Running => "running",
+                State::Stopped => "stopped",
+            }
+            .into(),
+            stop_reason: info.stop_reason,
+            hostname: info.hostname,
+            cpus: info.cpus,
+            memory_mb: info.memory_mb,
+            pids: info.pids,
+            disk_mb: info.disk_mb,
+            env: info.env,
+            labels: info.labels,
+            idle_timeout_secs: info.idle_timeout_secs,
+            max_lifetime_secs: info.max_lifetime_secs,
+            created_at: info.created_at,
+            uid: info.uid,
+            init,
+        }
+    }
+
+    pub fn info(&self) -> SandboxInfo {
+        let r = self.clone();
+        SandboxInfo {
+            id: r.id,
+            image: r.image,
+            state: if r.state == "running" {
+                State::Running
+            } else {
+                State::Stopped
+            },
+            stop_reason: r.stop_reason,
+            hostname: r.hostname,
+            cpus: r.cpus,
+            memory_mb: r.memory_mb,
+            pids: r.pids,
+            disk_mb: r.disk_mb,
+            env: r.env,
+            labels: r.labels,
+            idle_timeout_secs: r.idle_timeout_secs,
+            max_lifetime_secs: r.max_lifetime_secs,
+            created_at: r.created_at,
+            uid: r.uid,
+        }
+    }
+}
+
+/// A registered image: a root filesystem directory under a name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub name: String,
+    pub path: PathBuf,
+    pub created_at: u64,
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use crate::jupyter::{CellResult, Kernel, KernelDeath};
 use crate::language::{self, Availability, Language};
 use crate::pool::WarmPool;
 use crate::process::{self, Captured, ExecOptions, Exit, Launcher, Outcome, Parked};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{INTERNAL_LABEL, Sandbox};
 
 mod compiled;
 mod probe;
@@ -30,9 +30,6 @@ mod warm;
 use compiled::{CompileCache, Compiled, Key, Lookup};
 use warm::Flavor;
 
-/// Label carried by the sandboxes of one-shot runs; such sandboxes are internal and are not
-/// listed by the native API.
-pub const RUN_LABEL: &str = "cella.run";
 /// Compilers and build tools get at least this much memory, whatever the run's limit.
 const COMPILE_MEMORY_MB: u64 = 2048;
 /// The least memory a run is given.
@@ -247,7 +244,7 @@ impl Runs {
     fn shape(&self) -> CreateSandbox {
         CreateSandbox {
             memory_mb: Some(self.engine.config.runs.memory_mb),
-            labels: [(RUN_LABEL.to_string(), "true".to_string())].into(),
+            labels: [(INTERNAL_LABEL.to_string(), "true".to_string())].into(),
             idle_timeout_secs: Some(0),
             ..Default::default()
         }

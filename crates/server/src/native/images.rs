@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use cella_engine::Engine;
 use cella_engine::image::ImageInfo;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
@@ -22,21 +22,45 @@ pub struct RegisterImage {
     pub path: PathBuf,
 }
 
-#[utoipa::path(get, path = "/images", operation_id = "list_images", tag = "images", responses((status = 200, body = Vec<ImageInfo>)))]
-pub async fn list(State(engine): State<Arc<Engine>>) -> ApiResult<Json<Vec<ImageInfo>>> {
-    Ok(Json(engine.images.list()?))
+/// An image.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ImageInfo)]
+pub struct ImageView {
+    pub name: String,
+    /// The root filesystem directory (`/` for `host`).
+    #[schema(value_type = String)]
+    pub path: PathBuf,
+    /// Names that resolve to this image.
+    pub aliases: Vec<String>,
+    /// Seconds since the epoch; absent for built-in images.
+    pub created_at: Option<u64>,
+}
+
+impl From<ImageInfo> for ImageView {
+    fn from(i: ImageInfo) -> ImageView {
+        ImageView {
+            name: i.name,
+            path: i.path,
+            aliases: i.aliases,
+            created_at: i.created_at,
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/images", operation_id = "list_images", tag = "images", responses((status = 200, body = Vec<ImageView>)))]
+pub async fn list(State(engine): State<Arc<Engine>>) -> ApiResult<Json<Vec<ImageView>>> {
+    let images = engine.images.list()?;
+    Ok(Json(images.into_iter().map(ImageView::from).collect()))
 }
 
 #[utoipa::path(post, path = "/images", operation_id = "register_image", tag = "images", request_body = RegisterImage,
-    responses((status = 201, body = ImageInfo), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = ImageView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn register(
     State(engine): State<Arc<Engine>>,
     Json(req): Json<RegisterImage>,
-) -> ApiResult<(StatusCode, Json<ImageInfo>)> {
-    Ok((
-        StatusCode::CREATED,
-        Json(engine.register_image(&req.name, &req.path)?),
-    ))
+) -> ApiResult<(StatusCode, Json<ImageView>)> {
+    let image = engine.register_image(&req.name, &req.path)?;
+    Ok((StatusCode::CREATED, Json(image.into())))
 }
 
 #[utoipa::path(delete, path = "/images/{name}", operation_id = "remove_image", tag = "images",

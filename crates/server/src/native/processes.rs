@@ -1,6 +1,7 @@
 //! `/api/v1/sandboxes/{id}/exec` and `/processes`: run commands, collected, streamed or in
 //! the background.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -10,14 +11,87 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
-use cella_engine::Engine;
-use cella_engine::process::{self, Captured, Chunk, ExecRequest, Exit, Outcome, Process, Stream};
+use cella_engine::process::{self, Captured, Chunk, ExecOptions, Exit, Outcome, Process, Stream};
+use cella_engine::{Config, Engine};
 use futures::{Stream as FStream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, Path, Query};
+
+/// A command to run.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(default, deny_unknown_fields)]
+#[schema(as = ExecRequest)]
+pub struct ExecBody {
+    /// The program and its arguments (found on `PATH` if it has no `/`).
+    pub command: Option<Vec<String>>,
+    /// A shell command line, run with `bash -c`. Give this or `command`.
+    pub shell: Option<String>,
+    /// Added to (and overriding) the sandbox's environment.
+    pub env: BTreeMap<String, String>,
+    /// Working directory (default: the home directory, `/home/user`).
+    pub cwd: Option<String>,
+    /// Text written to the program's stdin, which is then closed.
+    pub stdin: Option<String>,
+    /// Wall-clock limit in seconds; at the limit the process and all it started are killed.
+    pub timeout: Option<f64>,
+    /// Bytes of stdout and of stderr to keep; the rest is drained and dropped.
+    pub output_cap: Option<usize>,
+}
+
+impl ExecBody {
+    fn into_options(self, config: &Config) -> cella_engine::Result<ExecOptions> {
+        let timeout = self.timeout.unwrap_or(config.sandbox.exec_timeout_secs);
+        Ok(ExecOptions {
+            argv: process::argv_of(self.command, self.shell)?,
+            env: self.env,
+            cwd: self.cwd,
+            stdin: self.stdin.map(String::into_bytes),
+            timeout: Some(process::checked_timeout(config, "timeout", timeout)?),
+            output_cap: process::output_cap(config, self.output_cap)?,
+        })
+    }
+}
+
+/// How a process ended.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Exit)]
+pub struct ExitView {
+    /// Exit status, when the process exited on its own.
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
+    /// Wall-clock seconds from start to exit.
+    pub wall_time: f64,
+    /// CPU seconds (user + system) of the process and the children it waited for.
+    pub cpu_time: f64,
+    /// Killed at its deadline (with every process it started).
+    pub timed_out: bool,
+    /// Killed by the kernel's OOM killer at the sandbox's memory limit (it, or a child whose
+    /// death it reported with exit code 137).
+    pub oom_killed: bool,
+    /// Killed through the API.
+    pub killed: bool,
+    /// The sandbox went away before the process finished.
+    pub sandbox_lost: bool,
+}
+
+impl From<Exit> for ExitView {
+    fn from(e: Exit) -> ExitView {
+        ExitView {
+            exit_code: e.exit_code,
+            signal: e.signal,
+            wall_time: e.wall_time,
+            cpu_time: e.cpu_time,
+            timed_out: e.timed_out,
+            oom_killed: e.oom_killed,
+            killed: e.killed,
+            sandbox_lost: e.sandbox_lost,
+        }
+    }
+}
 
 /// What a command printed.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -45,7 +119,7 @@ impl From<Captured> for Output {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ExecResult {
     #[serde(flatten)]
-    pub exit: Exit,
+    pub exit: ExitView,
     #[serde(flatten)]
     pub output: Output,
 }
@@ -53,18 +127,18 @@ pub struct ExecResult {
 impl ExecResult {
     pub fn new(exit: Exit, out: Captured) -> ExecResult {
         ExecResult {
-            exit,
+            exit: exit.into(),
             output: out.into(),
         }
     }
 }
 
-#[utoipa::path(post, path = "/sandboxes/{id}/exec", operation_id = "exec", tag = "processes", request_body = ExecRequest,
+#[utoipa::path(post, path = "/sandboxes/{id}/exec", operation_id = "exec", tag = "processes", request_body = ExecBody,
     responses((status = 200, body = ExecResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn exec(
     State(engine): State<Arc<Engine>>,
     Path(id): Path<String>,
-    Json(req): Json<ExecRequest>,
+    Json(req): Json<ExecBody>,
 ) -> ApiResult<Json<ExecResult>> {
     let sandbox = engine.get(&id)?;
     let opts = req.into_options(&engine.config)?;
@@ -88,7 +162,7 @@ pub enum StreamEvent {
     },
     Exit {
         #[serde(flatten)]
-        exit: Exit,
+        exit: ExitView,
         stdout_truncated: bool,
         stderr_truncated: bool,
     },
@@ -105,7 +179,7 @@ impl StreamEvent {
     }
 }
 
-#[utoipa::path(post, path = "/sandboxes/{id}/exec/stream", operation_id = "exec_stream", tag = "processes", request_body = ExecRequest,
+#[utoipa::path(post, path = "/sandboxes/{id}/exec/stream", operation_id = "exec_stream", tag = "processes", request_body = ExecBody,
     description = "Runs a command and streams its output as it comes: NDJSON lines by default, \
                    Server-Sent Events when the request accepts `text/event-stream`.",
     responses((status = 200, body = StreamEvent, content_type = "application/x-ndjson"), (status = 400, body = ErrorBody)))]
@@ -113,7 +187,7 @@ pub async fn exec_stream(
     State(engine): State<Arc<Engine>>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    Json(req): Json<ExecRequest>,
+    Json(req): Json<ExecBody>,
 ) -> ApiResult<Response> {
     let sandbox = engine.get(&id)?;
     let opts = req.into_options(&engine.config)?;
@@ -163,7 +237,7 @@ fn events(process: Arc<Process>, rx: mpsc::Receiver<Chunk>) -> impl FStream<Item
         let exit = process.wait(None).await;
         let out = process.captured();
         exit.map(|exit| StreamEvent::Exit {
-            exit,
+            exit: exit.into(),
             stdout_truncated: out.stdout_truncated,
             stderr_truncated: out.stderr_truncated,
         })
@@ -191,7 +265,7 @@ pub struct ProcessInfo {
     pub started_at: f64,
     pub running: bool,
     /// How it ended, once it has.
-    pub exit: Option<Exit>,
+    pub exit: Option<ExitView>,
     /// What it printed so far.
     #[serde(flatten)]
     pub output: Output,
@@ -210,19 +284,19 @@ impl From<&Process> for ProcessInfo {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
             running: exit.is_none(),
-            exit,
+            exit: exit.map(ExitView::from),
             output: p.captured().into(),
         }
     }
 }
 
-#[utoipa::path(post, path = "/sandboxes/{id}/processes", operation_id = "spawn_process", tag = "processes", request_body = ExecRequest,
+#[utoipa::path(post, path = "/sandboxes/{id}/processes", operation_id = "spawn_process", tag = "processes", request_body = ExecBody,
     description = "Starts a command in the background. Without `timeout` it runs until it exits, is killed, or the sandbox stops.",
     responses((status = 201, body = ProcessInfo), (status = 400, body = ErrorBody)))]
 pub async fn spawn(
     State(engine): State<Arc<Engine>>,
     Path(id): Path<String>,
-    Json(req): Json<ExecRequest>,
+    Json(req): Json<ExecBody>,
 ) -> ApiResult<(StatusCode, Json<ProcessInfo>)> {
     let sandbox = engine.get(&id)?;
     let background = req.timeout.is_none();

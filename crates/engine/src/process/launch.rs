@@ -1,0 +1,268 @@
+//! Launching a process: its spec checked, its stdio pipes made (owned by the sandbox's uid),
+//! and the program started by the sandbox's init or forked from a warm Python zygote,
+//! possibly held before it runs (parked) until someone takes it.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use cella_jail::proto::{Command, ExecSpec};
+use cella_jail::zygote::Zygote;
+use tokio::sync::{mpsc, watch};
+
+use super::output::Output;
+use super::pump::Pump;
+use super::{Chunk, ExecOptions, Outcome, Process, collect};
+use crate::control::ExecEvent;
+use crate::error::{Error, Result};
+use crate::sandbox::Sandbox;
+
+/// Pipe buffers large enough that a chatty program rarely waits for the server (also the most
+/// an unprivileged program can make them hold: the default `/proc/sys/fs/pipe-max-size`).
+pub(super) const PIPE_BYTES: i32 = 1 << 20;
+
+/// A pipe for the stdio of a process running as `uid`.
+fn pipe_pair(big: bool, uid: u32) -> Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = cella_jail::sys::pipe_owned_by(uid).map_err(Error::internal)?;
+    if big {
+        // A failure only leaves the default size.
+        let _ = cella_jail::sys::set_pipe_size(w.as_fd(), PIPE_BYTES);
+    }
+    Ok((r, w))
+}
+
+/// How a process is started.
+#[derive(Clone, Copy)]
+pub enum Launcher<'a> {
+    /// Forked by the sandbox's init: any program.
+    Init,
+    /// Forked from the warm Python zygote: `python3 <script>` or `python3 -m <module>` in a
+    /// sandbox of the `host` image.
+    Zygote(&'a Zygote),
+}
+
+/// Starts `opts` in `sandbox`. Returns once the program has been exec'd (or could not be).
+pub async fn start(
+    sandbox: &Arc<Sandbox>,
+    opts: ExecOptions,
+    sink: Option<mpsc::Sender<Chunk>>,
+) -> Result<Arc<Process>> {
+    start_with(sandbox, opts, sink, Launcher::Init).await
+}
+
+pub async fn start_with(
+    sandbox: &Arc<Sandbox>,
+    opts: ExecOptions,
+    sink: Option<mpsc::Sender<Chunk>>,
+    launcher: Launcher<'_>,
+) -> Result<Arc<Process>> {
+    let launched = launch(sandbox, &opts, launcher, false).await?;
+    Ok(launched.begin(opts, sink))
+}
+
+/// Starts `opts` (its command, environment and directory) from the zygote, held: the process
+/// waits in the sandbox, every privilege dropped, until [`Parked::run`] lets it go. The cost
+/// of starting it is then paid before anyone waits for it.
+pub async fn park(sandbox: &Arc<Sandbox>, opts: &ExecOptions, zygote: &Zygote) -> Result<Parked> {
+    launch(sandbox, opts, Launcher::Zygote(zygote), true)
+        .await
+        .map(Parked)
+}
+
+/// A process held before its program runs (see [`park`]). Dropping it lets the process exit.
+pub struct Parked(Launched);
+
+impl Parked {
+    /// The command it will run.
+    pub fn argv(&self) -> &[String] {
+        &self.0.argv
+    }
+
+    /// Whether the process is still waiting (it dies with its sandbox).
+    pub fn waiting(&self) -> bool {
+        self.0.events.is_empty() && !self.0.events.is_closed()
+    }
+
+    /// Lets the program run, with the stdin, timeout and output cap of `opts` (its command
+    /// was fixed when it was parked), and collects it.
+    pub async fn run(self, opts: ExecOptions) -> Result<Outcome> {
+        let sandbox = self.0.sandbox.clone();
+        collect(&sandbox, self.0.begin(opts, None)).await
+    }
+}
+
+/// A process started in its sandbox whose output nobody reads yet.
+struct Launched {
+    sandbox: Arc<Sandbox>,
+    id: u64,
+    pid: i32,
+    argv: Vec<String>,
+    cwd: String,
+    events: mpsc::UnboundedReceiver<ExecEvent>,
+    zygote_watcher: Option<OwnedFd>,
+    /// Our ends of its stdin, stdout and stderr.
+    pipes: [OwnedFd; 3],
+    /// A held process runs its program when a byte arrives here.
+    go: Option<OwnedFd>,
+    /// When its program may have begun running (the wall time counts from there).
+    launched_at: Instant,
+    oom_before: u64,
+}
+
+async fn launch(
+    sandbox: &Arc<Sandbox>,
+    opts: &ExecOptions,
+    launcher: Launcher<'_>,
+    held: bool,
+) -> Result<Launched> {
+    let launched_at = Instant::now();
+    let id = sandbox.next_exec_id();
+    let spec = sandbox.exec_spec(id, opts)?;
+    let uid = sandbox.uid();
+    let (stdin_r, stdin_w) = pipe_pair(false, uid)?;
+    let (stdout_r, stdout_w) = pipe_pair(true, uid)?;
+    let (stderr_r, stderr_w) = pipe_pair(true, uid)?;
+    let go = held.then(cella_jail::sys::pipe).transpose();
+    let (go_r, go_w) = go.map_err(Error::internal)?.unzip();
+    let control = sandbox.control();
+    let oom_before = sandbox.usage().oom_kills;
+    let stdio = [stdin_r, stdout_w, stderr_w];
+    let launched = match launcher {
+        Launcher::Init => launch_by_init(sandbox, &spec, &stdio)
+            .await
+            .map(|events| (events, None)),
+        Launcher::Zygote(zygote) => launch_by_zygote(sandbox, zygote, &spec, &stdio, go_r)
+            .map(|(events, watcher)| (events, Some(watcher))),
+    };
+    drop(stdio);
+    let (mut events, zygote_watcher) = launched?;
+    let pid = match events.recv().await {
+        Some(ExecEvent::Started { pid }) => pid,
+        Some(ExecEvent::SpawnFailed {
+            error,
+            missing_program,
+        }) => {
+            control.unsubscribe(id);
+            let limit = sandbox.info().pids;
+            return Err(if missing_program {
+                Error::MissingProgram(error)
+            } else if sandbox.usage().pids >= limit {
+                // Not the request's fault: the sandbox's processes use up its limit.
+                Error::Conflict(format!(
+                    "the sandbox runs its limit of {limit} processes; none can start until \
+                     some end ({error})"
+                ))
+            } else {
+                Error::invalid(error)
+            });
+        }
+        _ => {
+            control.unsubscribe(id);
+            return Err(Error::Conflict("the sandbox stopped".into()));
+        }
+    };
+    Ok(Launched {
+        sandbox: sandbox.clone(),
+        id,
+        pid,
+        argv: spec.argv,
+        cwd: spec.cwd,
+        events,
+        zygote_watcher,
+        pipes: [stdin_w, stdout_r, stderr_r],
+        go: go_w,
+        launched_at,
+        oom_before,
+    })
+}
+
+impl Launched {
+    /// Lets a held process go, and starts the pump that feeds its stdin, reads its output and
+    /// enforces the timeout (from now) of `opts`.
+    fn begin(self, opts: ExecOptions, sink: Option<mpsc::Sender<Chunk>>) -> Arc<Process> {
+        // A held program begins now; any other began when it was launched.
+        let started = if self.go.is_some() {
+            Instant::now()
+        } else {
+            self.launched_at
+        };
+        if let Some(go) = &self.go {
+            // If it died meanwhile, the pump hears of its end at once.
+            let _ = cella_jail::sys::write_all(go.as_fd(), b"1");
+        }
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let (actions, actions_rx) = mpsc::unbounded_channel();
+        let process = Arc::new(Process {
+            id: self.id,
+            pid: self.pid,
+            argv: self.argv,
+            cwd: self.cwd,
+            started_at: SystemTime::now(),
+            output: Mutex::new(Output::new(opts.output_cap, self.sandbox.output_budget())),
+            exit: exit_rx,
+            actions,
+        });
+        self.sandbox.register_process(process.clone());
+        let pump = Pump {
+            zygote_watcher: self.zygote_watcher,
+            sandbox: self.sandbox,
+            process: process.clone(),
+            sink,
+            started,
+            oom_before: self.oom_before,
+        };
+        tokio::spawn(pump.run(
+            self.events,
+            actions_rx,
+            opts.stdin,
+            opts.timeout,
+            self.pipes,
+            exit_tx,
+        ));
+        process
+    }
+}
+
+async fn launch_by_init(
+    sandbox: &Sandbox,
+    spec: &ExecSpec,
+    stdio: &[OwnedFd; 3],
+) -> Result<mpsc::UnboundedReceiver<ExecEvent>> {
+    let control = sandbox.control();
+    let events = control.subscribe(spec.id);
+    let fds = stdio.each_ref().map(|f| f.as_fd());
+    if let Err(e) = control.send(&Command::Exec(spec.clone()), &fds).await {
+        control.unsubscribe(spec.id);
+        return Err(e);
+    }
+    Ok(events)
+}
+
+/// Returns the process's events and the channel to the zygote's child that watches it.
+fn launch_by_zygote(
+    sandbox: &Sandbox,
+    zygote: &Zygote,
+    spec: &ExecSpec,
+    stdio: &[OwnedFd; 3],
+    go: Option<OwnedFd>,
+) -> Result<(mpsc::UnboundedReceiver<ExecEvent>, OwnedFd)> {
+    let procs = sandbox
+        .cgroup
+        .exec_procs(spec.id)?
+        .iter()
+        .map(|p| {
+            cella_jail::sys::open(p, libc::O_WRONLY)
+                .map_err(|e| Error::Internal(format!("open {}: {e}", p.display())))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (ours, theirs) = cella_jail::sys::seqpacket_pair().map_err(Error::internal)?;
+    let mut fds = vec![sandbox.pidfd(), theirs.as_fd()];
+    fds.extend(stdio.iter().map(|f| f.as_fd()));
+    fds.extend(go.iter().map(|f| f.as_fd()));
+    fds.extend(procs.iter().map(|f| f.as_fd()));
+    zygote
+        .launch(spec, sandbox.uid(), go.is_some(), &fds)
+        .map_err(|e| Error::Unavailable(format!("the Python zygote: {e}")))?;
+    let watcher = ours.try_clone().map_err(Error::internal)?;
+    Ok((crate::control::events_of(ours)?, watcher))
+}
