@@ -434,16 +434,14 @@ fn planted_symlinks_cannot_redirect_the_file_api() {
         read("selfroot/etc/hostname")["error"]["code"],
         "invalid_argument"
     );
-    let w = s.post(
-        &format!("/sandboxes/{id}/files/write"),
-        json!({"path": format!("rootlink/tmp/{stamp}"), "content": "x"}),
-    );
-    assert_eq!(w.status(), 200);
-    let w = s.post(
-        &format!("/sandboxes/{id}/files/write"),
-        json!({"path": format!("up/tmp/{stamp}-2"), "content": "x"}),
-    );
-    assert_eq!(w.status(), 200);
+    for path in [format!("rootlink/tmp/{stamp}"), format!("up/tmp/{stamp}-2")] {
+        let w = s.post(
+            &format!("/sandboxes/{id}/files/write"),
+            json!({"path": path, "content": "x"}),
+        );
+        let (status, body) = (w.status(), json_of(w));
+        assert_eq!(status, 200, "{path}: {body}");
+    }
     assert!(!std::path::Path::new(&format!("/tmp/{stamp}")).exists());
     assert!(!std::path::Path::new(&format!("/tmp/{stamp}-2")).exists());
     // Both landed in the sandbox's own /tmp.

@@ -37,6 +37,7 @@ pub struct Config {
     pub images: ImagesConfig,
     pub pool: PoolConfig,
     pub runs: RunsConfig,
+    pub contexts: ContextsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -133,6 +134,33 @@ pub struct RunsConfig {
     pub compile_cache_mb: u64,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContextsConfig {
+    /// Seconds a context's kernel may take to start.
+    pub start_timeout_secs: f64,
+    /// Seconds a call may run when it gives no timeout.
+    pub call_timeout_secs: f64,
+    /// Calls waiting on one context behind the running one; more are refused (busy).
+    pub max_queued_calls: usize,
+    /// Contexts one sandbox may hold.
+    pub max_per_sandbox: usize,
+    /// The largest code of one call, in bytes.
+    pub max_code_bytes: usize,
+}
+
+impl Default for ContextsConfig {
+    fn default() -> Self {
+        ContextsConfig {
+            start_timeout_secs: 60.0,
+            call_timeout_secs: 60.0,
+            max_queued_calls: 64,
+            max_per_sandbox: 32,
+            max_code_bytes: 4 << 20,
+        }
+    }
+}
+
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
@@ -152,6 +180,7 @@ impl Default for Config {
             images: ImagesConfig::default(),
             pool: PoolConfig::default(),
             runs: RunsConfig::default(),
+            contexts: ContextsConfig::default(),
         }
     }
 }

@@ -8,8 +8,6 @@
 use std::collections::BTreeMap;
 use std::sync::RwLock;
 
-use serde::Serialize;
-
 pub struct Language {
     pub name: &'static str,
     /// File the code is written to; `{main}` is replaced by the detected name.
@@ -500,8 +498,8 @@ pub fn render(template: &[&str], main: &str, memory_mb: u64) -> Vec<String> {
         .collect()
 }
 
-/// What `GET /api/v1/languages` says about one language.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+/// Whether one language can run here, and with what.
+#[derive(Debug, Clone)]
 pub struct LanguageInfo {
     pub name: String,
     pub available: bool,

@@ -5,20 +5,21 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod context;
 pub mod control;
 pub mod engine;
 pub mod error;
 mod host_claim;
 pub mod image;
-pub mod jupyter;
 pub mod language;
 mod pool;
 pub mod process;
+pub mod python;
 pub mod run;
 pub mod sandbox;
 pub mod store;
 
-pub use cella_jail::fsops::{Entry as FileEntry, SandboxFs, Side};
+pub use cella_jail::fsops::{Entry as FileEntry, Kind as FileKind, SandboxFs, Side};
 pub use cella_jail::{Spawner, SpawnerConfig, probe};
 pub use config::Config;
 pub use engine::{CreateSandbox, Engine};

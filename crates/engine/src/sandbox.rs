@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -10,6 +10,7 @@ use cella_jail::cgroup::{SandboxCgroup, Usage};
 use cella_jail::fsops::SandboxFs;
 use cella_jail::proto::ExecSpec;
 use tokio::io::unix::AsyncFd;
+use tokio_util::sync::CancellationToken;
 
 use crate::control::Control;
 use crate::error::{Error, Result, quoted};
@@ -98,6 +99,20 @@ pub struct Sandbox {
     last_active: AtomicU64,
     processes: Mutex<BTreeMap<u64, Arc<Process>>>,
     finished: Mutex<VecDeque<u64>>,
+    /// Calls at work in the sandbox that are not its processes (a context's call).
+    active: AtomicUsize,
+    /// Cancelled when the sandbox stops: what lives in it (contexts) goes with it.
+    stopped: CancellationToken,
+}
+
+/// Keeps a sandbox from idling out while held (see [`Sandbox::hold_active`]).
+pub struct Active(Arc<Sandbox>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+        self.0.touch();
+    }
 }
 
 fn now_ms() -> u64 {
@@ -127,6 +142,8 @@ impl Sandbox {
             last_active: AtomicU64::new(now_ms()),
             processes: Mutex::default(),
             finished: Mutex::default(),
+            active: AtomicUsize::new(0),
+            stopped: CancellationToken::new(),
         })
     }
 
@@ -150,6 +167,7 @@ impl Sandbox {
             info.state = State::Stopped;
             info.stop_reason = Some(reason.to_string());
         }
+        self.stopped.cancel();
         info.clone()
     }
 
@@ -170,14 +188,27 @@ impl Sandbox {
         self.last_active.store(now_ms(), Ordering::Relaxed);
     }
 
-    /// Seconds since the last API activity; zero while a process runs.
+    /// Cancelled once the sandbox has stopped.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stopped.clone()
+    }
+
+    /// Keeps the sandbox from idling out until the guard is dropped: work of the server's
+    /// in it (a context's call) that is not one of its listed processes.
+    pub fn hold_active(self: &Arc<Self>) -> Active {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        Active(self.clone())
+    }
+
+    /// Seconds since the last API activity; zero while a process or a call runs.
     pub(crate) fn idle_secs(&self) -> f64 {
-        let busy = self
-            .processes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .any(|p| p.exit().is_none());
+        let busy = self.active.load(Ordering::SeqCst) > 0
+            || self
+                .processes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .any(|p| p.exit().is_none());
         if busy {
             self.touch();
             return 0.0;

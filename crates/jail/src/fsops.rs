@@ -39,9 +39,7 @@ const STRICT: ResolveFlags = ResolveFlags::BENEATH
     .union(ResolveFlags::NO_SYMLINKS)
     .union(ResolveFlags::NO_XDEV);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     File,
     Dir,
@@ -50,9 +48,7 @@ pub enum Kind {
 }
 
 /// Metadata of one path in a sandbox.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
-#[cfg_attr(feature = "schema", schema(as = FileEntry))]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// The path inside the sandbox, absolute.
     pub path: String,
@@ -64,6 +60,8 @@ pub struct Entry {
     pub gid: u32,
     /// Seconds since the epoch.
     pub mtime: i64,
+    /// The nanoseconds of `mtime`.
+    pub mtime_nsec: i64,
     /// Where a symlink points (not followed).
     pub target: Option<String>,
 }
@@ -303,7 +301,18 @@ impl SandboxFs {
             let dir = self.open_scoped(path, OFlags::RDONLY | OFlags::DIRECTORY, 0)?;
             let mut out = Vec::new();
             let base = absolute(path);
-            list_into(dir, &base, depth.max(1), limit, &mut out)?;
+            list_into(dir, &base, depth.max(1), limit, false, &mut out)?;
+            Ok(out)
+        })
+    }
+
+    /// As [`SandboxFs::list`], leaving out hidden names (starting with `.`) and all below them.
+    pub fn list_visible(&self, path: &str, depth: u32, limit: usize) -> io::Result<Vec<Entry>> {
+        self.as_user(|| {
+            let dir = self.open_scoped(path, OFlags::RDONLY | OFlags::DIRECTORY, 0)?;
+            let mut out = Vec::new();
+            let base = absolute(path);
+            list_into(dir, &base, depth.max(1), limit, true, &mut out)?;
             Ok(out)
         })
     }
@@ -453,11 +462,13 @@ fn list_into(
     base: &str,
     depth: u32,
     limit: usize,
+    skip_hidden: bool,
     out: &mut Vec<Entry>,
 ) -> io::Result<()> {
     let mut names: Vec<CString> = rustix::fs::Dir::read_from(&dir)?
         .filter_map(Result::ok)
         .filter(|e| !matches!(e.file_name().to_bytes(), b"." | b".."))
+        .filter(|e| !(skip_hidden && e.file_name().to_bytes().starts_with(b".")))
         .map(|e| e.file_name().to_owned())
         .collect();
     names.sort();
@@ -476,7 +487,7 @@ fn list_into(
             let sub = open_subdir(&dir, &name);
             // A mount point (EXDEV) or a racing change is listed but not entered.
             if let Ok(sub) = sub {
-                list_into(sub, &path, depth - 1, limit, out)?;
+                list_into(sub, &path, depth - 1, limit, skip_hidden, out)?;
             }
         }
     }
@@ -512,6 +523,7 @@ fn entry_at(
         uid: st.st_uid,
         gid: st.st_gid,
         mtime: st.st_mtime,
+        mtime_nsec: st.st_mtime_nsec as i64,
         target,
     })
 }

@@ -146,6 +146,8 @@ def run_user(req):
     """What `python3 <args>` would do, in this already-started interpreter. Never returns."""
     os.environ.clear()
     os.environ.update(kv.split("=", 1) for kv in req["env"])
+    # As a fresh interpreter puts them: PYTHONPATH's directories before the standard ones.
+    sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     refresh_preloaded()
     # The standard streams as CPython sets them up for these descriptors.
     def stream(fd, mode, **kw):

@@ -13,6 +13,8 @@ use axum::extract::{DefaultBodyLimit, FromRef, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use cella_engine::Engine;
+use cella_engine::context::Contexts;
+use cella_engine::python::Pythons;
 use cella_engine::run::Runs;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
@@ -51,6 +53,7 @@ struct ApiDoc;
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub runs: Arc<Runs>,
+    pub contexts: Arc<Contexts>,
 }
 
 #[derive(Serialize)]
@@ -185,12 +188,15 @@ pub async fn serve(
         auth::check_token(token).map_err(std::io::Error::other)?;
     }
     engine.spawn_background();
-    let runs = Runs::new(engine.clone());
-    runs.warm_up();
+    let python = Pythons::new(engine.clone());
+    python.warm_up();
+    let contexts = Contexts::new(engine.clone(), python.clone());
+    let runs = Runs::new(engine.clone(), python, contexts.clone());
     let app = app(
         AppState {
             engine: engine.clone(),
             runs,
+            contexts,
         },
         metrics,
         body_timeout,

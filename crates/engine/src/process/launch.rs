@@ -57,7 +57,19 @@ pub async fn start_with(
     launcher: Launcher<'_>,
 ) -> Result<Arc<Process>> {
     let launched = launch(sandbox, &opts, launcher, false).await?;
-    Ok(launched.begin(opts, sink))
+    Ok(launched.begin(opts, sink, true))
+}
+
+/// Starts `opts` as a service of the server's in the sandbox (a kernel): as [`start_with`],
+/// but not listed among the sandbox's processes, so it neither shows in the API's listing
+/// nor keeps the sandbox from idling out.
+pub async fn start_service(
+    sandbox: &Arc<Sandbox>,
+    opts: ExecOptions,
+    launcher: Launcher<'_>,
+) -> Result<Arc<Process>> {
+    let launched = launch(sandbox, &opts, launcher, false).await?;
+    Ok(launched.begin(opts, None, false))
 }
 
 /// Starts `opts` (its command, environment and directory) from the zygote, held: the process
@@ -87,7 +99,7 @@ impl Parked {
     /// was fixed when it was parked), and collects it.
     pub async fn run(self, opts: ExecOptions) -> Result<Outcome> {
         let sandbox = self.0.sandbox.clone();
-        collect(&sandbox, self.0.begin(opts, None)).await
+        collect(&sandbox, self.0.begin(opts, None, true)).await
     }
 }
 
@@ -178,8 +190,13 @@ async fn launch(
 
 impl Launched {
     /// Lets a held process go, and starts the pump that feeds its stdin, reads its output and
-    /// enforces the timeout (from now) of `opts`.
-    fn begin(self, opts: ExecOptions, sink: Option<mpsc::Sender<Chunk>>) -> Arc<Process> {
+    /// enforces the timeout (from now) of `opts`. A `listed` process is one of the sandbox's.
+    fn begin(
+        self,
+        opts: ExecOptions,
+        sink: Option<mpsc::Sender<Chunk>>,
+        listed: bool,
+    ) -> Arc<Process> {
         // A held program begins now; any other began when it was launched.
         let started = if self.go.is_some() {
             Instant::now()
@@ -202,8 +219,11 @@ impl Launched {
             exit: exit_rx,
             actions,
         });
-        self.sandbox.register_process(process.clone());
+        if listed {
+            self.sandbox.register_process(process.clone());
+        }
         let pump = Pump {
+            listed,
             zygote_watcher: self.zygote_watcher,
             sandbox: self.sandbox,
             process: process.clone(),

@@ -20,7 +20,7 @@ mod output;
 mod pump;
 mod spec;
 
-pub use launch::{Launcher, Parked, park, start, start_with};
+pub use launch::{Launcher, Parked, park, start, start_service, start_with};
 pub use output::{Captured, OutputBudget, text};
 pub use spec::{ExecOptions, argv_of, checked_timeout, output_cap, shell_argv};
 

@@ -36,6 +36,8 @@ pub(super) struct Pump {
     /// process. Its processes are outside the init's Landlock domain, so the host kills their
     /// tree and that child forwards signals.
     pub(super) zygote_watcher: Option<OwnedFd>,
+    /// One of the sandbox's processes (not a service of the server's, such as a kernel).
+    pub(super) listed: bool,
     pub(super) sandbox: Arc<Sandbox>,
     pub(super) process: Arc<Process>,
     pub(super) sink: Option<mpsc::Sender<Chunk>>,
@@ -103,7 +105,9 @@ impl Pump {
         metrics::histogram!("cella_exec_seconds").record(wall.as_secs_f64());
         self.sandbox.touch();
         let _ = exit_tx.send(Some(exit));
-        self.sandbox.retire_process(id);
+        if self.listed {
+            self.sandbox.retire_process(id);
+        }
     }
 
     /// How the process ended; `ended` is none when the sandbox went away under it, which

@@ -12,15 +12,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cella_jail::zygote::Zygote;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
+use crate::context::{Call, CellResult, Context, Contexts, KernelDeath};
 use crate::engine::{CreateSandbox, Engine, Need};
 use crate::error::{Error, Result, quoted};
-use crate::jupyter::{CellResult, Kernel, KernelDeath};
 use crate::language::{self, Availability, Language};
 use crate::pool::WarmPool;
 use crate::process::{self, Captured, ExecOptions, Exit, Launcher, Outcome, Parked};
+use crate::python::{Flavor, Pythons};
 use crate::sandbox::{INTERNAL_LABEL, Sandbox};
 
 mod compiled;
@@ -28,7 +28,6 @@ mod probe;
 mod warm;
 
 use compiled::{CompileCache, Compiled, Key, Lookup};
-use warm::Flavor;
 
 /// Compilers and build tools get at least this much memory, whatever the run's limit.
 const COMPILE_MEMORY_MB: u64 = 2048;
@@ -197,19 +196,19 @@ pub struct Runs {
     sandboxes: Arc<WarmPool<Disposable>>,
     /// Ready sandboxes with a `python` run's interpreter parked in them (see [`process::park`]).
     pythons: Arc<WarmPool<(Disposable, Parked)>>,
-    /// Ready sandboxes with a started Jupyter kernel.
-    kernels: Arc<WarmPool<(Disposable, Kernel)>>,
-    /// The warm Pythons runs fork from, by [`Flavor`] (restarted if one dies).
-    zygotes: [tokio::sync::Mutex<Option<Arc<Zygote>>>; 3],
+    /// Ready sandboxes with a started Python context.
+    kernels: Arc<WarmPool<(Disposable, Arc<Context>)>>,
+    /// The warm Pythons programs and kernels fork from.
+    python: Arc<Pythons>,
+    contexts: Arc<Contexts>,
     /// Compiles kept for later runs of the same code.
     compiled: Arc<CompileCache>,
     /// Set once the toolchains have been checked.
     probed: tokio::sync::OnceCell<()>,
-    skeleton_started: std::sync::atomic::AtomicBool,
 }
 
 impl Runs {
-    pub fn new(engine: Arc<Engine>) -> Arc<Runs> {
+    pub fn new(engine: Arc<Engine>, python: Arc<Pythons>, contexts: Arc<Contexts>) -> Arc<Runs> {
         let slots = engine.config.runs.max_concurrency.max(1);
         let pools = &engine.config.pool;
         let (sandboxes, pythons, kernels) = (
@@ -231,9 +230,9 @@ impl Runs {
             sandboxes,
             pythons,
             kernels,
-            zygotes: Default::default(),
+            python,
+            contexts,
             probed: tokio::sync::OnceCell::new(),
-            skeleton_started: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -310,8 +309,9 @@ impl Runs {
     pub async fn run_notebook(self: &Arc<Self>, req: NotebookRequest) -> Result<NotebookOutcome> {
         let started = Instant::now();
         let _slot = self.admit().await?;
-        let (sandbox, kernel) = self.claim_kernel(req.total_timeout).await?;
-        let outcome = self.notebook_in(&sandbox, kernel, req, started).await;
+        let (sandbox, context) = self.claim_kernel().await?;
+        let outcome = self.notebook_in(&sandbox, &context, req, started).await;
+        context.close();
         drop(sandbox);
         metrics::histogram!("cella_run_seconds", "language" => "jupyter")
             .record(started.elapsed().as_secs_f64());
@@ -321,7 +321,7 @@ impl Runs {
     async fn notebook_in(
         &self,
         sandbox: &Arc<Sandbox>,
-        mut kernel: Kernel,
+        context: &Arc<Context>,
         req: NotebookRequest,
         started: Instant,
     ) -> Result<NotebookOutcome> {
@@ -331,22 +331,28 @@ impl Runs {
         let deadline = started + req.total_timeout;
         let mut outcome = NotebookOutcome::default();
         let mut output_left = self.engine.config.runs.notebook_output_bytes;
+        let mut lost = false;
         for code in &req.cells {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || kernel.is_dead() {
+            if left.is_zero() || lost {
                 outcome.timed_out |= left.is_zero();
                 break;
             }
             let limit = req.cell_timeout.map_or(left, |t| t.min(left));
-            let cell = kernel.execute(code, limit, output_left).await?;
+            let call = Call {
+                code: code.clone(),
+                timeout: limit,
+                output_cap: output_left,
+            };
+            let cell = context.execute(call, None).await?;
             output_left -= cell.kept_bytes;
+            lost = cell.kernel_lost.is_some();
             // The notebook timed out: at its total, or at a cell's timeout the kernel did not
             // survive (no later cell can run).
-            outcome.timed_out = cell.timed_out && (limit == left || kernel.is_dead());
+            outcome.timed_out = cell.timed_out && (limit == left || lost);
             outcome.cells.push(cell);
         }
-        outcome.kernel_death = kernel.death().cloned();
-        kernel.shutdown();
+        outcome.kernel_death = context.death();
         outcome.fetched = self.fetch_files(sandbox, req.fetch_files).await?;
         outcome.wall = started.elapsed();
         Ok(outcome)
@@ -523,7 +529,7 @@ impl Runs {
             None => {
                 let zygote = match opts.argv.first() {
                     Some(program) if program == "python3" => {
-                        self.python_zygote(sandbox, flavor).await
+                        self.python.zygote_for(sandbox, flavor).await
                     }
                     _ => None,
                 };

@@ -18,8 +18,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use cella_engine::context::CellResult;
 use cella_engine::error::quoted;
-use cella_engine::jupyter::CellResult;
 use cella_engine::process::{self, Exit};
 use cella_engine::run::{
     Fetched, NotebookOutcome, NotebookRequest, RunOutcome, RunRequest, Step, StepStatus,

@@ -11,12 +11,57 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use cella_engine::FileEntry as Entry;
+use cella_engine::FileKind;
 use cella_engine::{Engine, Error, Sandbox, Side};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, Multipart, Path, Query};
+
+/// A file, directory or link in a sandbox.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = FileEntry)]
+pub struct FileEntryView {
+    /// The path inside the sandbox, absolute.
+    pub path: String,
+    pub name: String,
+    /// `file`, `dir`, `symlink` or `other`.
+    pub kind: &'static str,
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Seconds since the epoch.
+    pub mtime: i64,
+    /// Where a symlink points (not followed).
+    pub target: Option<String>,
+}
+
+impl From<Entry> for FileEntryView {
+    fn from(e: Entry) -> FileEntryView {
+        FileEntryView {
+            path: e.path,
+            name: e.name,
+            kind: match e.kind {
+                FileKind::File => "file",
+                FileKind::Dir => "dir",
+                FileKind::Symlink => "symlink",
+                FileKind::Other => "other",
+            },
+            size: e.size,
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+            mtime: e.mtime,
+            target: e.target,
+        }
+    }
+}
+
+fn views(entries: Vec<Entry>) -> Vec<FileEntryView> {
+    entries.into_iter().map(FileEntryView::from).collect()
+}
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -166,12 +211,12 @@ pub async fn read(
 }
 
 #[utoipa::path(post, path = "/sandboxes/{id}/files/write", operation_id = "write_file", tag = "files", request_body = WriteFile,
-    responses((status = 200, body = Entry), (status = 400, body = ErrorBody), (status = 507, body = ErrorBody)))]
+    responses((status = 200, body = FileEntryView), (status = 400, body = ErrorBody), (status = 507, body = ErrorBody)))]
 pub async fn write(
     State(engine): State<Arc<Engine>>,
     Path(id): Path<String>,
     Json(req): Json<WriteFile>,
-) -> ApiResult<Json<Entry>> {
+) -> ApiResult<Json<FileEntryView>> {
     let sandbox = sandbox(&engine, &id)?;
     let data = match req.encoding {
         Encoding::Utf8 => req.content.into_bytes(),
@@ -186,7 +231,8 @@ pub async fn write(
             fs.write(p, &data, mode, parents)?;
             fs.stat(p)
         })
-        .await?,
+        .await?
+        .into(),
     ))
 }
 
@@ -194,17 +240,19 @@ pub async fn write(
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     description = "Writes the raw request body to `path` (parents are created). The file takes the place \
                    of what was there only once the whole body has come: a broken upload changes nothing.",
-    responses((status = 200, body = Entry), (status = 507, body = ErrorBody)))]
+    responses((status = 200, body = FileEntryView), (status = 507, body = ErrorBody)))]
 pub async fn put_raw(
     State(engine): State<Arc<Engine>>,
     Path(id): Path<String>,
     Query(q): Query<PutQuery>,
     body: Body,
-) -> ApiResult<Json<Entry>> {
+) -> ApiResult<Json<FileEntryView>> {
     let sandbox = sandbox(&engine, &id)?;
     let mode = parse_mode(q.mode.as_deref(), 0o644)?;
     Ok(Json(
-        write_stream(&sandbox, &q.path, mode, body.into_data_stream()).await?,
+        write_stream(&sandbox, &q.path, mode, body.into_data_stream())
+            .await?
+            .into(),
     ))
 }
 
@@ -279,12 +327,12 @@ fn unreadable_form(e: axum::extract::multipart::MultipartError) -> ApiError {
     request_body(content = String, content_type = "multipart/form-data",
         description = "Fields: `file` (the content, with a file name) and optional `path` (the destination; a \
                        directory ending in `/`, or a file). Without `path` the file goes to the home directory."),
-    responses((status = 201, body = Vec<Entry>), (status = 400, body = ErrorBody)))]
+    responses((status = 201, body = Vec<FileEntryView>), (status = 400, body = ErrorBody)))]
 pub async fn upload(
     State(engine): State<Arc<Engine>>,
     Path(id): Path<String>,
     Multipart(mut form): Multipart,
-) -> ApiResult<(StatusCode, Json<Vec<Entry>>)> {
+) -> ApiResult<(StatusCode, Json<Vec<FileEntryView>>)> {
     let sandbox = sandbox(&engine, &id)?;
     let mut target: Option<String> = None;
     let mut written = Vec::new();
@@ -306,7 +354,7 @@ pub async fn upload(
     if written.is_empty() {
         return Err(ApiError::bad_request("the form has no `file` field"));
     }
-    Ok((StatusCode::CREATED, Json(written)))
+    Ok((StatusCode::CREATED, Json(views(written))))
 }
 
 #[utoipa::path(get, path = "/sandboxes/{id}/files", operation_id = "download_file", tag = "files", params(PathQuery),
@@ -353,12 +401,12 @@ pub fn content_disposition(name: &str) -> String {
 const MAX_LISTED: usize = 100_000;
 
 #[utoipa::path(get, path = "/sandboxes/{id}/files/list", operation_id = "list_files", tag = "files", params(ListQuery),
-    responses((status = 200, body = Vec<Entry>), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
+    responses((status = 200, body = Vec<FileEntryView>), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub async fn list(
     State(engine): State<Arc<Engine>>,
     Path(id): Path<String>,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Vec<Entry>>> {
+) -> ApiResult<Json<Vec<FileEntryView>>> {
     let sandbox = sandbox(&engine, &id)?;
     let depth = q.depth.unwrap_or(1).clamp(1, 32);
     // One more than is answered, to tell a full listing from a cut one.
@@ -373,27 +421,29 @@ pub async fn list(
         ))
         .into());
     }
-    Ok(Json(entries))
+    Ok(Json(views(entries)))
 }
 
 #[utoipa::path(get, path = "/sandboxes/{id}/files/stat", operation_id = "stat_file", tag = "files", params(PathQuery),
-    responses((status = 200, body = Entry), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = FileEntryView), (status = 404, body = ErrorBody)))]
 pub async fn stat(
     State(engine): State<Arc<Engine>>,
     Path(id): Path<String>,
     Query(q): Query<PathQuery>,
-) -> ApiResult<Json<Entry>> {
+) -> ApiResult<Json<FileEntryView>> {
     let sandbox = sandbox(&engine, &id)?;
-    Ok(Json(on_path(&sandbox, &q.path, |fs, p| fs.stat(p)).await?))
+    Ok(Json(
+        on_path(&sandbox, &q.path, |fs, p| fs.stat(p)).await?.into(),
+    ))
 }
 
 #[utoipa::path(post, path = "/sandboxes/{id}/files/mkdir", operation_id = "make_directory", tag = "files", request_body = MakeDir,
-    responses((status = 200, body = Entry), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = FileEntryView), (status = 409, body = ErrorBody)))]
 pub async fn mkdir(
     State(engine): State<Arc<Engine>>,
     Path(id): Path<String>,
     Json(req): Json<MakeDir>,
-) -> ApiResult<Json<Entry>> {
+) -> ApiResult<Json<FileEntryView>> {
     let sandbox = sandbox(&engine, &id)?;
     let mode = parse_mode(req.mode.as_deref(), 0o755)?;
     let parents = req.parents;
@@ -402,17 +452,18 @@ pub async fn mkdir(
             fs.mkdir(p, parents, mode)?;
             fs.stat(p)
         })
-        .await?,
+        .await?
+        .into(),
     ))
 }
 
 #[utoipa::path(post, path = "/sandboxes/{id}/files/move", operation_id = "move_file", tag = "files", request_body = MoveFile,
-    responses((status = 200, body = Entry), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = FileEntryView), (status = 404, body = ErrorBody)))]
 pub async fn rename(
     State(engine): State<Arc<Engine>>,
     Path(id): Path<String>,
     Json(req): Json<MoveFile>,
-) -> ApiResult<Json<Entry>> {
+) -> ApiResult<Json<FileEntryView>> {
     let sandbox = sandbox(&engine, &id)?;
     let from = sandbox.absolute(&req.source);
     let to = sandbox.absolute(&req.destination);
@@ -423,7 +474,7 @@ pub async fn rename(
         })?;
         fs.stat(&to).map_err(|e| Error::file(&to, e))
     });
-    Ok(Json(moved.await?))
+    Ok(Json(moved.await?.into()))
 }
 
 #[utoipa::path(delete, path = "/sandboxes/{id}/files", operation_id = "remove_file", tag = "files", params(RemoveQuery),

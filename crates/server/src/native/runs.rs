@@ -138,9 +138,35 @@ pub async fn run(
     }))
 }
 
+/// Whether a language can run on this server, and with what toolchain.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = LanguageInfo)]
+pub struct LanguageView {
+    pub name: String,
+    pub available: bool,
+    /// The toolchain's version line, when it is installed.
+    pub version: Option<String>,
+    /// Why it cannot run, when it cannot.
+    pub reason: Option<String>,
+    pub compiled: bool,
+}
+
+impl From<LanguageInfo> for LanguageView {
+    fn from(l: LanguageInfo) -> LanguageView {
+        LanguageView {
+            name: l.name,
+            available: l.available,
+            version: l.version,
+            reason: l.reason,
+            compiled: l.compiled,
+        }
+    }
+}
+
 #[utoipa::path(get, path = "/languages", operation_id = "list_languages", tag = "runs",
     description = "Every language, its toolchain version and whether this server can run it (checked in a sandbox on the first call).",
-    responses((status = 200, body = Vec<LanguageInfo>)))]
-pub async fn languages(State(state): State<AppState>) -> Json<Vec<LanguageInfo>> {
-    Json(state.runs.languages().await)
+    responses((status = 200, body = Vec<LanguageView>)))]
+pub async fn languages(State(state): State<AppState>) -> Json<Vec<LanguageView>> {
+    let languages = state.runs.languages().await;
+    Json(languages.into_iter().map(LanguageView::from).collect())
 }

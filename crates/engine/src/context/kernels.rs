@@ -1,0 +1,172 @@
+//! The kernel behind each context language, and how it starts in a sandbox.
+//!
+//! - `python`: ipykernel, forked from the warm kernel zygote (which has imported ipykernel,
+//!   numpy, pandas and matplotlib with its inline backend), or started afresh where the
+//!   zygote cannot serve (another image).
+//! - `javascript`: cella's own Jupyter kernel on Node.js (`javascript.js`, written into the
+//!   kernel's directory): no kernel from a registry installs and runs on Node 20 here
+//!   (ijavascript's zeromq 5 does not build; tslab turns results and errors into plain text).
+//! - `bash`: bash_kernel from PyPI (installed by `scripts/setup.sh` into
+//!   [`PYTHON_PACKAGES`]), forked from the kernel zygote like python.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::jupyter::{Kernel, KernelFiles};
+use crate::error::{Error, Result, quoted};
+use crate::process::{ExecOptions, Launcher};
+use crate::python::{Flavor, Pythons};
+use crate::sandbox::Sandbox;
+
+/// Python packages `scripts/setup.sh` installs for sandboxes beyond Debian's (bash_kernel).
+pub const PYTHON_PACKAGES: &str = "/opt/cella/python";
+/// The JavaScript packages `scripts/setup.sh` installs (acorn, for top-level `await`).
+const NODE_MODULES: &str = "/opt/cella/node/node_modules";
+const JAVASCRIPT_KERNEL: &str = include_str!("javascript.js");
+/// Matplotlib's backend in kernels: figures become `image/png` displays.
+pub const INLINE_BACKEND: &str = "module://matplotlib_inline.backend_inline";
+/// debugpy, which ipykernel imports, otherwise warns about frozen modules on stderr.
+const PYTHON_ENV: &[(&str, &str)] = &[
+    ("PYDEVD_DISABLE_FILE_VALIDATION", "1"),
+    ("MPLBACKEND", INLINE_BACKEND),
+];
+const BASH_ENV: &[(&str, &str)] = &[
+    ("PYDEVD_DISABLE_FILE_VALIDATION", "1"),
+    ("PYTHONPATH", PYTHON_PACKAGES),
+];
+const NODE_ENV: &[(&str, &str)] = &[("NODE_PATH", NODE_MODULES)];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Language {
+    Python,
+    JavaScript,
+    Bash,
+}
+
+impl Language {
+    pub const ALL: [Language; 3] = [Language::Python, Language::JavaScript, Language::Bash];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Language::Python => "python",
+            Language::JavaScript => "javascript",
+            Language::Bash => "bash",
+        }
+    }
+
+    /// A language by the names clients use for it.
+    pub fn parse(name: &str) -> Result<Language> {
+        match name.to_ascii_lowercase().as_str() {
+            "python" | "python3" | "py" => Ok(Language::Python),
+            "javascript" | "js" | "node" | "nodejs" => Ok(Language::JavaScript),
+            "bash" | "sh" | "shell" => Ok(Language::Bash),
+            _ => Err(Error::invalid(format!(
+                "unknown context language {}: one of python, javascript, bash",
+                quoted(name)
+            ))),
+        }
+    }
+}
+
+/// Starts kernels: what a context needs to begin or begin again.
+pub struct Kernels {
+    pub(super) pythons: Arc<Pythons>,
+    pub(super) start_timeout: Duration,
+    pub(super) output_cap: usize,
+}
+
+impl Kernels {
+    /// Starts a `language` kernel in `sandbox`, its files in `dir`, in `cwd` with `env`
+    /// added to the sandbox's environment.
+    pub(super) async fn start(
+        &self,
+        sandbox: &Arc<Sandbox>,
+        language: Language,
+        dir: String,
+        cwd: &str,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Kernel> {
+        let files = KernelFiles { dir };
+        let (connection, script) = (files.connection(), format!("{}/kernel.js", files.dir));
+        let (argv, kernel_env, zygote) = match language {
+            Language::Python => (
+                vec!["python3", "-m", "ipykernel_launcher", "-f", &connection],
+                PYTHON_ENV,
+                true,
+            ),
+            Language::Bash => (
+                vec!["python3", "-m", "bash_kernel", "-f", &connection],
+                BASH_ENV,
+                true,
+            ),
+            Language::JavaScript => {
+                write_private(sandbox, &files.dir, &script, JAVASCRIPT_KERNEL).await?;
+                (vec!["node", &script, &connection], NODE_ENV, false)
+            }
+        };
+        self.launch(sandbox, &files, &argv, kernel_env, cwd, env, zygote)
+            .await
+            .map_err(|e| match e {
+                Error::MissingProgram(_) => Error::MissingProgram(format!(
+                    "{} contexts need {}, which this sandbox's image does not have",
+                    language.name(),
+                    argv[0]
+                )),
+                e => e,
+            })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn launch(
+        &self,
+        sandbox: &Arc<Sandbox>,
+        files: &KernelFiles,
+        argv: &[&str],
+        kernel_env: &[(&str, &str)],
+        cwd: &str,
+        env: &BTreeMap<String, String>,
+        zygote: bool,
+    ) -> Result<Kernel> {
+        let mut all_env: BTreeMap<String, String> = kernel_env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        all_env.extend(env.clone());
+        let opts = ExecOptions {
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            env: all_env,
+            cwd: Some(cwd.to_string()),
+            stdin: None,
+            timeout: None,
+            output_cap: 64 << 10,
+        };
+        let zygote = match zygote {
+            true => self.pythons.zygote_for(sandbox, Flavor::Kernel).await,
+            false => None,
+        };
+        let launcher = zygote.as_deref().map_or(Launcher::Init, Launcher::Zygote);
+        Kernel::start(
+            sandbox,
+            files,
+            opts,
+            launcher,
+            self.start_timeout,
+            self.output_cap,
+        )
+        .await
+    }
+}
+
+/// Writes `text` into `path` under `dir` (made first), readable by the sandbox's user only.
+async fn write_private(sandbox: &Sandbox, dir: &str, path: &str, text: &'static str) -> Result<()> {
+    let (dir, path) = (dir.to_string(), path.to_string());
+    sandbox
+        .with_fs(move |fs| {
+            fs.mkdir(&dir, true, 0o700)
+                .map_err(|e| Error::file(&dir, e))?;
+            fs.write(&path, text.as_bytes(), 0o600, false)
+                .map_err(|e| Error::file(&path, e))
+        })
+        .await
+}
