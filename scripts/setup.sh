@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   # Python inside sandboxes: the image's interpreter with the usual scientific stack and a kernel.
   python3 python3-numpy python3-pandas python3-matplotlib python3-scipy python3-pytest
-  python3-ipykernel python3-jupyter-client
+  python3-ipykernel python3-jupyter-client python3-pexpect
   # Compiled and interpreted languages of the SandboxFusion table.
   g++ libgtest-dev libssl-dev golang-go default-jdk-headless junit5 libjavatuples-java php-cli mono-mcs ruby lua5.4
   r-base-core perl scala racket ldc iverilog sqlite3 kotlin rustc nodejs
@@ -19,7 +19,13 @@ APT_PACKAGES=(
 NODE_DIR=/opt/cella/node
 NPM_PACKAGES=(typescript@5 tsx@4 jest@29 ts-jest@29 @types/jest@29 @types/node@20 lodash@4
   jest-environment-jsdom@29 react@18 react-dom@18 @types/react@18 @types/react-dom@18
-  @testing-library/react@14 @testing-library/jest-dom@6)
+  @testing-library/react@14 @testing-library/jest-dom@6
+  acorn@8)   # the javascript context kernel parses code with top-level await
+# Python packages for sandboxes that Debian does not package, pure Python, into one directory
+# the kernels that need them find on PYTHONPATH: bash_kernel, the kernel of `bash` contexts
+# (its other needs, ipykernel and pexpect, are Debian's).
+SANDBOX_PYTHON=/opt/cella/python
+SANDBOX_PIP_PACKAGES=(bash_kernel==0.10.0 filetype==1.2.0)
 PIP_PACKAGES=(sandbox-fusion==0.3.7 pytest pytest-xdist requests)
 
 log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
@@ -151,6 +157,20 @@ if [ "$(cat "$GO_CACHE/stamp" 2>/dev/null)" != "$go_stamp" ]; then
   echo "$go_stamp" > "$GO_CACHE/stamp"
 else
   log "go: shared cache for go test built"
+fi
+
+sandbox_pip_stamp="${SANDBOX_PIP_PACKAGES[*]}"
+if [ "$(cat "$SANDBOX_PYTHON/stamp" 2>/dev/null)" != "$sandbox_pip_stamp" ]; then
+  log "pip: installing ${SANDBOX_PIP_PACKAGES[*]} for sandboxes into $SANDBOX_PYTHON"
+  rm -rf "$SANDBOX_PYTHON.tmp"
+  ${PYTHON:-python3} -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-deps \
+    --target "$SANDBOX_PYTHON.tmp" "${SANDBOX_PIP_PACKAGES[@]}"
+  chmod -R a+rX "$SANDBOX_PYTHON.tmp"
+  rm -rf "$SANDBOX_PYTHON"
+  mv "$SANDBOX_PYTHON.tmp" "$SANDBOX_PYTHON"
+  echo "$sandbox_pip_stamp" > "$SANDBOX_PYTHON/stamp"
+else
+  log "pip: packages for sandboxes present"
 fi
 
 PY=${PYTHON:-python3}

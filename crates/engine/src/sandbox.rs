@@ -184,6 +184,12 @@ impl Sandbox {
         self.exec_ids.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// When the sandbox was last active (an API call, a process, a context's call), in
+    /// seconds since the epoch.
+    pub fn last_active(&self) -> f64 {
+        self.last_active.load(Ordering::Relaxed) as f64 / 1000.0
+    }
+
     pub fn touch(&self) {
         self.last_active.store(now_ms(), Ordering::Relaxed);
     }

@@ -9,6 +9,8 @@ use axum::response::{IntoResponse, Response};
 use cella_engine::Error;
 use serde::Serialize;
 
+use crate::common::transfer::{BodyFault, UploadError};
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -45,24 +47,36 @@ impl ApiError {
     /// `limits.max_body_bytes`, or paused longer than `limits.body_read_timeout_secs`. `None`
     /// when reading it failed for another reason.
     pub fn body_limit_exceeded(e: &(dyn std::error::Error + 'static)) -> Option<ApiError> {
-        std::iter::successors(Some(e), |e| e.source()).find_map(|cause| {
-            if cause.is::<http_body_util::LengthLimitError>() {
-                Some(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
-                    "the request body is larger than the server's limit (limits.max_body_bytes)",
-                ))
-            } else if cause.is::<tower_http::timeout::TimeoutError>() {
-                Some(ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "body_timeout",
-                    "the client paused sending the request body for too long \
-                     (limits.body_read_timeout_secs)",
-                ))
-            } else {
-                None
+        ApiError::of_body(BodyFault::of(e))
+    }
+
+    fn of_body(fault: BodyFault) -> Option<ApiError> {
+        let message = fault.message();
+        match fault {
+            BodyFault::TooLarge => Some(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                message,
+            )),
+            BodyFault::Stalled => Some(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                message,
+            )),
+            BodyFault::Broken(_) => None,
+        }
+    }
+}
+
+impl From<UploadError> for ApiError {
+    fn from(e: UploadError) -> ApiError {
+        match e {
+            UploadError::Sandbox(e) => e.into(),
+            UploadError::Body(fault) => {
+                let message = fault.message();
+                ApiError::of_body(fault).unwrap_or_else(|| ApiError::bad_request(message))
             }
-        })
+        }
     }
 }
 

@@ -25,6 +25,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 mod auth;
 mod body_budget;
+mod common;
 mod compat;
 pub mod error;
 mod extract;
@@ -41,6 +42,7 @@ use extract::Json;
     tags(
         (name = "sandboxes", description = "Isolated, long-lived environments"),
         (name = "processes", description = "Commands run in a sandbox"),
+        (name = "contexts", description = "Stateful code kernels in a sandbox (python, javascript, bash)"),
         (name = "files", description = "A sandbox's files, reached without leaving it"),
         (name = "images", description = "Root filesystems sandboxes are made from"),
         (name = "runs", description = "One-shot runs of source code in any supported language"),
@@ -54,6 +56,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub runs: Arc<Runs>,
     pub contexts: Arc<Contexts>,
+    /// Which sandbox is the CodeGeeX4 face's default.
+    pub codegeex: Arc<compat::codegeex::Codegeex>,
 }
 
 #[derive(Serialize)]
@@ -92,6 +96,7 @@ pub fn app(state: AppState, metrics: PrometheusHandle, body_timeout: Duration) -
     let app = Router::new()
         .merge(native)
         .merge(compat::fusion::router())
+        .merge(compat::codegeex::router())
         .route(
             "/openapi.json",
             get(move || async move { axum::Json(doc.as_ref().clone()) }),
@@ -197,6 +202,7 @@ pub async fn serve(
             engine: engine.clone(),
             runs,
             contexts,
+            codegeex: Default::default(),
         },
         metrics,
         body_timeout,

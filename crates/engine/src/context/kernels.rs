@@ -7,7 +7,8 @@
 //!   kernel's directory): no kernel from a registry installs and runs on Node 20 here
 //!   (ijavascript's zeromq 5 does not build; tslab turns results and errors into plain text).
 //! - `bash`: bash_kernel from PyPI (installed by `scripts/setup.sh` into
-//!   [`PYTHON_PACKAGES`]), forked from the kernel zygote like python.
+//!   [`PYTHON_PACKAGES`]), started by `bash_kernel.py` (which takes out pexpect's pause
+//!   before each line typed into bash), forked from the kernel zygote like python.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,8 +25,10 @@ pub const PYTHON_PACKAGES: &str = "/opt/cella/python";
 /// The JavaScript packages `scripts/setup.sh` installs (acorn, for top-level `await`).
 const NODE_MODULES: &str = "/opt/cella/node/node_modules";
 const JAVASCRIPT_KERNEL: &str = include_str!("javascript.js");
+const BASH_KERNEL: &str = include_str!("bash_kernel.py");
 /// Matplotlib's backend in kernels: figures become `image/png` displays.
 pub const INLINE_BACKEND: &str = "module://matplotlib_inline.backend_inline";
+const NO_HISTORY: &str = "--HistoryManager.enabled=False";
 /// debugpy, which ipykernel imports, otherwise warns about frozen modules on stderr.
 const PYTHON_ENV: &[(&str, &str)] = &[
     ("PYDEVD_DISABLE_FILE_VALIDATION", "1"),
@@ -88,18 +91,30 @@ impl Kernels {
         env: &BTreeMap<String, String>,
     ) -> Result<Kernel> {
         let files = KernelFiles { dir };
-        let (connection, script) = (files.connection(), format!("{}/kernel.js", files.dir));
+        let connection = files.connection();
+        let script = match language {
+            Language::Python => String::new(),
+            Language::JavaScript => format!("{}/kernel.js", files.dir),
+            Language::Bash => format!("{}/kernel.py", files.dir),
+        };
         let (argv, kernel_env, zygote) = match language {
+            // Without its history database: a write to SQLite after every call, for nothing.
             Language::Python => (
-                vec!["python3", "-m", "ipykernel_launcher", "-f", &connection],
+                vec![
+                    "python3",
+                    "-m",
+                    "ipykernel_launcher",
+                    "-f",
+                    &connection,
+                    NO_HISTORY,
+                ],
                 PYTHON_ENV,
                 true,
             ),
-            Language::Bash => (
-                vec!["python3", "-m", "bash_kernel", "-f", &connection],
-                BASH_ENV,
-                true,
-            ),
+            Language::Bash => {
+                write_private(sandbox, &files.dir, &script, BASH_KERNEL).await?;
+                (vec!["python3", &script, "-f", &connection], BASH_ENV, true)
+            }
             Language::JavaScript => {
                 write_private(sandbox, &files.dir, &script, JAVASCRIPT_KERNEL).await?;
                 (vec!["node", &script, &connection], NODE_ENV, false)

@@ -105,14 +105,15 @@ impl Pythons {
         slot.clone()
     }
 
-    /// Starts the warm pieces before the first request needs them: the plain zygote, then
-    /// the scientific one (its imports and matplotlib's font list take seconds; so much code
-    /// uses numpy that runs should not wait for that), and the home skeleton.
+    /// Starts the zygotes before the first request needs them: the plain one, then the
+    /// scientific and the kernels' (their imports and matplotlib's font list take seconds;
+    /// so much code uses numpy, and a context should start in milliseconds).
     pub fn warm_up(self: &Arc<Self>) {
         let pythons = self.clone();
         tokio::spawn(async move {
             if pythons.zygote(Flavor::Plain).await.is_some() {
                 pythons.start_zygote(Flavor::Scientific).await;
+                pythons.start_zygote(Flavor::Kernel).await;
             }
         });
     }

@@ -1,5 +1,6 @@
-//! Compatibility faces: other systems' wire APIs, each a thin translation onto the engine.
-//! A face never imports another face.
+//! Compatibility faces: other systems' wire APIs, each a thin translation onto the engine,
+//! each in a module of its own with its router and its error shape. A face never imports
+//! another face; what several render the same way is in `crate::common`.
 
+pub mod codegeex;
 pub mod fusion;
-mod pydantic;

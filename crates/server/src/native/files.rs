@@ -2,20 +2,19 @@
 //! remove. Paths are sandbox paths (relative ones are relative to `/home/user`); every host-side
 //! operation goes through the jail's scoped resolver, so no path reaches outside the sandbox.
 
-use std::io::Write;
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use base64::Engine as _;
 use cella_engine::FileEntry as Entry;
 use cella_engine::FileKind;
 use cella_engine::{Engine, Error, Sandbox, Side};
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use crate::common::transfer::{self, ContentType};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, Multipart, Path, Query};
 
@@ -250,72 +249,10 @@ pub async fn put_raw(
     let sandbox = sandbox(&engine, &id)?;
     let mode = parse_mode(q.mode.as_deref(), 0o644)?;
     Ok(Json(
-        write_stream(&sandbox, &q.path, mode, body.into_data_stream())
+        transfer::write_stream(&sandbox, &q.path, mode, body.into_data_stream())
             .await?
             .into(),
     ))
-}
-
-/// Streams chunks into a file in the sandbox without holding the whole body in memory. The
-/// file takes its place only once the body has come whole: a broken upload changes nothing.
-async fn write_stream<S, E>(
-    sandbox: &Sandbox,
-    path: &str,
-    mode: u32,
-    mut chunks: S,
-) -> ApiResult<Entry>
-where
-    S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
-    E: std::error::Error + 'static,
-{
-    // `None` marks the end of the body; a channel closed without it, a body cut short (the
-    // reader reports why), whose file is then dropped unfinished.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Bytes>>(8);
-    let writer = on_path(sandbox, path, move |fs, p| {
-        let mut file = fs.replacement(p, mode, true)?;
-        while let Some(chunk) = rx.blocking_recv() {
-            match chunk {
-                Some(chunk) => file.write_all(&chunk)?,
-                None => {
-                    file.finish()?;
-                    return fs.stat(p).map(Some);
-                }
-            }
-        }
-        Ok(None)
-    });
-    let feeder = async move {
-        // A closed channel means the writer stopped on an error, which it reports; a sandbox
-        // stopped meanwhile gets no more of the file, which would land in a filesystem nobody
-        // can reach. Either way the rest of the body is still read (and dropped), so the
-        // client gets that answer rather than a broken pipe.
-        let (mut tx, mut stopped) = (Some(tx), false);
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.map_err(|e| {
-                ApiError::body_limit_exceeded(&e).unwrap_or_else(|| {
-                    ApiError::bad_request(format!("reading the upload failed: {e}"))
-                })
-            })?;
-            if !stopped && !sandbox.is_running() {
-                (tx, stopped) = (None, true);
-            }
-            if let Some(sender) = &tx
-                && sender.send(Some(chunk)).await.is_err()
-            {
-                tx = None;
-            }
-        }
-        if stopped {
-            return Err(Error::Conflict("the sandbox stopped during the upload".into()).into());
-        }
-        if let Some(sender) = &tx {
-            let _ = sender.send(None).await;
-        }
-        Ok::<(), ApiError>(())
-    };
-    let (written, fed) = tokio::join!(writer, feeder);
-    fed?;
-    written?.ok_or_else(|| Error::internal("the upload ended without its end").into())
 }
 
 /// A form that could not be read: over a body limit, or malformed.
@@ -346,7 +283,7 @@ pub async fn upload(
                     Some(t) => t.clone(),
                     None => name,
                 };
-                written.push(write_stream(&sandbox, &dest, 0o644, field).await?);
+                written.push(transfer::write_stream(&sandbox, &dest, 0o644, field).await?);
             }
             _ => {}
         }
@@ -366,35 +303,7 @@ pub async fn download(
     Query(q): Query<PathQuery>,
 ) -> ApiResult<Response> {
     let sandbox = sandbox(&engine, &id)?;
-    let (file, size) = on_path(&sandbox, &q.path, |fs, p| fs.open_read(p)).await?;
-    let name = std::path::Path::new(&q.path)
-        .file_name()
-        .map_or("download".into(), |n| n.to_string_lossy().into_owned());
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(
-        tokio::fs::File::from_std(file),
-    ));
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-            (header::CONTENT_LENGTH, size.to_string()),
-            (header::CONTENT_DISPOSITION, content_disposition(&name)),
-        ],
-        body,
-    )
-        .into_response())
-}
-
-/// `attachment; filename*=UTF-8''<percent-encoded name>` (RFC 6266).
-pub fn content_disposition(name: &str) -> String {
-    let mut encoded = String::new();
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            encoded.push(b as char);
-        } else {
-            encoded.push_str(&format!("%{b:02X}"));
-        }
-    }
-    format!("attachment; filename*=UTF-8''{encoded}")
+    Ok(transfer::download(&sandbox, &q.path, ContentType::Binary).await?)
 }
 
 /// The most entries one listing answers with.

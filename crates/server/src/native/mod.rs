@@ -7,6 +7,7 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 
+pub mod contexts;
 pub mod files;
 pub mod images;
 pub mod processes;
@@ -24,6 +25,12 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(processes::get))
         .routes(routes!(processes::wait))
         .routes(routes!(processes::kill))
+        .routes(routes!(contexts::create, contexts::list))
+        .routes(routes!(contexts::get, contexts::delete))
+        .routes(routes!(contexts::execute))
+        .routes(routes!(contexts::execute_stream))
+        .routes(routes!(contexts::interrupt))
+        .routes(routes!(contexts::restart))
         .routes(routes!(files::download, files::put_raw, files::remove))
         .routes(routes!(files::read))
         .routes(routes!(files::write))

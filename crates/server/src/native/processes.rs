@@ -2,21 +2,19 @@
 //! the background.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::sse::{Event, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use cella_engine::process::{self, Captured, Chunk, ExecOptions, Exit, Outcome, Process, Stream};
 use cella_engine::{Config, Engine};
 use futures::{Stream as FStream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use crate::common::stream::{self, Named};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, Path, Query};
 
@@ -168,7 +166,7 @@ pub enum StreamEvent {
     },
 }
 
-impl StreamEvent {
+impl Named for StreamEvent {
     fn name(&self) -> &'static str {
         match self {
             StreamEvent::Started { .. } => "started",
@@ -193,32 +191,7 @@ pub async fn exec_stream(
     let opts = req.into_options(&engine.config)?;
     let (tx, rx) = mpsc::channel(64);
     let process = process::start(&sandbox, opts, Some(tx)).await?;
-    let events = events(process, rx);
-    let sse = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/event-stream"));
-    if sse {
-        let events = events.map(|e| {
-            Ok::<_, Infallible>(
-                Event::default()
-                    .event(e.name())
-                    .json_data(&e)
-                    .unwrap_or_default(),
-            )
-        });
-        return Ok(Sse::new(events).into_response());
-    }
-    let lines = events.map(|e| {
-        let mut line = serde_json::to_vec(&e).unwrap_or_default();
-        line.push(b'\n');
-        Ok::<_, Infallible>(line)
-    });
-    Ok((
-        [(header::CONTENT_TYPE, "application/x-ndjson")],
-        Body::from_stream(lines),
-    )
-        .into_response())
+    Ok(stream::respond(&headers, events(process, rx)))
 }
 
 fn events(process: Arc<Process>, rx: mpsc::Receiver<Chunk>) -> impl FStream<Item = StreamEvent> {

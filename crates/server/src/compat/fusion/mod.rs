@@ -28,9 +28,11 @@ use cella_engine::{Error, language};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::pydantic::{self, Fields};
+mod pydantic;
+
 use crate::AppState;
 use crate::error::ApiError;
+use pydantic::Fields;
 
 pub fn router() -> Router<AppState> {
     Router::new()

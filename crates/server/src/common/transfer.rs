@@ -1,0 +1,179 @@
+//! Files streamed into and out of a sandbox over HTTP, neither held whole in memory.
+
+use std::io::Write;
+
+use axum::body::{Body, Bytes};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use cella_engine::{Error, FileEntry, Sandbox};
+use futures::StreamExt;
+
+/// Why a request body could not be read whole.
+#[derive(Debug)]
+pub enum BodyFault {
+    /// Larger than `limits.max_body_bytes`.
+    TooLarge,
+    /// The client paused longer than `limits.body_read_timeout_secs`.
+    Stalled,
+    /// Cut off or malformed.
+    Broken(String),
+}
+
+impl BodyFault {
+    pub fn of(e: &(dyn std::error::Error + 'static)) -> BodyFault {
+        let limit = std::iter::successors(Some(e), |e| e.source()).find_map(|cause| {
+            if cause.is::<http_body_util::LengthLimitError>() {
+                Some(BodyFault::TooLarge)
+            } else if cause.is::<tower_http::timeout::TimeoutError>() {
+                Some(BodyFault::Stalled)
+            } else {
+                None
+            }
+        });
+        limit.unwrap_or_else(|| BodyFault::Broken(e.to_string()))
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            BodyFault::TooLarge => {
+                "the request body is larger than the server's limit (limits.max_body_bytes)".into()
+            }
+            BodyFault::Stalled => "the client paused sending the request body for too long \
+                                   (limits.body_read_timeout_secs)"
+                .into(),
+            BodyFault::Broken(why) => format!("reading the upload failed: {why}"),
+        }
+    }
+}
+
+/// Why an upload failed: its body, or the sandbox's side.
+#[derive(Debug)]
+pub enum UploadError {
+    Body(BodyFault),
+    Sandbox(Error),
+}
+
+impl From<Error> for UploadError {
+    fn from(e: Error) -> UploadError {
+        UploadError::Sandbox(e)
+    }
+}
+
+/// Streams `chunks` into the file at `path` (absolute, or relative to the home directory;
+/// parents made), mode `mode`. The file takes its place only once the body has come whole:
+/// a broken upload changes nothing.
+pub async fn write_stream<S, E>(
+    sandbox: &Sandbox,
+    path: &str,
+    mode: u32,
+    mut chunks: S,
+) -> Result<FileEntry, UploadError>
+where
+    S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::error::Error + 'static,
+{
+    let path = sandbox.absolute(path);
+    // `None` marks the end of the body; a channel closed without it, a body cut short (the
+    // reader reports why), whose file is then dropped unfinished.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Bytes>>(8);
+    let target = path.clone();
+    let writer = sandbox.with_fs(move |fs| {
+        let mut write = || {
+            let mut file = fs.replacement(&target, mode, true)?;
+            while let Some(chunk) = rx.blocking_recv() {
+                match chunk {
+                    Some(chunk) => file.write_all(&chunk)?,
+                    None => {
+                        file.finish()?;
+                        return fs.stat(&target).map(Some);
+                    }
+                }
+            }
+            Ok(None)
+        };
+        write().map_err(|e| Error::file(&target, e))
+    });
+    let feeder = async move {
+        // A closed channel means the writer stopped on an error, which it reports; a sandbox
+        // stopped meanwhile gets no more of the file, which would land in a filesystem nobody
+        // can reach. Either way the rest of the body is still read (and dropped), so the
+        // client gets that answer rather than a broken pipe.
+        let (mut tx, mut stopped) = (Some(tx), false);
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| UploadError::Body(BodyFault::of(&e)))?;
+            if !stopped && !sandbox.is_running() {
+                (tx, stopped) = (None, true);
+            }
+            if let Some(sender) = &tx
+                && sender.send(Some(chunk)).await.is_err()
+            {
+                tx = None;
+            }
+        }
+        if stopped {
+            let stopped = Error::Conflict("the sandbox stopped during the upload".into());
+            return Err(UploadError::Sandbox(stopped));
+        }
+        if let Some(sender) = &tx {
+            let _ = sender.send(None).await;
+        }
+        Ok(())
+    };
+    let (written, fed) = tokio::join!(writer, feeder);
+    fed?;
+    written?.ok_or_else(|| Error::internal("the upload ended without its end").into())
+}
+
+/// What a download says its content is.
+#[derive(Debug, Clone, Copy)]
+pub enum ContentType {
+    /// `application/octet-stream`, whatever the file.
+    Binary,
+    /// Guessed from the file's name (`text/csv`, `image/png`, ...).
+    Guessed,
+}
+
+/// The file at `path` as a download: streamed, with its length and an attachment
+/// disposition naming it.
+pub async fn download(sandbox: &Sandbox, path: &str, kind: ContentType) -> Result<Response, Error> {
+    let path = sandbox.absolute(path);
+    let target = path.clone();
+    let (file, size) = sandbox
+        .with_fs(move |fs| fs.open_read(&target).map_err(|e| Error::file(&target, e)))
+        .await?;
+    let name = std::path::Path::new(&path)
+        .file_name()
+        .map_or("download".into(), |n| n.to_string_lossy().into_owned());
+    let content_type = match kind {
+        ContentType::Binary => "application/octet-stream".to_string(),
+        ContentType::Guessed => mime_guess::from_path(&name)
+            .first_or_octet_stream()
+            .essence_str()
+            .to_string(),
+    };
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(
+        tokio::fs::File::from_std(file),
+    ));
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_LENGTH, size.to_string()),
+            (header::CONTENT_DISPOSITION, content_disposition(&name)),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// `attachment; filename*=UTF-8''<percent-encoded name>` (RFC 6266).
+pub fn content_disposition(name: &str) -> String {
+    let mut encoded = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("attachment; filename*=UTF-8''{encoded}")
+}
