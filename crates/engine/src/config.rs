@@ -38,6 +38,8 @@ pub struct Config {
     pub pool: PoolConfig,
     pub runs: RunsConfig,
     pub contexts: ContextsConfig,
+    /// Settings of the compatibility faces.
+    pub compat: CompatConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -161,6 +163,29 @@ impl Default for ContextsConfig {
     }
 }
 
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompatConfig {
+    pub agentrun: AgentRunConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentRunConfig {
+    /// AgentRun template names and the image each one's sandboxes are made from.
+    pub templates: BTreeMap<String, String>,
+}
+
+impl Default for AgentRunConfig {
+    fn default() -> Self {
+        let templates = ["code-interpreter", "code-interpreter-v1", "default"]
+            .map(|t| (t.to_string(), "host".to_string()));
+        AgentRunConfig {
+            templates: templates.into(),
+        }
+    }
+}
+
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
@@ -181,6 +206,7 @@ impl Default for Config {
             pool: PoolConfig::default(),
             runs: RunsConfig::default(),
             contexts: ContextsConfig::default(),
+            compat: CompatConfig::default(),
         }
     }
 }

@@ -20,7 +20,7 @@ pub mod sandbox;
 pub mod store;
 
 pub use cella_jail::fsops::{Entry as FileEntry, Kind as FileKind, SandboxFs, Side};
-pub use cella_jail::{Spawner, SpawnerConfig, probe};
+pub use cella_jail::{SANDBOX_HOME, Spawner, SpawnerConfig, probe};
 pub use config::Config;
 pub use engine::{CreateSandbox, Engine};
 pub use error::{Error, Result};

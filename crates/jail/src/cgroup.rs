@@ -452,6 +452,16 @@ impl SandboxCgroup {
         }
     }
 
+    /// The host pids of every process in the sandbox's cgroups (the pids hierarchy, which
+    /// holds them all on v1; the one directory on v2), its execs' included.
+    pub fn pids(&self) -> Vec<i32> {
+        let mut pids = Vec::new();
+        collect_pids(&self.dir("pids"), &mut pids);
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
     /// SIGKILLs every process in the sandbox's cgroups until none is left. Used when the
     /// sandbox's init is already gone (e.g. reaping what a crashed server left behind).
     pub fn kill_all(&self) {

@@ -97,6 +97,7 @@ pub fn app(state: AppState, metrics: PrometheusHandle, body_timeout: Duration) -
         .merge(native)
         .merge(compat::fusion::router())
         .merge(compat::codegeex::router())
+        .merge(compat::agentrun::router())
         .route(
             "/openapi.json",
             get(move || async move { axum::Json(doc.as_ref().clone()) }),

@@ -2,7 +2,7 @@
 //! `limits.max_sandboxes` (a warm pool giving way at the cap), a uid, cgroups, and an init
 //! cloned into new namespaces by the spawner.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,9 @@ pub struct CreateSandbox {
     pub max_lifetime_secs: Option<u64>,
     /// Default `sandbox-` and the id's first 8 characters.
     pub hostname: Option<String>,
+    /// The sandbox's id, chosen by the caller (AgentRun's `sandboxId`): 1 to 63 letters,
+    /// digits, `-` and `_`, starting with a letter or digit. Default: 16 random hex digits.
+    pub id: Option<String>,
 }
 
 impl Engine {
@@ -83,7 +86,17 @@ impl Engine {
         let image = self
             .images
             .resolve(req.image.as_deref().unwrap_or(&d.image))?;
-        let id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
+        let id = match &req.id {
+            Some(id) if valid_id(id) => id.clone(),
+            Some(id) => {
+                return Err(Error::invalid(format!(
+                    "invalid sandbox id {}: 1 to 63 letters, digits, '-' and '_', starting \
+                     with a letter or digit",
+                    quoted(id)
+                )));
+            }
+            None => uuid::Uuid::new_v4().simple().to_string()[..16].to_string(),
+        };
         let hostname = match &req.hostname {
             Some(h) if valid_hostname(h) => h.clone(),
             Some(h) => {
@@ -93,7 +106,7 @@ impl Engine {
                     quoted(h)
                 )));
             }
-            None => format!("sandbox-{}", &id[..8]),
+            None => format!("sandbox-{}", default_hostname_part(&id)),
         };
         let info = SandboxInfo {
             id,
@@ -150,9 +163,9 @@ impl Engine {
         let started = Instant::now();
         let (mut info, image) = self.resolve(&req)?;
         // Before `in_flight`: a shutdown waiting for it must not wait for room as well.
-        let slot = match self.reserve_slot() {
+        let slot = match self.reserve_slot(&info.id) {
             Err(Error::Busy(_)) if matches!(need, Need::Request) => {
-                self.slot_from_a_spare().await?
+                self.slot_from_a_spare(&info.id).await?
             }
             reserved => reserved?,
         };
@@ -195,29 +208,36 @@ impl Engine {
         Ok(sandbox)
     }
 
-    /// A place for one more sandbox under `limits.max_sandboxes`, counting those being created
-    /// as well as those live: concurrent creates cannot all pass a check of the live ones.
-    fn reserve_slot(&self) -> Result<Slot<'_>> {
+    /// A place for sandbox `id` under `limits.max_sandboxes`, counting those being created
+    /// as well as those live: concurrent creates cannot all pass a check of the live ones,
+    /// nor make two sandboxes of one id. A stopped sandbox of that id is forgotten.
+    fn reserve_slot(&self, id: &str) -> Result<Slot<'_>> {
         let live = self.live.read().unwrap_or_else(|p| p.into_inner());
         let mut creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
-        if live.len() + *creating >= self.config.limits.max_sandboxes {
+        if live.contains_key(id) || creating.contains(id) {
+            return Err(Error::Conflict(format!("sandbox {id} already exists")));
+        }
+        if live.len() + creating.len() >= self.config.limits.max_sandboxes {
             return Err(Error::Busy(format!(
                 "the server runs its maximum of {} sandboxes; retry later",
                 self.config.limits.max_sandboxes
             )));
         }
-        *creating += 1;
-        Ok(Slot(&self.creating))
+        if self.forget_stopped(id) {
+            let _ = self.store.remove(crate::store::SANDBOXES, id, false);
+        }
+        creating.insert(id.to_string());
+        Ok(Slot(&self.creating, id.to_string()))
     }
 
     /// A slot freed by a warm pool giving up one of its sandboxes; Busy if no pool has one,
     /// or another request took each place freed so.
-    async fn slot_from_a_spare(&self) -> Result<Slot<'_>> {
+    async fn slot_from_a_spare(&self, id: &str) -> Result<Slot<'_>> {
         loop {
             let stopped = self.stopped_one.notified();
             tokio::pin!(stopped);
             stopped.as_mut().enable();
-            match self.reserve_slot() {
+            match self.reserve_slot(id) {
                 Err(Error::Busy(_)) if self.give_up_a_spare() => {
                     // A stop takes milliseconds; the bound is for a stop that never ends.
                     let _ = tokio::time::timeout(Duration::from_secs(5), stopped).await;
@@ -342,14 +362,36 @@ pub(crate) enum Need {
     Spare,
 }
 
-/// A sandbox being created, counted against `limits.max_sandboxes` until it is live or has
-/// failed.
-struct Slot<'a>(&'a Mutex<usize>);
+/// A sandbox being created (by id), counted against `limits.max_sandboxes` until it is live
+/// or has failed.
+struct Slot<'a>(&'a Mutex<HashSet<String>>, String);
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
     }
+}
+
+fn valid_id(id: &str) -> bool {
+    (1..=63).contains(&id.len())
+        && id.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// What of an id goes in the default hostname: its first 8 characters that a hostname may
+/// hold, `_` read as `-`.
+fn default_hostname_part(id: &str) -> String {
+    let part: String = id
+        .chars()
+        .take(8)
+        .map(|c| if c == '_' { '-' } else { c })
+        .collect();
+    part.trim_end_matches('-').to_string()
 }
 
 /// Labels find sandboxes again (`?label=key=value`); they are not a place for data.

@@ -44,8 +44,8 @@ pub struct Engine {
     cgroups: Cgroups,
     store: Arc<Store>,
     live: RwLock<HashMap<String, Arc<Sandbox>>>,
-    /// Sandboxes being created (see `reserve_slot`).
-    creating: Mutex<usize>,
+    /// The ids of sandboxes being created (see `reserve_slot`).
+    creating: Mutex<std::collections::HashSet<String>>,
     /// Warm pools whose ready sandboxes give way to a request that finds the server full,
     /// the first registered first.
     spares: Mutex<Vec<Weak<dyn Spares>>>,
@@ -110,7 +110,7 @@ impl Engine {
             uids: Mutex::new(uids),
             output_budget,
             stopping: std::sync::atomic::AtomicBool::new(false),
-            creating: Mutex::new(0),
+            creating: Mutex::default(),
             spares: Mutex::default(),
             stopped_one: tokio::sync::Notify::new(),
             in_flight: tokio::sync::RwLock::new(()),

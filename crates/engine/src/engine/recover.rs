@@ -47,6 +47,12 @@ impl Engine {
         Ok(())
     }
 
+    /// Forgets a stopped sandbox; false if there was none of that id.
+    pub(super) fn forget_stopped(&self, id: &str) -> bool {
+        let mut stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        stopped.remove(id).is_some()
+    }
+
     pub(super) fn remember_stopped(&self, info: SandboxInfo) {
         self.stopped
             .lock()

@@ -37,6 +37,9 @@ pub struct CreateSandboxBody {
     pub max_lifetime_secs: Option<u64>,
     /// Default `sandbox-` and the id's first 8 characters.
     pub hostname: Option<String>,
+    /// The sandbox's id: 1 to 63 letters, digits, `-` and `_`, starting with a letter or
+    /// digit (default 16 random hex digits). A running sandbox's id is refused (409).
+    pub id: Option<String>,
 }
 
 impl From<CreateSandboxBody> for CreateSandbox {
@@ -52,6 +55,7 @@ impl From<CreateSandboxBody> for CreateSandbox {
             idle_timeout_secs: b.idle_timeout_secs,
             max_lifetime_secs: b.max_lifetime_secs,
             hostname: b.hostname,
+            id: b.id,
         }
     }
 }

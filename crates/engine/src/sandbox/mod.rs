@@ -12,6 +12,10 @@ use cella_jail::proto::ExecSpec;
 use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
 
+mod ps;
+
+pub use ps::RunningProcess;
+
 use crate::control::Control;
 use crate::error::{Error, Result, quoted};
 use crate::process::{ExecOptions, OutputBudget, Process};

@@ -1,0 +1,271 @@
+//! `/sandboxes/{id}/files` (a file's content as JSON, utf-8 or base64) and `filesystem`
+//! (list, stat, mkdir, move, remove, multipart upload, download). Paths are sandbox paths;
+//! relative ones are relative to `/home/user`.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::extract::{Multipart, Path, State};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use cella_engine::{Error, FileEntry, FileKind, SANDBOX_HOME, Sandbox, Side};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Answer, Body, Failure, Query};
+use crate::AppState;
+use crate::common::time::rfc3339;
+use crate::common::transfer::{self, ContentType};
+
+/// The most entries one listing answers with.
+const MOST_LISTED: usize = 100_000;
+
+fn view(e: &FileEntry) -> Value {
+    let kind = match e.kind {
+        FileKind::File => "file",
+        FileKind::Dir => "directory",
+        FileKind::Symlink => "symlink",
+        FileKind::Other => "other",
+    };
+    let modified = UNIX_EPOCH
+        + Duration::from_secs(e.mtime.max(0) as u64)
+        + Duration::from_nanos(e.mtime_nsec.max(0) as u64);
+    json!({
+        "name": e.name, "path": e.path, "type": kind, "isDirectory": e.kind == FileKind::Dir,
+        "size": e.size, "mode": format!("{:04o}", e.mode), "modifiedTime": rfc3339(modified),
+        "uid": e.uid, "gid": e.gid,
+    })
+}
+
+fn octal(mode: Option<&str>, default: u32) -> Result<u32, Failure> {
+    match mode {
+        None => Ok(default),
+        Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o7777)
+            .ok_or_else(|| Failure::invalid(format!("invalid octal mode {m:?}"))),
+    }
+}
+
+/// Runs a file operation on `path` in sandbox `id`, its error naming the path.
+async fn on_path<T: Send + 'static>(
+    state: &AppState,
+    id: &str,
+    path: &str,
+    op: impl FnOnce(&cella_engine::SandboxFs, &str) -> std::io::Result<T> + Send + 'static,
+) -> Result<T, Failure> {
+    let sandbox = state.engine.get(id)?;
+    let path = sandbox.absolute(path);
+    Ok(sandbox
+        .with_fs(move |fs| op(fs, &path).map_err(|e| Error::file(&path, e)))
+        .await?)
+}
+
+#[derive(Deserialize)]
+pub struct PathQuery {
+    path: String,
+}
+
+pub async fn read(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<PathQuery>,
+) -> Answer {
+    let max = state.engine.config.limits.max_read_bytes;
+    let data = on_path(&state, &id, &q.path, move |fs, p| fs.read(p, max)).await?;
+    let size = data.len();
+    let (encoding, content) = match String::from_utf8(data) {
+        Ok(text) => ("utf-8", text),
+        Err(e) => ("base64", B64.encode(e.as_bytes())),
+    };
+    Ok(axum::Json(json!({
+        "path": q.path, "content": content, "encoding": encoding, "size": size,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteBody {
+    path: String,
+    content: String,
+    mode: Option<String>,
+    encoding: Option<String>,
+    create_dir: Option<bool>,
+}
+
+pub async fn write(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Body(body): Body<WriteBody>,
+) -> Answer {
+    let data = match body.encoding.as_deref().unwrap_or("utf-8") {
+        "utf-8" | "utf8" | "text" => body.content.into_bytes(),
+        "base64" => B64
+            .decode(body.content.as_bytes())
+            .map_err(|e| Failure::invalid(format!("content is not valid base64: {e}")))?,
+        other => {
+            return Err(Failure::invalid(format!(
+                "unknown encoding {other:?}: utf-8 or base64"
+            )));
+        }
+    };
+    let mode = octal(body.mode.as_deref(), 0o644)?;
+    let parents = body.create_dir.unwrap_or(true);
+    let written = on_path(&state, &id, &body.path, move |fs, p| {
+        fs.write(p, &data, mode, parents)?;
+        fs.stat(p)
+    });
+    Ok(axum::Json(view(&written.await?)))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    path: Option<String>,
+    depth: Option<u32>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Answer {
+    let path = q.path.unwrap_or_else(|| SANDBOX_HOME.into());
+    let depth = q.depth.unwrap_or(1).clamp(1, 32);
+    let entries = on_path(&state, &id, &path, move |fs, p| {
+        fs.list(p, depth, MOST_LISTED + 1)
+    })
+    .await?;
+    if entries.len() > MOST_LISTED {
+        return Err(Error::TooLarge(format!(
+            "{path}: more than {MOST_LISTED} entries; list fewer levels"
+        ))
+        .into());
+    }
+    Ok(axum::Json(entries.iter().map(view).collect()))
+}
+
+pub async fn stat(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<PathQuery>,
+) -> Answer {
+    Ok(axum::Json(view(
+        &on_path(&state, &id, &q.path, |fs, p| fs.stat(p)).await?,
+    )))
+}
+
+#[derive(Deserialize)]
+pub struct MkdirBody {
+    path: String,
+    parents: Option<bool>,
+    mode: Option<String>,
+}
+
+pub async fn mkdir(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Body(body): Body<MkdirBody>,
+) -> Answer {
+    let mode = octal(body.mode.as_deref(), 0o755)?;
+    let parents = body.parents.unwrap_or(true);
+    let made = on_path(&state, &id, &body.path, move |fs, p| {
+        fs.mkdir(p, parents, mode)?;
+        fs.stat(p)
+    });
+    Ok(axum::Json(view(&made.await?)))
+}
+
+#[derive(Deserialize)]
+pub struct MoveBody {
+    source: String,
+    destination: String,
+}
+
+pub async fn rename(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Body(body): Body<MoveBody>,
+) -> Answer {
+    let sandbox = state.engine.get(&id)?;
+    let (from, to) = (
+        sandbox.absolute(&body.source),
+        sandbox.absolute(&body.destination),
+    );
+    let moved = sandbox.with_fs(move |fs| {
+        fs.rename(&from, &to).map_err(|(side, e)| match side {
+            Side::Source => Error::file(&from, e),
+            Side::Destination => Error::file(&to, e),
+        })?;
+        fs.stat(&to).map_err(|e| Error::file(&to, e))
+    });
+    Ok(axum::Json(view(&moved.await?)))
+}
+
+#[derive(Deserialize)]
+pub struct RemoveBody {
+    path: String,
+}
+
+/// Removes a file, or a directory with all it holds.
+pub async fn remove(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Body(body): Body<RemoveBody>,
+) -> Answer {
+    on_path(&state, &id, &body.path, |fs, p| fs.remove(p, true)).await?;
+    Ok(axum::Json(json!({ "path": body.path, "removed": true })))
+}
+
+/// A multipart form: `file` (the content) and `path` (where it goes; a directory ending in
+/// `/` takes the file's own name).
+pub async fn upload(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    form: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Answer {
+    let mut form = form.map_err(|e| Failure::invalid(e.body_text()))?;
+    let sandbox = state.engine.get(&id)?;
+    let unreadable = |e: axum::extract::multipart::MultipartError| Failure::invalid(e.body_text());
+    let (mut target, mut written) = (None::<String>, Vec::new());
+    while let Some(field) = form.next_field().await.map_err(unreadable)? {
+        match field.name() {
+            Some("path") => target = Some(field.text().await.map_err(unreadable)?),
+            Some("file") => {
+                let name = field.file_name().unwrap_or("upload").to_string();
+                let dest = match &target {
+                    Some(t) if t.ends_with('/') => format!("{t}{name}"),
+                    Some(t) => t.clone(),
+                    None => name,
+                };
+                written.push(write_field(&sandbox, &dest, field).await?);
+            }
+            _ => {}
+        }
+    }
+    match written.as_slice() {
+        [] => Err(Failure::invalid("the form has no `file` field")),
+        [one] => Ok(axum::Json(one.clone())),
+        many => Ok(axum::Json(Value::from(many.to_vec()))),
+    }
+}
+
+async fn write_field(
+    sandbox: &Sandbox,
+    dest: &str,
+    field: axum::extract::multipart::Field<'_>,
+) -> Result<Value, Failure> {
+    let entry = transfer::write_stream(sandbox, dest, 0o644, field).await?;
+    Ok(view(&entry))
+}
+
+pub async fn download(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<PathQuery>,
+) -> Response {
+    let answer = async {
+        let sandbox = state.engine.get(&id)?;
+        Ok::<_, Failure>(transfer::download(&sandbox, &q.path, ContentType::Guessed).await?)
+    };
+    answer.await.into_response()
+}
