@@ -317,6 +317,24 @@ impl Server {
         stream
     }
 
+    /// Starts a context in sandbox `id` and returns its id.
+    pub fn context(&self, id: &str, body: Value) -> String {
+        let r = self.post(&format!("/sandboxes/{id}/contexts"), body);
+        let (status, v) = (r.status(), json_of(r));
+        assert_eq!(status, 201, "create context: {v}");
+        v["id"].as_str().expect("id").to_string()
+    }
+
+    /// Runs `code` in a context (with the request's other fields from `body`) and returns
+    /// the answer.
+    pub fn execute(&self, id: &str, context: &str, code: &str, mut body: Value) -> Value {
+        body["code"] = code.into();
+        let r = self.post(&format!("/sandboxes/{id}/contexts/{context}/execute"), body);
+        let (status, v) = (r.status(), json_of(r));
+        assert_eq!(status, 200, "execute {code:?}: {v}");
+        v
+    }
+
     pub fn exec(&self, id: &str, body: Value) -> Value {
         let r = self.post(&format!("/sandboxes/{id}/exec"), body);
         let (status, v) = (r.status(), json_of(r));
