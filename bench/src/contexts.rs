@@ -176,6 +176,33 @@ pub async fn contexts_suite(http: Client, base: String, scale: f64) {
         let two = |r: &Value| r["stdout"] == "2\n" || r["events"][0]["data"]["text/plain"] == "2";
         calls(&http, name, pool, 1, n(300.0), code, two).await;
     }
+    // CodeGeeX4's /execute: the default sandbox at c=1; at c=8 one sandbox per worker
+    // through /codegeex/{id}/ (one sandbox's calls run one at a time, as in the original).
+    for c in [1, 8] {
+        let urls: Vec<String> = match c {
+            1 => vec![format!("{base}/execute")],
+            _ => sandboxes[..c]
+                .iter()
+                .map(|id| format!("{base}/codegeex/{id}/execute"))
+                .collect(),
+        };
+        let pool = Pool(Arc::new(Mutex::new(urls)));
+        let h = http.clone();
+        measure("codegeex /execute print(1)", c, n(300.0), move || {
+            let (h, pool) = (h.clone(), pool.clone());
+            async move {
+                let url = pool.take();
+                let r = post(&h, &url, &json!({"code": "print(1)", "timeout_secs": 10})).await;
+                pool.give(url);
+                let r = r?;
+                if r["status"] != "ok" || r["events"][0]["data"]["text"] != "1\n" {
+                    return Err(format!("unexpected result {r}"));
+                }
+                Ok(())
+            }
+        })
+        .await;
+    }
     for id in sandboxes {
         let _ = delete(&http, &format!("{api}/sandboxes/{id}")).await;
     }

@@ -52,6 +52,21 @@ fn restart_after_kill9_reaps_everything() {
         &format!("/sandboxes/{b}/processes"),
         json!({"shell": "setsid sleep 1000 & sleep 1000"}),
     );
+    // Contexts, one of them mid-call: kernels forked from the zygote, and a Node kernel.
+    let python = s.context(&b, json!({}));
+    let js = s.context(&b, json!({"language": "javascript"}));
+    let call = {
+        let (http, url) = (
+            s.http.clone(),
+            s.api(&format!("/sandboxes/{b}/contexts/{python}/execute")),
+        );
+        std::thread::spawn(move || {
+            let _ = http
+                .post(url)
+                .json(&json!({"code": "import time; time.sleep(1000)"}))
+                .send();
+        })
+    };
     // A Python run in flight: it goes through the zygote and its helper processes.
     let run = {
         let (http, url) = (s.http.clone(), s.api("/runs"));
@@ -70,6 +85,7 @@ fn restart_after_kill9_reaps_everything() {
 
     s.kill9();
     let _ = run.join();
+    let _ = call.join();
     // Nothing the server started outlives it: not the spawner, not the zygote nor its forks.
     assert!(
         eventually(5.0, || before
@@ -104,6 +120,18 @@ fn restart_after_kill9_reaps_everything() {
             .status(),
         409
     );
+    // Its contexts are gone with it, as every face says.
+    for context in [&python, &js] {
+        let r = s.get(&format!("/sandboxes/{b}/contexts/{context}"));
+        assert_eq!(r.status(), 409, "{}", json_of(r));
+    }
+    let agentrun = json_of(
+        s.http
+            .get(format!("{}/sandboxes/{b}", s.url))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(agentrun["data"]["status"], "TERMINATED", "{agentrun}");
     // A fresh sandbox works, and the old records can be deleted.
     let c = s.sandbox(json!({}));
     assert_eq!(s.sh(&c, "echo ok")["stdout"], "ok\n");
