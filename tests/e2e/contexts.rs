@@ -520,3 +520,83 @@ fn kernels_are_confined_and_die_with_their_sandbox_which_they_do_not_keep_alive(
         "stopped",
     );
 }
+
+#[test]
+fn the_cli_runs_code_in_contexts() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let s = server();
+    let cli = || {
+        let mut cmd = Command::new(cella_e2e::cella_bin());
+        cmd.env("CELLA_SERVER", &s.url);
+        cmd
+    };
+    // `repl` with piped input: all of it one entry, in a sandbox made and deleted for it.
+    let mut repl = cli()
+        .args(["repl", "--language", "python"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    repl.stdin
+        .take()
+        .unwrap()
+        .write_all(b"import math\nprint('pi', round(math.pi, 2))\nmath.e > 2\n")
+        .unwrap();
+    let out = repl.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "pi 3.14\nTrue\n");
+
+    let id = s.sandbox(json!({}));
+    let made = cli()
+        .args(["context", "new", "--sandbox", &id, "-l", "bash"])
+        .output()
+        .unwrap();
+    let context = String::from_utf8_lossy(&made.stdout).trim().to_string();
+    let run = |code: &str| {
+        cli()
+            .args([
+                "context",
+                "run",
+                "--sandbox",
+                &id,
+                &context,
+                code,
+                "--timeout",
+                "1",
+            ])
+            .output()
+            .unwrap()
+    };
+    assert!(run("n=7").status.success());
+    let out = run("echo $((n * 6))");
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).as_ref()
+        ),
+        (Some(0), "42\n")
+    );
+    assert_eq!(run("false").status.code(), Some(1));
+    assert_eq!(run("sleep 5").status.code(), Some(124));
+    let listed = cli()
+        .args(["context", "ls", "--sandbox", &id])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(&context));
+    assert!(
+        cli()
+            .args(["context", "rm", "--sandbox", &id, &context])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let gone = run("echo hi");
+    assert_eq!(gone.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("not found"),
+        "{gone:?}"
+    );
+    s.delete(&format!("/sandboxes/{id}"));
+}

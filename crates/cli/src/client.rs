@@ -1,5 +1,5 @@
 //! `cella run`, `cella exec` and `cella languages`: thin clients of a running server's
-//! native API.
+//! native API, and the helpers every client command shares.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
@@ -22,7 +22,7 @@ pub struct Target {
 impl Target {
     /// A client for the server, sending its token with every request, and the URL of
     /// `path` under its native API.
-    fn connect(&self, path: &str) -> Result<(Client, String), String> {
+    pub fn connect(&self, path: &str) -> Result<(Client, String), String> {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = &self.token {
             let mut value = reqwest::header::HeaderValue::try_from(format!("Bearer {token}"))
@@ -85,7 +85,7 @@ pub struct ExecArgs {
 }
 
 /// Why a request got no answer, with its root cause (reqwest's own message names only the URL).
-fn unreachable(e: reqwest::Error) -> String {
+pub fn unreachable(e: reqwest::Error) -> String {
     let server = e
         .url()
         .map(|u| u.origin().ascii_serialization())
@@ -100,7 +100,7 @@ fn unreachable(e: reqwest::Error) -> String {
 }
 
 /// Sends a request and returns its JSON body, or the server's error message.
-fn call(req: reqwest::blocking::RequestBuilder) -> Result<Value, String> {
+pub fn call(req: reqwest::blocking::RequestBuilder) -> Result<Value, String> {
     let resp = req.send().map_err(unreachable)?;
     let status = resp.status();
     let body: Value = if status == reqwest::StatusCode::NO_CONTENT {
@@ -115,7 +115,7 @@ fn call(req: reqwest::blocking::RequestBuilder) -> Result<Value, String> {
 }
 
 /// How a failed request reads: its status and the server's message.
-fn failure(status: reqwest::StatusCode, body: &Value) -> String {
+pub fn failure(status: reqwest::StatusCode, body: &Value) -> String {
     let msg = body["error"]["message"]
         .as_str()
         .map(str::to_string)
@@ -244,7 +244,7 @@ fn signal_name(signal: i64) -> String {
     }
 }
 
-fn print_flush(out: &mut impl Write, data: &str) {
+pub fn print_flush(out: &mut impl Write, data: &str) {
     let _ = out.write_all(data.as_bytes());
     let _ = out.flush();
 }

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod client;
+mod contexts;
 mod serve;
 
 #[derive(Parser)]
@@ -36,6 +37,13 @@ enum Command {
     Exec(client::ExecArgs),
     /// List the languages a running server can run, with their toolchains' versions.
     Languages(client::LanguagesArgs),
+    /// An interactive session with a stateful context (python, javascript or bash) in a
+    /// sandbox: variables, imports and the working directory stay from one entry to the
+    /// next. Piped, runs all of stdin as one entry.
+    Repl(contexts::ReplArgs),
+    /// Stateful code contexts in a sandbox: new, ls, run, rm.
+    #[command(subcommand)]
+    Context(contexts::ContextCommand),
 }
 
 #[derive(clap::Args)]
@@ -58,6 +66,8 @@ fn main() -> ExitCode {
         Command::Run(args) => client::run(args),
         Command::Exec(args) => client::exec(args),
         Command::Languages(args) => client::languages(args),
+        Command::Repl(args) => contexts::repl(args),
+        Command::Context(command) => contexts::context(command),
     };
     match result {
         Ok(code) => code,
