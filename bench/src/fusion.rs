@@ -85,7 +85,7 @@ pub async fn fusion_suite(http: Client, base: String, scale: f64) {
         )
         .await;
     }
-    // The other anchor workloads (shared/specs/anchor_figures.md).
+    // The other workloads SandboxFusion was measured on (docs/compat/fusion.md).
     let singles = [
         (
             "run_code python import numpy",

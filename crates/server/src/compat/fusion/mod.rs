@@ -1,7 +1,7 @@
 //! The SandboxFusion face: `POST /run_code`, `POST /run_jupyter`, `GET /v1/ping`.
 //!
 //! Field names, field order, nulls, status derivation and the 422 body follow SandboxFusion
-//! and its `sandbox-fusion` client (see `shared/specs/sandboxfusion.md`). Differences are
+//! and its `sandbox-fusion` client (`docs/compat/fusion.md`). Differences are
 //! deliberate: `memory_limit_MB` is enforced by the cgroup (compilers get more), `cpu_time` is
 //! filled, `files` and `fetch_files` never leave the sandbox, output beyond the cap is cut and
 //! flagged (`stdout_truncated`, a cell's `truncated`), and a language this server lacks answers at once with status `Failed` (which the
