@@ -20,8 +20,9 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::process::Process;
+use crate::process::{self, Process};
 use crate::sandbox::{Sandbox, now_secs};
 
 mod files;
@@ -66,6 +67,31 @@ pub struct Call {
     pub timeout: Duration,
     /// Bytes of output kept; the rest is dropped (and the result says it was cut).
     pub output_cap: usize,
+}
+
+impl Call {
+    /// A call of `code`, checked against the server's limits: code of at most
+    /// `contexts.max_code_bytes`, a timeout within `limits.max_exec_timeout_secs`, an output
+    /// cap (default `sandbox.output_cap_bytes`) within `limits.max_output_cap_bytes`.
+    pub fn checked(
+        config: &Config,
+        code: String,
+        timeout_secs: f64,
+        output_cap: Option<usize>,
+    ) -> Result<Call> {
+        let most = config.contexts.max_code_bytes;
+        if code.len() > most {
+            return Err(Error::TooLarge(format!(
+                "the code is {} bytes; a call takes at most {most} (contexts.max_code_bytes)",
+                code.len()
+            )));
+        }
+        Ok(Call {
+            code,
+            timeout: process::checked_timeout(config, "timeout", timeout_secs)?,
+            output_cap: process::output_cap(config, output_cap)?,
+        })
+    }
 }
 
 /// A context as the API shows it.
@@ -268,7 +294,7 @@ impl Context {
                 if let Some(event) = result.keep(file, 0, usize::MAX)
                     && let Some(sink) = &sink
                 {
-                    let _ = sink.send(event.clone());
+                    let _ = sink.send(event);
                 }
             }
         }

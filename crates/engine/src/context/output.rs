@@ -71,8 +71,9 @@ impl CellResult {
     /// Keeps `output` (of `size` bytes on the wire) within `cap` bytes for the whole call:
     /// of a stream, what fits; of an error, its name and the start of its value (that the
     /// call failed matters more than what it printed); of anything else, all or nothing.
-    /// Returns the event kept, if any.
-    pub fn keep(&mut self, output: Output, size: usize, cap: usize) -> Option<&Event> {
+    /// Text following text of the same stream joins it, as a notebook shows it: a kernel
+    /// may send one `print` in pieces. Returns what was kept, as an event of its own.
+    pub fn keep(&mut self, output: Output, size: usize, cap: usize) -> Option<Event> {
         let kept = if self.kept_bytes + size <= cap {
             self.kept_bytes += size;
             Some(output)
@@ -91,18 +92,31 @@ impl CellResult {
                 _ => None,
             }
         };
-        let output = kept?;
+        let event = Event {
+            at: SystemTime::now(),
+            output: kept?,
+        };
         if let Output::Result {
             execution_count, ..
-        } = &output
+        } = &event.output
         {
             self.execution_count = *execution_count;
         }
-        self.events.push(Event {
-            at: SystemTime::now(),
-            output,
-        });
-        self.events.last()
+        let after_interrupt = self.interrupted_at == Some(self.events.len());
+        match (self.events.last_mut(), &event.output) {
+            (
+                Some(Event {
+                    output: Output::Stream { name, text },
+                    ..
+                }),
+                Output::Stream {
+                    name: more_name,
+                    text: more,
+                },
+            ) if name == more_name && !after_interrupt => text.push_str(more),
+            _ => self.events.push(event.clone()),
+        }
+        Some(event)
     }
 
     /// The events that came before the call was interrupted at its timeout (all of them if
@@ -178,7 +192,7 @@ mod tests {
         };
         assert!(cell.keep(display, 1, 5).is_none());
         assert_eq!(cell.stream("stdout"), "abcde");
-        assert_eq!(cell.events.len(), 2, "{:?}", cell.events);
+        assert_eq!(cell.events.len(), 1, "{:?}", cell.events);
         assert_eq!((cell.kept_bytes, cell.truncated), (5, true));
     }
 
@@ -205,6 +219,26 @@ mod tests {
         assert_eq!(value.len(), SHORT_ERROR_BYTES);
         assert!(traceback.is_empty());
         assert_eq!((cell.kept_bytes, cell.truncated), (0, true));
+    }
+
+    #[test]
+    fn text_following_text_of_the_same_stream_joins_it() {
+        let mut cell = CellResult::default();
+        let err = Output::Stream {
+            name: "stderr".into(),
+            text: "e".into(),
+        };
+        for output in [stream("1"), stream("\n"), err, stream("2")] {
+            assert!(cell.keep(output, 1, 100).is_some());
+        }
+        let texts: Vec<&str> = cell
+            .outputs()
+            .map(|o| match o {
+                Output::Stream { text, .. } => text.as_str(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(texts, ["1\n", "e", "2"]);
     }
 
     #[test]

@@ -124,6 +124,42 @@ where
     written?.ok_or_else(|| Error::internal("the upload ended without its end").into())
 }
 
+/// Writes the files of a multipart form: each `file` field goes to the `path` field before
+/// it (a directory ending in `/` takes the file's own name), or to the home directory under
+/// its own name. A form without a file is refused.
+pub async fn write_form(
+    sandbox: &Sandbox,
+    mut form: axum::extract::Multipart,
+) -> Result<Vec<FileEntry>, UploadError> {
+    let unreadable = |e: axum::extract::multipart::MultipartError| {
+        UploadError::Body(match BodyFault::of(&e) {
+            BodyFault::Broken(_) => BodyFault::Broken(e.body_text()),
+            fault => fault,
+        })
+    };
+    let (mut target, mut written) = (None::<String>, Vec::new());
+    while let Some(field) = form.next_field().await.map_err(unreadable)? {
+        match field.name() {
+            Some("path") => target = Some(field.text().await.map_err(unreadable)?),
+            Some("file") => {
+                let name = field.file_name().unwrap_or("upload").to_string();
+                let dest = match &target {
+                    Some(t) if t.ends_with('/') => format!("{t}{name}"),
+                    Some(t) => t.clone(),
+                    None => name,
+                };
+                written.push(write_stream(sandbox, &dest, 0o644, field).await?);
+            }
+            _ => {}
+        }
+    }
+    if written.is_empty() {
+        let no_file = Error::invalid("the form has no `file` field");
+        return Err(UploadError::Sandbox(no_file));
+    }
+    Ok(written)
+}
+
 /// What a download says its content is.
 #[derive(Debug, Clone, Copy)]
 pub enum ContentType {

@@ -176,20 +176,12 @@ fn call(body: &[u8], state: &AppState) -> Result<Call, Failure> {
             ));
         }
     };
-    let config = &state.engine.config;
-    if code.len() > config.contexts.max_code_bytes {
-        return Err(Error::TooLarge(format!(
-            "the code is {} bytes; a call takes at most {}",
-            code.len(),
-            config.contexts.max_code_bytes
-        ))
-        .into());
-    }
-    Ok(Call {
-        code: code.to_string(),
-        timeout: cella_engine::process::checked_timeout(config, "timeout_secs", timeout)?,
-        output_cap: config.sandbox.output_cap_bytes,
-    })
+    Ok(Call::checked(
+        &state.engine.config,
+        code.to_string(),
+        timeout,
+        None,
+    )?)
 }
 
 async fn execute(

@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use cella_engine::Config;
 use cella_engine::context::{
     Call, CellResult, Context, ContextInfo, ContextSpec, Contexts, Event, Language, Output,
 };
-use cella_engine::process::checked_timeout;
-use cella_engine::{Config, Error};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -79,19 +78,8 @@ pub struct ExecuteBody {
 
 impl ExecuteBody {
     fn into_call(self, config: &Config) -> cella_engine::Result<Call> {
-        if self.code.len() > config.contexts.max_code_bytes {
-            return Err(Error::TooLarge(format!(
-                "the code is {} bytes; a call takes at most {} (contexts.max_code_bytes)",
-                self.code.len(),
-                config.contexts.max_code_bytes
-            )));
-        }
         let timeout = self.timeout.unwrap_or(config.contexts.call_timeout_secs);
-        Ok(Call {
-            code: self.code,
-            timeout: checked_timeout(config, "timeout", timeout)?,
-            output_cap: cella_engine::process::output_cap(config, self.output_cap)?,
-        })
+        Call::checked(config, self.code, timeout, self.output_cap)
     }
 }
 

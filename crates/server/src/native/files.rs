@@ -255,11 +255,6 @@ pub async fn put_raw(
     ))
 }
 
-/// A form that could not be read: over a body limit, or malformed.
-fn unreadable_form(e: axum::extract::multipart::MultipartError) -> ApiError {
-    ApiError::body_limit_exceeded(&e).unwrap_or_else(|| ApiError::bad_request(e.body_text()))
-}
-
 #[utoipa::path(post, path = "/sandboxes/{id}/files/upload", operation_id = "upload_files", tag = "files",
     request_body(content = String, content_type = "multipart/form-data",
         description = "Fields: `file` (the content, with a file name) and optional `path` (the destination; a \
@@ -268,29 +263,10 @@ fn unreadable_form(e: axum::extract::multipart::MultipartError) -> ApiError {
 pub async fn upload(
     State(engine): State<Arc<Engine>>,
     Path(id): Path<String>,
-    Multipart(mut form): Multipart,
+    Multipart(form): Multipart,
 ) -> ApiResult<(StatusCode, Json<Vec<FileEntryView>>)> {
     let sandbox = sandbox(&engine, &id)?;
-    let mut target: Option<String> = None;
-    let mut written = Vec::new();
-    while let Some(field) = form.next_field().await.map_err(unreadable_form)? {
-        match field.name() {
-            Some("path") => target = Some(field.text().await.map_err(unreadable_form)?),
-            Some("file") => {
-                let name = field.file_name().unwrap_or("upload").to_string();
-                let dest = match &target {
-                    Some(t) if t.ends_with('/') => format!("{t}{name}"),
-                    Some(t) => t.clone(),
-                    None => name,
-                };
-                written.push(transfer::write_stream(&sandbox, &dest, 0o644, field).await?);
-            }
-            _ => {}
-        }
-    }
-    if written.is_empty() {
-        return Err(ApiError::bad_request("the form has no `file` field"));
-    }
+    let written = transfer::write_form(&sandbox, form).await?;
     Ok((StatusCode::CREATED, Json(views(written))))
 }
 

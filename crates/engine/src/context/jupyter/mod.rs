@@ -317,7 +317,7 @@ impl Kernel {
             match CellEvent::of(&msg) {
                 CellEvent::Output(output) => {
                     if let (Some(event), Some(sink)) = (result.keep(output, msg.size, cap), sink) {
-                        let _ = sink.send(event.clone());
+                        let _ = sink.send(event);
                     }
                 }
                 CellEvent::Input { execution_count } => result.execution_count = execution_count,

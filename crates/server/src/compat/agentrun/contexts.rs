@@ -93,19 +93,7 @@ pub async fn execute(
                 .await?
         }
     };
-    if body.code.len() > config.contexts.max_code_bytes {
-        return Err(cella_engine::Error::TooLarge(format!(
-            "the code is {} bytes; a call takes at most {}",
-            body.code.len(),
-            config.contexts.max_code_bytes
-        ))
-        .into());
-    }
-    let call = Call {
-        code: body.code,
-        timeout: timeout(config, body.timeout)?,
-        output_cap: config.sandbox.output_cap_bytes,
-    };
+    let call = Call::checked(config, body.code, timeout(config, body.timeout), None)?;
     let result = context.execute(call, None).await?;
     Ok(axum::Json(render(&context.id, &result)))
 }

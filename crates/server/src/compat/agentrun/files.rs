@@ -8,7 +8,7 @@ use axum::extract::{Multipart, Path, State};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use cella_engine::{Error, FileEntry, FileKind, SANDBOX_HOME, Sandbox, Side};
+use cella_engine::{Error, FileEntry, FileKind, SANDBOX_HOME, Side};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -216,46 +216,19 @@ pub async fn remove(
     Ok(axum::Json(json!({ "path": body.path, "removed": true })))
 }
 
-/// A multipart form: `file` (the content) and `path` (where it goes; a directory ending in
-/// `/` takes the file's own name).
+/// A multipart form: `file` (the content) and `path` (where it goes).
 pub async fn upload(
     State(state): State<AppState>,
     Path(id): Path<String>,
     form: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Answer {
-    let mut form = form.map_err(|e| Failure::invalid(e.body_text()))?;
+    let form = form.map_err(|e| Failure::invalid(e.body_text()))?;
     let sandbox = state.engine.get(&id)?;
-    let unreadable = |e: axum::extract::multipart::MultipartError| Failure::invalid(e.body_text());
-    let (mut target, mut written) = (None::<String>, Vec::new());
-    while let Some(field) = form.next_field().await.map_err(unreadable)? {
-        match field.name() {
-            Some("path") => target = Some(field.text().await.map_err(unreadable)?),
-            Some("file") => {
-                let name = field.file_name().unwrap_or("upload").to_string();
-                let dest = match &target {
-                    Some(t) if t.ends_with('/') => format!("{t}{name}"),
-                    Some(t) => t.clone(),
-                    None => name,
-                };
-                written.push(write_field(&sandbox, &dest, field).await?);
-            }
-            _ => {}
-        }
-    }
+    let written = transfer::write_form(&sandbox, form).await?;
     match written.as_slice() {
-        [] => Err(Failure::invalid("the form has no `file` field")),
-        [one] => Ok(axum::Json(one.clone())),
-        many => Ok(axum::Json(Value::from(many.to_vec()))),
+        [one] => Ok(axum::Json(view(one))),
+        many => Ok(axum::Json(many.iter().map(view).collect())),
     }
-}
-
-async fn write_field(
-    sandbox: &Sandbox,
-    dest: &str,
-    field: axum::extract::multipart::Field<'_>,
-) -> Result<Value, Failure> {
-    let entry = transfer::write_stream(sandbox, dest, 0o644, field).await?;
-    Ok(view(&entry))
 }
 
 pub async fn download(

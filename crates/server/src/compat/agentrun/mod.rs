@@ -194,14 +194,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
 /// A timeout as the SDK sends it: seconds (its default is 30). A value beyond the server's
 /// longest that would fit read as milliseconds is taken as such (one of AgentRun's own demos
 /// sends `300000`, meaning five minutes).
-fn timeout(
-    config: &cella_engine::Config,
-    value: Option<f64>,
-) -> cella_engine::Result<std::time::Duration> {
-    let mut secs = value.unwrap_or(30.0);
+fn timeout(config: &cella_engine::Config, value: Option<f64>) -> f64 {
+    let secs = value.unwrap_or(30.0);
     let max = config.limits.max_exec_timeout_secs;
     if secs > max && secs / 1000.0 <= max {
-        secs /= 1000.0;
+        secs / 1000.0
+    } else {
+        secs
     }
-    cella_engine::process::checked_timeout(config, "timeout", secs)
 }

@@ -31,7 +31,11 @@ pub async fn cmd(
         env: Default::default(),
         cwd: Some(cwd.clone()),
         stdin: None,
-        timeout: Some(timeout(config, body.timeout)?),
+        timeout: Some(process::checked_timeout(
+            config,
+            "timeout",
+            timeout(config, body.timeout),
+        )?),
         output_cap: config.sandbox.output_cap_bytes,
     };
     let started = std::time::Instant::now();
