@@ -12,11 +12,13 @@ use serde_json::{Value, json};
 
 fn server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
-    // A small code limit and queue bound, to test both without huge bodies or many calls.
+    // A small code limit, queue bound and body limit, to test them without huge bodies or
+    // many calls.
     SERVER.get_or_init(|| {
         Server::start_with(&[
             ("CELLA_CONTEXTS__MAX_CODE_BYTES", "65536"),
             ("CELLA_CONTEXTS__MAX_QUEUED_CALLS", "2"),
+            ("CELLA_LIMITS__MAX_BODY_BYTES", "1048576"),
         ])
     })
 }
@@ -598,5 +600,46 @@ fn the_cli_runs_code_in_contexts() {
         String::from_utf8_lossy(&gone.stderr).contains("not found"),
         "{gone:?}"
     );
+    s.delete(&format!("/sandboxes/{id}"));
+}
+
+#[test]
+fn oversized_code_and_bodies_are_refused_in_each_faces_shape() {
+    let s = server();
+    let id = s.sandbox(json!({}));
+    let c = s.context(&id, json!({}));
+    let post = |path: &str, body: &Value| {
+        let r = s
+            .http
+            .post(format!("{}{path}", s.url))
+            .json(body)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), json_of(r))
+    };
+    for code in ["x".repeat(70_000), "x".repeat(2 << 20)] {
+        let body = json!({"code": code});
+        let (status, native) = post(
+            &format!("/api/v1/sandboxes/{id}/contexts/{c}/execute"),
+            &body,
+        );
+        assert_eq!(
+            (status, native["error"]["code"].as_str()),
+            (413, Some("too_large")),
+            "{native}"
+        );
+        let (status, codegeex) = post("/execute", &body);
+        assert_eq!(status, 413);
+        assert!(codegeex["error"].as_str().is_some(), "{codegeex}");
+        let (status, agentrun) = post(&format!("/sandboxes/{id}/contexts/execute"), &body);
+        assert_eq!(
+            (status, agentrun["code"].as_str()),
+            (413, Some("PayloadTooLarge")),
+            "{agentrun}"
+        );
+        assert!(agentrun["requestId"].is_string());
+    }
+    // The context is none the worse.
+    assert_eq!(result_text(&s.execute(&id, &c, "1", json!({}))), "1");
     s.delete(&format!("/sandboxes/{id}"));
 }

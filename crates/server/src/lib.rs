@@ -138,7 +138,10 @@ async fn too_large_in_shape(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let fusion = compat::fusion::too_large(req.uri().path());
+    let path = req.uri().path();
+    let face = (compat::fusion::too_large(path))
+        .or_else(|| compat::codegeex::too_large(path))
+        .or_else(|| compat::agentrun::too_large(path));
     let resp = next.run(req).await;
     let is_json = resp
         .headers()
@@ -150,7 +153,7 @@ async fn too_large_in_shape(
     let e = cella_engine::error::Error::TooLarge(format!(
         "the request body is larger than the server's limit of {limit} bytes"
     ));
-    match fusion {
+    match face {
         Some(answer) => answer(e),
         None => ApiError::from(e).into_response(),
     }

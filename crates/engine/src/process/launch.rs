@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::output::Output;
 use super::pump::Pump;
-use super::{Chunk, ExecOptions, Outcome, Process, collect};
+use super::{Chunk, ExecOptions, Outcome, Process};
 use crate::control::ExecEvent;
 use crate::error::{Error, Result};
 use crate::sandbox::Sandbox;
@@ -39,6 +39,32 @@ pub enum Launcher<'a> {
     /// Forked from the warm Python zygote: `python3 <script>` or `python3 -m <module>` in a
     /// sandbox of the `host` image.
     Zygote(&'a Zygote),
+}
+
+/// Runs `opts` to the end and collects its output.
+pub async fn run(sandbox: &Arc<Sandbox>, opts: ExecOptions) -> Result<Outcome> {
+    run_with(sandbox, opts, Launcher::Init).await
+}
+
+pub async fn run_with(
+    sandbox: &Arc<Sandbox>,
+    opts: ExecOptions,
+    launcher: Launcher<'_>,
+) -> Result<Outcome> {
+    collect(sandbox, start_with(sandbox, opts, None, launcher).await?).await
+}
+
+/// Waits for `process` to end and takes what it printed.
+async fn collect(sandbox: &Sandbox, process: Arc<Process>) -> Result<Outcome> {
+    let exit = process
+        .wait(None)
+        .await
+        .ok_or_else(|| Error::internal("the process pump ended without a result"))?;
+    sandbox.forget_process(process.id);
+    Ok(Outcome {
+        exit,
+        output: process.take_captured(),
+    })
 }
 
 /// Starts `opts` in `sandbox`. Returns once the program has been exec'd (or could not be).

@@ -6,21 +6,20 @@
 //! keeps what it prints within its cap and the server's budget. A collected exec waits for
 //! the end; a streamed one also receives the kept chunks as they arrive.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use crate::error::{Error, Result};
-use crate::sandbox::Sandbox;
 
 mod launch;
 mod output;
 mod pump;
 mod spec;
 
-pub use launch::{Launcher, Parked, park, start, start_service, start_with};
+pub use launch::{Launcher, Parked, park, run, run_with, start, start_service, start_with};
 pub use output::{Captured, OutputBudget, text};
 pub use spec::{ExecOptions, argv_of, checked_timeout, output_cap, shell_argv};
 
@@ -171,30 +170,4 @@ impl Process {
 pub struct Outcome {
     pub exit: Exit,
     pub output: Captured,
-}
-
-/// Runs `opts` to the end and collects its output.
-pub async fn run(sandbox: &Arc<Sandbox>, opts: ExecOptions) -> Result<Outcome> {
-    run_with(sandbox, opts, Launcher::Init).await
-}
-
-pub async fn run_with(
-    sandbox: &Arc<Sandbox>,
-    opts: ExecOptions,
-    launcher: Launcher<'_>,
-) -> Result<Outcome> {
-    collect(sandbox, start_with(sandbox, opts, None, launcher).await?).await
-}
-
-/// Waits for `process` to end and takes what it printed.
-async fn collect(sandbox: &Sandbox, process: Arc<Process>) -> Result<Outcome> {
-    let exit = process
-        .wait(None)
-        .await
-        .ok_or_else(|| Error::internal("the process pump ended without a result"))?;
-    sandbox.forget_process(process.id);
-    Ok(Outcome {
-        exit,
-        output: process.take_captured(),
-    })
 }

@@ -92,6 +92,13 @@ impl From<UploadError> for Failure {
     }
 }
 
+/// How this face answers a body over the server's limit on `path`, if `path` is one of its
+/// routes.
+pub fn too_large(path: &str) -> Option<fn(Error) -> Response> {
+    let ours = path == "/execute" || path.starts_with("/files/") || path.starts_with("/codegeex/");
+    ours.then_some(|e| Failure::from(e).into_response())
+}
+
 /// Which sandbox a request means: `-` under no prefix is the default one; under
 /// `/codegeex/{prefix}` it is the prefix's.
 struct Target(String);

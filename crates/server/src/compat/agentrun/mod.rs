@@ -144,6 +144,13 @@ impl From<UploadError> for Failure {
 
 pub type Answer<T = Value> = Result<axum::Json<T>, Failure>;
 
+/// How this face answers a body over the server's limit on `path`, if `path` is one of its
+/// routes.
+pub fn too_large(path: &str) -> Option<fn(Error) -> Response> {
+    path.starts_with("/sandboxes")
+        .then_some(|e| Failure::from(e).into_response())
+}
+
 /// A success in AgentRun's lifecycle envelope.
 fn envelope(data: Value) -> axum::Json<Value> {
     axum::Json(json!({
