@@ -38,6 +38,12 @@ fn health_openapi_and_metrics() {
         "/api/v1/sandboxes/{id}/files",
         "/api/v1/sandboxes/{id}/files/upload",
         "/api/v1/images",
+        "/api/v1/sandboxes/{id}/contexts",
+        "/api/v1/sandboxes/{id}/contexts/{context}",
+        "/api/v1/sandboxes/{id}/contexts/{context}/execute",
+        "/api/v1/sandboxes/{id}/contexts/{context}/execute/stream",
+        "/api/v1/sandboxes/{id}/contexts/{context}/interrupt",
+        "/api/v1/sandboxes/{id}/contexts/{context}/restart",
     ] {
         assert!(paths.contains_key(p), "openapi lacks {p}");
     }
