@@ -24,11 +24,40 @@ use crate::common::time::rfc3339;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, Path};
 
+/// A context's language.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LanguageName {
+    Python,
+    Javascript,
+    Bash,
+}
+
+impl From<Language> for LanguageName {
+    fn from(l: Language) -> LanguageName {
+        match l {
+            Language::Python => LanguageName::Python,
+            Language::JavaScript => LanguageName::Javascript,
+            Language::Bash => LanguageName::Bash,
+        }
+    }
+}
+
+impl From<LanguageName> for Language {
+    fn from(l: LanguageName) -> Language {
+        match l {
+            LanguageName::Python => Language::Python,
+            LanguageName::Javascript => Language::JavaScript,
+            LanguageName::Bash => Language::Bash,
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct CreateContextBody {
-    /// `python` (the default), `javascript` or `bash`.
-    pub language: Option<String>,
+    /// The kernel's language (default `python`).
+    pub language: Option<LanguageName>,
     /// Working directory (default the home directory, `/home/user`; made if missing).
     pub cwd: Option<String>,
     /// Added to the sandbox's environment for the kernel.
@@ -41,7 +70,7 @@ pub struct CreateContextBody {
 pub struct ContextView {
     pub id: String,
     pub sandbox_id: String,
-    pub language: &'static str,
+    pub language: LanguageName,
     pub cwd: String,
     /// Seconds since the epoch.
     pub created_at: f64,
@@ -56,7 +85,7 @@ impl From<ContextInfo> for ContextView {
         ContextView {
             id: c.id,
             sandbox_id: c.sandbox_id,
-            language: c.language.name(),
+            language: c.language.into(),
             cwd: c.cwd,
             created_at: c.created_at,
             busy: c.busy,
@@ -69,10 +98,13 @@ impl From<ContextInfo> for ContextView {
 #[serde(deny_unknown_fields)]
 pub struct ExecuteBody {
     pub code: String,
-    /// Seconds the code may run, from when it starts (default `contexts.call_timeout_secs`);
-    /// past it the kernel is interrupted.
+    /// Seconds the code may run, from when it starts (default `contexts.call_timeout_secs`,
+    /// at most `limits.max_exec_timeout_secs`); past it the kernel is interrupted.
+    #[schema(exclusive_minimum = 0.0, maximum = 86400.0)]
     pub timeout: Option<f64>,
-    /// Bytes of output kept (default `sandbox.output_cap_bytes`).
+    /// Bytes of output kept (default `sandbox.output_cap_bytes`, at most
+    /// `limits.max_output_cap_bytes`).
+    #[schema(maximum = 268435456)]
     pub output_cap: Option<usize>,
 }
 
@@ -214,13 +246,12 @@ pub struct Execution {
     pub stderr: String,
 }
 
-fn context_spec(body: CreateContextBody) -> cella_engine::Result<ContextSpec> {
-    let language = Language::parse(body.language.as_deref().unwrap_or("python"))?;
-    Ok(ContextSpec {
-        language,
+fn context_spec(body: CreateContextBody) -> ContextSpec {
+    ContextSpec {
+        language: body.language.map_or(Language::Python, Language::from),
         cwd: body.cwd,
         env: body.env,
-    })
+    }
 }
 
 #[utoipa::path(post, path = "/sandboxes/{id}/contexts", operation_id = "create_context", tag = "contexts", request_body = CreateContextBody,
@@ -231,7 +262,7 @@ pub async fn create(
     Path(id): Path<String>,
     Json(body): Json<CreateContextBody>,
 ) -> ApiResult<(StatusCode, Json<ContextView>)> {
-    let context = contexts.create(&id, context_spec(body)?).await?;
+    let context = contexts.create(&id, context_spec(body)).await?;
     Ok((StatusCode::CREATED, Json(context.info().into())))
 }
 
