@@ -157,7 +157,11 @@ impl Kernels {
             output_cap: 64 << 10,
         };
         let zygote = match zygote {
-            true => self.pythons.zygote_for(sandbox, Flavor::Kernel).await,
+            true => {
+                // Later sandboxes' homes then hold matplotlib's font cache, as runs' do.
+                self.pythons.build_skeleton();
+                self.pythons.zygote_for(sandbox, Flavor::Kernel).await
+            }
             false => None,
         };
         let launcher = zygote.as_deref().map_or(Launcher::Init, Launcher::Zygote);
