@@ -259,6 +259,19 @@ fn a_timeout_interrupts_the_call_and_the_next_runs_at_once_with_state_kept() {
         started.elapsed()
     );
     assert_eq!(result_text(&r), "2");
+    // A timeout that fires before the kernel has even begun the call (which ignores SIGINT
+    // until then) still interrupts the call, not the kernel's life.
+    for _ in 0..5 {
+        let r = s.execute(
+            &id,
+            &c,
+            "import time; time.sleep(5)",
+            json!({"timeout": 0.001}),
+        );
+        let outcome = (r["status"].as_str(), r["kernel_lost"].as_str());
+        assert_eq!(outcome, (Some("timeout"), None), "{r}");
+    }
+    assert_eq!(result_text(&s.execute(&id, &c, "x", json!({}))), "1");
     s.delete(&format!("/sandboxes/{id}"));
 }
 
@@ -642,5 +655,45 @@ fn oversized_code_and_bodies_are_refused_in_each_faces_shape() {
     }
     // The context is none the worse.
     assert_eq!(result_text(&s.execute(&id, &c, "1", json!({}))), "1");
+    s.delete(&format!("/sandboxes/{id}"));
+}
+
+#[test]
+fn an_output_flood_is_cut_or_ends_its_kernel_never_the_server() {
+    let s = server();
+    let id = s.sandbox(json!({}));
+    // Node's output goes out as it is written: cut at the cap, flagged, the kernel intact.
+    let js = s.context(&id, json!({"language": "javascript"}));
+    let flood = "while (true) console.log('y'.repeat(10000))";
+    let r = s.execute(&id, &js, flood, json!({"timeout": 2}));
+    assert_eq!(
+        (r["status"].as_str(), r["truncated"].as_bool()),
+        (Some("timeout"), Some(true)),
+        "{}",
+        r["kernel_lost"]
+    );
+    // The cap counts messages as they came, their framing too.
+    let kept = r["stdout"].as_str().unwrap().len();
+    assert!(((4 << 20) - (64 << 10)..=4 << 20).contains(&kept), "{kept}");
+    assert_eq!(result_text(&s.execute(&id, &js, "1 + 1", json!({}))), "2");
+    // ipykernel holds what is printed between its flushes: the flood fills the sandbox's
+    // memory and the kernel is killed, which the call says; the next call runs afresh.
+    let py = s.context(&id, json!({}));
+    let r = s.execute(
+        &id,
+        &py,
+        "while True: print('x' * 10000)",
+        json!({"timeout": 10}),
+    );
+    let ended = r["status"] == "timeout"
+        || r["kernel_lost"]
+            .as_str()
+            .is_some_and(|l| l.contains("out of memory"));
+    assert!(
+        ended,
+        "{}",
+        json!({"status": r["status"], "lost": r["kernel_lost"]})
+    );
+    assert_eq!(result_text(&s.execute(&id, &py, "1 + 1", json!({}))), "2");
     s.delete(&format!("/sandboxes/{id}"));
 }

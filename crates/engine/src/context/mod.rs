@@ -13,7 +13,7 @@
 //! state is lost, and the next call starts a fresh kernel.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +32,8 @@ mod output;
 mod registry;
 
 pub use jupyter::{KernelDeath, Sink};
+
+use jupyter::Interrupts;
 pub use kernels::{INLINE_BACKEND, Language, PYTHON_PACKAGES};
 pub use output::{CellResult, Event, Output};
 pub use registry::Contexts;
@@ -130,6 +132,10 @@ pub struct Context {
     closed: AtomicBool,
     /// How the last kernel died, if a call's code ended it.
     death: Mutex<Option<KernelDeath>>,
+    /// Interrupts asked for through the API, for the running call.
+    interrupts: Interrupts,
+    /// Kernels started so far (each gets a directory of its own).
+    kernels_started: AtomicU64,
 }
 
 /// A call's place among a context's waiting calls, held until it runs or gives up.
@@ -181,16 +187,32 @@ impl Context {
             busy: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             death: Mutex::new(None),
+            interrupts: Interrupts::default(),
+            kernels_started: AtomicU64::new(0),
         };
         let kernel = context.start_kernel().await?;
         *context.kernel.lock().await = Some(kernel);
         Ok(context)
     }
 
+    /// Starts a kernel in a directory of its own: one started again must not meet the
+    /// sockets of the one before, which may still be dying. The one before's is removed.
     async fn start_kernel(&self) -> Result<Kernel> {
-        let dir = format!("/tmp/.cella-kernels/{}", self.id);
+        let generation = self.kernels_started.fetch_add(1, Ordering::SeqCst);
+        let dir = |n: u64| format!("/tmp/.cella-kernels/{}-{n}", self.id);
+        if let Some(before) = generation.checked_sub(1).map(dir) {
+            let _ = (self.sandbox)
+                .with_fs(move |fs| Ok(fs.remove(&before, true)))
+                .await;
+        }
         let kernel = (self.kernels)
-            .start(&self.sandbox, self.language, dir, &self.cwd, &self.env)
+            .start(
+                &self.sandbox,
+                self.language,
+                dir(generation),
+                &self.cwd,
+                &self.env,
+            )
             .await?;
         *self.process.lock().unwrap_or_else(|p| p.into_inner()) = Some(kernel.process().clone());
         Ok(kernel)
@@ -253,6 +275,8 @@ impl Context {
         let _active = self.sandbox.hold_active();
         let result = self.run_in(&mut slot, call, sink, abandoned).await;
         self.busy.store(false, Ordering::SeqCst);
+        // An interrupt asked for as the call ended is not the next call's.
+        self.interrupts.forget();
         result
     }
 
@@ -271,15 +295,10 @@ impl Context {
             return Err(Error::internal("no kernel"));
         };
         let before = Snapshot::take(&self.sandbox, &self.cwd).await;
-        let mut result = kernel
-            .execute(
-                &call.code,
-                call.timeout,
-                call.output_cap,
-                sink.as_ref(),
-                abandoned,
-            )
-            .await?;
+        let (code, timeout, cap) = (&call.code, call.timeout, call.output_cap);
+        let interrupts = &self.interrupts;
+        let mut result =
+            (kernel.execute(code, timeout, cap, sink.as_ref(), abandoned, interrupts)).await?;
         if let Some(lost) = &result.kernel_lost {
             *self.death.lock().unwrap_or_else(|p| p.into_inner()) = kernel.death().cloned();
             *slot = None;
@@ -302,15 +321,9 @@ impl Context {
     }
 
     /// Interrupts the running call, if there is one (as SIGINT does a program).
-    pub fn interrupt(&self) -> Result<()> {
-        let process = self
-            .process
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        match process {
-            Some(p) if self.busy.load(Ordering::SeqCst) => p.signal(libc::SIGINT),
-            _ => Ok(()),
+    pub fn interrupt(&self) {
+        if self.busy.load(Ordering::SeqCst) {
+            self.interrupts.ask();
         }
     }
 

@@ -409,7 +409,7 @@ pub async fn interrupt(
     State(contexts): State<Arc<Contexts>>,
     Path((id, context)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    contexts.get(&id, &context)?.interrupt()?;
+    contexts.get(&id, &context)?.interrupt();
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -11,12 +11,13 @@ pub mod zmtp;
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::output::{CellResult, Event, Output};
@@ -46,6 +47,30 @@ impl KernelFiles {
 
 /// Where the outputs of a call go as they come (a streamed call), besides its result.
 pub type Sink = mpsc::UnboundedSender<Event>;
+
+/// Interrupts asked for by someone other than a call's own timeout (the API's interrupt).
+#[derive(Default)]
+pub struct Interrupts {
+    asked: AtomicBool,
+    notify: Notify,
+}
+
+impl Interrupts {
+    /// Asks the running call to be interrupted.
+    pub fn ask(&self) {
+        self.asked.store(true, Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> bool {
+        self.asked.swap(false, Ordering::SeqCst)
+    }
+
+    /// Forgets an interrupt asked for after the call it was for had ended.
+    pub(crate) fn forget(&self) {
+        self.take();
+    }
+}
 
 /// What one iopub message of the running call means for its result.
 enum CellEvent {
@@ -96,6 +121,36 @@ impl CellEvent {
             _ => return CellEvent::Other,
         };
         CellEvent::Output(output)
+    }
+}
+
+/// How soon an interrupt that has not taken is sent again: a SIGINT landing in the kernel's
+/// own code around the call may be swallowed there, and the code then runs on.
+const INTERRUPT_AGAIN: Duration = Duration::from_millis(250);
+
+/// The interrupt of one call. It is wanted (the call's timeout, its caller gone, the API),
+/// sent once the kernel has begun the call (it ignores SIGINT before), and sent again until
+/// it takes: an error comes, or the call ends.
+#[derive(Default)]
+struct Interrupting {
+    wanted: bool,
+    /// Asked for through the API (not the call's own timeout).
+    asked: bool,
+    begun: bool,
+    took: bool,
+    sent_at: Option<tokio::time::Instant>,
+}
+
+impl Interrupting {
+    /// When to send SIGINT (again), if it is wanted and can be sent.
+    fn due(&self) -> Option<tokio::time::Instant> {
+        if !self.wanted || self.took || !self.begun {
+            return None;
+        }
+        Some(
+            self.sent_at
+                .map_or_else(tokio::time::Instant::now, |t| t + INTERRUPT_AGAIN),
+        )
     }
 }
 
@@ -250,8 +305,13 @@ impl Kernel {
 
     /// Runs one call. At `timeout`, or when `abandoned` is cancelled (its caller went away),
     /// the kernel is interrupted and the result is what came before; a kernel that does not
-    /// stop within [`INTERRUPT_GRACE`] is stopped. Outputs beyond `cap` bytes (or the
-    /// kernel's cap) are dropped, and each kept one is also sent to `sink`.
+    /// stop within [`INTERRUPT_GRACE`] is stopped. An interrupt `asked` for interrupts it too.
+    /// Outputs beyond `cap` bytes (or the kernel's cap) are dropped, and each kept one is
+    /// also sent to `sink`.
+    ///
+    /// A kernel ignores SIGINT until it has begun the call (ipykernel sets its handler only
+    /// around each request), so an interrupt that comes earlier is held until the kernel
+    /// says it began (`execute_input`); see [`Interrupting`].
     pub async fn execute(
         &mut self,
         code: &str,
@@ -259,6 +319,7 @@ impl Kernel {
         cap: usize,
         sink: Option<&Sink>,
         abandoned: &CancellationToken,
+        asked: &Interrupts,
     ) -> Result<CellResult> {
         let cap = cap.min(self.output_cap);
         if let Some(lost) = &self.lost {
@@ -271,25 +332,37 @@ impl Kernel {
         let id = self.request("execute_request", content).await?;
         let mut result = CellResult::default();
         let mut deadline = tokio::time::Instant::now() + timeout;
+        let mut interrupting = Interrupting::default();
         loop {
-            let interrupted = result.timed_out;
-            let interrupt = async {
+            let timed_out = result.timed_out;
+            let past_time = async {
                 tokio::select! {
                     () = tokio::time::sleep_until(deadline) => {}
-                    () = abandoned.cancelled(), if !interrupted => {}
+                    () = abandoned.cancelled(), if !timed_out => {}
                 }
             };
+            let due = interrupting.due();
             let msg = tokio::select! {
                 msg = self.iopub.recv() => msg,
-                () = interrupt => {
+                () = past_time => {
                     if result.timed_out {
                         self.stop_at_ignored_interrupt(&mut result);
                         return Ok(result);
                     }
                     result.timed_out = true;
                     result.interrupted_at = Some(result.events.len());
-                    self.process.signal(libc::SIGINT)?;
+                    interrupting.wanted = true;
                     deadline = tokio::time::Instant::now() + INTERRUPT_GRACE;
+                    continue;
+                }
+                () = asked.notify.notified() => {
+                    interrupting.asked |= asked.take();
+                    interrupting.wanted |= interrupting.asked;
+                    continue;
+                }
+                () = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                    self.process.signal(libc::SIGINT)?;
+                    interrupting.sent_at = Some(tokio::time::Instant::now());
                     continue;
                 }
             };
@@ -316,12 +389,24 @@ impl Kernel {
             }
             match CellEvent::of(&msg) {
                 CellEvent::Output(output) => {
+                    interrupting.took |= matches!(output, Output::Error { .. });
                     if let (Some(event), Some(sink)) = (result.keep(output, msg.size, cap), sink) {
                         let _ = sink.send(event);
                     }
                 }
-                CellEvent::Input { execution_count } => result.execution_count = execution_count,
-                CellEvent::Idle => return Ok(result),
+                CellEvent::Input { execution_count } => {
+                    result.execution_count = execution_count;
+                    interrupting.begun = true;
+                }
+                CellEvent::Idle => {
+                    // An interrupt that came as the kernel was beginning the call ends it
+                    // before its code with no error of the code's (ipykernel logs one).
+                    if interrupting.asked && result.error().is_none() {
+                        let why = "the call was interrupted before its code began";
+                        result.keep(Output::error("KeyboardInterrupt", why), 0, usize::MAX);
+                    }
+                    return Ok(result);
+                }
                 CellEvent::Other => {}
             }
         }
