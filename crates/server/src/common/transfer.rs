@@ -160,6 +160,17 @@ pub async fn write_form(
     Ok(written)
 }
 
+/// A file mode as clients send it (`644`, `0755`, `0o600`), or `default` if none.
+pub fn parse_mode(mode: Option<&str>, default: u32) -> Result<u32, Error> {
+    match mode {
+        None => Ok(default),
+        Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o7777)
+            .ok_or_else(|| Error::invalid(format!("invalid octal mode {m:?}"))),
+    }
+}
+
 /// What a download says its content is.
 #[derive(Debug, Clone, Copy)]
 pub enum ContentType {

@@ -14,7 +14,7 @@ use cella_engine::FileKind;
 use cella_engine::{Engine, Error, Sandbox, Side};
 use serde::{Deserialize, Serialize};
 
-use crate::common::transfer::{self, ContentType};
+use crate::common::transfer::{self, ContentType, parse_mode};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, Multipart, Path, Query};
 
@@ -155,16 +155,6 @@ fn utf8() -> Encoding {
 
 fn yes() -> bool {
     true
-}
-
-fn parse_mode(mode: Option<&str>, default: u32) -> ApiResult<u32> {
-    match mode {
-        None => Ok(default),
-        Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
-            .ok()
-            .filter(|m| *m <= 0o7777)
-            .ok_or_else(|| ApiError::bad_request(format!("invalid octal mode {m:?}"))),
-    }
 }
 
 fn sandbox(engine: &Engine, id: &str) -> ApiResult<Arc<Sandbox>> {

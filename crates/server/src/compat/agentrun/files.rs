@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::{Answer, Body, Failure, Query};
 use crate::AppState;
 use crate::common::time::rfc3339;
-use crate::common::transfer::{self, ContentType};
+use crate::common::transfer::{self, ContentType, parse_mode};
 
 /// The most entries one listing answers with.
 const MOST_LISTED: usize = 100_000;
@@ -35,16 +35,6 @@ fn view(e: &FileEntry) -> Value {
         "size": e.size, "mode": format!("{:04o}", e.mode), "modifiedTime": rfc3339(modified),
         "uid": e.uid, "gid": e.gid,
     })
-}
-
-fn octal(mode: Option<&str>, default: u32) -> Result<u32, Failure> {
-    match mode {
-        None => Ok(default),
-        Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
-            .ok()
-            .filter(|m| *m <= 0o7777)
-            .ok_or_else(|| Failure::invalid(format!("invalid octal mode {m:?}"))),
-    }
 }
 
 /// Runs a file operation on `path` in sandbox `id`, its error naming the path.
@@ -109,7 +99,7 @@ pub async fn write(
             )));
         }
     };
-    let mode = octal(body.mode.as_deref(), 0o644)?;
+    let mode = parse_mode(body.mode.as_deref(), 0o644)?;
     let parents = body.create_dir.unwrap_or(true);
     let written = on_path(&state, &id, &body.path, move |fs, p| {
         fs.write(p, &data, mode, parents)?;
@@ -166,7 +156,7 @@ pub async fn mkdir(
     Path(id): Path<String>,
     Body(body): Body<MkdirBody>,
 ) -> Answer {
-    let mode = octal(body.mode.as_deref(), 0o755)?;
+    let mode = parse_mode(body.mode.as_deref(), 0o755)?;
     let parents = body.parents.unwrap_or(true);
     let made = on_path(&state, &id, &body.path, move |fs, p| {
         fs.mkdir(p, parents, mode)?;
