@@ -163,6 +163,18 @@ impl CellResult {
             .collect()
     }
 
+    /// How the call ended, in a word: `timeout` (interrupted at its timeout), `error` (the
+    /// code raised), or `ok`.
+    pub fn status(&self) -> &'static str {
+        if self.timed_out {
+            "timeout"
+        } else if self.error().is_some() {
+            "error"
+        } else {
+            "ok"
+        }
+    }
+
     /// The first error the call raised, if any.
     pub fn error(&self) -> Option<&Output> {
         self.outputs().find(|o| matches!(o, Output::Error { .. }))

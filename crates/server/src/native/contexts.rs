@@ -217,15 +217,8 @@ pub struct ExecutionEnd {
 
 impl ExecutionEnd {
     fn of(result: &CellResult, duration: Duration) -> ExecutionEnd {
-        let status = if result.timed_out {
-            "timeout"
-        } else if result.error().is_some() {
-            "error"
-        } else {
-            "ok"
-        };
         ExecutionEnd {
-            status,
+            status: result.status(),
             execution_count: result.execution_count,
             kernel_lost: result.kernel_lost.clone(),
             truncated: result.truncated,

@@ -130,13 +130,7 @@ fn render(context_id: &str, result: &CellResult) -> Value {
             }
         })
         .collect();
-    let status = if result.timed_out {
-        "timeout"
-    } else if result.error().is_some() {
-        "error"
-    } else {
-        "ok"
-    };
+    let status = result.status();
     let mut end = json!({ "type": "endOfExecution", "status": status });
     if let Some(lost) = &result.kernel_lost {
         end["message"] = lost.as_str().into();
