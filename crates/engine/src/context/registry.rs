@@ -1,7 +1,7 @@
 //! The contexts of every sandbox: created, found, listed and deleted here, and forgotten
 //! with their sandbox when it stops (the sandbox says so: an event, not a poll).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,8 +17,8 @@ use crate::sandbox::Sandbox;
 /// The contexts of one sandbox.
 #[derive(Default)]
 struct Held {
-    /// By id; listed in the order they were made.
-    contexts: BTreeMap<(u64, String), Arc<Context>>,
+    /// In the order they were made.
+    contexts: Vec<Arc<Context>>,
     /// The default context of each language (the one a call names by language only).
     defaults: HashMap<Language, Arc<OnceCell<Arc<Context>>>>,
 }
@@ -27,7 +27,6 @@ pub struct Contexts {
     engine: Arc<Engine>,
     kernels: Arc<Kernels>,
     held: Mutex<HashMap<String, Held>>,
-    made: std::sync::atomic::AtomicU64,
 }
 
 impl Contexts {
@@ -42,7 +41,6 @@ impl Contexts {
             engine,
             kernels,
             held: Mutex::default(),
-            made: Default::default(),
         })
     }
 
@@ -100,8 +98,7 @@ impl Contexts {
                 sandbox.id
             )));
         }
-        let seq = self.made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        (self.held_for(&mut held, sandbox).contexts).insert((seq, context.id.clone()), context);
+        (self.held_for(&mut held, sandbox).contexts).push(context);
         Ok(())
     }
 
@@ -127,7 +124,7 @@ impl Contexts {
     /// Drops the contexts of a sandbox that stopped.
     fn forget(&self, sandbox_id: &str) {
         let gone = self.held().remove(sandbox_id);
-        for context in gone.into_iter().flat_map(|h| h.contexts.into_values()) {
+        for context in gone.into_iter().flat_map(|h| h.contexts) {
             context.close();
         }
     }
@@ -136,8 +133,8 @@ impl Contexts {
         self.engine.get(sandbox_id)?;
         self.held()
             .get(sandbox_id)
-            .and_then(|h| h.contexts.iter().find(|((_, id), _)| id == context_id))
-            .map(|(_, c)| c.clone())
+            .and_then(|h| h.contexts.iter().find(|c| c.id == context_id))
+            .cloned()
             .ok_or_else(|| Error::not_found("context", context_id))
     }
 
@@ -147,7 +144,7 @@ impl Contexts {
         Ok(self
             .held()
             .get(sandbox_id)
-            .map(|h| h.contexts.values().cloned().collect())
+            .map(|h| h.contexts.clone())
             .unwrap_or_default())
     }
 
@@ -156,17 +153,12 @@ impl Contexts {
         self.engine.get(sandbox_id)?;
         let mut held = self.held();
         let h = held.get_mut(sandbox_id);
-        let key = h
-            .as_ref()
-            .and_then(|h| h.contexts.keys().find(|(_, id)| id == context_id).cloned())
+        let h = h.ok_or_else(|| Error::not_found("context", context_id))?;
+        let at = (h.contexts.iter().position(|c| c.id == context_id))
             .ok_or_else(|| Error::not_found("context", context_id))?;
-        if let Some(h) = h {
-            if let Some(context) = h.contexts.remove(&key) {
-                context.close();
-            }
-            h.defaults
-                .retain(|_, cell| cell.get().is_none_or(|c| c.id != context_id));
-        }
+        h.contexts.remove(at).close();
+        h.defaults
+            .retain(|_, cell| cell.get().is_none_or(|c| c.id != context_id));
         Ok(())
     }
 
