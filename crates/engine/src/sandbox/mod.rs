@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cella_jail::cgroup::{SandboxCgroup, Usage};
-use cella_jail::fsops::SandboxFs;
+use cella_jail::fsops::{Entry, SandboxFs, Side};
 use cella_jail::proto::ExecSpec;
 use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
@@ -385,6 +385,30 @@ impl Sandbox {
         tokio::task::spawn_blocking(move || f(&fs))
             .await
             .map_err(Error::internal)?
+    }
+
+    /// Runs a blocking file operation on `path` (made absolute), its error naming the path.
+    pub async fn on_path<T: Send + 'static>(
+        &self,
+        path: &str,
+        op: impl FnOnce(&SandboxFs, &str) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let path = self.absolute(path);
+        self.with_fs(move |fs| op(fs, &path).map_err(|e| Error::file(&path, e)))
+            .await
+    }
+
+    /// Moves `from` to `to`, an error naming the side at fault, and answers the moved entry.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<Entry> {
+        let (from, to) = (self.absolute(from), self.absolute(to));
+        self.with_fs(move |fs| {
+            fs.rename(&from, &to).map_err(|(side, e)| match side {
+                Side::Source => Error::file(&from, e),
+                Side::Destination => Error::file(&to, e),
+            })?;
+            fs.stat(&to).map_err(|e| Error::file(&to, e))
+        })
+        .await
     }
 
     /// SIGKILLs the init (the kernel then kills every process of the sandbox) and waits until

@@ -184,10 +184,7 @@ pub enum ContentType {
 /// disposition naming it.
 pub async fn download(sandbox: &Sandbox, path: &str, kind: ContentType) -> Result<Response, Error> {
     let path = sandbox.absolute(path);
-    let target = path.clone();
-    let (file, size) = sandbox
-        .with_fs(move |fs| fs.open_read(&target).map_err(|e| Error::file(&target, e)))
-        .await?;
+    let (file, size) = sandbox.on_path(&path, |fs, p| fs.open_read(p)).await?;
     let name = std::path::Path::new(&path)
         .file_name()
         .map_or("download".into(), |n| n.to_string_lossy().into_owned());

@@ -11,7 +11,7 @@ use axum::response::Response;
 use base64::Engine as _;
 use cella_engine::FileEntry as Entry;
 use cella_engine::FileKind;
-use cella_engine::{Engine, Error, Sandbox, Side};
+use cella_engine::{Engine, Error, Sandbox};
 use serde::{Deserialize, Serialize};
 
 use crate::common::transfer::{self, ContentType, parse_mode};
@@ -161,18 +161,6 @@ fn sandbox(engine: &Engine, id: &str) -> ApiResult<Arc<Sandbox>> {
     Ok(engine.get(id)?)
 }
 
-/// Runs a file operation on `path`, mapping its error with the path.
-async fn on_path<T: Send + 'static>(
-    sandbox: &Sandbox,
-    path: &str,
-    op: impl FnOnce(&cella_engine::SandboxFs, &str) -> std::io::Result<T> + Send + 'static,
-) -> ApiResult<T> {
-    let path = sandbox.absolute(path);
-    Ok(sandbox
-        .with_fs(move |fs| op(fs, &path).map_err(|e| Error::file(&path, e)))
-        .await?)
-}
-
 #[utoipa::path(get, path = "/sandboxes/{id}/files/read", operation_id = "read_file", tag = "files", params(PathQuery),
     responses((status = 200, body = FileContent), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub async fn read(
@@ -182,7 +170,9 @@ pub async fn read(
 ) -> ApiResult<Json<FileContent>> {
     let sandbox = sandbox(&engine, &id)?;
     let max = engine.config.limits.max_read_bytes;
-    let data = on_path(&sandbox, &q.path, move |fs, p| fs.read(p, max)).await?;
+    let data = sandbox
+        .on_path(&q.path, move |fs, p| fs.read(p, max))
+        .await?;
     let size = data.len() as u64;
     let (encoding, content) = match String::from_utf8(data) {
         Ok(text) => (Encoding::Utf8, text),
@@ -216,12 +206,13 @@ pub async fn write(
     let mode = parse_mode(req.mode.as_deref(), 0o644)?;
     let parents = req.create_dirs;
     Ok(Json(
-        on_path(&sandbox, &req.path, move |fs, p| {
-            fs.write(p, &data, mode, parents)?;
-            fs.stat(p)
-        })
-        .await?
-        .into(),
+        sandbox
+            .on_path(&req.path, move |fs, p| {
+                fs.write(p, &data, mode, parents)?;
+                fs.stat(p)
+            })
+            .await?
+            .into(),
     ))
 }
 
@@ -285,10 +276,9 @@ pub async fn list(
     let sandbox = sandbox(&engine, &id)?;
     let depth = q.depth.unwrap_or(1).clamp(1, 32);
     // One more than is answered, to tell a full listing from a cut one.
-    let entries = on_path(&sandbox, &q.path, move |fs, p| {
-        fs.list(p, depth, MAX_LISTED + 1)
-    })
-    .await?;
+    let entries = sandbox
+        .on_path(&q.path, move |fs, p| fs.list(p, depth, MAX_LISTED + 1))
+        .await?;
     if entries.len() > MAX_LISTED {
         return Err(Error::TooLarge(format!(
             "{}: more than {MAX_LISTED} entries; list fewer levels or a directory further down",
@@ -308,7 +298,7 @@ pub async fn stat(
 ) -> ApiResult<Json<FileEntryView>> {
     let sandbox = sandbox(&engine, &id)?;
     Ok(Json(
-        on_path(&sandbox, &q.path, |fs, p| fs.stat(p)).await?.into(),
+        sandbox.on_path(&q.path, |fs, p| fs.stat(p)).await?.into(),
     ))
 }
 
@@ -323,12 +313,13 @@ pub async fn mkdir(
     let mode = parse_mode(req.mode.as_deref(), 0o755)?;
     let parents = req.parents;
     Ok(Json(
-        on_path(&sandbox, &req.path, move |fs, p| {
-            fs.mkdir(p, parents, mode)?;
-            fs.stat(p)
-        })
-        .await?
-        .into(),
+        sandbox
+            .on_path(&req.path, move |fs, p| {
+                fs.mkdir(p, parents, mode)?;
+                fs.stat(p)
+            })
+            .await?
+            .into(),
     ))
 }
 
@@ -340,16 +331,8 @@ pub async fn rename(
     Json(req): Json<MoveFile>,
 ) -> ApiResult<Json<FileEntryView>> {
     let sandbox = sandbox(&engine, &id)?;
-    let from = sandbox.absolute(&req.source);
-    let to = sandbox.absolute(&req.destination);
-    let moved = sandbox.with_fs(move |fs| {
-        fs.rename(&from, &to).map_err(|(side, e)| match side {
-            Side::Source => Error::file(&from, e),
-            Side::Destination => Error::file(&to, e),
-        })?;
-        fs.stat(&to).map_err(|e| Error::file(&to, e))
-    });
-    Ok(Json(moved.await?.into()))
+    let moved = sandbox.rename(&req.source, &req.destination).await?;
+    Ok(Json(moved.into()))
 }
 
 #[utoipa::path(delete, path = "/sandboxes/{id}/files", operation_id = "remove_file", tag = "files", params(RemoveQuery),
@@ -361,6 +344,8 @@ pub async fn remove(
 ) -> ApiResult<StatusCode> {
     let sandbox = sandbox(&engine, &id)?;
     let recursive = q.recursive;
-    on_path(&sandbox, &q.path, move |fs, p| fs.remove(p, recursive)).await?;
+    sandbox
+        .on_path(&q.path, move |fs, p| fs.remove(p, recursive))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -8,7 +8,7 @@ use axum::extract::{Multipart, Path, State};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use cella_engine::{Error, FileEntry, FileKind, SANDBOX_HOME, Side};
+use cella_engine::{Error, FileEntry, FileKind, SANDBOX_HOME};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -37,20 +37,6 @@ fn view(e: &FileEntry) -> Value {
     })
 }
 
-/// Runs a file operation on `path` in sandbox `id`, its error naming the path.
-async fn on_path<T: Send + 'static>(
-    state: &AppState,
-    id: &str,
-    path: &str,
-    op: impl FnOnce(&cella_engine::SandboxFs, &str) -> std::io::Result<T> + Send + 'static,
-) -> Result<T, Failure> {
-    let sandbox = state.engine.get(id)?;
-    let path = sandbox.absolute(path);
-    Ok(sandbox
-        .with_fs(move |fs| op(fs, &path).map_err(|e| Error::file(&path, e)))
-        .await?)
-}
-
 #[derive(Deserialize)]
 pub struct PathQuery {
     path: String,
@@ -62,7 +48,11 @@ pub async fn read(
     Query(q): Query<PathQuery>,
 ) -> Answer {
     let max = state.engine.config.limits.max_read_bytes;
-    let data = on_path(&state, &id, &q.path, move |fs, p| fs.read(p, max)).await?;
+    let data = state
+        .engine
+        .get(&id)?
+        .on_path(&q.path, move |fs, p| fs.read(p, max))
+        .await?;
     let size = data.len();
     let (encoding, content) = match String::from_utf8(data) {
         Ok(text) => ("utf-8", text),
@@ -101,11 +91,14 @@ pub async fn write(
     };
     let mode = parse_mode(body.mode.as_deref(), 0o644)?;
     let parents = body.create_dir.unwrap_or(true);
-    let written = on_path(&state, &id, &body.path, move |fs, p| {
-        fs.write(p, &data, mode, parents)?;
-        fs.stat(p)
-    });
-    Ok(axum::Json(view(&written.await?)))
+    let sandbox = state.engine.get(&id)?;
+    let written = sandbox
+        .on_path(&body.path, move |fs, p| {
+            fs.write(p, &data, mode, parents)?;
+            fs.stat(p)
+        })
+        .await?;
+    Ok(axum::Json(view(&written)))
 }
 
 #[derive(Deserialize)]
@@ -121,10 +114,11 @@ pub async fn list(
 ) -> Answer {
     let path = q.path.unwrap_or_else(|| SANDBOX_HOME.into());
     let depth = q.depth.unwrap_or(1).clamp(1, 32);
-    let entries = on_path(&state, &id, &path, move |fs, p| {
-        fs.list(p, depth, MOST_LISTED + 1)
-    })
-    .await?;
+    let entries = state
+        .engine
+        .get(&id)?
+        .on_path(&path, move |fs, p| fs.list(p, depth, MOST_LISTED + 1))
+        .await?;
     if entries.len() > MOST_LISTED {
         return Err(Error::TooLarge(format!(
             "{path}: more than {MOST_LISTED} entries; list fewer levels"
@@ -140,7 +134,11 @@ pub async fn stat(
     Query(q): Query<PathQuery>,
 ) -> Answer {
     Ok(axum::Json(view(
-        &on_path(&state, &id, &q.path, |fs, p| fs.stat(p)).await?,
+        &state
+            .engine
+            .get(&id)?
+            .on_path(&q.path, |fs, p| fs.stat(p))
+            .await?,
     )))
 }
 
@@ -158,11 +156,14 @@ pub async fn mkdir(
 ) -> Answer {
     let mode = parse_mode(body.mode.as_deref(), 0o755)?;
     let parents = body.parents.unwrap_or(true);
-    let made = on_path(&state, &id, &body.path, move |fs, p| {
-        fs.mkdir(p, parents, mode)?;
-        fs.stat(p)
-    });
-    Ok(axum::Json(view(&made.await?)))
+    let sandbox = state.engine.get(&id)?;
+    let made = sandbox
+        .on_path(&body.path, move |fs, p| {
+            fs.mkdir(p, parents, mode)?;
+            fs.stat(p)
+        })
+        .await?;
+    Ok(axum::Json(view(&made)))
 }
 
 #[derive(Deserialize)]
@@ -177,18 +178,8 @@ pub async fn rename(
     Body(body): Body<MoveBody>,
 ) -> Answer {
     let sandbox = state.engine.get(&id)?;
-    let (from, to) = (
-        sandbox.absolute(&body.source),
-        sandbox.absolute(&body.destination),
-    );
-    let moved = sandbox.with_fs(move |fs| {
-        fs.rename(&from, &to).map_err(|(side, e)| match side {
-            Side::Source => Error::file(&from, e),
-            Side::Destination => Error::file(&to, e),
-        })?;
-        fs.stat(&to).map_err(|e| Error::file(&to, e))
-    });
-    Ok(axum::Json(view(&moved.await?)))
+    let moved = sandbox.rename(&body.source, &body.destination).await?;
+    Ok(axum::Json(view(&moved)))
 }
 
 #[derive(Deserialize)]
@@ -202,7 +193,11 @@ pub async fn remove(
     Path(id): Path<String>,
     Body(body): Body<RemoveBody>,
 ) -> Answer {
-    on_path(&state, &id, &body.path, |fs, p| fs.remove(p, true)).await?;
+    state
+        .engine
+        .get(&id)?
+        .on_path(&body.path, |fs, p| fs.remove(p, true))
+        .await?;
     Ok(axum::Json(json!({ "path": body.path, "removed": true })))
 }
 
