@@ -84,14 +84,11 @@ pub async fn create(State(state): State<AppState>, Body(body): Body<CreateBody>)
     // The default python context starts now, so the first call need not wait for it.
     let (contexts, id) = (state.contexts.clone(), sandbox.id.clone());
     tokio::spawn(async move {
-        let _ = contexts.default_for(&id, python()).await;
+        let _ = contexts
+            .default_for(&id, ContextSpec::new(Language::Python))
+            .await;
     });
     Ok(envelope(view(&sandbox.info())))
-}
-
-/// The context of a call that names a language but no context.
-pub(super) fn python() -> ContextSpec {
-    ContextSpec::new(Language::Python)
 }
 
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Answer {
