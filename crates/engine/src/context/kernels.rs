@@ -92,65 +92,50 @@ impl Kernels {
     ) -> Result<Kernel> {
         let files = KernelFiles { dir };
         let connection = files.connection();
-        let script = match language {
-            Language::Python => String::new(),
-            Language::JavaScript => format!("{}/kernel.js", files.dir),
-            Language::Bash => format!("{}/kernel.py", files.dir),
-        };
         let (argv, kernel_env, zygote) = match language {
             // Without its history database: a write to SQLite after every call, for nothing.
             Language::Python => (
-                vec![
+                [
                     "python3",
                     "-m",
                     "ipykernel_launcher",
                     "-f",
                     &connection,
                     NO_HISTORY,
-                ],
+                ]
+                .map(String::from)
+                .to_vec(),
                 PYTHON_ENV,
                 true,
             ),
             Language::Bash => {
-                write_private(sandbox, &files.dir, &script, BASH_KERNEL).await?;
-                (vec!["python3", &script, "-f", &connection], BASH_ENV, true)
+                let script = write_private(sandbox, &files.dir, "kernel.py", BASH_KERNEL).await?;
+                (
+                    ["python3", &script, "-f", &connection]
+                        .map(String::from)
+                        .to_vec(),
+                    BASH_ENV,
+                    true,
+                )
             }
             Language::JavaScript => {
-                write_private(sandbox, &files.dir, &script, JAVASCRIPT_KERNEL).await?;
-                (vec!["node", &script, &connection], NODE_ENV, false)
+                let script =
+                    write_private(sandbox, &files.dir, "kernel.js", JAVASCRIPT_KERNEL).await?;
+                (
+                    ["node", &script, &connection].map(String::from).to_vec(),
+                    NODE_ENV,
+                    false,
+                )
             }
         };
-        self.launch(sandbox, &files, &argv, kernel_env, cwd, env, zygote)
-            .await
-            .map_err(|e| match e {
-                Error::MissingProgram(_) => Error::MissingProgram(format!(
-                    "{} contexts need {}, which this sandbox's image does not have",
-                    language.name(),
-                    argv[0]
-                )),
-                e => e,
-            })
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn launch(
-        &self,
-        sandbox: &Arc<Sandbox>,
-        files: &KernelFiles,
-        argv: &[&str],
-        kernel_env: &[(&str, &str)],
-        cwd: &str,
-        env: &BTreeMap<String, String>,
-        zygote: bool,
-    ) -> Result<Kernel> {
-        let mut all_env: BTreeMap<String, String> = kernel_env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        all_env.extend(env.clone());
+        let program = argv[0].clone();
         let opts = ExecOptions {
-            argv: argv.iter().map(|a| a.to_string()).collect(),
-            env: all_env,
+            argv,
+            env: kernel_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .chain(env.clone())
+                .collect(),
             cwd: Some(cwd.to_string()),
             stdin: None,
             timeout: None,
@@ -165,27 +150,40 @@ impl Kernels {
             false => None,
         };
         let launcher = zygote.as_deref().map_or(Launcher::Init, Launcher::Zygote);
-        Kernel::start(
+        let started = Kernel::start(
             sandbox,
-            files,
+            &files,
             opts,
             launcher,
             self.start_timeout,
             self.output_cap,
-        )
-        .await
+        );
+        started.await.map_err(|e| match e {
+            Error::MissingProgram(_) => Error::MissingProgram(format!(
+                "{} contexts need {program}, which this sandbox's image does not have",
+                language.name(),
+            )),
+            e => e,
+        })
     }
 }
 
-/// Writes `text` into `path` under `dir` (made first), readable by the sandbox's user only.
-async fn write_private(sandbox: &Sandbox, dir: &str, path: &str, text: &'static str) -> Result<()> {
-    let (dir, path) = (dir.to_string(), path.to_string());
+/// Writes `text` into a file `name` in `dir` (made first), readable by the sandbox's user
+/// only, and answers the file's path.
+async fn write_private(
+    sandbox: &Sandbox,
+    dir: &str,
+    name: &str,
+    text: &'static str,
+) -> Result<String> {
+    let (dir, path) = (dir.to_string(), format!("{dir}/{name}"));
     sandbox
         .with_fs(move |fs| {
             fs.mkdir(&dir, true, 0o700)
                 .map_err(|e| Error::file(&dir, e))?;
             fs.write(&path, text.as_bytes(), 0o600, false)
-                .map_err(|e| Error::file(&path, e))
+                .map_err(|e| Error::file(&path, e))?;
+            Ok(path)
         })
         .await
 }
