@@ -8,6 +8,7 @@
 //! is also served under `/codegeex/{id}/`, where `-` means that sandbox: a client that takes
 //! one base URL (the demo app's `--sandbox-addr`) then talks to one sandbox.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -99,15 +100,16 @@ pub fn too_large(path: &str) -> Option<fn(Error) -> Response> {
     ours.then_some(|e| Failure::from(e).into_response())
 }
 
-/// Which sandbox a request means: `-` under no prefix is the default one; under
-/// `/codegeex/{prefix}` it is the prefix's.
+/// Which sandbox a request means: the `{sandbox}` of its path, where the routes have one, and
+/// otherwise `-`; `-` is the default sandbox, or under `/codegeex/{prefix}` the prefix's.
 struct Target(String);
 
 impl Target {
-    fn of(prefix: Option<&str>, segment: &str) -> Target {
-        let id = match (prefix, segment) {
-            (Some(prefix), "-") => prefix,
-            (_, segment) => segment,
+    fn of(params: &HashMap<String, String>) -> Target {
+        let segment = params.get("sandbox").map_or("-", String::as_str);
+        let id = match params.get("prefix") {
+            Some(prefix) if segment == "-" => prefix,
+            _ => segment,
         };
         Target(id.to_string())
     }
@@ -144,16 +146,10 @@ impl Target {
     }
 }
 
-/// The sandbox's segment of a request: `-` unless under `/codegeex/{prefix}` (then `-`).
-fn segments(params: &std::collections::HashMap<String, String>) -> Target {
-    let segment = params.get("sandbox").map_or("-", String::as_str);
-    Target::of(params.get("prefix").map(String::as_str), segment)
-}
-
-type Params = Path<std::collections::HashMap<String, String>>;
+type Params = Path<HashMap<String, String>>;
 
 async fn ping(State(state): State<AppState>, params: Option<Params>) -> Response {
-    let target = segments(&params.map(|p| p.0).unwrap_or_default());
+    let target = Target::of(&params.map(|p| p.0).unwrap_or_default());
     match target.context(&state).await {
         Ok((sandbox, _)) => {
             let at = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(sandbox.last_active());
@@ -196,7 +192,7 @@ async fn execute(
     params: Option<Params>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let target = segments(&params.map(|p| p.0).unwrap_or_default());
+    let target = Target::of(&params.map(|p| p.0).unwrap_or_default());
     let answer = async {
         let body = body.map_err(|e| Failure(StatusCode::BAD_REQUEST, e.body_text()))?;
         let call = call(&body, &state)?;
@@ -253,7 +249,7 @@ fn relative(path: &str) -> &str {
 }
 
 async fn upload(State(state): State<AppState>, Path(params): Params, body: Body) -> Response {
-    let target = segments(&params);
+    let target = Target::of(&params);
     let path = format!("/{}", params.get("path").map_or("", String::as_str));
     let answer = async {
         let sandbox = target.sandbox(&state).await?;
@@ -264,7 +260,7 @@ async fn upload(State(state): State<AppState>, Path(params): Params, body: Body)
 }
 
 async fn download(State(state): State<AppState>, Path(params): Params) -> Response {
-    let target = segments(&params);
+    let target = Target::of(&params);
     let path = format!("/{}", params.get("path").map_or("", String::as_str));
     let answer = async {
         let sandbox = target.sandbox(&state).await?;
