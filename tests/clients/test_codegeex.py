@@ -103,18 +103,24 @@ def test_execute_invalid_timeout(base):
     Error.model_validate_json(r.content)
 
 
+def only_image(res):
+    """The variants of a call's one event: a display with an image and its text."""
+    assert res.status == "ok"
+    assert len(res.events) == 1
+    assert res.events[0].type == "display_data"
+    variants = res.events[0].data.variants
+    assert variants["image/png"] is not None
+    assert variants["text/plain"] is not None
+    return variants
+
+
 def test_execute_display_data(base):
     code = """import matplotlib.pyplot as plt
 plt.plot([1, 2, 3, 4])
 plt.ylabel('some numbers')
 plt.show()"""
-    res = execute(base, code)
-    assert res.status == "ok"
-    assert len(res.events) == 1
-    assert res.events[0].type == "display_data"
-    assert res.events[0].data.variants["image/png"] is not None
-    assert res.events[0].data.variants["text/plain"] is not None
-    assert base64.b64decode(res.events[0].data.variants["image/png"]).startswith(b"\x89PNG")
+    variants = only_image(execute(base, code))
+    assert base64.b64decode(variants["image/png"]).startswith(b"\x89PNG")
 
 
 def test_execute_pil_image(base):
@@ -128,12 +134,7 @@ def new_show(self, *args, **kwargs):
 Image.Image.show = new_show
 
 img.show()"""
-    res = execute(base, code)
-    assert res.status == "ok"
-    assert len(res.events) == 1
-    assert res.events[0].type == "display_data"
-    assert res.events[0].data.variants["image/png"] is not None
-    assert res.events[0].data.variants["text/plain"] is not None
+    only_image(execute(base, code))
 
 
 def test_timeout_is_optional_and_results_are_display_data(base):
