@@ -35,20 +35,17 @@ impl Snapshot {
 
     /// The files of `after` that are new or changed since `self`, in path order.
     pub(super) fn changes(&self, after: &Snapshot) -> Vec<Output> {
-        let mut changed: Vec<Output> = after
-            .0
-            .iter()
+        let mut changed: Vec<(&String, u64)> = (after.0.iter())
             .filter(|(path, stamp)| self.0.get(*path) != Some(stamp))
-            .map(|(path, (size, ..))| Output::File {
-                path: path.clone(),
-                size: *size,
-            })
+            .map(|(path, (size, ..))| (path, *size))
             .collect();
-        changed.sort_by(|a, b| match (a, b) {
-            (Output::File { path: a, .. }, Output::File { path: b, .. }) => a.cmp(b),
-            _ => std::cmp::Ordering::Equal,
-        });
-        changed
+        changed.sort_unstable();
+        (changed.into_iter())
+            .map(|(path, size)| Output::File {
+                path: path.clone(),
+                size,
+            })
+            .collect()
     }
 }
 
