@@ -430,6 +430,27 @@ fn a_streamed_call_delivers_each_output_as_it_comes_then_its_end() {
 }
 
 #[test]
+fn a_streamed_call_whose_code_ends_the_kernel_streams_the_error_it_answers_with() {
+    let s = server();
+    let id = s.sandbox(json!({}));
+    let c = s.context(&id, json!({}));
+    let r = s.send(
+        s.http
+            .post(s.api(&format!("/sandboxes/{id}/contexts/{c}/execute/stream")))
+            .json(&json!({"code": "import os\nos._exit(3)"})),
+    );
+    let lines: Vec<Value> = (r.text().unwrap().lines())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let types: Vec<&str> = lines.iter().map(|l| l["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["error", "end"], "{lines:?}");
+    assert_eq!(lines[0]["name"], "DeadKernelError", "{lines:?}");
+    assert_eq!(lines[1]["status"], "error", "{lines:?}");
+    assert!(lines[1]["kernel_lost"].is_string(), "{lines:?}");
+    s.delete(&format!("/sandboxes/{id}"));
+}
+
+#[test]
 fn interrupt_and_restart_through_the_api() {
     let s = server();
     let id = s.sandbox(json!({}));

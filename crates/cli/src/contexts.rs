@@ -221,6 +221,8 @@ fn stream_call(
     }
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     let mut code = ExitCode::FAILURE;
+    // The value of the last error shown: a lost kernel is said again only in other words.
+    let mut last_error = String::new();
     for line in BufReader::new(resp).lines() {
         let event: Value =
             serde_json::from_str(&line.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
@@ -238,6 +240,7 @@ fn stream_call(
                     false => lines.join("\n"),
                 };
                 print_flush(&mut err, &format!("{shown}\n"));
+                last_error = text("value");
             }
             "file" => print_flush(
                 &mut err,
@@ -245,7 +248,9 @@ fn stream_call(
             ),
             "failed" => return Err(text("message")),
             "end" => {
-                if let Some(lost) = event["kernel_lost"].as_str() {
+                if let Some(lost) = event["kernel_lost"].as_str()
+                    && lost != last_error
+                {
                     eprintln!("cella: {lost}");
                 }
                 code = match event["status"].as_str() {

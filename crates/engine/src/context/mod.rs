@@ -31,11 +31,11 @@ mod kernels;
 mod output;
 mod registry;
 
-pub use jupyter::{KernelDeath, Sink};
+pub use jupyter::KernelDeath;
 
 use jupyter::Interrupts;
 pub use kernels::{INLINE_BACKEND, Language, PYTHON_PACKAGES};
-pub use output::{CellResult, Event, Output};
+pub use output::{CellResult, Event, Output, Sink};
 pub use registry::Contexts;
 
 use files::Snapshot;
@@ -310,11 +310,7 @@ impl Context {
             (before, Snapshot::take(&self.sandbox, &self.cwd).await)
         {
             for file in before.changes(&after) {
-                if let Some(event) = result.keep(file, 0, usize::MAX)
-                    && let Some(sink) = &sink
-                {
-                    let _ = sink.send(event);
-                }
+                result.keep(file, 0, usize::MAX, sink.as_ref());
             }
         }
         Ok(result)

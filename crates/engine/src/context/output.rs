@@ -41,6 +41,9 @@ impl Output {
     }
 }
 
+/// Where the outputs of a call go as they come (a streamed call), besides its result.
+pub type Sink = tokio::sync::mpsc::UnboundedSender<Event>;
+
 /// An output and when the server received it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -72,8 +75,9 @@ impl CellResult {
     /// of a stream, what fits; of an error, its name and the start of its value (that the
     /// call failed matters more than what it printed); of anything else, all or nothing.
     /// Text following text of the same stream joins it, as a notebook shows it: a kernel
-    /// may send one `print` in pieces. Returns what was kept, as an event of its own.
-    pub fn keep(&mut self, output: Output, size: usize, cap: usize) -> Option<Event> {
+    /// may send one `print` in pieces. What was kept goes to `sink` too, as an event of its
+    /// own; returns whether anything was.
+    pub fn keep(&mut self, output: Output, size: usize, cap: usize, sink: Option<&Sink>) -> bool {
         let kept = if self.kept_bytes + size <= cap {
             self.kept_bytes += size;
             Some(output)
@@ -92,10 +96,16 @@ impl CellResult {
                 _ => None,
             }
         };
+        let Some(output) = kept else {
+            return false;
+        };
         let event = Event {
             at: SystemTime::now(),
-            output: kept?,
+            output,
         };
+        if let Some(sink) = sink {
+            let _ = sink.send(event.clone());
+        }
         if let Output::Result {
             execution_count, ..
         } = &event.output
@@ -114,9 +124,9 @@ impl CellResult {
                     text: more,
                 },
             ) if name == more_name && !after_interrupt => text.push_str(more),
-            _ => self.events.push(event.clone()),
+            _ => self.events.push(event),
         }
-        Some(event)
+        true
     }
 
     /// The events that came before the call was interrupted at its timeout (all of them if
@@ -195,14 +205,14 @@ mod tests {
     #[test]
     fn a_call_keeps_what_fits_under_its_cap() {
         let mut cell = CellResult::default();
-        cell.keep(stream("abc"), 3, 5);
-        cell.keep(stream("defg"), 4, 5);
-        cell.keep(stream("h"), 1, 5);
+        cell.keep(stream("abc"), 3, 5, None);
+        cell.keep(stream("defg"), 4, 5, None);
+        cell.keep(stream("h"), 1, 5, None);
         let display = Output::Display {
             data: json!({"text/plain": "x"}),
             metadata: json!({}),
         };
-        assert!(cell.keep(display, 1, 5).is_none());
+        assert!(!cell.keep(display, 1, 5, None));
         assert_eq!(cell.stream("stdout"), "abcde");
         assert_eq!(cell.events.len(), 1, "{:?}", cell.events);
         assert_eq!((cell.kept_bytes, cell.truncated), (5, true));
@@ -216,7 +226,7 @@ mod tests {
             value: "é".repeat(5000),
             traceback: vec!["frame".into(); 1000],
         };
-        cell.keep(error, 20_000, 0);
+        cell.keep(error, 20_000, 0, None);
         let [
             Output::Error {
                 name,
@@ -241,7 +251,7 @@ mod tests {
             text: "e".into(),
         };
         for output in [stream("1"), stream("\n"), err, stream("2")] {
-            assert!(cell.keep(output, 1, 100).is_some());
+            assert!(cell.keep(output, 1, 100, None));
         }
         let texts: Vec<&str> = cell
             .outputs()
@@ -261,7 +271,7 @@ mod tests {
             metadata: json!({}),
             execution_count: Some(7),
         };
-        cell.keep(result, 10, 100);
+        cell.keep(result, 10, 100, None);
         assert_eq!(cell.execution_count, Some(7));
     }
 }

@@ -20,7 +20,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::output::{CellResult, Event, Output};
+use super::output::{CellResult, Output, Sink};
 use crate::error::{Error, Result};
 use crate::process::{self, ExecOptions, Exit, Launcher, Process};
 use crate::sandbox::Sandbox;
@@ -44,9 +44,6 @@ impl KernelFiles {
         format!("{}/kernel-{port}", self.dir)
     }
 }
-
-/// Where the outputs of a call go as they come (a streamed call), besides its result.
-pub type Sink = mpsc::UnboundedSender<Event>;
 
 /// Interrupts asked for by someone other than a call's own timeout (the API's interrupt).
 #[derive(Default)]
@@ -346,7 +343,7 @@ impl Kernel {
                 msg = self.iopub.recv() => msg,
                 () = past_time => {
                     if result.timed_out {
-                        self.stop_at_ignored_interrupt(&mut result);
+                        self.stop_at_ignored_interrupt(&mut result, sink);
                         return Ok(result);
                     }
                     result.timed_out = true;
@@ -379,7 +376,12 @@ impl Kernel {
                     // call's answer, like a program that dies.
                     let how = self.record_death().await.how.clone();
                     let why = format!("the kernel {how} while running this code");
-                    result.keep(Output::error("DeadKernelError", why.clone()), 0, usize::MAX);
+                    result.keep(
+                        Output::error("DeadKernelError", why.clone()),
+                        0,
+                        usize::MAX,
+                        sink,
+                    );
                     result.kernel_lost = Some(why);
                     return Ok(result);
                 }
@@ -390,9 +392,7 @@ impl Kernel {
             match CellEvent::of(&msg) {
                 CellEvent::Output(output) => {
                     interrupting.took |= matches!(output, Output::Error { .. });
-                    if let (Some(event), Some(sink)) = (result.keep(output, msg.size, cap), sink) {
-                        let _ = sink.send(event);
-                    }
+                    result.keep(output, msg.size, cap, sink);
                 }
                 CellEvent::Input { execution_count } => {
                     result.execution_count = execution_count;
@@ -403,7 +403,7 @@ impl Kernel {
                     // before its code with no error of the code's (ipykernel logs one).
                     if interrupting.asked && result.error().is_none() {
                         let why = "the call was interrupted before its code began";
-                        result.keep(Output::error("KeyboardInterrupt", why), 0, usize::MAX);
+                        result.keep(Output::error("KeyboardInterrupt", why), 0, usize::MAX, sink);
                     }
                     return Ok(result);
                 }
@@ -414,7 +414,7 @@ impl Kernel {
 
     /// Stops a kernel that ignored the interrupt at a call's timeout, as the call's code left
     /// no other way, and says so as the call's error.
-    fn stop_at_ignored_interrupt(&mut self, result: &mut CellResult) {
+    fn stop_at_ignored_interrupt(&mut self, result: &mut CellResult, sink: Option<&Sink>) {
         self.process.kill();
         let how = "ignored the interrupt at a call's timeout and was stopped";
         self.lost = Some(format!("the kernel {how}"));
@@ -425,7 +425,7 @@ impl Kernel {
         });
         let why = "the code ran past its timeout and ignored the interrupt: the kernel was \
                    stopped and its state is lost";
-        result.keep(Output::error("TimeoutError", why), 0, usize::MAX);
+        result.keep(Output::error("TimeoutError", why), 0, usize::MAX, sink);
         result.kernel_lost = Some(why.into());
     }
 
