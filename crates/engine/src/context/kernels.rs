@@ -109,7 +109,7 @@ impl Kernels {
                 true,
             ),
             Language::Bash => {
-                let script = write_private(sandbox, &files.dir, "kernel.py", BASH_KERNEL).await?;
+                let script = (files.write(sandbox, "kernel.py", BASH_KERNEL.into())).await?;
                 (
                     ["python3", &script, "-f", &connection]
                         .map(String::from)
@@ -119,8 +119,7 @@ impl Kernels {
                 )
             }
             Language::JavaScript => {
-                let script =
-                    write_private(sandbox, &files.dir, "kernel.js", JAVASCRIPT_KERNEL).await?;
+                let script = (files.write(sandbox, "kernel.js", JAVASCRIPT_KERNEL.into())).await?;
                 (
                     ["node", &script, &connection].map(String::from).to_vec(),
                     NODE_ENV,
@@ -166,24 +165,4 @@ impl Kernels {
             e => e,
         })
     }
-}
-
-/// Writes `text` into a file `name` in `dir` (made first), readable by the sandbox's user
-/// only, and answers the file's path.
-async fn write_private(
-    sandbox: &Sandbox,
-    dir: &str,
-    name: &str,
-    text: &'static str,
-) -> Result<String> {
-    let (dir, path) = (dir.to_string(), format!("{dir}/{name}"));
-    sandbox
-        .with_fs(move |fs| {
-            fs.mkdir(&dir, true, 0o700)
-                .map_err(|e| Error::file(&dir, e))?;
-            fs.write(&path, text.as_bytes(), 0o600, false)
-                .map_err(|e| Error::file(&path, e))?;
-            Ok(path)
-        })
-        .await
 }

@@ -30,6 +30,8 @@ use zmtp::{Kind, Received, Socket};
 /// How long an interrupted call may take to stop before the kernel is stopped.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
 
+const CONNECTION_FILE: &str = "connection.json";
+
 /// Where a kernel's connection file and sockets live: a directory of its own in the sandbox.
 pub struct KernelFiles {
     pub dir: String,
@@ -37,11 +39,26 @@ pub struct KernelFiles {
 
 impl KernelFiles {
     pub fn connection(&self) -> String {
-        format!("{}/connection.json", self.dir)
+        format!("{}/{CONNECTION_FILE}", self.dir)
     }
 
     fn socket(&self, port: u16) -> String {
         format!("{}/kernel-{port}", self.dir)
+    }
+
+    /// Writes `bytes` into a file `name` in the directory (made first), readable by the
+    /// sandbox's user only, and answers the file's path.
+    pub async fn write(&self, sandbox: &Sandbox, name: &str, bytes: Vec<u8>) -> Result<String> {
+        let (dir, path) = (self.dir.clone(), format!("{}/{name}", self.dir));
+        sandbox
+            .with_fs(move |fs| {
+                fs.mkdir(&dir, true, 0o700)
+                    .map_err(|e| Error::file(&dir, e))?;
+                fs.write(&path, &bytes, 0o600, false)
+                    .map_err(|e| Error::file(&path, e))?;
+                Ok(path)
+            })
+            .await
     }
 }
 
@@ -191,16 +208,8 @@ impl Kernel {
             "iopub_port": 2, "stdin_port": 3, "control_port": 4, "hb_port": 5,
             "key": session.key_hex(), "signature_scheme": "hmac-sha256", "kernel_name": "cella",
         });
-        let (dir, file) = (files.dir.clone(), files.connection());
         let bytes = connection.to_string().into_bytes();
-        sandbox
-            .with_fs(move |fs| {
-                fs.mkdir(&dir, true, 0o700)
-                    .map_err(|e| Error::file(&dir, e))?;
-                fs.write(&file, &bytes, 0o600, false)
-                    .map_err(|e| Error::file(&file, e))
-            })
-            .await?;
+        files.write(sandbox, CONNECTION_FILE, bytes).await?;
         let process = process::start_service(sandbox, opts, launcher).await?;
         let deadline = Instant::now() + startup_timeout;
         let (shell, iopub) = match connect_both(sandbox, &process, files, deadline).await {
