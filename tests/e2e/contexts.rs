@@ -517,6 +517,14 @@ fn bad_input_gets_a_clear_error() {
         json!({"cwd": "/proc/cella"}),
     );
     assert!(r.status().is_client_error(), "{}", json_of(r));
+    assert_refused(
+        s.post(
+            &format!("/sandboxes/{id}/contexts"),
+            json!({"cwd": "/etc/passwd"}),
+        ),
+        400,
+        "not a directory",
+    );
     // The context still answers after all that.
     assert_eq!(result_text(&s.execute(&id, &c, "3", json!({}))), "3");
     s.delete(&format!("/sandboxes/{id}"));

@@ -165,13 +165,7 @@ impl Context {
     ) -> Result<Context> {
         let id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
         let cwd = sandbox.absolute(spec.cwd.as_deref().unwrap_or(cella_jail::SANDBOX_HOME));
-        let dir = cwd.clone();
-        sandbox
-            .with_fs(move |fs| match fs.mkdir(&dir, true, 0o755) {
-                Err(e) if e.raw_os_error() != Some(libc::EEXIST) => Err(Error::file(&dir, e)),
-                _ => Ok(()),
-            })
-            .await?;
+        (sandbox.on_path(&cwd, |fs, dir| fs.mkdir(dir, true, 0o755))).await?;
         let context = Context {
             id,
             sandbox,
@@ -201,9 +195,7 @@ impl Context {
         let generation = self.kernels_started.fetch_add(1, Ordering::SeqCst);
         let dir = |n: u64| format!("/tmp/.cella-kernels/{}-{n}", self.id);
         if let Some(before) = generation.checked_sub(1).map(dir) {
-            let _ = (self.sandbox)
-                .with_fs(move |fs| Ok(fs.remove(&before, true)))
-                .await;
+            let _ = (self.sandbox.on_path(&before, |fs, p| fs.remove(p, true))).await;
         }
         let kernel = (self.kernels)
             .start(
