@@ -157,10 +157,10 @@ pub enum EventView {
     },
 }
 
-impl From<&Event> for EventView {
-    fn from(e: &Event) -> EventView {
+impl From<Event> for EventView {
+    fn from(e: Event) -> EventView {
         let timestamp = rfc3339(e.at);
-        match e.output.clone() {
+        match e.output {
             Output::Stream { name, text } => EventView::Stream {
                 name,
                 text,
@@ -301,12 +301,11 @@ pub async fn execute(
     let call = body.into_call(&state.engine.config)?;
     let started = Instant::now();
     let result = context.execute(call, None).await?;
-    let end = ExecutionEnd::of(&result, started.elapsed());
     Ok(Json(Execution {
-        end,
+        end: ExecutionEnd::of(&result, started.elapsed()),
         stdout: result.stream("stdout"),
         stderr: result.stream("stderr"),
-        events: result.events.iter().map(EventView::from).collect(),
+        events: result.events.into_iter().map(EventView::from).collect(),
     }))
 }
 
@@ -367,7 +366,7 @@ fn stream_call(
     let (sink, events) = mpsc::unbounded_channel();
     let started = Instant::now();
     let execution = Box::pin(async move { context.execute(call, Some(sink)).await });
-    let event = |e: Event| ExecutionLine::Event(EventView::from(&e));
+    let event = |e: Event| ExecutionLine::Event(e.into());
     let lines = futures::stream::unfold(Some((events, execution)), move |state| async move {
         let (mut events, mut execution) = state?;
         tokio::select! {
