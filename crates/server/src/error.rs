@@ -51,20 +51,12 @@ impl ApiError {
     }
 
     fn of_body(fault: BodyFault) -> Option<ApiError> {
-        let message = fault.message();
-        match fault {
-            BodyFault::TooLarge => Some(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                message,
-            )),
-            BodyFault::Stalled => Some(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                message,
-            )),
-            BodyFault::Broken(_) => None,
-        }
+        let code = match fault {
+            BodyFault::TooLarge => "too_large",
+            BodyFault::Stalled => "body_timeout",
+            BodyFault::Broken(_) => return None,
+        };
+        Some(ApiError::new(fault.status(), code, fault.message()))
     }
 }
 
@@ -82,19 +74,32 @@ impl From<UploadError> for ApiError {
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> ApiError {
-        let (status, code) = match &e {
-            Error::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "invalid_argument"),
-            Error::MissingProgram(_) => (StatusCode::BAD_REQUEST, "missing_program"),
-            Error::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
-            Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            Error::Exhausted(_) => (StatusCode::INSUFFICIENT_STORAGE, "exhausted"),
-            Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            Error::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
-            Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        let code = match &e {
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::MissingProgram(_) => "missing_program",
+            Error::NotFound { .. } => "not_found",
+            Error::Conflict(_) => "conflict",
+            Error::TooLarge(_) => "too_large",
+            Error::Exhausted(_) => "exhausted",
+            Error::Unavailable(_) => "unavailable",
+            Error::Busy(_) => "busy",
+            Error::Internal(_) => "internal",
         };
         log_if_fault(&e);
-        ApiError::new(status, code, e.to_string())
+        ApiError::new(status_of(&e), code, e.to_string())
+    }
+}
+
+/// The HTTP status that fits an engine error, on every face (each has its own body).
+pub fn status_of(e: &Error) -> StatusCode {
+    match e {
+        Error::InvalidArgument(_) | Error::MissingProgram(_) => StatusCode::BAD_REQUEST,
+        Error::NotFound { .. } => StatusCode::NOT_FOUND,
+        Error::Conflict(_) => StatusCode::CONFLICT,
+        Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::Exhausted(_) => StatusCode::INSUFFICIENT_STORAGE,
+        Error::Busy(_) | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use axum::body::{Body, Bytes};
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cella_engine::{Error, FileEntry, Sandbox};
 use futures::StreamExt;
@@ -31,6 +31,15 @@ impl BodyFault {
             }
         });
         limit.unwrap_or_else(|| BodyFault::Broken(e.to_string()))
+    }
+
+    /// The HTTP status that fits, on every face.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            BodyFault::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyFault::Stalled => StatusCode::REQUEST_TIMEOUT,
+            BodyFault::Broken(_) => StatusCode::BAD_REQUEST,
+        }
     }
 
     pub fn message(&self) -> String {

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::common::time::rfc3339;
-use crate::common::transfer::{self, BodyFault, ContentType, UploadError};
+use crate::common::transfer::{self, ContentType, UploadError};
 
 /// Where the original's image keeps user files: the context's working directory and `HOME`.
 const DATA_DIR: &str = "/mnt/data";
@@ -65,16 +65,7 @@ impl IntoResponse for Failure {
 impl From<Error> for Failure {
     fn from(e: Error) -> Failure {
         crate::error::log_if_fault(&e);
-        let status = match &e {
-            Error::InvalidArgument(_) | Error::MissingProgram(_) => StatusCode::BAD_REQUEST,
-            Error::NotFound { .. } => StatusCode::NOT_FOUND,
-            Error::Conflict(_) => StatusCode::CONFLICT,
-            Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::Exhausted(_) => StatusCode::INSUFFICIENT_STORAGE,
-            Error::Busy(_) | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        Failure(status, e.to_string())
+        Failure(crate::error::status_of(&e), e.to_string())
     }
 }
 
@@ -82,13 +73,7 @@ impl From<UploadError> for Failure {
     fn from(e: UploadError) -> Failure {
         match e {
             UploadError::Sandbox(e) => e.into(),
-            UploadError::Body(fault @ BodyFault::TooLarge) => {
-                Failure(StatusCode::PAYLOAD_TOO_LARGE, fault.message())
-            }
-            UploadError::Body(fault @ BodyFault::Stalled) => {
-                Failure(StatusCode::REQUEST_TIMEOUT, fault.message())
-            }
-            UploadError::Body(fault) => Failure(StatusCode::BAD_REQUEST, fault.message()),
+            UploadError::Body(fault) => Failure(fault.status(), fault.message()),
         }
     }
 }

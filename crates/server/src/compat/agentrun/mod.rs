@@ -92,20 +92,19 @@ impl IntoResponse for Failure {
 impl From<Error> for Failure {
     fn from(e: Error) -> Failure {
         crate::error::log_if_fault(&e);
-        let (status, code) = match &e {
-            Error::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "InvalidParameter"),
-            Error::MissingProgram(_) => (StatusCode::BAD_REQUEST, "InvalidParameter"),
+        let code = match &e {
+            Error::InvalidArgument(_) | Error::MissingProgram(_) => "InvalidParameter",
             // "sandbox not found" is what the SDK matches for an idempotent delete.
             Error::NotFound {
                 kind: "sandbox", ..
-            } => (StatusCode::NOT_FOUND, "SandboxNotFound"),
-            Error::NotFound { .. } => (StatusCode::NOT_FOUND, "ResourceNotFound"),
-            Error::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
-            Error::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
-            Error::Exhausted(_) => (StatusCode::INSUFFICIENT_STORAGE, "DiskQuotaExceeded"),
-            Error::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "Throttling"),
-            Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
-            Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+            } => "SandboxNotFound",
+            Error::NotFound { .. } => "ResourceNotFound",
+            Error::Conflict(_) => "Conflict",
+            Error::TooLarge(_) => "PayloadTooLarge",
+            Error::Exhausted(_) => "DiskQuotaExceeded",
+            Error::Busy(_) => "Throttling",
+            Error::Unavailable(_) => "ServiceUnavailable",
+            Error::Internal(_) => "InternalError",
         };
         let message = match &e {
             Error::NotFound {
@@ -115,7 +114,7 @@ impl From<Error> for Failure {
             e => e.to_string(),
         };
         Failure {
-            status,
+            status: crate::error::status_of(&e),
             code,
             message,
         }
@@ -126,18 +125,11 @@ impl From<UploadError> for Failure {
     fn from(e: UploadError) -> Failure {
         match e {
             UploadError::Sandbox(e) => e.into(),
-            UploadError::Body(fault) => {
-                let status = match fault {
-                    BodyFault::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-                    BodyFault::Stalled => StatusCode::REQUEST_TIMEOUT,
-                    BodyFault::Broken(_) => StatusCode::BAD_REQUEST,
-                };
-                Failure {
-                    status,
-                    code: "InvalidParameter",
-                    message: fault.message(),
-                }
-            }
+            UploadError::Body(fault) => Failure {
+                status: fault.status(),
+                code: "InvalidParameter",
+                message: fault.message(),
+            },
         }
     }
 }
