@@ -1,7 +1,12 @@
 //! Timestamps as RFC 3339 in UTC with microseconds (`2024-07-05T01:33:53.123456Z`), the
 //! form CodeGeeX4's sandbox writes and E2B's clients read.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Seconds since the epoch, as the engine keeps its times.
+pub fn rfc3339_of_secs(secs: f64) -> String {
+    rfc3339(UNIX_EPOCH + Duration::from_secs_f64(secs.max(0.0)))
+}
 
 pub fn rfc3339(at: SystemTime) -> String {
     let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -34,7 +39,6 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn known_instants() {

@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -24,7 +23,7 @@ use cella_engine::{CreateSandbox, Error, Sandbox};
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::common::time::rfc3339;
+use crate::common::time::{rfc3339, rfc3339_of_secs};
 use crate::common::transfer::{self, ContentType, UploadError};
 
 /// Where the original's image keeps user files: the context's working directory and `HOME`.
@@ -137,8 +136,8 @@ async fn ping(State(state): State<AppState>, params: Option<Params>) -> Response
     let target = Target::of(&params.map(|p| p.0).unwrap_or_default());
     match target.context(&state).await {
         Ok((sandbox, _)) => {
-            let at = SystemTime::UNIX_EPOCH + Duration::from_secs_f64(sandbox.last_active());
-            axum::Json(json!({ "last_activity": rfc3339(at) })).into_response()
+            let at = rfc3339_of_secs(sandbox.last_active());
+            axum::Json(json!({ "last_activity": at })).into_response()
         }
         Err(failure) => failure.into_response(),
     }

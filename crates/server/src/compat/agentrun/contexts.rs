@@ -1,8 +1,6 @@
 //! `/sandboxes/{id}/contexts` and `contexts/execute`: code contexts as AgentRun's code
 //! interpreter shows them, and a call's results in E2B's model, camelCase.
 
-use std::time::Duration;
-
 use axum::extract::{Path, State};
 use cella_engine::context::{Call, CellResult, ContextInfo, ContextSpec, Language, Output};
 use serde::Deserialize;
@@ -10,16 +8,15 @@ use serde_json::{Value, json};
 
 use super::{Answer, Body, timeout};
 use crate::AppState;
-use crate::common::time::rfc3339;
+use crate::common::time::{rfc3339, rfc3339_of_secs};
 
 fn view(c: &ContextInfo) -> Value {
-    let created = std::time::UNIX_EPOCH + Duration::from_secs_f64(c.created_at);
     json!({
         "id": c.id,
         "language": c.language.name(),
         "cwd": c.cwd,
         "status": if c.busy { "busy" } else { "idle" },
-        "createdAt": rfc3339(created),
+        "createdAt": rfc3339_of_secs(c.created_at),
     })
 }
 

@@ -1,7 +1,5 @@
 //! `/sandboxes`: AgentRun's data-plane lifecycle, in its envelope.
 
-use std::time::{Duration, SystemTime};
-
 use axum::extract::{Path, State};
 use cella_engine::context::{ContextSpec, Language};
 use cella_engine::sandbox::State as SandboxState;
@@ -11,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::{Answer, Body, Failure, envelope};
 use crate::AppState;
-use crate::common::time::rfc3339;
+use crate::common::time::rfc3339_of_secs;
 
 /// The label that keeps a sandbox's AgentRun template name.
 const TEMPLATE_LABEL: &str = "agentrun.template";
@@ -29,7 +27,6 @@ pub struct CreateBody {
 
 /// A sandbox as AgentRun describes one.
 fn view(info: &SandboxInfo) -> Value {
-    let at = |secs: f64| rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs));
     let template = info.labels.get(TEMPLATE_LABEL).cloned().unwrap_or_default();
     json!({
         "sandboxId": info.id,
@@ -40,8 +37,8 @@ fn view(info: &SandboxInfo) -> Value {
             SandboxState::Stopped => "TERMINATED",
         },
         "statusReason": info.stop_reason,
-        "createdAt": at(info.created_at),
-        "lastUpdatedAt": at(info.created_at),
+        "createdAt": rfc3339_of_secs(info.created_at),
+        "lastUpdatedAt": rfc3339_of_secs(info.created_at),
         "endedAt": Value::Null,
         "sandboxIdleTimeoutSeconds": info.idle_timeout_secs,
         "sandboxIdleTTLInSeconds": info.idle_timeout_secs,
