@@ -18,6 +18,7 @@ fn server() -> &'static Server {
         Server::start_with(&[
             ("CELLA_CONTEXTS__MAX_CODE_BYTES", "65536"),
             ("CELLA_CONTEXTS__MAX_QUEUED_CALLS", "2"),
+            ("CELLA_CONTEXTS__MAX_PER_SANDBOX", "4"),
             ("CELLA_LIMITS__MAX_BODY_BYTES", "1048576"),
         ])
     })
@@ -392,6 +393,36 @@ fn a_context_with_too_many_calls_waiting_refuses_more() {
     for call in running {
         assert_eq!(call.join().unwrap()["status"], "ok");
     }
+    s.delete(&format!("/sandboxes/{id}"));
+}
+
+#[test]
+fn a_sandbox_holds_at_most_its_limit_of_contexts_however_many_are_asked_for_at_once() {
+    let s = server();
+    let id = s.sandbox(json!({}));
+    // Eight at once where the server's limit is four: four are made, the rest refused.
+    let asked: Vec<_> = (0..8)
+        .map(|_| {
+            let id = id.clone();
+            std::thread::spawn(move || {
+                let r = server().post(&format!("/sandboxes/{id}/contexts"), json!({}));
+                (r.status().as_u16(), json_of(r))
+            })
+        })
+        .collect();
+    let answers: Vec<(u16, Value)> = asked.into_iter().map(|a| a.join().unwrap()).collect();
+    let made = answers.iter().filter(|(status, _)| *status == 201).count();
+    assert_eq!(made, 4, "{answers:?}");
+    for (status, body) in answers.iter().filter(|(status, _)| *status != 201) {
+        assert_eq!(*status, 409, "{body}");
+        assert!(body.to_string().contains("limit of 4 contexts"), "{body}");
+    }
+    let listed = json_of(s.get(&format!("/sandboxes/{id}/contexts")));
+    assert_eq!(listed.as_array().unwrap().len(), 4, "{listed}");
+    // One deleted makes room for one more.
+    let first = listed[0]["id"].as_str().unwrap();
+    s.delete(&format!("/sandboxes/{id}/contexts/{first}"));
+    s.context(&id, json!({}));
     s.delete(&format!("/sandboxes/{id}"));
 }
 

@@ -55,13 +55,8 @@ impl Contexts {
         spec: ContextSpec,
     ) -> Result<Arc<Context>> {
         let sandbox = self.engine.get(sandbox_id)?;
-        let most = self.engine.config.contexts.max_per_sandbox;
-        let count = self.held().get(sandbox_id).map_or(0, |h| h.contexts.len());
-        if count >= most {
-            return Err(Error::Conflict(format!(
-                "sandbox {sandbox_id} holds its limit of {most} contexts; delete one first"
-            )));
-        }
+        // Checked again once the kernel is up: others may have been made meanwhile.
+        self.check_room(&self.held(), sandbox_id)?;
         // In a task of its own: a kernel started for a caller no longer there is stopped
         // when its context is dropped, and nothing is left half registered.
         let (contexts, started) = (self.clone(), sandbox.clone());
@@ -88,15 +83,30 @@ impl Contexts {
         Ok(Arc::new(context.await?))
     }
 
-    /// Registers `context` with its sandbox.
+    /// Refuses a context beyond `contexts.max_per_sandbox`.
+    fn check_room(&self, held: &HashMap<String, Held>, sandbox_id: &str) -> Result<()> {
+        let most = self.engine.config.contexts.max_per_sandbox;
+        if held.get(sandbox_id).map_or(0, |h| h.contexts.len()) >= most {
+            return Err(Error::Conflict(format!(
+                "sandbox {sandbox_id} holds its limit of {most} contexts; delete one first"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Registers `context` with its sandbox, if the sandbox still runs and has room.
     fn hold(self: &Arc<Self>, sandbox: &Arc<Sandbox>, context: Arc<Context>) -> Result<()> {
         let mut held = self.held();
-        if !sandbox.is_running() {
-            context.close();
-            return Err(Error::Conflict(format!(
+        let refused = match sandbox.is_running() {
+            false => Some(Error::Conflict(format!(
                 "sandbox {} is stopped",
                 sandbox.id
-            )));
+            ))),
+            true => self.check_room(&held, &sandbox.id).err(),
+        };
+        if let Some(e) = refused {
+            context.close();
+            return Err(e);
         }
         (self.held_for(&mut held, sandbox).contexts).push(context);
         Ok(())
