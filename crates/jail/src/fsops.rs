@@ -433,7 +433,7 @@ fn open_subdir(dir: &OwnedFd, name: &CString) -> io::Result<OwnedFd> {
     )?)
 }
 
-fn remove_children(dir: OwnedFd) -> io::Result<()> {
+pub(crate) fn remove_children(dir: OwnedFd) -> io::Result<()> {
     let names: Vec<(CString, bool)> = rustix::fs::Dir::read_from(&dir)?
         .filter_map(Result::ok)
         .filter(|e| !matches!(e.file_name().to_bytes(), b"." | b".."))

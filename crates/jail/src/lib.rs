@@ -11,6 +11,7 @@ pub mod cgroup;
 mod child;
 pub mod fsops;
 mod init;
+pub mod layer;
 pub mod probe;
 pub mod proto;
 mod rootfs;
