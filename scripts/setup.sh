@@ -12,6 +12,9 @@ APT_PACKAGES=(
   # Compiled and interpreted languages of the SandboxFusion table.
   g++ libgtest-dev libssl-dev golang-go default-jdk-headless junit5 libjavatuples-java php-cli mono-mcs ruby lua5.4
   r-base-core perl scala racket ldc iverilog sqlite3 kotlin rustc nodejs
+  # The image tests: a reference registry, tools that build and copy images, a static
+  # busybox for a tiny image, and debootstrap for one with Python.
+  docker-registry skopeo umoci busybox-static debootstrap
 )
 # JavaScript tooling for sandboxes, in one project directory so that peers resolve each other
 # (ts-jest needs jest's own modules). Versions that work together: ts-jest 29 needs jest 29
@@ -183,4 +186,19 @@ if ! .venv/bin/python -c 'import sandbox_fusion, agentrun, pytest, xdist, reques
   .venv/bin/pip install -q --disable-pip-version-check "${PIP_PACKAGES[@]}"
 else
   log "pip: test clients present"
+fi
+
+# A Debian root with Python, the test suite's non-host image (built once, cached).
+TEST_ROOTFS=/var/cache/cella/debian-python.rootfs
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+if [ ! -x "$TEST_ROOTFS/usr/bin/python3" ]; then
+  log "debootstrap: building a minimal Debian root with python3 in $TEST_ROOTFS"
+  $SUDO rm -rf "$TEST_ROOTFS" "$TEST_ROOTFS.tmp"
+  $SUDO mkdir -p "$(dirname "$TEST_ROOTFS")"
+  $SUDO debootstrap --variant=minbase --include=python3 bookworm "$TEST_ROOTFS.tmp" \
+    http://deb.debian.org/debian >/dev/null
+  $SUDO rm -rf "$TEST_ROOTFS.tmp"/var/cache/apt/archives/*.deb
+  $SUDO mv "$TEST_ROOTFS.tmp" "$TEST_ROOTFS"
+else
+  log "debootstrap: test image root present"
 fi

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod client;
 mod contexts;
+mod images;
 mod serve;
 
 #[derive(Parser)]
@@ -44,6 +45,11 @@ enum Command {
     /// Stateful code contexts in a sandbox: new, ls, run, rm.
     #[command(subcommand)]
     Context(contexts::ContextCommand),
+    /// Images: ls, pull, import, export, push, rm.
+    #[command(subcommand)]
+    Image(images::ImageCommand),
+    /// Make an image of a running sandbox: its changes as a layer on top of its image.
+    Commit(images::CommitArgs),
 }
 
 #[derive(clap::Args)]
@@ -65,6 +71,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Run(args) => client::run(args),
         Command::Exec(args) => client::exec(args),
+        Command::Image(command) => images::image(command),
+        Command::Commit(args) => images::commit(args),
         Command::Languages(args) => client::languages(args),
         Command::Repl(args) => contexts::repl(args),
         Command::Context(command) => contexts::context(command),

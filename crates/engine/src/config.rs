@@ -104,6 +104,31 @@ pub struct ImagesConfig {
     /// Directories under which root filesystems may be registered as images, in addition
     /// to the data dir's `images` (the API must not turn any host directory into an image).
     pub roots: Vec<PathBuf>,
+    /// When a sandbox names an image this server lacks: `never` pull it, pull it if
+    /// `missing`, or `always` ask the registry for the newest of its tag.
+    pub pull: PullPolicy,
+    /// One layer's uncompressed size and entry count: a layer past them is refused.
+    pub max_layer_bytes: u64,
+    pub max_layer_entries: u64,
+    /// Per registry host (`"127.0.0.1:5000"`, `"docker.io"`): plain HTTP, credentials.
+    pub registries: BTreeMap<String, RegistryConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    Never,
+    Missing,
+    Always,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Speak plain HTTP to it (a registry on loopback or a private network).
+    pub insecure: bool,
+    pub username: Option<String>,
+    pub password: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -269,6 +294,10 @@ impl Default for ImagesConfig {
             aliases,
             host_masks: Vec::new(),
             roots: Vec::new(),
+            pull: PullPolicy::Missing,
+            max_layer_bytes: 8 << 30,
+            max_layer_entries: 1_000_000,
+            registries: BTreeMap::new(),
         }
     }
 }
@@ -345,6 +374,11 @@ impl Config {
 
     pub fn images_dir(&self) -> PathBuf {
         self.data_dir.join("images")
+    }
+
+    /// The content store of OCI images: blobs and unpacked layers.
+    pub fn content_dir(&self) -> PathBuf {
+        self.data_dir.join("content")
     }
 
     /// Files every new home directory of the `host` image starts with.

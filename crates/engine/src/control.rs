@@ -43,30 +43,33 @@ pub struct Control {
 
 impl Control {
     /// Waits for the init's first event (`Ready` or `SetupFailed`), then starts routing.
-    pub async fn start(fd: OwnedFd) -> Result<Control> {
+    /// Returns the sandbox's writable layer (the overlay's upper directory) with it.
+    pub async fn start(fd: OwnedFd) -> Result<(Control, OwnedFd)> {
         cella_jail::sys::set_nonblocking(fd.as_fd()).map_err(Error::internal)?;
         let fd = Arc::new(cella_jail::async_fd(fd).map_err(Error::internal)?);
         let mut buf = Vec::new();
-        match recv(&fd, &mut buf).await {
-            Some(Event::Ready) => {}
-            Some(Event::SetupFailed { error }) => {
+        let upper = match recv(&fd, &mut buf).await {
+            Some((Event::Ready, mut fds)) if fds.len() == 1 => fds.remove(0),
+            Some((Event::SetupFailed { error }, _)) => {
                 return Err(Error::Internal(format!("sandbox setup failed: {error}")));
             }
             other => {
                 return Err(Error::Internal(format!(
-                    "sandbox init did not start (got {other:?})"
+                    "sandbox init did not start (got {:?})",
+                    other.map(|(event, _)| event)
                 )));
             }
-        }
+        };
         let waiters: Waiters = Arc::default();
         let (alive_tx, alive) = watch::channel(true);
         tokio::spawn(route(fd.clone(), waiters.clone(), alive_tx, buf));
-        Ok(Control {
+        let control = Control {
             fd,
             send_lock: tokio::sync::Mutex::new(()),
             waiters,
             alive,
-        })
+        };
+        Ok((control, upper))
     }
 
     /// Registers for the events of exec `id`; call before sending its `Exec`.
@@ -119,11 +122,11 @@ impl Control {
     }
 }
 
-async fn recv(fd: &AsyncFd<OwnedFd>, buf: &mut Vec<u8>) -> Option<Event> {
+async fn recv(fd: &AsyncFd<OwnedFd>, buf: &mut Vec<u8>) -> Option<(Event, Vec<OwnedFd>)> {
     loop {
         let mut ready = fd.readable().await.ok()?;
         match ready.try_io(|fd| proto::recv::<Event>(fd.get_ref().as_fd(), buf)) {
-            Ok(Ok(Some((event, _fds)))) => return Some(event),
+            Ok(Ok(Some(message))) => return Some(message),
             Ok(Ok(None)) | Ok(Err(_)) => return None,
             Err(_would_block) => continue,
         }
@@ -168,7 +171,7 @@ async fn route(
     alive: watch::Sender<bool>,
     mut buf: Vec<u8>,
 ) {
-    while let Some(event) = recv(&fd, &mut buf).await {
+    while let Some((event, _)) = recv(&fd, &mut buf).await {
         let Some((id, event)) = exec_event(event) else {
             continue;
         };
@@ -192,7 +195,7 @@ pub fn events_of(fd: OwnedFd) -> Result<mpsc::UnboundedReceiver<ExecEvent>> {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut buf = Vec::new();
-        while let Some(event) = recv(&fd, &mut buf).await {
+        while let Some((event, _)) = recv(&fd, &mut buf).await {
             if let Some((_, event)) = exec_event(event) {
                 let done = matches!(
                     event,

@@ -216,8 +216,43 @@ impl SandboxRecord {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ImageRecord {
     pub name: String,
+    /// A directory image's root filesystem; empty for an OCI image.
+    #[serde(default)]
     pub path: PathBuf,
     pub created_at: u64,
+    #[serde(default)]
+    pub oci: Option<OciRecord>,
+}
+
+/// An image of layers in the content store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OciRecord {
+    /// The manifest's digest and media type; the manifest and config are blobs.
+    pub manifest: String,
+    pub media_type: String,
+    pub config: String,
+    /// Bottom first.
+    pub layers: Vec<LayerRecord>,
+    /// Made by committing a sandbox of the `host` image: the host's root lies under the
+    /// layers (so it can be neither exported nor pushed).
+    pub on_host: bool,
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    /// Where it was pulled from, imported from or committed from.
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LayerRecord {
+    /// The blob as stored (compressed or not), its size and media type.
+    pub blob: String,
+    pub size: u64,
+    pub media_type: String,
+    /// The digest of the uncompressed tarball: the unpacked layer's name.
+    pub diff_id: String,
 }
 
 #[cfg(test)]

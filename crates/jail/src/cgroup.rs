@@ -41,6 +41,8 @@ enum Layout {
         /// Limits nothing here; joined so that a sandbox sees the hierarchy the JVM needs
         /// before it trusts any container limit.
         cpuset: Option<PathBuf>,
+        /// Where mounted: stops a sandbox's processes while its writable layer is committed.
+        freezer: Option<PathBuf>,
     },
     V2 {
         root: PathBuf,
@@ -57,9 +59,11 @@ impl Layout {
                 cpu,
                 cpuacct,
                 cpuset,
+                freezer,
             } => [memory, pids, cpu, cpuacct]
                 .into_iter()
                 .chain(cpuset.as_ref())
+                .chain(freezer.as_ref())
                 .collect(),
             Layout::V2 { .. } => Vec::new(),
         }
@@ -307,6 +311,7 @@ fn detect_layout(mountinfo: &str) -> Result<Layout> {
         cpu: get("cpu")?,
         cpuacct: get("cpuacct")?,
         cpuset: v1.get("cpuset").cloned(),
+        freezer: v1.get("freezer").cloned(),
     })
 }
 
@@ -450,6 +455,47 @@ impl SandboxCgroup {
                 }
             }
         }
+    }
+
+    /// Freezes (or thaws) every process of the sandbox, and waits until they all are.
+    pub fn freeze(&self, frozen: bool) -> Result<()> {
+        let (file, value, done_file, done) = match &self.layout {
+            Layout::V1 {
+                freezer: Some(mount),
+                ..
+            } => {
+                let dir = self.dirs.iter().find(|d| d.starts_with(mount));
+                let file = dir.map(|d| d.join("freezer.state")).unwrap_or_default();
+                let value = if frozen { "FROZEN" } else { "THAWED" };
+                (file.clone(), value, file, value.to_string())
+            }
+            Layout::V1 { .. } => {
+                return Err(Error::Unsupported(
+                    "the v1 freezer controller is not mounted".into(),
+                ));
+            }
+            Layout::V2 { .. } => {
+                let dir = self.dir("");
+                let done = format!("frozen {}", u8::from(frozen));
+                (
+                    dir.join("cgroup.freeze"),
+                    if frozen { "1" } else { "0" },
+                    dir.join("cgroup.events"),
+                    done,
+                )
+            }
+        };
+        write(&file, value)?;
+        for _ in 0..2000 {
+            let state = fs::read_to_string(&done_file).unwrap_or_default();
+            if state.lines().any(|l| l.trim() == done) {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_micros(500));
+        }
+        Err(Error::Unsupported(format!(
+            "the sandbox's processes did not reach {value} within a second"
+        )))
     }
 
     /// The host pids of every process in the sandbox's cgroups (the pids hierarchy, which

@@ -47,16 +47,19 @@ const KEPT_CAPS: [u32; 3] = [CAP_KILL, CAP_SETGID, CAP_SETUID];
 
 pub fn run(spec: &SandboxSpec, mut fds: InitFds, policy: &Policy) -> ! {
     sys::set_name("cella-init");
-    if let Err(e) = setup(spec, &mut fds, policy) {
-        let _ = proto::send(
-            fds.control.as_fd(),
-            &Event::SetupFailed {
-                error: e.to_string(),
-            },
-            &[],
-        );
-        sys::exit_now(1);
-    }
+    let upper = match setup(spec, &mut fds, policy) {
+        Ok(upper) => upper,
+        Err(e) => {
+            let _ = proto::send(
+                fds.control.as_fd(),
+                &Event::SetupFailed {
+                    error: e.to_string(),
+                },
+                &[],
+            );
+            sys::exit_now(1);
+        }
+    };
     let control = fds.control.as_fd();
     let sigchld = match sys::signalfd(&[libc::SIGCHLD]) {
         Ok(fd) => fd,
@@ -66,9 +69,11 @@ pub fn run(spec: &SandboxSpec, mut fds: InitFds, policy: &Policy) -> ! {
             sys::exit_now(1);
         }
     };
-    if proto::send(control, &Event::Ready, &[]).is_err() {
+    // The server keeps the writable layer's directory, to commit it; the init need not.
+    if proto::send(control, &Event::Ready, &[upper.as_fd()]).is_err() {
         sys::exit_now(1);
     }
+    drop(upper);
     // Moved out of the sandbox's memory cgroup, the init has its children join it.
     let memory_procs = spec.init_memory_cgroup.as_ref().and_then(|_| {
         let memory = spec.cgroups.iter().position(|(name, _)| name == "memory");
@@ -85,7 +90,8 @@ pub fn run(spec: &SandboxSpec, mut fds: InitFds, policy: &Policy) -> ! {
     init.serve(sigchld.as_fd())
 }
 
-fn setup(spec: &SandboxSpec, fds: &mut InitFds, policy: &Policy) -> Result<()> {
+/// Returns the overlay's upper directory (`O_PATH`).
+fn setup(spec: &SandboxSpec, fds: &mut InitFds, policy: &Policy) -> Result<OwnedFd> {
     // If the spawner (and so the server) is gone, stop at once.
     sys::set_pdeathsig(libc::SIGKILL).map_err(|e| Error::sys("PR_SET_PDEATHSIG", e))?;
     detach_from_server_tty()?;
@@ -96,7 +102,7 @@ fn setup(spec: &SandboxSpec, fds: &mut InitFds, policy: &Policy) -> Result<()> {
     // A cgroup namespace rooted at the sandbox's cgroup hides the host's hierarchy.
     sys::unshare(libc::CLONE_NEWCGROUP).map_err(|e| Error::sys("unshare cgroup", e))?;
     sys::sethostname(&spec.hostname).map_err(|e| Error::sys("sethostname", e))?;
-    rootfs::build(spec)?;
+    let upper = rootfs::build(spec)?;
     // The root filesystem's files are the sandbox's; what the init allocates from now on is
     // charged elsewhere. The namespace stays rooted at the sandbox's cgroups.
     if let Some(procs) = fds.init_memory_procs.take() {
@@ -107,7 +113,10 @@ fn setup(spec: &SandboxSpec, fds: &mut InitFds, policy: &Policy) -> Result<()> {
     restrict_landlock();
     // Installed once here, inherited by every process of the sandbox (the init itself needs
     // nothing the policy refuses), instead of compiled into each exec.
-    policy.apply().map_err(|e| Error::sys("install seccomp", e))
+    policy
+        .apply()
+        .map_err(|e| Error::sys("install seccomp", e))?;
+    Ok(upper)
 }
 
 /// The init inherited the server's stdio; the sandbox must never see the server's terminal.

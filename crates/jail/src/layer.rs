@@ -107,11 +107,12 @@ pub fn unpack(tar: impl Read, dest: &Path, limits: Limits) -> Result<Unpacked, L
                 limits.max_bytes
             )));
         }
+        // Fields some writers leave blank read as 0, as other unpackers take them.
         let meta = Meta {
-            mode: header.mode()? & ALLOWED_MODE,
-            uid: id(header.uid()?, &shown)?,
-            gid: id(header.gid()?, &shown)?,
-            mtime: header.mtime()?,
+            mode: header.mode().unwrap_or(0o644) & ALLOWED_MODE,
+            uid: id(header.uid().unwrap_or(0), &shown)?,
+            gid: id(header.gid().unwrap_or(0), &shown)?,
+            mtime: header.mtime().unwrap_or(0),
         };
         let dir = parent_dir(&root, &parent).map_err(|e| match e {
             rustix::io::Errno::EXIST | rustix::io::Errno::NOTDIR => {

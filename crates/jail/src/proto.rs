@@ -46,6 +46,10 @@ pub struct SandboxSpec {
     pub shm_bytes: u64,
     /// A host directory whose files every new home directory starts with (caches that are
     /// slow to build, such as matplotlib's font list).
+    /// The image's own `/home` shows (an OCI image's), and its `/home/user` and `/mnt`, if
+    /// it has them, are given to the sandbox's user instead of started empty.
+    #[serde(default)]
+    pub keep_image_home: bool,
     pub home_skeleton: Option<PathBuf>,
 }
 

@@ -21,6 +21,8 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+
 use crate::proto::SandboxSpec;
 use crate::sys;
 use crate::{Error, Result};
@@ -62,8 +64,9 @@ fn step<T>(what: impl FnOnce() -> String, r: std::io::Result<T>) -> Result<T> {
 }
 
 /// Sets up the root filesystem and pivots into it. Runs in the init, as root, in a fresh
-/// mount namespace.
-pub fn build(spec: &SandboxSpec) -> Result<()> {
+/// mount namespace. Returns the overlay's upper directory (`O_PATH`), which stays reachable
+/// through it once the old root is detached.
+pub fn build(spec: &SandboxSpec) -> Result<std::os::fd::OwnedFd> {
     step(
         || "make / private".into(),
         sys::mount(
@@ -89,6 +92,10 @@ pub fn build(spec: &SandboxSpec) -> Result<()> {
         )?;
     }
     prepare_upper(&upper, spec)?;
+    let upper_fd = step(
+        || "open upper".into(),
+        sys::open(&upper, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC),
+    )?;
 
     // The overlay's options show in the sandbox's mountinfo: name its layers by paths
     // relative to the scratch directory, each lower bound there, so the host's are not told.
@@ -134,7 +141,8 @@ pub fn build(spec: &SandboxSpec) -> Result<()> {
         sys::umount_detach(Path::new(".")),
     )?;
     step(|| "chdir /".into(), sys::chdir(Path::new("/")))?;
-    protect_proc()
+    protect_proc()?;
+    Ok(upper_fd)
 }
 
 /// Writes masks, fresh directories, the home directory and the passwd entry into the upper
@@ -150,20 +158,29 @@ fn prepare_upper(upper: &Path, spec: &SandboxSpec) -> Result<()> {
         image.mask(mask)?;
     }
     for (dir, mode) in FRESH_DIRS {
-        image.fresh_dir(Path::new(dir), *mode, 0, 0)?;
+        if !(spec.keep_image_home && *dir == "/home") {
+            image.fresh_dir(Path::new(dir), *mode, 0, 0)?;
+        }
     }
     // An image's own directory stays (the file API cannot move it, a lower-layer directory);
     // anything else there is covered by a real one.
     for (dir, mode) in MOUNT_POINTS {
         let dir = Path::new(dir);
-        if !image.lower_meta(dir).is_some_and(|(_, meta)| meta.is_dir()) {
+        if !image.lower_meta(dir).is_some_and(|meta| meta.is_dir()) {
             image.fresh_dir(dir, *mode, 0, 0)?;
         }
     }
     // The user's own: its home, and /mnt as a scratch place (SandboxFusion programs write
     // there, as they would as root in its container).
-    for dir in [SANDBOX_HOME, "/mnt"] {
-        image.fresh_dir(Path::new(dir), 0o755, spec.uid, spec.uid)?;
+    for dir in [SANDBOX_HOME, "/mnt"].map(Path::new) {
+        let in_image = image.lower_meta(dir).is_some_and(|m| m.is_dir());
+        if spec.keep_image_home && in_image {
+            // What a commit left there shows through; the directory itself is the user's.
+            image.mirror_parents(dir)?;
+            make_dir(&image.upper_path(dir), 0o755, spec.uid, spec.uid)?;
+        } else {
+            image.fresh_dir(dir, 0o755, spec.uid, spec.uid)?;
+        }
     }
     if let Some(skeleton) = &spec.home_skeleton {
         copy_tree(
@@ -197,13 +214,39 @@ struct Image<'a> {
 }
 
 impl Image<'_> {
-    /// The image's own file for `path` (absolute inside the sandbox), topmost layer first.
-    fn lower_meta(&self, path: &Path) -> Option<(PathBuf, fs::Metadata)> {
+    /// The image's own file for `path` (absolute inside the sandbox), topmost layer first,
+    /// opened without following its last component. Each layer's paths are resolved inside
+    /// it: a symlink in an image never leads to the host's files.
+    fn lower_file(&self, path: &Path, flags: OFlags) -> Option<(fs::File, fs::Metadata)> {
         let rel = relative(path);
         self.lowers.iter().find_map(|l| {
-            let p = l.join(&rel);
-            fs::symlink_metadata(&p).ok().map(|m| (p, m))
+            let layer =
+                rustix::fs::open(l, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).ok()?;
+            let fd = rustix::fs::openat2(
+                &layer,
+                &rel,
+                flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+            )
+            .ok()?;
+            let file = fs::File::from(fd);
+            let meta = file.metadata().ok()?;
+            Some((file, meta))
         })
+    }
+
+    fn lower_meta(&self, path: &Path) -> Option<fs::Metadata> {
+        self.lower_file(path, OFlags::PATH).map(|(_, meta)| meta)
+    }
+
+    /// The content of the image's regular file at `path`.
+    fn read_lower(&self, path: &Path) -> Option<String> {
+        // Non-blocking: a FIFO there must not stall the sandbox's start.
+        let (mut file, meta) = self.lower_file(path, OFlags::RDONLY | OFlags::NONBLOCK)?;
+        let mut content = String::new();
+        use std::io::Read;
+        (meta.is_file() && file.read_to_string(&mut content).is_ok()).then_some(content)
     }
 
     fn upper_path(&self, path: &Path) -> PathBuf {
@@ -223,7 +266,7 @@ impl Image<'_> {
                 continue;
             }
             let (mode, uid, gid) = match self.lower_meta(&cur) {
-                Some((_, m)) if m.is_dir() => (m.mode() & 0o7777, m.uid(), m.gid()),
+                Some(m) if m.is_dir() => (m.mode() & 0o7777, m.uid(), m.gid()),
                 _ => (0o755, 0, 0),
             };
             make_dir(&up, mode, uid, gid)?;
@@ -234,7 +277,7 @@ impl Image<'_> {
     /// Hides `path`: an opaque empty directory in place of a directory, a whiteout in place of
     /// anything else. Paths the image does not have are left alone.
     fn mask(&self, path: &Path) -> Result<()> {
-        let Some((_, meta)) = self.lower_meta(path) else {
+        let Some(meta) = self.lower_meta(path) else {
             return Ok(());
         };
         if meta.is_dir() {
@@ -262,10 +305,7 @@ impl Image<'_> {
 
     /// Copies the image's file to the upper layer with one more line at the end.
     fn append_line(&self, path: &Path, line: &str) -> Result<()> {
-        let mut content = match self.lower_meta(path) {
-            Some((p, m)) if m.is_file() => fs::read_to_string(p).unwrap_or_default(),
-            _ => String::new(),
-        };
+        let mut content = self.read_lower(path).unwrap_or_default();
         if !content.is_empty() && !content.ends_with('\n') {
             content.push('\n');
         }

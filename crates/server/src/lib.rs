@@ -84,6 +84,12 @@ pub fn app(state: AppState, metrics: PrometheusHandle, body_timeout: Duration) -
     let (native, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", native::router())
         .split_for_parts();
+    // Image archives stream to disk, not memory: outside the body limits and budget.
+    let (archives, archives_doc) = OpenApiRouter::new()
+        .nest("/api/v1", native::archive_router())
+        .split_for_parts();
+    doc.merge(archives_doc);
+    let archives_state = state.clone();
     let token: Option<Arc<str>> = state.engine.config.api_token.as_deref().map(Arc::from);
     native::document_errors(&mut doc, token.is_some());
     if token.is_some() {
@@ -118,6 +124,11 @@ pub fn app(state: AppState, metrics: PrometheusHandle, body_timeout: Duration) -
             budget,
             body_budget::limit,
         ))
+        .merge(
+            archives
+                .with_state(archives_state)
+                .layer(axum::middleware::from_fn(metrics::track)),
+        )
         // A stalled body would hold its share of the budget for ever.
         .layer(RequestBodyTimeoutLayer::new(body_timeout));
     // Outside the body limits: a client without the token is refused before its body is read.

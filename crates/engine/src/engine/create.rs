@@ -85,7 +85,7 @@ impl Engine {
         check_labels(&req.labels)?;
         let image = self
             .images
-            .resolve(req.image.as_deref().unwrap_or(&d.image))?;
+            .resolve(req.image.as_deref().unwrap_or(&d.image), &self.content)?;
         let id = match &req.id {
             Some(id) if valid_id(id) => id.clone(),
             Some(id) => {
@@ -152,7 +152,12 @@ impl Engine {
         let (reply, created) = tokio::sync::oneshot::channel();
         let engine = self.clone();
         tokio::spawn(async move {
-            if let Err(Ok(orphan)) = reply.send(engine.create_now(req, need).await) {
+            let image = req.image.as_deref().unwrap_or(&engine.config.sandbox.image);
+            let created = match engine.ensure_image(image).await {
+                Ok(()) => engine.create_now(req, need).await,
+                Err(e) => Err(e),
+            };
+            if let Err(Ok(orphan)) = reply.send(created) {
                 let _ = engine.delete_now(&orphan.id).await;
             }
         });
@@ -270,8 +275,9 @@ impl Engine {
             id: info.id.clone(),
             hostname: info.hostname.clone(),
             uid: info.uid,
-            lowerdirs: image.lowerdirs,
-            masks: image.masks,
+            lowerdirs: image.lowerdirs.clone(),
+            masks: image.masks.clone(),
+            keep_image_home: image.keep_home,
             disk_bytes: info.disk_mb << 20,
             cgroups: Vec::new(),
             init_memory_cgroup: self.cgroups.init_memory_dir(),
@@ -303,7 +309,7 @@ impl Engine {
             control,
         } = spawned;
         let ready = tokio::time::timeout(Duration::from_secs(30), Control::start(control)).await;
-        let control = match ready {
+        let (control, upper) = match ready {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(self.abandon(pidfd, &cgroup, e).await),
             Err(_) => {
@@ -331,9 +337,10 @@ impl Engine {
             init,
             cgroup,
             pidfd,
-            control,
+            (control, upper),
             fs,
             defaults,
+            image,
         )?))
     }
 

@@ -17,12 +17,15 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::host_claim::HostClaim;
 use crate::image::Images;
+use crate::image::content::Content;
+use crate::image::registry::Registries;
 use crate::pool::Spares;
 use crate::process::OutputBudget;
 use crate::sandbox::{Sandbox, SandboxInfo};
 use crate::store::Store;
 
 mod create;
+mod images;
 mod reaper;
 mod recover;
 mod stop;
@@ -30,6 +33,7 @@ mod uids;
 
 pub use create::CreateSandbox;
 pub(crate) use create::Need;
+pub use images::Pull;
 pub(crate) use recover::process_start_time;
 use stop::remove_cgroup;
 use uids::UidPool;
@@ -38,6 +42,9 @@ pub struct Engine {
     pub config: Config,
     pub features: Features,
     pub images: Images,
+    content: Arc<Content>,
+    registries: Registries,
+    pulls: images::Pulls,
     spawner: Spawner,
     /// This server's cgroup parent and uids, held against other servers.
     _claim: HostClaim,
@@ -88,6 +95,16 @@ impl Engine {
         }
         let store = Arc::new(Store::open(&config.state_file())?);
         let images = Images::load(&config, config_file, &store)?;
+        let limits = cella_jail::layer::Limits {
+            max_bytes: config.images.max_layer_bytes,
+            max_entries: config.images.max_layer_entries,
+        };
+        let content = Arc::new(Content::open(&config.content_dir(), limits)?);
+        // Registries speak TLS through rustls with ring (which builds in seconds, where
+        // aws-lc, rustls's post-quantum default, takes minutes); the first install wins.
+        #[allow(deprecated)]
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let registries = Registries::new(&config.images.registries);
         let cgroups = Cgroups::detect(&config.cgroup_parent)?;
         let total_mb = match config.limits.total_memory_mb {
             0 => host_memory_mb() * 9 / 10,
@@ -102,6 +119,9 @@ impl Engine {
             config,
             features,
             images,
+            content,
+            registries,
+            pulls: Default::default(),
             spawner,
             cgroups,
             store,
@@ -116,6 +136,7 @@ impl Engine {
             in_flight: tokio::sync::RwLock::new(()),
         };
         engine.recover()?;
+        engine.collect_garbage();
         Ok(Arc::new(engine))
     }
 
@@ -188,14 +209,6 @@ impl Engine {
 
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    pub fn register_image(&self, name: &str, path: &Path) -> Result<crate::image::ImageInfo> {
-        self.images.register(name, path, &self.store)
-    }
-
-    pub fn remove_image(&self, name: &str) -> Result<()> {
-        self.images.remove(name, &self.store)
     }
 
     pub fn live_count(&self) -> usize {

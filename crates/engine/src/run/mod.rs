@@ -47,6 +47,8 @@ pub struct RunRequest {
     pub files: Vec<(String, Vec<u8>)>,
     /// Files read back after the run; missing ones are left out.
     pub fetch_files: Vec<String>,
+    /// Another image than the default: a fresh sandbox of it, no warm pool.
+    pub image: Option<String>,
 }
 
 /// A notebook run (SandboxFusion's `run_jupyter`): cells in order in a fresh kernel.
@@ -285,14 +287,16 @@ impl Runs {
         let started = Instant::now();
         let _slot = self.admit().await?;
         let flavor = Flavor::for_code(&req.code);
-        let pooled = if self.parks(lang, flavor) {
+        let image = (req.image.clone()).filter(|i| !self.engine.images.is_host(i));
+        let pooled = if image.is_none() && self.parks(lang, flavor) {
             self.claim_parked()
         } else {
             None
         };
-        let (sandbox, parked) = match pooled {
-            Some((sandbox, parked)) => (sandbox, Some(parked)),
-            None => (self.claim(Need::Request).await?, None),
+        let (sandbox, parked) = match (pooled, image) {
+            (Some((sandbox, parked)), _) => (sandbox, Some(parked)),
+            (None, Some(image)) => (self.create_of(&image).await?, None),
+            (None, None) => (self.claim(Need::Request).await?, None),
         };
         let outcome = self
             .run_in(&sandbox, lang, &main, req, flavor, parked)

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{Disposable, Runs};
 use crate::context::{Context, ContextSpec, Language as ContextLanguage};
-use crate::engine::Need;
+use crate::engine::{CreateSandbox, Need};
 use crate::error::{Error, Result};
 use crate::language::{self, Language};
 use crate::pool::WarmPool;
@@ -44,6 +44,16 @@ impl Runs {
             Some(sandbox) => Ok(sandbox),
             None => self.create(need).await,
         }
+    }
+
+    /// A fresh sandbox of `image` for one run.
+    pub(super) async fn create_of(&self, image: &str) -> Result<Disposable> {
+        let shape = CreateSandbox {
+            image: Some(image.to_string()),
+            ..self.shape()
+        };
+        let sandbox = self.engine.create_for(shape, Need::Request).await?;
+        Ok(Disposable::new(&self.engine, sandbox))
     }
 
     async fn create(&self, need: Need) -> Result<Disposable> {

@@ -1,7 +1,7 @@
 //! One live sandbox: its init, cgroup, control channel, filesystem view and processes.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,6 +18,7 @@ pub use ps::RunningProcess;
 
 use crate::control::Control;
 use crate::error::{Error, Result, quoted};
+use crate::image::Image;
 use crate::process::{ExecOptions, OutputBudget, Process};
 
 /// Label of the sandboxes the server makes for its own work (one-shot runs, probes): they are
@@ -90,6 +91,12 @@ pub struct ExecDefaults {
 
 pub struct Sandbox {
     pub id: String,
+    /// What it was made from: its layers stay while it lives; a commit builds on them.
+    image: Arc<Image>,
+    /// The image's environment, the base of every exec's.
+    image_env: BTreeMap<String, String>,
+    /// The overlay's upper directory (`O_PATH`), read by a commit.
+    upper: OwnedFd,
     info: Mutex<SandboxInfo>,
     /// Host pid and start time of the init.
     pub(crate) init: Option<(i32, u64)>,
@@ -124,16 +131,27 @@ fn now_ms() -> u64 {
 }
 
 impl Sandbox {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         info: SandboxInfo,
         init: Option<(i32, u64)>,
         cgroup: SandboxCgroup,
         pidfd: OwnedFd,
-        control: Control,
+        (control, upper): (Control, OwnedFd),
         fs: SandboxFs,
         exec_defaults: ExecDefaults,
+        image: Image,
     ) -> Result<Sandbox> {
+        let image_env = image
+            .env
+            .iter()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Ok(Sandbox {
+            image: Arc::new(image),
+            image_env,
+            upper,
             id: info.id.clone(),
             info: Mutex::new(info),
             init,
@@ -243,6 +261,7 @@ impl Sandbox {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
+        env.extend(self.image_env.clone());
         env.extend(info.env.clone());
         env.extend(opts.env.clone());
         check_env(&env)?;
@@ -251,7 +270,9 @@ impl Sandbox {
         }
         let cwd = match &opts.cwd {
             Some(c) if !c.is_empty() => self.absolute(c),
-            _ => cella_jail::SANDBOX_HOME.to_string(),
+            _ => {
+                (self.image.working_dir.clone()).unwrap_or_else(|| cella_jail::SANDBOX_HOME.into())
+            }
         };
         let d = &self.exec_defaults;
         Ok(ExecSpec {
@@ -265,6 +286,14 @@ impl Sandbox {
             ],
             tty: false,
         })
+    }
+
+    pub fn image(&self) -> Arc<Image> {
+        self.image.clone()
+    }
+
+    pub(crate) fn upper(&self) -> BorrowedFd<'_> {
+        self.upper.as_fd()
     }
 
     pub(crate) fn output_budget(&self) -> &Arc<OutputBudget> {

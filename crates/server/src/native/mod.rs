@@ -14,6 +14,11 @@ pub mod processes;
 pub mod runs;
 pub mod sandboxes;
 
+/// The routes that take image archives, streamed to disk whatever their size.
+pub fn archive_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(images::import))
+}
+
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(sandboxes::create, sandboxes::list))
@@ -40,7 +45,13 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(files::mkdir))
         .routes(routes!(files::rename))
         .routes(routes!(images::list, images::register))
-        .routes(routes!(images::remove))
+        .routes(routes!(images::get, images::remove))
+        .routes(routes!(images::pull))
+        .routes(routes!(images::push))
+        .routes(routes!(images::export))
+        .routes(routes!(images::usage))
+        .routes(routes!(images::prune))
+        .routes(routes!(images::commit))
         .routes(routes!(runs::run))
         .routes(routes!(runs::languages))
 }

@@ -37,6 +37,9 @@ pub struct RunBody {
     /// Files returned after the run, base64-encoded.
     #[serde(default)]
     pub fetch_files: Vec<String>,
+    /// The image to run in (default the server's default image): pulled per the pull
+    /// policy; the language's toolchain must be in it (`python3` for python).
+    pub image: Option<String>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -116,6 +119,7 @@ pub async fn run(
             .map(|(k, v)| (k, v.into_bytes()))
             .collect(),
         fetch_files: body.fetch_files,
+        image: body.image,
     };
     let outcome = state.runs.run(req).await?;
     let ok = |s: &Option<Step>| s.as_ref().is_none_or(Step::succeeded);

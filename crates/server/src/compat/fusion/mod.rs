@@ -341,6 +341,7 @@ fn run_request(body: Result<Bytes, BytesRejection>) -> Result<RunRequest, Box<Re
         memory_mb: common.memory_mb,
         files: common.files,
         fetch_files: common.fetch_files,
+        image: None,
     })
 }
 

@@ -1,9 +1,16 @@
 //! Images: read-only root filesystems sandboxes are made from.
 //!
-//! `host` is this machine's `/` with private paths masked. A directory holding a root
-//! filesystem under one of the image roots (the data dir's `images`, and any the
-//! configuration adds) can be registered under a name (kept in the state store), and names
-//! such as `python:3.11` resolve through the alias table of the configuration.
+//! `host` is this machine's `/` with private paths masked. An OCI image is its layers in the
+//! content store (`content`), pulled (`registry`), imported (`archive`) or committed from a
+//! sandbox; a directory holding a root filesystem under one of the image roots can be
+//! registered too. Names resolve through the alias table of the configuration, then as
+//! given, then as a normalized registry reference (`busybox` is
+//! `docker.io/library/busybox:latest`); the records are kept in the state store.
+
+pub mod archive;
+pub mod content;
+pub mod oci;
+pub mod registry;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
 use crate::error::{Error, Result, quoted};
-use crate::store::{IMAGES, ImageRecord as Record, Store};
+use crate::store::{IMAGES, ImageRecord as Record, OciRecord, Store};
 
 pub const HOST: &str = "host";
 
@@ -35,23 +42,35 @@ const HOST_MASKS: &[&str] = &[
     "/var/lib/cella",
 ];
 
-/// What the jail needs to build a sandbox's root from an image.
+/// What the jail needs to build a sandbox's root from an image, and the defaults of the
+/// sandbox's execs.
 #[derive(Debug, Clone)]
 pub struct Image {
     pub name: String,
+    /// Topmost first.
     pub lowerdirs: Vec<PathBuf>,
     pub masks: Vec<PathBuf>,
+    /// The image's own `/home` shows (an OCI image's; the host's is hidden).
+    pub keep_home: bool,
+    /// `KEY=value`, the image's config.
+    pub env: Vec<String>,
+    /// The default working directory of execs, if the image names one.
+    pub working_dir: Option<String>,
+    /// The diff ids of its layers (kept from garbage collection while a sandbox uses them).
+    pub layers: Vec<String>,
+    pub oci: Option<OciRecord>,
 }
 
 #[derive(Debug, Clone)]
 pub struct ImageInfo {
     pub name: String,
-    /// The root filesystem directory (`/` for `host`).
+    /// The root filesystem directory (`/` for `host`); empty for an OCI image.
     pub path: PathBuf,
     /// Names that resolve to this image.
     pub aliases: Vec<String>,
     /// Seconds since the epoch; absent for built-in images.
     pub created_at: Option<u64>,
+    pub oci: Option<OciRecord>,
 }
 
 pub struct Images {
@@ -97,24 +116,140 @@ impl Images {
         self.canonical(name) == HOST
     }
 
-    pub fn resolve(&self, name: &str) -> Result<Image> {
+    /// The stored name `name` refers to, if there is one: through the aliases, as given,
+    /// then as a normalized reference.
+    pub fn local_name(&self, name: &str) -> Option<String> {
         let canonical = self.canonical(name);
         if canonical == HOST {
+            return Some(HOST.into());
+        }
+        let registered = self.registered.read().unwrap_or_else(|p| p.into_inner());
+        if registered.contains_key(canonical) {
+            return Some(canonical.to_string());
+        }
+        normalized(canonical).filter(|n| registered.contains_key(n))
+    }
+
+    pub fn resolve(&self, name: &str, content: &content::Content) -> Result<Image> {
+        let Some(local) = self.local_name(name) else {
+            return Err(Error::not_found("image", name));
+        };
+        if local == HOST {
             return Ok(Image {
                 name: HOST.into(),
                 lowerdirs: vec!["/".into()],
                 masks: self.host_masks.clone(),
+                keep_home: false,
+                env: Vec::new(),
+                working_dir: None,
+                layers: Vec::new(),
+                oci: None,
             });
         }
-        let registered = self.registered.read().map_err(Error::internal)?;
-        let record = registered
-            .get(canonical)
-            .ok_or_else(|| Error::not_found("image", name))?;
+        let record = self.record(&local)?;
+        let Some(oci) = record.oci else {
+            return Ok(Image {
+                name: record.name,
+                lowerdirs: vec![record.path],
+                masks: Vec::new(),
+                keep_home: false,
+                env: Vec::new(),
+                working_dir: None,
+                layers: Vec::new(),
+                oci: None,
+            });
+        };
+        let mut lowerdirs = oci
+            .layers
+            .iter()
+            .rev()
+            .map(|l| content.layer_path(&l.diff_id))
+            .collect::<Result<Vec<_>>>()?;
+        if let Some(missing) = lowerdirs.iter().find(|d| !d.is_dir()) {
+            return Err(Error::Internal(format!(
+                "image {} lacks its layer {}: pull or import it again",
+                quoted(&local),
+                missing.display()
+            )));
+        }
+        let masks = if oci.on_host {
+            lowerdirs.push("/".into());
+            self.host_masks.clone()
+        } else {
+            Vec::new()
+        };
         Ok(Image {
-            name: record.name.clone(),
-            lowerdirs: vec![record.path.clone()],
-            masks: Vec::new(),
+            name: record.name,
+            lowerdirs,
+            masks,
+            keep_home: !oci.on_host,
+            env: oci.env.clone(),
+            working_dir: Some(oci.working_dir.clone()).filter(|d| d.starts_with('/')),
+            layers: oci.layers.iter().map(|l| l.diff_id.clone()).collect(),
+            oci: Some(oci),
         })
+    }
+
+    fn record(&self, name: &str) -> Result<Record> {
+        let registered = self.registered.read().map_err(Error::internal)?;
+        registered
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::not_found("image", name))
+    }
+
+    pub fn get(&self, name: &str) -> Result<ImageInfo> {
+        let local = self
+            .local_name(name)
+            .ok_or_else(|| Error::not_found("image", name))?;
+        self.list()?
+            .into_iter()
+            .find(|i| i.name == local)
+            .ok_or_else(|| Error::not_found("image", name))
+    }
+
+    /// Stores an OCI image under `name` (normalized), replacing one of that name.
+    pub fn put_oci(&self, name: &str, oci: OciRecord, store: &Store) -> Result<ImageInfo> {
+        let name = normalized(name)
+            .ok_or_else(|| Error::invalid(format!("invalid image reference {}", quoted(name))))?;
+        if self.aliases.contains_key(&name) || name == HOST {
+            return Err(Error::Conflict(format!(
+                "image name {} is built in or an alias",
+                quoted(&name)
+            )));
+        }
+        let record = Record {
+            name: name.clone(),
+            path: PathBuf::new(),
+            created_at: now_secs(),
+            oci: Some(oci),
+        };
+        let mut registered = self.registered.write().map_err(Error::internal)?;
+        store.put(IMAGES, &name, &record, true)?;
+        registered.insert(name.clone(), record);
+        drop(registered);
+        self.get(&name)
+    }
+
+    /// The blobs and layers every image holds.
+    pub fn referenced(
+        &self,
+    ) -> (
+        std::collections::HashSet<String>,
+        std::collections::HashSet<String>,
+    ) {
+        let registered = self.registered.read().unwrap_or_else(|p| p.into_inner());
+        let mut blobs = std::collections::HashSet::new();
+        let mut layers = std::collections::HashSet::new();
+        for oci in registered.values().filter_map(|r| r.oci.as_ref()) {
+            blobs.insert(oci.manifest.clone());
+            blobs.insert(oci.config.clone());
+            for l in &oci.layers {
+                blobs.insert(l.blob.clone());
+                layers.insert(l.diff_id.clone());
+            }
+        }
+        (blobs, layers)
     }
 
     pub fn list(&self) -> Result<Vec<ImageInfo>> {
@@ -130,6 +265,7 @@ impl Images {
             path: "/".into(),
             aliases: aliases_of(HOST),
             created_at: None,
+            oci: None,
         }];
         let registered = self.registered.read().map_err(Error::internal)?;
         out.extend(registered.values().map(|r| ImageInfo {
@@ -137,6 +273,7 @@ impl Images {
             path: r.path.clone(),
             aliases: aliases_of(&r.name),
             created_at: Some(r.created_at),
+            oci: r.oci.clone(),
         }));
         Ok(out)
     }
@@ -154,9 +291,8 @@ impl Images {
         let record = Record {
             name: name.to_string(),
             path: path.clone(),
-            created_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            created_at: now_secs(),
+            oci: None,
         };
         let mut registered = self.registered.write().map_err(Error::internal)?;
         if registered.contains_key(name) {
@@ -172,6 +308,7 @@ impl Images {
             path,
             aliases: Vec::new(),
             created_at: Some(record.created_at),
+            oci: None,
         })
     }
 
@@ -217,12 +354,26 @@ impl Images {
     }
 
     pub fn remove(&self, name: &str, store: &Store) -> Result<()> {
+        let name = self
+            .local_name(name)
+            .filter(|n| n != HOST)
+            .ok_or_else(|| Error::not_found("image", name))?;
         let mut registered = self.registered.write().map_err(Error::internal)?;
-        if registered.remove(name).is_none() {
-            return Err(Error::not_found("image", name));
-        }
-        store.remove(IMAGES, name, true)
+        registered.remove(&name);
+        store.remove(IMAGES, &name, true)
     }
+}
+
+/// A registry reference in its full form (`busybox` → `docker.io/library/busybox:latest`).
+pub fn normalized(name: &str) -> Option<String> {
+    let reference: oci_client::Reference = name.parse().ok()?;
+    Some(reference.whole())
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Names as registries spell them (`team/python:3.12`): components separated by `/`, each
