@@ -177,6 +177,12 @@ fn pull_run_commit_push_export_import() {
             .any(|l| l["type"] == "progress" && l["progress"]["layers"][0]["state"] == "done")
     );
     let image = &last["image"];
+    let layer_blob = lines
+        .iter()
+        .find_map(|l| l["progress"]["layers"][0]["digest"].as_str())
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
     assert_eq!(image["kind"], "oci");
     assert_eq!(image["working_dir"], "/srv");
     assert_eq!(image["layers"].as_array().unwrap().len(), 1);
@@ -305,7 +311,16 @@ fn pull_run_commit_push_export_import() {
     let imported = import(&s, &saved, None);
     assert_eq!(imported[0]["name"], "docker.io/saved/busybox:9");
 
+    // The CLI lists it.
+    let out = run(Command::new(cella_e2e::cella_bin())
+        .args(["image", "ls"])
+        .env("CELLA_SERVER", &s.url));
+    assert!(out.contains("busybox:1") && out.contains("oci"), "{out}");
+
     // Removing images collects the layers nothing holds.
+    let blob = s.data_dir.join("content/blobs/sha256").join(&layer_blob);
+    let half = std::fs::read(&blob).unwrap();
+    let half = &half[..half.len() / 2];
     let before = json_of(s.get("/images/usage"));
     for name in [
         "local/imported:1",
@@ -326,6 +341,30 @@ fn pull_run_commit_push_export_import() {
         "{before} {after}"
     );
     assert_eq!(after["layers"], 0, "{after}");
+
+    // A pull cut short resumes: half of busybox's layer left in tmp, the rest fetched.
+    let partial = s.data_dir.join("content/tmp").join(format!(
+        "{}.partial",
+        blob.file_name().unwrap().to_str().unwrap()
+    ));
+    std::fs::write(&partial, half).unwrap();
+    let r = s.send(
+        reqwest::blocking::Client::new()
+            .post(s.api("/images/pull"))
+            .json(&json!({ "reference": reference, "stream": true })),
+    );
+    let text = r.text().unwrap();
+    let resumed = text.lines().any(|l| {
+        let v: Value = serde_json::from_str(l).unwrap();
+        v["progress"]["layers"][0]["resumed_from"].as_u64() == Some(half.len() as u64)
+    });
+    assert!(resumed, "{text}");
+    assert!(text.lines().last().unwrap().contains("\"done\""), "{text}");
+    assert_eq!(
+        s.delete(&format!("/images/{}", escape(&reference)))
+            .status(),
+        204
+    );
 
     // Unknown tags and broken blobs.
     let r = s.post(
@@ -353,17 +392,18 @@ fn pull_run_commit_push_export_import() {
 
 /// Flips a byte in the largest blob the registry stores (busybox's layer).
 fn corrupt_a_layer(blobs: &Path) {
-    let mut largest: Option<(u64, PathBuf)> = None;
-    for prefix in std::fs::read_dir(blobs).unwrap().flatten() {
-        for blob in std::fs::read_dir(prefix.path()).unwrap().flatten() {
-            let data = blob.path().join("data");
-            let size = std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0);
-            if largest.as_ref().is_none_or(|(s, _)| size > *s) {
-                largest = Some((size, data));
-            }
-        }
-    }
-    let (_, path) = largest.unwrap();
+    let datas = std::fs::read_dir(blobs)
+        .unwrap()
+        .flatten()
+        .flat_map(|prefix| {
+            std::fs::read_dir(prefix.path())
+                .unwrap()
+                .flatten()
+                .map(|b| b.path().join("data"))
+        });
+    let path = datas
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .unwrap();
     let mut bytes = std::fs::read(&path).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
