@@ -56,6 +56,18 @@ pub struct LayerProgress {
     pub resumed_from: u64,
 }
 
+impl LayerProgress {
+    fn waiting(digest: &str, size: u64) -> LayerProgress {
+        LayerProgress {
+            digest: digest.to_string(),
+            size,
+            done: 0,
+            state: "waiting",
+            resumed_from: 0,
+        }
+    }
+}
+
 pub struct Registries {
     client: Client,
     settings: BTreeMap<String, RegistryConfig>,
@@ -164,16 +176,8 @@ impl Registries {
         }
         progress.send_modify(|p| {
             p.status = "pulling".into();
-            p.layers = manifest
-                .layers
-                .iter()
-                .map(|l| LayerProgress {
-                    digest: l.digest.clone(),
-                    size: l.size.max(0) as u64,
-                    done: 0,
-                    state: "waiting",
-                    resumed_from: 0,
-                })
+            p.layers = (manifest.layers.iter())
+                .map(|l| LayerProgress::waiting(&l.digest, l.size.max(0) as u64))
                 .collect();
         });
         let layers: Vec<_> = (manifest.layers.iter().zip(&diff_ids).enumerate())
@@ -294,16 +298,8 @@ impl Registries {
             .map_err(|e| registry_error(reference, e))?;
         progress.send_modify(|p| {
             p.status = "pushing".into();
-            p.layers = oci
-                .layers
-                .iter()
-                .map(|l| LayerProgress {
-                    digest: l.blob.clone(),
-                    size: l.size,
-                    done: 0,
-                    state: "waiting",
-                    resumed_from: 0,
-                })
+            p.layers = (oci.layers.iter())
+                .map(|l| LayerProgress::waiting(&l.blob, l.size))
                 .collect();
         });
         for (i, layer) in oci.layers.iter().enumerate() {
