@@ -15,15 +15,19 @@ use serde_json::Value;
 mod contexts;
 mod engine;
 mod fusion;
+mod images;
 
 #[derive(Parser)]
 struct Args {
     /// Base URL of the server.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     server: String,
-    /// Which suites to run: engine, fusion, contexts (comma-separated).
-    #[arg(long, default_value = "engine,fusion,contexts")]
+    /// Which suites to run: engine, fusion, contexts, images (comma-separated).
+    #[arg(long, default_value = "engine,fusion,contexts,images")]
     suites: String,
+    /// A registry (`host:port`) holding `bench/big:1`, for the images suite.
+    #[arg(long)]
+    registry: Option<String>,
     /// Scale the number of operations per scenario.
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
@@ -211,6 +215,10 @@ async fn main() {
             "engine" => engine::engine_suite(http.clone(), base.clone(), args.scale).await,
             "fusion" => fusion::fusion_suite(http.clone(), base.clone(), args.scale).await,
             "contexts" => contexts::contexts_suite(http.clone(), base.clone(), args.scale).await,
+            "images" => {
+                let registry = args.registry.clone();
+                images::images_suite(http.clone(), base.clone(), registry, args.scale).await
+            }
             other => eprintln!("unknown suite {other:?}"),
         }
     }
