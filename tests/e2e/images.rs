@@ -17,6 +17,11 @@ struct Registry {
 
 impl Registry {
     fn start(dir: &Path) -> Registry {
+        Registry::start_with_auth(dir, None)
+    }
+
+    /// A registry that wants `user:password` (htpasswd, basic auth).
+    fn start_with_auth(dir: &Path, login: Option<(&str, &str)>) -> Registry {
         let port = cella_e2e::free_port();
         let host = format!("127.0.0.1:{port}");
         std::fs::create_dir_all(dir).unwrap();
@@ -25,6 +30,20 @@ impl Registry {
             "version: 0.1\nlog: {{level: error}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp:\n  addr: {host}\n",
             dir.join("data").display()
         );
+        let yml = match login {
+            Some((user, password)) => {
+                let hash = run(Command::new("python3").args([
+                    "-c",
+                    "import crypt, sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))",
+                    password,
+                ]));
+                let htpasswd = dir.join("htpasswd");
+                std::fs::write(&htpasswd, format!("{user}:{}", hash.trim())).unwrap();
+                let path = htpasswd.display();
+                format!("{yml}auth:\n  htpasswd: {{realm: cella, path: {path}}}\n")
+            }
+            None => yml,
+        };
         std::fs::write(&config, yml).unwrap();
         let child = Command::new("docker-registry")
             .arg("serve")
@@ -34,7 +53,8 @@ impl Registry {
             .spawn()
             .expect("docker-registry (scripts/setup.sh installs it)");
         let up = cella_e2e::eventually(10.0, || {
-            reqwest::blocking::get(format!("http://{host}/v2/")).is_ok_and(|r| r.status() == 200)
+            reqwest::blocking::get(format!("http://{host}/v2/"))
+                .is_ok_and(|r| matches!(r.status().as_u16(), 200 | 401))
         });
         assert!(up, "the registry did not start");
         Registry {
@@ -46,13 +66,15 @@ impl Registry {
 
     /// Copies an OCI layout image into the registry as `name` (`busybox:1`).
     fn push_layout(&self, layout: &str, name: &str) {
-        run(Command::new("skopeo").args([
-            "copy",
-            "--quiet",
-            "--dest-tls-verify=false",
-            &format!("oci:{layout}"),
-            &format!("docker://{}/{name}", self.host),
-        ]));
+        self.push_layout_as(layout, name, &[]);
+    }
+
+    fn push_layout_as(&self, layout: &str, name: &str, extra: &[&str]) {
+        run(Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .args(extra)
+            .arg(format!("oci:{layout}"))
+            .arg(format!("docker://{}/{name}", self.host)));
     }
 }
 
@@ -243,6 +265,11 @@ fn pull_run_commit_push_export_import() {
         "wc -c < /mnt/data; cat /home/user/note; echo $FOO; rm /mnt/data && echo removed",
     );
     assert_eq!(r["stdout"], "65536\nkept\nbar\nremoved\n", "{r}");
+    // Committed as the image's user (1000), not as the host uid the sandbox ran as.
+    assert_eq!(
+        sh(&s, &id2, "stat -c %u /home/user/note")["stdout"],
+        "1000\n"
+    );
     let third = format!("{}/busybox:3", registry.host);
     let r = s.post(
         &format!("/sandboxes/{id2}/commit"),
@@ -386,6 +413,61 @@ fn pull_run_commit_push_export_import() {
             == 0,
         "no layer of a failed pull is kept"
     );
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_registry_that_wants_a_login() {
+    let dir = scratch("login");
+    let registry = Registry::start_with_auth(&dir.join("registry"), Some(("ci", "s3cret")));
+    registry.push_layout_as(
+        &busybox_layout(&dir),
+        "team/busybox:1",
+        &["--dest-creds", "ci:s3cret"],
+    );
+    let s = server_for(&registry, &dir, &[]);
+    let reference = format!("{}/team/busybox:1", registry.host);
+    let r = s.post("/images/pull", json!({ "reference": reference }));
+    assert_refused(r, 400, "refused access");
+    let r = s.post(
+        "/images/pull",
+        json!({ "reference": reference, "username": "ci", "password": "wrong" }),
+    );
+    assert_refused(r, 400, "refused access");
+    let login = json!({ "reference": reference, "username": "ci", "password": "s3cret" });
+    let r = s.post("/images/pull", login);
+    assert_eq!(r.status(), 201, "{}", json_of(r));
+    // Pushed back under another tag, with the login; without it, refused.
+    let to = format!("{}/team/busybox:2", registry.host);
+    let path = format!("/images/{}/push", escape(&reference));
+    assert_refused(
+        s.post(&path, json!({ "reference": to })),
+        400,
+        "refused access",
+    );
+    let r = s.post(
+        &path,
+        json!({ "reference": to, "username": "ci", "password": "s3cret" }),
+    );
+    assert_eq!(r.status(), 200, "{}", json_of(r));
+    run(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        "--creds",
+        "ci:s3cret",
+        &format!("docker://{to}"),
+    ]));
+    drop(s);
+    // Credentials from the configuration serve a sandbox that names the image.
+    let config = format!(
+        "[images.registries.\"{}\"]\ninsecure = true\nusername = \"ci\"\npassword = \"s3cret\"\n",
+        registry.host
+    );
+    std::fs::write(dir.join("login.toml"), config).unwrap();
+    let s = Server::start_with(&[("CELLA_CONFIG", dir.join("login.toml").to_str().unwrap())]);
+    let id = s.sandbox(json!({ "image": to }));
+    assert_eq!(sh(&s, &id, "echo $FOO")["stdout"], "bar\n");
     drop(s);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -335,11 +335,19 @@ pub struct Diffed {
     pub bytes: u64,
 }
 
+/// How a diff writes its entries.
+pub struct DiffSpec<'a> {
+    /// Paths (relative, such as `etc/hostname`) left out with everything under them.
+    pub skip: &'a [&'a str],
+    /// Files of this uid and gid are written as owned by `owner.1`: a layer does not keep
+    /// the host uid its sandbox happened to run as.
+    pub owner: (u32, u32),
+}
+
 /// Writes the overlay upper directory `upper` as an OCI layer tarball (uncompressed) to `out`:
-/// overlay whiteouts and opaque directories become OCI ones. Paths in `skip` (relative, such
-/// as `etc/hostname`) are left out with everything under them. Nothing is followed; sockets,
+/// overlay whiteouts and opaque directories become OCI ones. Nothing is followed; sockets,
 /// FIFOs and devices other than whiteouts are left out.
-pub fn diff(upper: BorrowedFd<'_>, skip: &[&str], out: impl Write) -> io::Result<Diffed> {
+pub fn diff(upper: BorrowedFd<'_>, spec: &DiffSpec<'_>, out: impl Write) -> io::Result<Diffed> {
     let mut builder = tar::Builder::new(out);
     let mut done = Diffed::default();
     let root = rustix::fs::openat(
@@ -348,7 +356,7 @@ pub fn diff(upper: BorrowedFd<'_>, skip: &[&str], out: impl Write) -> io::Result
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    diff_dir(&root, "", skip, &mut builder, &mut done)?;
+    diff_dir(&root, "", spec, &mut builder, &mut done)?;
     builder.into_inner()?.flush()?;
     Ok(done)
 }
@@ -356,7 +364,7 @@ pub fn diff(upper: BorrowedFd<'_>, skip: &[&str], out: impl Write) -> io::Result
 fn diff_dir<W: Write>(
     dir: &OwnedFd,
     base: &str,
-    skip: &[&str],
+    spec: &DiffSpec<'_>,
     builder: &mut tar::Builder<W>,
     done: &mut Diffed,
 ) -> io::Result<()> {
@@ -373,14 +381,15 @@ fn diff_dir<W: Write>(
         } else {
             format!("{base}/{shown}")
         };
-        if skip.contains(&path.as_str()) {
+        if spec.skip.contains(&path.as_str()) {
             continue;
         }
         let st = rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW)?;
         let mut header = tar::Header::new_gnu();
         header.set_mode(st.st_mode & ALLOWED_MODE);
-        header.set_uid(st.st_uid.into());
-        header.set_gid(st.st_gid.into());
+        let (from, to) = spec.owner;
+        header.set_uid(if st.st_uid == from { to } else { st.st_uid }.into());
+        header.set_gid(if st.st_gid == from { to } else { st.st_gid }.into());
         header.set_mtime(st.st_mtime.max(0) as u64);
         header.set_size(0);
         done.entries += 1;
@@ -406,7 +415,7 @@ fn diff_dir<W: Write>(
                         io::empty(),
                     )?;
                 }
-                diff_dir(&sub, &path, skip, builder, done)?;
+                diff_dir(&sub, &path, spec, builder, done)?;
             }
             libc::S_IFREG => {
                 let file = rustix::fs::openat(

@@ -38,6 +38,10 @@ impl Pull {
 
 pub(super) type Pulls = std::sync::Mutex<HashMap<String, Pull>>;
 
+/// The owner a commit gives the files of the sandbox's user (the conventional first user of
+/// an image; the sandbox's own uid is one of the server's range, another in the next).
+const IMAGE_USER_ID: u32 = 1000;
+
 /// Files cella writes into every sandbox's writable layer, which a commit leaves out.
 const SCAFFOLDING: &[&str] = &["etc/passwd", "etc/group", "etc/hostname", "etc/hosts"];
 
@@ -203,8 +207,12 @@ impl Engine {
                 warn!(sandbox = %sandbox.id, error = %e, "cannot freeze: committing it running");
             }
             let skip: Vec<&str> = skip.iter().map(String::as_str).collect();
+            let spec = cella_jail::layer::DiffSpec {
+                skip: &skip,
+                owner: (sandbox.info().uid, IMAGE_USER_ID),
+            };
             let mut hashed = HashingWriter::new(std::io::BufWriter::new(&mut temp.file));
-            let written = cella_jail::layer::diff(sandbox.upper(), &skip, &mut hashed);
+            let written = cella_jail::layer::diff(sandbox.upper(), &spec, &mut hashed);
             if frozen.is_ok() {
                 let _ = sandbox.cgroup.freeze(false);
             }

@@ -55,6 +55,10 @@ impl Content {
         for d in [&content.blobs, &content.layers, &content.tmp] {
             std::fs::create_dir_all(d).map_err(|e| internal(d, e))?;
         }
+        // Layers hold files of any uid, some a host user's: only root may reach them.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| internal(dir, e))?;
         // Unpacks a previous server left unfinished; partial downloads stay to be resumed.
         for entry in std::fs::read_dir(&content.tmp).map_err(|e| internal(&content.tmp, e))? {
             let path = entry.map_err(Error::internal)?.path();

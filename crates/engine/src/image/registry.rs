@@ -69,27 +69,29 @@ impl LayerProgress {
 }
 
 pub struct Registries {
-    client: Client,
     settings: BTreeMap<String, RegistryConfig>,
 }
 
 impl Registries {
     pub fn new(settings: &BTreeMap<String, RegistryConfig>) -> Registries {
-        let insecure = settings
-            .iter()
+        Registries {
+            settings: settings.clone(),
+        }
+    }
+
+    /// A client for one pull or push: a client keeps the first credentials it was given for
+    /// a registry (and the tokens they got), which must never serve another request's.
+    fn client(&self) -> Client {
+        let insecure = (self.settings.iter())
             .filter(|(_, s)| s.insecure)
             .map(|(host, _)| host.clone())
             .collect();
-        let config = ClientConfig {
+        Client::new(ClientConfig {
             protocol: ClientProtocol::HttpsExcept(insecure),
             connect_timeout: Some(std::time::Duration::from_secs(10)),
             read_timeout: Some(std::time::Duration::from_secs(60)),
             ..Default::default()
-        };
-        Registries {
-            client: Client::new(config),
-            settings: settings.clone(),
-        }
+        })
     }
 
     fn auth(&self, reference: &Reference, given: Option<&Credentials>) -> RegistryAuth {
@@ -114,14 +116,14 @@ impl Registries {
         progress: &watch::Sender<Progress>,
     ) -> Result<OciRecord> {
         let auth = self.auth(reference, credentials);
+        let client = self.client();
         let accepted = [
             OCI_IMAGE_MEDIA_TYPE,
             IMAGE_MANIFEST_MEDIA_TYPE,
             OCI_IMAGE_INDEX_MEDIA_TYPE,
             IMAGE_MANIFEST_LIST_MEDIA_TYPE,
         ];
-        let (bytes, _) = self
-            .client
+        let (bytes, _) = client
             .pull_manifest_raw(reference, &auth, &accepted)
             .await
             .map_err(|e| registry_error(reference, e))?;
@@ -138,8 +140,7 @@ impl Registries {
                         ))
                     })?;
                 let by_digest = reference.clone_with_digest(digest.clone());
-                let (bytes, _) = self
-                    .client
+                let (bytes, _) = client
                     .pull_manifest_raw(&by_digest, &auth, &accepted)
                     .await
                     .map_err(|e| registry_error(&by_digest, e))?;
@@ -159,7 +160,7 @@ impl Registries {
         let manifest_digest = content.put_blob(&bytes)?;
         if !content.has_blob(&manifest.config.digest) {
             let mut config = Vec::new();
-            self.client
+            client
                 .pull_blob(&reference, &manifest.config, &mut config)
                 .await
                 .map_err(|e| registry_error(&reference, e))?;
@@ -182,7 +183,9 @@ impl Registries {
         });
         let layers: Vec<_> = (manifest.layers.iter().zip(&diff_ids).enumerate())
             .map(|(i, (layer, diff_id))| {
-                self.pull_layer(&reference, &auth, content, layer, diff_id, i, progress)
+                self.pull_layer(
+                    &client, &reference, &auth, content, layer, diff_id, i, progress,
+                )
             })
             .collect();
         futures::stream::iter(layers)
@@ -201,6 +204,7 @@ impl Registries {
     #[allow(clippy::too_many_arguments)]
     async fn pull_layer(
         &self,
+        client: &Client,
         reference: &Reference,
         auth: &RegistryAuth,
         content: &Arc<Content>,
@@ -223,13 +227,12 @@ impl Registries {
         }
         if !content.has_blob(&layer.digest) {
             // Resumed from what an interrupted pull left.
-            self.client
+            client
                 .store_auth_if_needed(reference.resolve_registry(), auth)
                 .await;
             let mut writer = content.blob_writer(&layer.digest, true)?;
             let stream = if writer.offset > 0 {
-                let partial = self
-                    .client
+                let partial = client
                     .pull_blob_stream_partial(reference, layer, writer.offset, None)
                     .await
                     .map_err(|e| registry_error(reference, e))?;
@@ -245,7 +248,7 @@ impl Registries {
                     }
                 }
             } else {
-                self.client
+                client
                     .pull_blob_stream(reference, layer)
                     .await
                     .map_err(|e| registry_error(reference, e))?
@@ -292,7 +295,8 @@ impl Registries {
         progress: &watch::Sender<Progress>,
     ) -> Result<String> {
         let auth = self.auth(reference, credentials);
-        self.client
+        let client = self.client();
+        client
             .auth(reference, &auth, oci_client::RegistryOperation::Push)
             .await
             .map_err(|e| registry_error(reference, e))?;
@@ -309,8 +313,7 @@ impl Registries {
                     p.layers[i].done = done;
                 })
             };
-            let exists = self
-                .client
+            let exists = client
                 .blob_exists(reference, &layer.blob)
                 .await
                 .map_err(|e| registry_error(reference, e))?;
@@ -324,20 +327,20 @@ impl Registries {
                 .map_err(Error::internal)?;
             let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
                 .map_err(oci_client::errors::OciDistributionError::from);
-            self.client
+            client
                 .push_blob_stream(reference, stream, &layer.blob, Some(layer.size))
                 .await
                 .map_err(|e| registry_error(reference, e))?;
             set("done", layer.size);
         }
         let config = content.read_blob(&oci.config)?;
-        self.client
+        client
             .push_blob(reference, config, &oci.config)
             .await
             .map_err(|e| registry_error(reference, e))?;
         let manifest = content.read_blob(&oci.manifest)?;
         let content_type = oci.media_type.parse().map_err(Error::internal)?;
-        self.client
+        client
             .push_manifest_raw(reference, manifest, content_type)
             .await
             .map_err(|e| registry_error(reference, e))?;
@@ -394,6 +397,17 @@ fn registry_error(reference: &Reference, e: oci_client::errors::OciDistributionE
         {
             Error::not_found("image", reference.whole())
         }
+        E::RequestError(r)
+            if r.status()
+                .is_some_and(|s| s.as_u16() == 401 || s.as_u16() == 403) =>
+        {
+            Error::invalid(format!("the registry refused access to {what}: {r}"))
+        }
+        E::ServerError {
+            code: 401 | 403,
+            url,
+            ..
+        } => Error::invalid(format!("the registry refused access to {what}: {url}")),
         E::AuthenticationFailure(m) | E::UnauthorizedError { url: m } => {
             Error::invalid(format!("the registry refused access to {what}: {m}"))
         }

@@ -213,11 +213,24 @@ fn a_diff_unpacks_to_the_same_tree() {
 
     let fd = rustix::fs::open(&upper, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
     let mut tar = Vec::new();
-    let done = diff(fd.as_fd(), &["etc/hostname"], &mut tar).unwrap();
+    let owner = std::fs::metadata(upper.join("opaque/inner/f"))
+        .unwrap()
+        .uid();
+    let spec = DiffSpec {
+        skip: &["etc/hostname"],
+        owner: (owner, 4242),
+    };
+    let done = diff(fd.as_fd(), &spec, &mut tar).unwrap();
     assert_eq!(done.bytes, 4);
     unpack(&tar[..], &s.layer(), LIMITS).unwrap();
     let l = s.layer();
     assert_eq!(std::fs::read(l.join("opaque/inner/f")).unwrap(), b"data");
+    let meta = std::fs::metadata(l.join("opaque/inner/f")).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (4242, 4242),
+        "the sandbox's uid is not kept"
+    );
     assert_eq!(
         std::fs::read_link(l.join("link")).unwrap(),
         Path::new("/target")
