@@ -321,6 +321,14 @@ fn pull_run_commit_push_export_import() {
         &format!("oci-archive:{}", tarball.display()),
         &format!("docker://{}/busybox:exported", registry.host),
     ]));
+    let out = run(Command::new(cella_e2e::cella_bin())
+        .args([
+            "image",
+            "pull",
+            &format!("{}/busybox:exported", registry.host),
+        ])
+        .env("CELLA_SERVER", &s.url));
+    assert_eq!(out, format!("{}/busybox:exported\n", registry.host));
     let imported = import(&s, &tarball, Some("local/imported:1"));
     assert_eq!(imported[0]["name"], "docker.io/local/imported:1");
     let id5 = s.sandbox(json!({ "image": "local/imported:1" }));
@@ -349,12 +357,14 @@ fn pull_run_commit_push_export_import() {
     let half = std::fs::read(&blob).unwrap();
     let half = &half[..half.len() / 2];
     let before = json_of(s.get("/images/usage"));
+    let exported = format!("{}/busybox:exported", registry.host);
     for name in [
         "local/imported:1",
         "saved/busybox:9",
         &committed,
         &reference,
         &third,
+        &exported,
     ] {
         assert_eq!(
             s.delete(&format!("/images/{}", escape(name))).status(),
@@ -682,6 +692,26 @@ fn hostile_archives_are_refused() {
         "stat -c %a /bin/su; test -e /dev/sda || echo no device",
     );
     assert_eq!(r["stdout"], "755\nno device\n", "{r}");
+    // An image with no shell at all starts; what needs one is refused, naming it.
+    let empty = {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_path("data/").unwrap();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_cksum();
+        tar.append(&h, std::io::empty()).unwrap();
+        tar.into_inner().unwrap()
+    };
+    let r = import_raw(&s, saved_archive(&[empty]));
+    assert_eq!(r.status(), 201, "{}", json_of(r));
+    let id = s.sandbox(json!({ "image": "hostile:1" }));
+    let r = s.post(
+        &format!("/sandboxes/{id}/exec"),
+        json!({ "command": ["sh", "-c", "true"] }),
+    );
+    assert_refused(r, 400, "\"sh\"");
     // A broken archive, and one that is no image.
     assert_refused(import_raw(&s, b"not a tar at all".repeat(100)), 400, "");
     let mut tar = tar::Builder::new(Vec::new());
