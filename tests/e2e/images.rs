@@ -788,3 +788,46 @@ fn a_debian_image_runs_python() {
     drop(s);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_host_sandbox_commits_onto_the_host() {
+    let s = Server::start();
+    let id = s.sandbox(json!({}));
+    let r = s.sh(
+        &id,
+        "echo hi > ~/note && echo m > /mnt/m && pip --version >/dev/null; echo ok",
+    );
+    assert_eq!(r["stdout"], "ok\n", "{r}");
+    let r = s.post(
+        &format!("/sandboxes/{id}/commit"),
+        json!({ "name": "local/on-host:1" }),
+    );
+    assert_eq!(r.status(), 201, "{}", json_of(r));
+    let image = json_of(r);
+    assert_eq!(image["layers"].as_array().unwrap().len(), 1, "{image}");
+    s.delete(&format!("/sandboxes/{id}"));
+
+    // The host's root under the layer, its private paths still masked, the home kept.
+    let id = s.sandbox(json!({ "image": "local/on-host:1" }));
+    let data_dir = s.data_dir.display();
+    let r = s.sh(
+        &id,
+        &format!(
+            "cat ~/note /mnt/m; python3 -c 'print(6 * 7)'; ls /home; \
+             test -e /etc/shadow || echo shadow masked; test -e {data_dir} || echo data masked; \
+             touch ~/new && echo home writable"
+        ),
+    );
+    assert_eq!(
+        r["stdout"], "hi\nm\n42\nuser\nshadow masked\ndata masked\nhome writable\n",
+        "{r}"
+    );
+    // It cannot leave this machine.
+    let r = s.get("/images/docker.io%2Flocal%2Fon-host:1/export");
+    assert_refused(r, 400, "host's root");
+    let r = s.post(
+        "/images/local%2Fon-host:1/push",
+        json!({ "reference": "127.0.0.1:1/x:1" }),
+    );
+    assert_refused(r, 400, "host's root");
+}

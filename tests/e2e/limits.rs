@@ -368,7 +368,8 @@ fn runtimes_size_themselves_to_the_sandboxs_limits() {
          echo 1 > /sys/fs/cgroup/memory/memory.limit_in_bytes",
     );
     assert_eq!(
-        r["stdout"], "536870912\n134217728\n536870912\ncpu\ncpuacct\ncpuset\nfreezer\nmemory\npids\n0\n",
+        r["stdout"],
+        "536870912\n134217728\n536870912\ncpu\ncpuacct\ncpuset\nfreezer\nmemory\npids\n0\n",
         "{r}"
     );
     assert!(

@@ -339,6 +339,9 @@ pub struct Diffed {
 pub struct DiffSpec<'a> {
     /// Paths (relative, such as `etc/hostname`) left out with everything under them.
     pub skip: &'a [&'a str],
+    /// Paths the sandbox's image masked: their whiteouts and opaque markers are left out,
+    /// what the sandbox put in a masked directory (its home under a masked `/home`) is not.
+    pub masks: &'a [&'a str],
     /// Files of this uid and gid are written as owned by `owner.1`: a layer does not keep
     /// the host uid its sandbox happened to run as.
     pub owner: (u32, u32),
@@ -401,6 +404,7 @@ fn diff_dir<W: Write>(
                 let mut marker = [0u8; 1];
                 if rustix::fs::fgetxattr(&sub, OPAQUE_XATTR, &mut marker).is_ok_and(|n| n == 1)
                     && marker == *b"y"
+                    && !spec.masks.contains(&path.as_str())
                 {
                     let mut opaque = tar::Header::new_gnu();
                     opaque.set_entry_type(tar::EntryType::Regular);
@@ -435,6 +439,9 @@ fn diff_dir<W: Write>(
                 header.set_entry_type(tar::EntryType::Symlink);
                 let target = std::ffi::OsStr::from_bytes(target.as_bytes());
                 builder.append_link(&mut header, &path, target)?;
+            }
+            libc::S_IFCHR if st.st_rdev == 0 && spec.masks.contains(&path.as_str()) => {
+                done.entries -= 1;
             }
             libc::S_IFCHR if st.st_rdev == 0 => {
                 let (parent, hidden) = path.rsplit_once('/').unwrap_or(("", &path));

@@ -50,6 +50,10 @@ pub struct SandboxSpec {
     /// it has them, are given to the sandbox's user instead of started empty.
     #[serde(default)]
     pub keep_image_home: bool,
+    /// The last of `lowerdirs` is the host's root, under the image's own layers (an image
+    /// committed from a `host` sandbox): `masks` apply to it alone.
+    #[serde(default)]
+    pub host_base: bool,
     pub home_skeleton: Option<PathBuf>,
 }
 

@@ -91,7 +91,20 @@ pub fn build(spec: &SandboxSpec) -> Result<std::os::fd::OwnedFd> {
             sys::mkdir(dir, 0o755),
         )?;
     }
-    prepare_upper(&upper, spec)?;
+    let lowers = if spec.host_base {
+        // The host's root, its masks applied in an overlay of its own: a lower layer on the
+        // host's filesystem may not lie in another (overlayfs refuses overlapping layers),
+        // and masks in the upper layer would hide the image's own layers too.
+        let (host, layers) = spec.lowerdirs.split_last().ok_or(Error::Spawn(
+            "an image on the host with no host root".into(),
+        ))?;
+        let mut lowers = layers.to_vec();
+        lowers.push(masked_host(scratch, host, &spec.masks)?);
+        lowers
+    } else {
+        spec.lowerdirs.clone()
+    };
+    prepare_upper(&upper, &lowers, spec)?;
     let upper_fd = step(
         || "open upper".into(),
         sys::open(&upper, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC),
@@ -100,8 +113,8 @@ pub fn build(spec: &SandboxSpec) -> Result<std::os::fd::OwnedFd> {
     // The overlay's options show in the sandbox's mountinfo: name its layers by paths
     // relative to the scratch directory, each lower bound there, so the host's are not told.
     step(|| "chdir to scratch".into(), sys::chdir(scratch))?;
-    let mut lower = Vec::with_capacity(spec.lowerdirs.len());
-    for (i, dir) in spec.lowerdirs.iter().enumerate() {
+    let mut lower = Vec::with_capacity(lowers.len());
+    for (i, dir) in lowers.iter().enumerate() {
         let name = format!("lower{i}");
         step(
             || format!("mkdir {name}"),
@@ -145,16 +158,51 @@ pub fn build(spec: &SandboxSpec) -> Result<std::os::fd::OwnedFd> {
     Ok(upper_fd)
 }
 
+/// The host's root `host` with `masks` hidden, as a read-only overlay in the scratch
+/// directory (a filesystem apart from the host's); returns where it is mounted.
+fn masked_host(scratch: &Path, host: &Path, masks: &[PathBuf]) -> Result<PathBuf> {
+    let (mask, base) = (scratch.join("host-masks"), scratch.join("host"));
+    for dir in [&mask, &base] {
+        step(
+            || format!("mkdir {}", dir.display()),
+            sys::mkdir(dir, 0o755),
+        )?;
+    }
+    let lowers = [host.to_path_buf()];
+    let image = Image {
+        lowers: &lowers,
+        upper: &mask,
+    };
+    for m in masks {
+        image.mask(m)?;
+    }
+    let options = format!("lowerdir={}:{}", mask.display(), host.display());
+    step(
+        || format!("mount the masked host ({options})"),
+        sys::mount(
+            Some("overlay"),
+            &base,
+            Some("overlay"),
+            NOSUID_NODEV | libc::MS_RDONLY,
+            Some(&options),
+        ),
+    )?;
+    Ok(base)
+}
+
 /// Writes masks, fresh directories, the home directory and the passwd entry into the upper
 /// layer, mirroring the image's ownership and modes for every parent directory it creates.
-fn prepare_upper(upper: &Path, spec: &SandboxSpec) -> Result<()> {
-    let image = Image {
-        lowers: &spec.lowerdirs,
-        upper,
-    };
+fn prepare_upper(upper: &Path, lowers: &[PathBuf], spec: &SandboxSpec) -> Result<()> {
+    let image = Image { lowers, upper };
     // A mask under a fresh directory is already hidden; applying it would show its path's
-    // skeleton of empty directories there (the data dir under /tmp, say).
-    for mask in spec.masks.iter().filter(|m| !under_fresh_dir(m)) {
+    // skeleton of empty directories there (the data dir under /tmp, say). On a masked host
+    // base they are applied already.
+    let masks = if spec.host_base {
+        &[][..]
+    } else {
+        &spec.masks[..]
+    };
+    for mask in masks.iter().filter(|m| !under_fresh_dir(m)) {
         image.mask(mask)?;
     }
     for (dir, mode) in FRESH_DIRS {

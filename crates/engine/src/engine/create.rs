@@ -278,6 +278,7 @@ impl Engine {
             lowerdirs: image.lowerdirs.clone(),
             masks: image.masks.clone(),
             keep_image_home: image.keep_home,
+            host_base: image.host_base,
             disk_bytes: info.disk_mb << 20,
             cgroups: Vec::new(),
             init_memory_cgroup: self.cgroups.init_memory_dir(),

@@ -171,6 +171,13 @@ impl Engine {
             .collect()
     }
 
+    /// The image `name`, if it can be exported or pushed (it does not lie on the host).
+    pub fn portable_image(&self, name: &str) -> Result<ImageInfo> {
+        let image = self.images.get(name)?;
+        pushable(&image)?;
+        Ok(image)
+    }
+
     /// Writes the image `name` as an archive to `out` (on a blocking thread).
     pub async fn export(
         self: &Arc<Self>,
@@ -192,13 +199,9 @@ impl Engine {
         let full_name = normalized(name)
             .ok_or_else(|| Error::invalid(format!("invalid image name {}", quoted(name))))?;
         let image = sandbox.image();
-        let mut skip: Vec<String> = SCAFFOLDING.iter().map(|s| s.to_string()).collect();
-        skip.extend(
-            image
-                .masks
-                .iter()
-                .map(|m| m.to_string_lossy().trim_start_matches('/').to_string()),
-        );
+        let masks: Vec<String> = (image.masks.iter())
+            .map(|m| m.to_string_lossy().trim_start_matches('/').to_string())
+            .collect();
         let content = self.content.clone();
         let layer = tokio::task::spawn_blocking(move || -> Result<LayerRecord> {
             let mut temp = content.temp_file("commit")?;
@@ -206,9 +209,10 @@ impl Engine {
             if let Err(e) = &frozen {
                 warn!(sandbox = %sandbox.id, error = %e, "cannot freeze: committing it running");
             }
-            let skip: Vec<&str> = skip.iter().map(String::as_str).collect();
+            let masks: Vec<&str> = masks.iter().map(String::as_str).collect();
             let spec = cella_jail::layer::DiffSpec {
-                skip: &skip,
+                skip: SCAFFOLDING,
+                masks: &masks,
                 owner: (sandbox.info().uid, IMAGE_USER_ID),
             };
             let mut hashed = HashingWriter::new(std::io::BufWriter::new(&mut temp.file));

@@ -52,6 +52,8 @@ pub struct Image {
     pub masks: Vec<PathBuf>,
     /// The image's own `/home` shows (an OCI image's; the host's is hidden).
     pub keep_home: bool,
+    /// The last lower is the host's root, masked apart (a commit of a `host` sandbox).
+    pub host_base: bool,
     /// `KEY=value`, the image's config.
     pub env: Vec<String>,
     /// The default working directory of execs, if the image names one.
@@ -140,6 +142,7 @@ impl Images {
                 lowerdirs: vec!["/".into()],
                 masks: self.host_masks.clone(),
                 keep_home: false,
+                host_base: false,
                 env: Vec::new(),
                 working_dir: None,
                 layers: Vec::new(),
@@ -153,6 +156,7 @@ impl Images {
                 lowerdirs: vec![record.path],
                 masks: Vec::new(),
                 keep_home: false,
+                host_base: false,
                 env: Vec::new(),
                 working_dir: None,
                 layers: Vec::new(),
@@ -182,7 +186,8 @@ impl Images {
             name: record.name,
             lowerdirs,
             masks,
-            keep_home: !oci.on_host,
+            host_base: oci.on_host,
+            keep_home: true,
             env: oci.env.clone(),
             working_dir: Some(oci.working_dir.clone()).filter(|d| d.starts_with('/')),
             layers: oci.layers.iter().map(|l| l.diff_id.clone()).collect(),

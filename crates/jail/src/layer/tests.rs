@@ -218,6 +218,7 @@ fn a_diff_unpacks_to_the_same_tree() {
         .uid();
     let spec = DiffSpec {
         skip: &["etc/hostname"],
+        masks: &[],
         owner: (owner, 4242),
     };
     let done = diff(fd.as_fd(), &spec, &mut tar).unwrap();

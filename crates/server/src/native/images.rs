@@ -354,7 +354,7 @@ pub async fn export(
     State(engine): State<Arc<Engine>>,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    let image = engine.images.get(&name)?;
+    let image = engine.portable_image(&name)?;
     let (reader, writer) = tokio::io::duplex(1 << 20);
     let writer = tokio_util::io::SyncIoBridge::new(writer);
     let file_name = format!(
