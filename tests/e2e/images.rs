@@ -692,6 +692,13 @@ fn hostile_archives_are_refused() {
         "stat -c %a /bin/su; test -e /dev/sda || echo no device",
     );
     assert_eq!(r["stdout"], "755\nno device\n", "{r}");
+    // Deleted while a sandbox runs on it, the image's layers stay until that sandbox goes.
+    assert_eq!(s.delete("/images/hostile:1").status(), 204);
+    assert_eq!(sh(&s, &id, "stat -c %a /bin/su")["stdout"], "755\n");
+    assert_eq!(json_of(s.get("/images/usage"))["layers"], 2);
+    s.delete(&format!("/sandboxes/{id}"));
+    assert_eq!(json_of(s.post("/images/prune", json!({})))["layers"], 2);
+    assert_eq!(json_of(s.get("/images/usage"))["layers"], 0);
     // An image with no shell at all starts; what needs one is refused, naming it.
     let empty = {
         let mut tar = tar::Builder::new(Vec::new());

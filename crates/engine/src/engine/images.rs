@@ -273,21 +273,13 @@ impl Engine {
         Ok(())
     }
 
-    /// Removes the blobs and layers no image and no live sandbox holds.
+    /// Removes the blobs and layers no image and no sandbox holds.
     pub fn collect_garbage(&self) -> Collected {
-        let (blobs, mut layers) = self.images.referenced();
-        for sandbox in self.live.read().unwrap_or_else(|p| p.into_inner()).values() {
-            layers.extend(sandbox.image().layers.iter().cloned());
-        }
         // A pull under way holds what it has fetched so far.
-        if !self
-            .pulls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
-        {
+        if !(self.pulls.lock().unwrap_or_else(|p| p.into_inner())).is_empty() {
             return Collected::default();
         }
+        let (blobs, layers) = self.images.referenced();
         let collected = self.content.collect(&blobs, &layers);
         if collected.blobs + collected.layers > 0 {
             info!(

@@ -26,6 +26,8 @@ pub struct Content {
     layers: PathBuf,
     tmp: PathBuf,
     limits: layer::Limits,
+    /// A lock per blob being fetched: its `.partial` file has one writer.
+    writing: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Disk used by the store.
@@ -51,6 +53,7 @@ impl Content {
             layers: dir.join("layers"),
             tmp: dir.join("tmp"),
             limits,
+            writing: Default::default(),
         };
         for d in [&content.blobs, &content.layers, &content.tmp] {
             std::fs::create_dir_all(d).map_err(|e| internal(d, e))?;
@@ -67,6 +70,13 @@ impl Content {
             }
         }
         Ok(content)
+    }
+
+    /// The lock of the blob `digest`'s download (locks of blobs no one fetches are dropped).
+    pub fn writing(&self, digest: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        writing.retain(|_, lock| Arc::strong_count(lock) > 1);
+        writing.entry(digest.to_string()).or_default().clone()
     }
 
     pub fn blob_path(&self, digest: &str) -> Result<PathBuf> {

@@ -12,9 +12,9 @@ pub mod content;
 pub mod oci;
 pub mod registry;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
@@ -58,9 +58,31 @@ pub struct Image {
     pub env: Vec<String>,
     /// The default working directory of execs, if the image names one.
     pub working_dir: Option<String>,
-    /// The diff ids of its layers (kept from garbage collection while a sandbox uses them).
-    pub layers: Vec<String>,
+    /// Its layers, kept from garbage collection while this (and its clones) lives.
+    pub pin: Option<Arc<Pin>>,
     pub oci: Option<OciRecord>,
+}
+
+/// Layers held from garbage collection: by a sandbox made from them, from the moment its
+/// image was resolved (before its root is mounted) until it is gone.
+#[derive(Debug)]
+pub struct Pin {
+    layers: Vec<String>,
+    pins: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+        for layer in &self.layers {
+            if let Some(n) = pins.get_mut(layer) {
+                *n -= 1;
+                if *n == 0 {
+                    pins.remove(layer);
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +103,8 @@ pub struct Images {
     /// Canonical directories registered images must lie under.
     roots: Vec<PathBuf>,
     registered: RwLock<BTreeMap<String, Record>>,
+    /// Layers of images resolved for sandboxes, and how many hold each.
+    pinned: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl Images {
@@ -106,6 +130,7 @@ impl Images {
             host_masks,
             roots,
             registered: RwLock::new(registered),
+            pinned: Arc::default(),
         })
     }
 
@@ -145,11 +170,14 @@ impl Images {
                 host_base: false,
                 env: Vec::new(),
                 working_dir: None,
-                layers: Vec::new(),
+                pin: None,
                 oci: None,
             });
         }
-        let record = self.record(&local)?;
+        // Read and pinned under the lock a garbage collection reads the references under.
+        let registered = self.registered.read().map_err(Error::internal)?;
+        let record =
+            (registered.get(&local).cloned()).ok_or_else(|| Error::not_found("image", name))?;
         let Some(oci) = record.oci else {
             return Ok(Image {
                 name: record.name,
@@ -159,7 +187,7 @@ impl Images {
                 host_base: false,
                 env: Vec::new(),
                 working_dir: None,
-                layers: Vec::new(),
+                pin: None,
                 oci: None,
             });
         };
@@ -190,17 +218,21 @@ impl Images {
             keep_home: true,
             env: oci.env.clone(),
             working_dir: Some(oci.working_dir.clone()).filter(|d| d.starts_with('/')),
-            layers: oci.layers.iter().map(|l| l.diff_id.clone()).collect(),
+            pin: Some(Arc::new(self.pin(&oci))),
             oci: Some(oci),
         })
     }
 
-    fn record(&self, name: &str) -> Result<Record> {
-        let registered = self.registered.read().map_err(Error::internal)?;
-        registered
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::not_found("image", name))
+    fn pin(&self, oci: &OciRecord) -> Pin {
+        let layers: Vec<String> = oci.layers.iter().map(|l| l.diff_id.clone()).collect();
+        let mut pins = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        for layer in &layers {
+            *pins.entry(layer.clone()).or_default() += 1;
+        }
+        Pin {
+            layers,
+            pins: self.pinned.clone(),
+        }
     }
 
     pub fn get(&self, name: &str) -> Result<ImageInfo> {
@@ -236,16 +268,12 @@ impl Images {
         self.get(&name)
     }
 
-    /// The blobs and layers every image holds.
-    pub fn referenced(
-        &self,
-    ) -> (
-        std::collections::HashSet<String>,
-        std::collections::HashSet<String>,
-    ) {
+    /// The blobs and layers every image, and every sandbox made from one, holds.
+    pub fn referenced(&self) -> (HashSet<String>, HashSet<String>) {
         let registered = self.registered.read().unwrap_or_else(|p| p.into_inner());
-        let mut blobs = std::collections::HashSet::new();
-        let mut layers = std::collections::HashSet::new();
+        let mut blobs = HashSet::new();
+        let pinned = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        let mut layers: HashSet<String> = pinned.keys().cloned().collect();
         for oci in registered.values().filter_map(|r| r.oci.as_ref()) {
             blobs.insert(oci.manifest.clone());
             blobs.insert(oci.config.clone());

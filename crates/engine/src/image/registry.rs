@@ -28,6 +28,8 @@ use crate::store::OciRecord;
 
 /// Layers downloaded at once by one pull.
 const CONCURRENT_LAYERS: usize = 3;
+/// An image config larger than this is refused (they are a few KB).
+const MAX_CONFIG_BYTES: i64 = 16 << 20;
 
 /// User name and password (or token) for one registry.
 #[derive(Debug, Clone, Default)]
@@ -158,6 +160,12 @@ impl Registries {
         }
         let manifest = oci::parse_manifest(&bytes)?;
         let manifest_digest = content.put_blob(&bytes)?;
+        if manifest.config.size > MAX_CONFIG_BYTES {
+            return Err(Error::invalid(format!(
+                "the image's config is {} bytes, more than a config ever needs",
+                manifest.config.size
+            )));
+        }
         if !content.has_blob(&manifest.config.digest) {
             let mut config = Vec::new();
             client
@@ -221,6 +229,8 @@ impl Registries {
                 l.resumed_from = resumed.unwrap_or(l.resumed_from);
             })
         };
+        // Pulls of images that share a layer download it once, one after the other.
+        let _writing = content.writing(&layer.digest).lock_owned().await;
         if content.has_blob(&layer.digest) && content.has_layer(diff_id) {
             set("exists", Some(layer.size.max(0) as u64), None);
             return Ok(());
