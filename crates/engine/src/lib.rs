@@ -17,6 +17,7 @@ pub mod process;
 pub mod python;
 pub mod run;
 pub mod sandbox;
+pub mod session;
 pub mod store;
 
 pub use cella_jail::fsops::{Entry as FileEntry, Kind as FileKind, SandboxFs, Side};

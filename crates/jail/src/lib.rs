@@ -14,6 +14,7 @@ mod init;
 pub mod layer;
 pub mod probe;
 pub mod proto;
+pub mod pty;
 mod rootfs;
 pub mod seccomp;
 pub mod spawner;

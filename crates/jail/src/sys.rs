@@ -170,6 +170,18 @@ pub fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// One `write`: how much of `data` went (a non-blocking descriptor may take part of it).
+pub fn write(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: pointer and length describe a valid buffer.
+        match cvt(unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) }) {
+            Ok(n) => return Ok(n as usize),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         // SAFETY: pointer and length describe a valid, writable buffer.

@@ -45,6 +45,7 @@ use extract::Json;
         (name = "contexts", description = "Stateful code kernels in a sandbox (python, javascript, bash)"),
         (name = "files", description = "A sandbox's files, reached without leaving it"),
         (name = "images", description = "Root filesystems sandboxes are made from"),
+        (name = "sessions", description = "Interactive bash sessions on a pseudo-terminal in a sandbox"),
         (name = "runs", description = "One-shot runs of source code in any supported language"),
     )
 )]

@@ -13,6 +13,7 @@ use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
 
 mod ps;
+mod sessions;
 
 pub use ps::RunningProcess;
 
@@ -97,6 +98,8 @@ pub struct Sandbox {
     image_env: BTreeMap<String, String>,
     /// The overlay's upper directory (`O_PATH`), read by a commit.
     upper: OwnedFd,
+    /// Its sessions by name (their shells die with it).
+    sessions: Mutex<BTreeMap<String, Arc<crate::session::Session>>>,
     info: Mutex<SandboxInfo>,
     /// Host pid and start time of the init.
     pub(crate) init: Option<(i32, u64)>,
@@ -152,6 +155,7 @@ impl Sandbox {
             image: Arc::new(image),
             image_env,
             upper,
+            sessions: Mutex::default(),
             id: info.id.clone(),
             info: Mutex::new(info),
             init,

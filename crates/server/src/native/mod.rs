@@ -13,6 +13,7 @@ pub mod images;
 pub mod processes;
 pub mod runs;
 pub mod sandboxes;
+pub mod sessions;
 
 /// The routes that take image archives, streamed to disk whatever their size.
 pub fn archive_router() -> OpenApiRouter<AppState> {
@@ -52,6 +53,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(images::usage))
         .routes(routes!(images::prune))
         .routes(routes!(images::commit))
+        .routes(routes!(sessions::create, sessions::list))
+        .routes(routes!(sessions::run))
+        .routes(routes!(sessions::close))
         .routes(routes!(runs::run))
         .routes(routes!(runs::languages))
 }
