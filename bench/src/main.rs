@@ -16,14 +16,15 @@ mod contexts;
 mod engine;
 mod fusion;
 mod images;
+mod sessions;
 
 #[derive(Parser)]
 struct Args {
     /// Base URL of the server.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     server: String,
-    /// Which suites to run: engine, fusion, contexts, images (comma-separated).
-    #[arg(long, default_value = "engine,fusion,contexts,images")]
+    /// Which suites to run: engine, fusion, contexts, images, sessions (comma-separated).
+    #[arg(long, default_value = "engine,fusion,contexts,images,sessions")]
     suites: String,
     /// A registry (`host:port`) holding `bench/big:1`, for the images suite.
     #[arg(long)]
@@ -215,6 +216,7 @@ async fn main() {
             "engine" => engine::engine_suite(http.clone(), base.clone(), args.scale).await,
             "fusion" => fusion::fusion_suite(http.clone(), base.clone(), args.scale).await,
             "contexts" => contexts::contexts_suite(http.clone(), base.clone(), args.scale).await,
+            "sessions" => sessions::sessions_suite(http.clone(), base.clone(), args.scale).await,
             "images" => {
                 let registry = args.registry.clone();
                 images::images_suite(http.clone(), base.clone(), registry, args.scale).await

@@ -265,7 +265,7 @@ impl Shell {
         let mut outcome = SessionOutcome::default();
         loop {
             let from = searched.saturating_sub(overlap);
-            if let Some((at, code, _)) = find_prompt(&raw[from..], marker.as_bytes()) {
+            if let Some((at, code)) = find_prompt(&raw[from..], marker.as_bytes()) {
                 raw.truncate(from + at);
                 outcome.exit_code = Some(code);
                 break;
@@ -352,9 +352,9 @@ impl Shell {
     }
 }
 
-/// Where the prompt `<marker><status>__` begins in `raw`, its status, and where it ends
-/// (the setup line's own echo, `<marker>$?__`, is no prompt).
-fn find_prompt(raw: &[u8], marker: &[u8]) -> Option<(usize, i32, usize)> {
+/// Where the prompt `<marker><status>__` begins in `raw`, and its status (the setup line's
+/// own echo, `<marker>$?__`, is no prompt).
+fn find_prompt(raw: &[u8], marker: &[u8]) -> Option<(usize, i32)> {
     let starts = raw
         .windows(marker.len())
         .enumerate()
@@ -366,7 +366,7 @@ fn find_prompt(raw: &[u8], marker: &[u8]) -> Option<(usize, i32, usize)> {
             return None;
         }
         let code = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
-        Some((at, code, at + marker.len() + digits + 2))
+        Some((at, code))
     })
 }
 
@@ -410,14 +410,14 @@ mod tests {
     #[test]
     fn prompts_and_escapes() {
         let raw = b"hi\r\n__cella_abc_127__";
-        assert_eq!(find_prompt(raw, b"__cella_abc_"), Some((4, 127, raw.len())));
+        assert_eq!(find_prompt(raw, b"__cella_abc_"), Some((4, 127)));
         assert_eq!(find_prompt(b"__cella_abc_$?__", b"__cella_abc_"), None);
         assert_eq!(
             find_prompt(
                 b"PS1='__cella_abc_$?__'\r\n__cella_abc_0__",
                 b"__cella_abc_"
             ),
-            Some((24, 0, 39))
+            Some((24, 0))
         );
         assert_eq!(
             strip_escapes("\x1b[31mred\x1b[0m \x1b]0;title\x07ok\x1b[?2004h"),
