@@ -29,7 +29,7 @@ NPM_PACKAGES=(typescript@5 tsx@4 jest@29 ts-jest@29 @types/jest@29 @types/node@2
 # (its other needs, ipykernel and pexpect, are Debian's).
 SANDBOX_PYTHON=/opt/cella/python
 SANDBOX_PIP_PACKAGES=(bash_kernel==0.10.0 filetype==1.2.0)
-PIP_PACKAGES=(sandbox-fusion==0.3.7 agentrun-sdk==0.0.54 pytest pytest-xdist requests)
+PIP_PACKAGES=(sandbox-fusion==0.3.7 agentrun-sdk==0.0.54 rl-rock==1.11.0 pytest pytest-xdist requests)
 
 log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
 
@@ -181,7 +181,7 @@ if [ ! -x .venv/bin/python ]; then
   log "venv: creating .venv"
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c 'import sandbox_fusion, agentrun, pytest, xdist, requests' 2>/dev/null; then
+if ! .venv/bin/python -c 'import sandbox_fusion, agentrun, rock, pytest, xdist, requests' 2>/dev/null; then
   log "pip: installing ${PIP_PACKAGES[*]}"
   .venv/bin/pip install -q --disable-pip-version-check "${PIP_PACKAGES[@]}"
 else

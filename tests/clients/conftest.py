@@ -72,7 +72,7 @@ class Server:
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=60)
         shutil.rmtree(self.data_dir, ignore_errors=True)
-        for hierarchy in ("memory", "pids", "cpu", "cpuacct", "cpuset"):
+        for hierarchy in ("memory", "pids", "cpu", "cpuacct", "cpuset", "freezer"):
             try:
                 os.rmdir(f"/sys/fs/cgroup/{hierarchy}/{self.cgroup_parent}")
             except OSError:

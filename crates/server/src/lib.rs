@@ -59,6 +59,8 @@ pub struct AppState {
     pub contexts: Arc<Contexts>,
     /// Which sandbox is the CodeGeeX4 face's default.
     pub codegeex: Arc<compat::codegeex::Codegeex>,
+    /// The ROCK face's commits.
+    pub rock: Arc<compat::rock::Rock>,
 }
 
 #[derive(Serialize)]
@@ -105,6 +107,7 @@ pub fn app(state: AppState, metrics: PrometheusHandle, body_timeout: Duration) -
         .merge(compat::fusion::router())
         .merge(compat::codegeex::router())
         .merge(compat::agentrun::router())
+        .merge(compat::rock::router())
         .route(
             "/openapi.json",
             get(move || async move { axum::Json(doc.as_ref().clone()) }),
@@ -219,6 +222,7 @@ pub async fn serve(
             runs,
             contexts,
             codegeex: Default::default(),
+            rock: Default::default(),
         },
         metrics,
         body_timeout,

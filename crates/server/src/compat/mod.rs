@@ -5,3 +5,4 @@
 pub mod agentrun;
 pub mod codegeex;
 pub mod fusion;
+pub mod rock;

@@ -1,0 +1,119 @@
+"""The real `rl-rock` SDK against cella's ROCK face: start and status, commands in sessions
+(normal and nohup modes), execute, files, statistics, commit, stop."""
+
+import asyncio
+
+import pytest
+from rock.actions import Command, CreateBashSessionRequest, ReadFileRequest, WriteFileRequest
+from rock.sdk.sandbox.client import Sandbox
+from rock.sdk.sandbox.config import SandboxConfig
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.fixture(scope="module")
+def rock_url(server):
+    return server.url
+
+
+async def started(url, **config):
+    sandbox = Sandbox(SandboxConfig(base_url=url, image="python:3.11", startup_timeout=60, **config))
+    await sandbox.start()
+    return sandbox
+
+
+def test_start_status_and_stop(rock_url):
+    async def flow():
+        sandbox = await started(rock_url, memory="512m", cpus=1)
+        status = await sandbox.get_status()
+        assert status.is_alive and status.state.value == "running"
+        assert status.host_name and status.memory == "0.50g"
+        assert (await sandbox.is_alive()).is_alive
+        await sandbox.stop()
+        with pytest.raises(Exception):
+            await sandbox.get_status()
+        assert (await sandbox.get_status(include_all_states=True)).state.value == "stopped"
+
+    run(flow())
+
+
+def test_sessions_keep_state_and_failures_raise(rock_url):
+    async def flow():
+        sandbox = await started(rock_url)
+        await sandbox.create_session(CreateBashSessionRequest(session="s"))
+        assert (await sandbox.arun("cd /tmp && export X=42", session="s")).exit_code == 0
+        observation = await sandbox.arun("pwd; echo $X; echo err >&2", session="s")
+        assert observation.output == "/tmp\r\n42\r\nerr"
+        with pytest.raises(Exception, match="failed with exit code 3"):
+            await sandbox.arun("(exit 3)", session="s")
+        # A session made on the fly, and the nohup mode with its real exit code.
+        assert (await sandbox.arun("echo fresh")).output == "fresh"
+        nohup = await sandbox.arun("sleep 1; echo done-late", mode="nohup", wait_interval=5, wait_timeout=60)
+        assert "done-late" in nohup.output and nohup.exit_code == 0
+        await sandbox.stop()
+
+    run(flow())
+
+
+def test_execute_files_statistics(rock_url):
+    async def flow():
+        sandbox = await started(rock_url)
+        result = await sandbox.execute(Command(command=["python3", "-c", "print(6 * 7)"]))
+        assert result.stdout == "42\n" and result.exit_code == 0
+        written = await sandbox.write_file(WriteFileRequest(content="hello rock", path="/tmp/d/f.txt"))
+        assert written.success
+        assert (await sandbox.read_file(ReadFileRequest(path="/tmp/d/f.txt"))).content == "hello rock"
+        assert (await sandbox.read_file(ReadFileRequest(path="/nope"))).content == ""
+        await sandbox.stop()
+
+    run(flow())
+
+
+def test_commit_then_start_from_it(rock_url):
+    async def flow():
+        sandbox = await started(rock_url)
+        await sandbox.arun("echo kept > ~/note")
+        status = await sandbox.commit(image_tag="local/rock-commit:1", username="", password="")
+        assert status is not None and status.phase.value == "SUCCEEDED", status
+        await sandbox.stop()
+        fresh = Sandbox(SandboxConfig(base_url=rock_url, image="local/rock-commit:1", startup_timeout=60))
+        await fresh.start()
+        assert (await fresh.arun("cat ~/note")).output == "kept"
+        await fresh.stop()
+
+    run(flow())
+
+
+def test_envelopes_of_bad_requests(rock_url):
+    import requests
+
+    api = f"{rock_url}/apis/envs/sandbox/v1"
+    # Validation faults are HTTP 200 "invalid parameter" envelopes, never 422.
+    r = requests.post(f"{api}/start_async", json={"image": "  "})
+    assert r.status_code == 200
+    assert r.json() == {"status": "Failed", "message": "invalid parameter",
+                        "error": "body.image: String should have at least 1 character", "result": None}
+    r = requests.post(f"{api}/execute", data=b"{not json")
+    assert r.status_code == 200 and r.json()["message"] == "invalid parameter"
+    # An unknown sandbox: code 4000 where ROCK reports one, a dangling stop is fine.
+    r = requests.get(f"{api}/get_status", params={"sandbox_id": "nope", "include_all_states": "False"}).json()
+    assert r["status"] == "Failed" and r["result"]["code"] == 4000 and "not found" in r["error"]
+    assert requests.post(f"{api}/stop", json={"sandbox_id": "nope"}).json()["result"] == "nope stopped"
+    alive = requests.get(f"{api}/is_alive", params={"sandbox_id": "nope"}).json()
+    assert alive["status"] == "Success" and alive["result"]["is_alive"] is False
+    # A missing session and a timeout are Failed, with the rocklet's messages.
+    started_ = requests.post(f"{api}/start_async", json={"image": "python:3.11", "memory": "1g"}).json()
+    sid = started_["result"]["sandbox_id"]
+    r = requests.post(f"{api}/run_in_session", json={"sandbox_id": sid, "session": "x", "command": "true"}).json()
+    assert r == {"status": "Failed", "message": None, "error": "session 'x' does not exist", "result": None}
+    requests.post(f"{api}/create_session", json={"sandbox_id": sid, "session": "x"})
+    r = requests.post(f"{api}/run_in_session",
+                      json={"sandbox_id": sid, "session": "x", "command": "sleep 5", "timeout": 0.5}).json()
+    assert r["status"] == "Failed" and r["error"].startswith("timeout after 0.5 seconds")
+    r = requests.post(f"{api}/run_in_session", json={"sandbox_id": sid, "session": "x", "command": "echo ok"}).json()
+    assert r["result"]["output"] == "ok"
+    stats = requests.get(f"{api}/get_sandbox_statistics", params={"sandbox_id": sid}).json()["result"]
+    assert set(stats) >= {"cpu", "mem", "disk", "net"} and 0 <= stats["mem"] < 100
+    requests.post(f"{api}/stop", json={"sandbox_id": sid})
