@@ -176,6 +176,27 @@ else
   log "pip: packages for sandboxes present"
 fi
 
+# GEM (gem-llm) for the ROCK face's environments, with its own dependencies: GEM envs run
+# with `python3 -S`, this directory alone on their path (Debian's matplotlib would clash).
+GEM_PYTHON=/opt/cella/gem
+GEM_PACKAGES=(gem-llm==0.1.0)
+if [ "$(cat "$GEM_PYTHON/stamp" 2>/dev/null)" != "${GEM_PACKAGES[*]}" ]; then
+  log "pip: installing ${GEM_PACKAGES[*]} for GEM environments into $GEM_PYTHON"
+  rm -rf "$GEM_PYTHON.tmp"
+  # pip warns of conflicts with the installing Python's own packages, which these never meet.
+  if ! ${PYTHON:-python3} -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+    --target "$GEM_PYTHON.tmp" "${GEM_PACKAGES[@]}" >/tmp/cella-gem-pip.log 2>&1; then
+    cat /tmp/cella-gem-pip.log >&2
+    exit 1
+  fi
+  chmod -R a+rX "$GEM_PYTHON.tmp"
+  rm -rf "$GEM_PYTHON"
+  mv "$GEM_PYTHON.tmp" "$GEM_PYTHON"
+  echo "${GEM_PACKAGES[*]}" > "$GEM_PYTHON/stamp"
+else
+  log "pip: GEM for environments present"
+fi
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   log "venv: creating .venv"

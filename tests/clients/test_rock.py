@@ -117,3 +117,51 @@ def test_envelopes_of_bad_requests(rock_url):
     stats = requests.get(f"{api}/get_sandbox_statistics", params={"sandbox_id": sid}).json()["result"]
     assert set(stats) >= {"cpu", "mem", "disk", "net"} and 0 <= stats["mem"] < 100
     requests.post(f"{api}/stop", json={"sandbox_id": sid})
+
+
+GUESSES = ["\\boxed{5}", "\\boxed{3}", "\\boxed{2}", "\\boxed{1}", "\\boxed{4}"]
+
+
+def direct_trajectory(env_id, seed):
+    """The same env stepped by gem-llm itself, outside any sandbox."""
+    import json
+    import subprocess
+
+    script = (
+        "import gem, json, sys\n"
+        "env = gem.make(sys.argv[1]); out = [env.reset(seed=int(sys.argv[2]))]\n"
+        "for a in json.loads(sys.argv[3]):\n"
+        "    step = env.step(a); out.append(step)\n"
+        "    if step[2] or step[3]: break\n"
+        "print(json.dumps(out))\n"
+    )
+    done = subprocess.run(["/usr/bin/python3", "-S", "-c", script, env_id, str(seed), json.dumps(GUESSES)],
+                          env={"PYTHONPATH": "/opt/cella/gem"}, capture_output=True, text=True, check=True)
+    return [list(x) for x in json.loads(done.stdout)]
+
+
+def test_gem_env_stepped_to_the_end(rock_url, monkeypatch):
+    import requests
+    import rock
+
+    monkeypatch.setenv("ROCK_BASE_URL", rock_url)
+    env = rock.make("game:GuessTheNumber-v0-easy")
+    trajectory = [list(env.reset(seed=42))]
+    for action in GUESSES:
+        step = env.step(action)
+        trajectory.append(list(step))
+        if step[2] or step[3]:
+            break
+    assert trajectory[-1][2] is True, trajectory
+    assert trajectory == direct_trajectory("game:GuessTheNumber-v0-easy", 42)
+    env.close()
+    # Bare JSON and HTTP 500s, as ROCK's GEM routes answer.
+    api = f"{rock_url}/apis/v1/envs/gem"
+    r = requests.post(f"{api}/step", json={"sandbox_id": "gone", "action": "x"})
+    assert r.status_code == 500 and "not found" in r.json()["detail"]
+    r = requests.post(f"{api}/make", json={"env_id": "game:Wordle-v0-easy"})
+    assert r.status_code == 500 and "needs a download" in r.json()["detail"]
+    r = requests.post(f"{api}/make", json={"env_id": "no-such-env"})
+    assert r.status_code == 500 and r.json()["traceback"]
+    r = requests.post(f"{api}/step", json={"sandbox_id": " ", "action": "x"})
+    assert r.status_code == 200 and r.json()["message"] == "invalid parameter"

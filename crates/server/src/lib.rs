@@ -222,7 +222,7 @@ pub async fn serve(
             runs,
             contexts,
             codegeex: Default::default(),
-            rock: Default::default(),
+            rock: Arc::new(compat::rock::Rock::new(engine.clone())),
         },
         metrics,
         body_timeout,

@@ -17,10 +17,12 @@ use crate::error::{Error, Result};
 mod launch;
 mod output;
 mod pump;
+mod socket;
 mod spec;
 
 pub use launch::{Launcher, Parked, park, run, run_with, start, start_service, start_with};
 pub use output::{Captured, OutputBudget, text};
+pub use socket::connect_socket;
 pub use spec::{ExecOptions, argv_of, checked_timeout, output_cap, shell_argv};
 
 use output::Output;

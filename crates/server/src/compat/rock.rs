@@ -14,6 +14,7 @@ use axum::body::Bytes;
 use axum::extract::{Multipart, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use cella_engine::gem::{Answer, EnvError, Gems};
 use cella_engine::process::{self, ExecOptions};
 use cella_engine::session::{SessionOutcome, SessionSpec, strip_escapes};
 use cella_engine::{CreateSandbox, Engine, Error, Sandbox};
@@ -48,13 +49,30 @@ pub fn router() -> Router<AppState> {
         .route("/commit", post(commit))
         .route("/commit/{id}", get(commit_status))
         .route("/warmup/tasks", post(warmup));
-    Router::new().nest("/apis/envs/sandbox/v1", v1)
+    let gem = Router::new()
+        .route("/make", post(gem_make))
+        .route("/reset", post(gem_reset))
+        .route("/step", post(gem_step))
+        .route("/close", post(gem_close))
+        .route("/list", post(gem_list));
+    Router::new()
+        .nest("/apis/envs/sandbox/v1", v1)
+        .nest("/apis/v1/envs/gem", gem)
 }
 
-/// The face's own state: commits under way and done, by sandbox.
-#[derive(Default)]
+/// The face's own state: commits under way and done, by sandbox; GEM environments.
 pub struct Rock {
     commits: Mutex<HashMap<String, Value>>,
+    gems: Arc<Gems>,
+}
+
+impl Rock {
+    pub fn new(engine: Arc<Engine>) -> Rock {
+        Rock {
+            commits: Mutex::default(),
+            gems: Gems::new(engine),
+        }
+    }
 }
 
 /// ROCK's envelope.
@@ -756,4 +774,93 @@ fn now_secs() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// GEM's routes answer bare JSON; what fails is HTTP 500 `{"detail", "traceback"}`, as
+/// FastAPI renders ROCK's unhandled exceptions there.
+fn gem_failure(detail: impl ToString, traceback: Vec<String>) -> Response {
+    let body = json!({"detail": detail.to_string(), "traceback": traceback});
+    (
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+fn gem_answer(answer: Answer) -> Response {
+    match answer {
+        Ok(Ok(value)) => axum::Json(value).into_response(),
+        Ok(Err(EnvError { message, traceback })) => gem_failure(message, traceback),
+        Err(e) => gem_failure(e, Vec::new()),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct GemRequest {
+    env_id: Option<String>,
+    sandbox_id: Option<String>,
+    seed: Option<i64>,
+    action: Option<String>,
+}
+
+fn gem_request(body: &Bytes, need_id: bool) -> Result<(GemRequest, String), Envelope> {
+    let req: GemRequest = parse(body)?;
+    let id = if need_id {
+        non_blank("sandbox_id", req.sandbox_id.as_deref())?
+    } else {
+        String::new()
+    };
+    Ok((req, id))
+}
+
+async fn gem_make(State(state): State<AppState>, body: Bytes) -> Response {
+    let (req, _) = match gem_request(&body, false) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let Some(env_id) = req.env_id.filter(|e| !e.is_empty()) else {
+        return gem_failure("ValueError: env_id is required", Vec::new());
+    };
+    match state.rock.gems.make(&env_id).await {
+        Ok(Ok(id)) => axum::Json(json!({"sandbox_id": id})).into_response(),
+        Ok(Err(EnvError { message, traceback })) => gem_failure(message, traceback),
+        Err(e) => gem_failure(e, Vec::new()),
+    }
+}
+
+async fn gem_reset(State(state): State<AppState>, body: Bytes) -> Response {
+    match gem_request(&body, true) {
+        Ok((req, id)) => gem_answer(state.rock.gems.reset(&id, req.seed).await),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn gem_step(State(state): State<AppState>, body: Bytes) -> Response {
+    let (req, id) = match gem_request(&body, true) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let action = match non_blank("action", req.action.as_deref()) {
+        Ok(_) => req.action.unwrap_or_default(),
+        Err(e) => return e.into_response(),
+    };
+    gem_answer(state.rock.gems.step(&id, &action).await)
+}
+
+async fn gem_list(State(state): State<AppState>, body: Bytes) -> Response {
+    match gem_request(&body, true) {
+        Ok((_, id)) => gem_answer(state.rock.gems.list(&id).await),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn gem_close(State(state): State<AppState>, body: Bytes) -> Response {
+    match gem_request(&body, true) {
+        Ok((_, id)) => match state.rock.gems.close(&id).await {
+            Ok(()) => axum::Json(json!({"sandbox_id": id})).into_response(),
+            Err(e) => gem_failure(e, Vec::new()),
+        },
+        Err(e) => e.into_response(),
+    }
 }

@@ -9,13 +9,11 @@
 mod wire;
 pub mod zmtp;
 
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -462,8 +460,7 @@ async fn connect_both(
     Ok((shell, iopub))
 }
 
-/// Connects to one of the kernel's sockets once it exists, without following anything the
-/// sandbox could have planted on the path.
+/// Connects to one of the kernel's sockets once it exists.
 async fn connect(
     sandbox: &Arc<Sandbox>,
     kernel: &Arc<Process>,
@@ -471,50 +468,10 @@ async fn connect(
     kind: Kind,
     deadline: Instant,
 ) -> Result<Socket> {
-    loop {
-        let p = path.to_string();
-        match sandbox
-            .with_fs(move |fs| fs.open_socket(&p).map_err(|e| Error::file(&p, e)))
-            .await
-        {
-            Ok(fd) => {
-                let target = format!("/proc/self/fd/{}", fd.as_raw_fd());
-                match UnixStream::connect(&target).await {
-                    Ok(stream) => {
-                        return Socket::handshake(stream, kind)
-                            .await
-                            .map_err(|e| Error::Unavailable(e.to_string()));
-                    }
-                    // The socket file exists from bind(2) a moment before listen(2).
-                    Err(e)
-                        if e.kind() == std::io::ErrorKind::ConnectionRefused
-                            && Instant::now() < deadline =>
-                    {
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                    }
-                    Err(e) => {
-                        return Err(Error::Unavailable(format!("connect to the kernel: {e}")));
-                    }
-                }
-            }
-            Err(Error::NotFound { .. }) if Instant::now() < deadline && kernel.exit().is_none() => {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            Err(Error::NotFound { .. }) if kernel.exit().is_some() => {
-                let err = String::from_utf8_lossy(&kernel.captured().stderr).into_owned();
-                return Err(Error::Unavailable(format!(
-                    "the kernel exited while starting: {err}"
-                )));
-            }
-            Err(Error::NotFound { .. }) => {
-                kernel.kill();
-                return Err(Error::Unavailable(
-                    "the kernel did not start in time".into(),
-                ));
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    let stream = crate::process::connect_socket(sandbox, kernel, path, deadline, "kernel").await?;
+    Socket::handshake(stream, kind)
+        .await
+        .map_err(|e| Error::Unavailable(e.to_string()))
 }
 
 /// Reads the shell socket's replies until it closes: unread, they would fill its buffer.
