@@ -16,6 +16,7 @@ mod contexts;
 mod engine;
 mod fusion;
 mod images;
+mod rock;
 mod sessions;
 
 #[derive(Parser)]
@@ -23,8 +24,8 @@ struct Args {
     /// Base URL of the server.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     server: String,
-    /// Which suites to run: engine, fusion, contexts, images, sessions (comma-separated).
-    #[arg(long, default_value = "engine,fusion,contexts,images,sessions")]
+    /// Which suites to run: engine, fusion, contexts, images, sessions, rock (comma-separated).
+    #[arg(long, default_value = "engine,fusion,contexts,images,sessions,rock")]
     suites: String,
     /// A registry (`host:port`) holding `bench/big:1`, for the images suite.
     #[arg(long)]
@@ -217,6 +218,7 @@ async fn main() {
             "fusion" => fusion::fusion_suite(http.clone(), base.clone(), args.scale).await,
             "contexts" => contexts::contexts_suite(http.clone(), base.clone(), args.scale).await,
             "sessions" => sessions::sessions_suite(http.clone(), base.clone(), args.scale).await,
+            "rock" => rock::rock_suite(http.clone(), base.clone(), args.scale).await,
             "images" => {
                 let registry = args.registry.clone();
                 images::images_suite(http.clone(), base.clone(), registry, args.scale).await
