@@ -15,6 +15,8 @@ APT_PACKAGES=(
   # The image tests: a reference registry, tools that build and copy images, a static
   # busybox for a tiny image, and debootstrap for one with Python.
   docker-registry skopeo umoci busybox-static debootstrap
+  # `cella shell` is tested by driving it in tmux.
+  tmux
 )
 # JavaScript tooling for sandboxes, in one project directory so that peers resolve each other
 # (ts-jest needs jest's own modules). Versions that work together: ts-jest 29 needs jest 29

@@ -181,3 +181,88 @@ fn floods_and_dead_shells() {
         "not found",
     );
 }
+
+/// Runs tmux on a server of the test's own.
+fn tmux(socket: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("tmux")
+        .args(["-L", socket])
+        .args(args)
+        .output()
+        .expect("tmux (scripts/setup.sh installs it)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn screen_shows(socket: &str, text: &str) -> bool {
+    cella_e2e::eventually(10.0, || {
+        tmux(socket, &["capture-pane", "-t", "t", "-p"]).contains(text)
+    })
+}
+
+#[test]
+fn cella_shell_is_a_real_terminal() {
+    let s = Server::start();
+    let socket = format!("cella-shell-{}", std::process::id());
+    let command = format!(
+        "CELLA_SERVER={} {} shell; echo EXITED $?; sleep 60",
+        s.url,
+        cella_e2e::cella_bin().display()
+    );
+    tmux(
+        &socket,
+        &[
+            "new-session",
+            "-d",
+            "-s",
+            "t",
+            "-x",
+            "120",
+            "-y",
+            "40",
+            &command,
+        ],
+    );
+    assert!(
+        screen_shows(&socket, "user@sandbox-"),
+        "{}",
+        tmux(&socket, &["capture-pane", "-t", "t", "-p"])
+    );
+    tmux(
+        &socket,
+        &[
+            "send-keys",
+            "-t",
+            "t",
+            "echo $((6*7)) $(whoami); stty size",
+            "Enter",
+        ],
+    );
+    assert!(screen_shows(&socket, "42 user"));
+    assert!(screen_shows(&socket, "40 120"));
+    // The window's size follows it; a Ctrl-C reaches the sandbox's program, not the CLI.
+    tmux(
+        &socket,
+        &["resize-window", "-t", "t", "-x", "100", "-y", "30"],
+    );
+    tmux(&socket, &["send-keys", "-t", "t", "sleep 100", "Enter"]);
+    std::thread::sleep(Duration::from_millis(300));
+    tmux(&socket, &["send-keys", "-t", "t", "C-c", ""]);
+    tmux(&socket, &["send-keys", "-t", "t", "stty size", "Enter"]);
+    assert!(
+        screen_shows(&socket, "30 100"),
+        "{}",
+        tmux(&socket, &["capture-pane", "-t", "t", "-p"])
+    );
+    tmux(&socket, &["send-keys", "-t", "t", "exit 7", "Enter"]);
+    assert!(
+        screen_shows(&socket, "EXITED 7"),
+        "{}",
+        tmux(&socket, &["capture-pane", "-t", "t", "-p"])
+    );
+    tmux(&socket, &["kill-server"]);
+    // The sandbox it made for itself is gone.
+    assert!(cella_e2e::eventually(5.0, || s
+        .get("/sandboxes")
+        .text()
+        .unwrap()
+        == "[]"));
+}

@@ -20,6 +20,21 @@ pub struct Target {
 }
 
 impl Target {
+    /// The WebSocket URL of `path` under the native API.
+    pub fn ws_url(&self, path: &str) -> Result<String, String> {
+        let base = self.server.trim_end_matches('/');
+        let ws = base
+            .strip_prefix("http://")
+            .map(|rest| format!("ws://{rest}"))
+            .ok_or("cella shell speaks plain HTTP only (an http:// server)")?;
+        Ok(format!("{ws}/api/v1{path}"))
+    }
+
+    /// The Authorization header's value, if a token is given.
+    pub fn authorization(&self) -> Option<String> {
+        self.token.as_ref().map(|t| format!("Bearer {t}"))
+    }
+
     /// A client for the server, sending its token with every request, and the URL of
     /// `path` under its native API.
     pub fn connect(&self, path: &str) -> Result<(Client, String), String> {

@@ -12,6 +12,7 @@ mod client;
 mod contexts;
 mod images;
 mod serve;
+mod shell;
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +51,9 @@ enum Command {
     Image(images::ImageCommand),
     /// Make an image of a running sandbox: its changes as a layer on top of its image.
     Commit(images::CommitArgs),
+    /// A terminal into a sandbox (a fresh one unless an id is given): an interactive login
+    /// shell, exiting with its status.
+    Shell(shell::ShellArgs),
 }
 
 #[derive(clap::Args)]
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
         Command::Exec(args) => client::exec(args),
         Command::Image(command) => images::image(command),
         Command::Commit(args) => images::commit(args),
+        Command::Shell(args) => shell::shell(args),
         Command::Languages(args) => client::languages(args),
         Command::Repl(args) => contexts::repl(args),
         Command::Context(command) => contexts::context(command),

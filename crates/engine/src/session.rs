@@ -65,9 +65,7 @@ pub struct Session {
 }
 
 struct Shell {
-    master: AsyncFd<OwnedFd>,
-    exec_id: u64,
-    events: mpsc::UnboundedReceiver<ExecEvent>,
+    terminal: Terminal,
     /// The prompt is `__cella_<token>_<status>__`.
     token: String,
 }
@@ -144,29 +142,29 @@ async fn check_syntax(sandbox: &Arc<Sandbox>, command: &str) -> Result<()> {
     }
 }
 
-impl Shell {
-    async fn start(sandbox: &Arc<Sandbox>, spec: &SessionSpec) -> Result<Shell> {
+/// A program on a pseudo-terminal of the sandbox's own: what a session's shell and an
+/// interactive attach run on.
+pub struct Terminal {
+    pub master: AsyncFd<OwnedFd>,
+    exec_id: u64,
+    events: mpsc::UnboundedReceiver<ExecEvent>,
+}
+
+impl Terminal {
+    /// Starts `opts` (its argv, env and directory) on a new pty of `cols` × `rows`.
+    pub async fn open(
+        sandbox: &Arc<Sandbox>,
+        opts: &ExecOptions,
+        cols: u16,
+        rows: u16,
+    ) -> Result<Terminal> {
         let (pid, _) = sandbox
             .init
             .ok_or_else(|| Error::Conflict(format!("sandbox {} is stopped", sandbox.id)))?;
-        let (master, slave) = cella_jail::pty::open_in(pid, sandbox.uid(), COLUMNS, ROWS)
+        let (master, slave) = cella_jail::pty::open_in(pid, sandbox.uid(), cols, rows)
             .map_err(|e| Error::Internal(format!("open a terminal in the sandbox: {e}")))?;
-        let token = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-        let mut env = spec.env.clone();
-        env.entry("TERM".into())
-            .or_insert_with(|| "xterm-256color".into());
-        let opts = ExecOptions {
-            argv: ["bash", "--noprofile", "--norc", "--noediting", "-i"]
-                .map(String::from)
-                .into(),
-            env,
-            cwd: spec.cwd.clone(),
-            stdin: None,
-            timeout: None,
-            output_cap: 0,
-        };
         let id = sandbox.next_exec_id();
-        let mut exec = sandbox.exec_spec(id, &opts)?;
+        let mut exec = sandbox.exec_spec(id, opts)?;
         exec.tty = true;
         let control = sandbox.control();
         let mut events = control.subscribe(id);
@@ -185,7 +183,8 @@ impl Shell {
                 control.unsubscribe(id);
                 return Err(if missing_program {
                     Error::MissingProgram(format!(
-                        "sessions need bash, which this sandbox's image does not have ({error})"
+                        "{} is not in this sandbox's image ({error})",
+                        quoted(&opts.argv[0])
                     ))
                 } else {
                     Error::invalid(error)
@@ -196,13 +195,105 @@ impl Shell {
                 return Err(Error::Conflict("the sandbox stopped".into()));
             }
         }
-        let master = cella_jail::async_fd(master).map_err(Error::internal)?;
-        let mut shell = Shell {
-            master,
+        Ok(Terminal {
+            master: cella_jail::async_fd(master).map_err(Error::internal)?,
             exec_id: id,
             events,
-            token,
+        })
+    }
+
+    /// Reads what the program wrote; `None` once it and everything on its terminal are gone.
+    pub async fn read(&self, buf: &mut [u8]) -> Result<Option<usize>> {
+        loop {
+            let mut ready = self.master.readable().await.map_err(Error::internal)?;
+            match ready.try_io(|fd| cella_jail::sys::read(fd.get_ref().as_fd(), buf)) {
+                Ok(Ok(0)) | Ok(Err(_)) => return Ok(None),
+                Ok(Ok(n)) => return Ok(Some(n)),
+                Err(_would_block) => {}
+            }
+        }
+    }
+
+    pub async fn write(&self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            let mut ready = self.master.writable().await.map_err(Error::internal)?;
+            match ready.try_io(|fd| cella_jail::sys::write(fd.get_ref().as_fd(), data)) {
+                Ok(Ok(n)) => data = &data[n..],
+                Ok(Err(e)) => {
+                    return Err(Error::Conflict(format!(
+                        "the terminal's program is gone ({e})"
+                    )));
+                }
+                Err(_would_block) => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub fn resize(&self, cols: u16, rows: u16) -> Result<()> {
+        cella_jail::pty::resize(self.master.get_ref(), cols, rows).map_err(Error::internal)
+    }
+
+    /// The status the program exited with (soon after its terminal closed).
+    pub async fn exit_code(&mut self) -> Option<i32> {
+        let exited = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Some(event) = self.events.recv().await {
+                match event {
+                    ExecEvent::Exited { code, signal, .. } => {
+                        return code.or(signal.map(|s| 128 + s));
+                    }
+                    ExecEvent::Lost => return None,
+                    _ => {}
+                }
+            }
+            None
+        });
+        exited.await.ok().flatten()
+    }
+
+    /// Kills the program and every process it started.
+    pub async fn kill(mut self, sandbox: &Arc<Sandbox>) {
+        let control = sandbox.control();
+        let _ = control
+            .send(&Command::KillTree { id: self.exec_id }, &[])
+            .await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(event) = self.events.recv().await {
+                if matches!(event, ExecEvent::Exited { .. } | ExecEvent::Lost) {
+                    break;
+                }
+            }
+        })
+        .await;
+        control.unsubscribe(self.exec_id);
+    }
+}
+
+impl Shell {
+    async fn start(sandbox: &Arc<Sandbox>, spec: &SessionSpec) -> Result<Shell> {
+        let token = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let mut env = spec.env.clone();
+        env.entry("TERM".into())
+            .or_insert_with(|| "xterm-256color".into());
+        let opts = ExecOptions {
+            argv: ["bash", "--noprofile", "--norc", "--noediting", "-i"]
+                .map(String::from)
+                .into(),
+            env,
+            cwd: spec.cwd.clone(),
+            stdin: None,
+            timeout: None,
+            output_cap: 0,
         };
+        let terminal = Terminal::open(sandbox, &opts, COLUMNS, ROWS)
+            .await
+            .map_err(|e| match e {
+                Error::MissingProgram(m) => {
+                    Error::MissingProgram(format!("sessions need bash: {m}"))
+                }
+                e => e,
+            })?;
+        let mut shell = Shell { terminal, token };
         let setup = format!(
             "stty -echo; PS1='__cella_{}_$?__'; PS2=''; unset PROMPT_COMMAND\n",
             shell.token
@@ -276,20 +367,16 @@ impl Shell {
                 searched = raw.len();
                 dropped = true;
             }
-            let read = tokio::time::timeout_at(deadline.into(), self.master.readable()).await;
-            let Ok(ready) = read else {
-                break; // the deadline
-            };
-            let mut ready = ready.map_err(Error::internal)?;
-            match ready.try_io(|fd| cella_jail::sys::read(fd.get_ref().as_fd(), &mut buf)) {
-                Ok(Ok(0)) | Ok(Err(_)) => {
-                    // EIO: the shell, the terminal's last holder, is gone.
+            let read = tokio::time::timeout_at(deadline.into(), self.terminal.read(&mut buf)).await;
+            match read {
+                Err(_) => break, // the deadline
+                Ok(Ok(Some(n))) => raw.extend_from_slice(&buf[..n]),
+                Ok(Ok(None)) | Ok(Err(_)) => {
+                    // The shell, the terminal's last holder, is gone.
                     outcome.ended = true;
-                    outcome.exit_code = self.exit_code().await;
+                    outcome.exit_code = self.terminal.exit_code().await;
                     break;
                 }
-                Ok(Ok(n)) => raw.extend_from_slice(&buf[..n]),
-                Err(_would_block) => {}
             }
         }
         if raw.len() > max_output {
@@ -301,54 +388,12 @@ impl Shell {
         Ok(outcome)
     }
 
-    /// The status the shell exited with (soon after its terminal closed).
-    async fn exit_code(&mut self) -> Option<i32> {
-        let exited = tokio::time::timeout(Duration::from_secs(1), async {
-            while let Some(event) = self.events.recv().await {
-                match event {
-                    ExecEvent::Exited { code, signal, .. } => {
-                        return code.or(signal.map(|s| 128 + s));
-                    }
-                    ExecEvent::Lost => return None,
-                    _ => {}
-                }
-            }
-            None
-        });
-        exited.await.ok().flatten()
+    async fn write(&self, data: &[u8]) -> Result<()> {
+        self.terminal.write(data).await
     }
 
-    async fn write(&self, mut data: &[u8]) -> Result<()> {
-        while !data.is_empty() {
-            let mut ready = self.master.writable().await.map_err(Error::internal)?;
-            match ready.try_io(|fd| cella_jail::sys::write(fd.get_ref().as_fd(), data)) {
-                Ok(Ok(n)) => data = &data[n..],
-                Ok(Err(e)) => {
-                    return Err(Error::Conflict(format!(
-                        "the session's shell is gone ({e})"
-                    )));
-                }
-                Err(_would_block) => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// Kills the shell and every process it started.
-    async fn kill(mut self, sandbox: &Arc<Sandbox>) {
-        let control = sandbox.control();
-        let _ = control
-            .send(&Command::KillTree { id: self.exec_id }, &[])
-            .await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Some(event) = self.events.recv().await {
-                if matches!(event, ExecEvent::Exited { .. } | ExecEvent::Lost) {
-                    break;
-                }
-            }
-        })
-        .await;
-        control.unsubscribe(self.exec_id);
+    async fn kill(self, sandbox: &Arc<Sandbox>) {
+        self.terminal.kill(sandbox).await
     }
 }
 

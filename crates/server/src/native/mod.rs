@@ -56,6 +56,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::create, sessions::list))
         .routes(routes!(sessions::run))
         .routes(routes!(sessions::close))
+        .routes(routes!(sessions::terminal))
         .routes(routes!(runs::run))
         .routes(routes!(runs::languages))
 }

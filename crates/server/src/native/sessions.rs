@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use cella_engine::Engine;
 use cella_engine::process;
-use cella_engine::session::{Session, SessionOutcome, SessionSpec};
+use cella_engine::session::{Session, SessionOutcome, SessionSpec, Terminal};
 use serde::{Deserialize, Serialize};
 
 use crate::common::time::rfc3339_of_secs;
@@ -152,4 +153,103 @@ pub async fn close(
     let sandbox = engine.get(&id)?;
     sandbox.close_session(&name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct TerminalQuery {
+    /// The terminal's size (default 80 × 24).
+    pub cols: Option<u16>,
+    pub rows: Option<u16>,
+    /// `TERM` (default `xterm-256color`).
+    pub term: Option<String>,
+}
+
+#[utoipa::path(get, path = "/sandboxes/{id}/terminal", operation_id = "attach_terminal", tag = "sessions",
+    params(TerminalQuery),
+    description = "A WebSocket to an interactive login shell on a terminal of the sandbox (what `cella shell` \
+                   uses). Binary or text frames from the client are its keystrokes; a text frame \
+                   `{\"type\": \"resize\", \"cols\": C, \"rows\": R}` resizes it. The server sends the terminal's \
+                   output as binary frames and, when the shell exits, `{\"type\": \"exit\", \"code\": N}`.",
+    responses((status = 101), (status = 404, body = ErrorBody)))]
+pub async fn terminal(
+    State(engine): State<Arc<Engine>>,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<TerminalQuery>,
+    upgrade: axum::extract::ws::WebSocketUpgrade,
+) -> ApiResult<axum::response::Response> {
+    let sandbox = engine.get(&id)?;
+    let mut env = BTreeMap::new();
+    env.insert(
+        "TERM".to_string(),
+        q.term.unwrap_or_else(|| "xterm-256color".into()),
+    );
+    let opts = cella_engine::process::ExecOptions {
+        argv: vec!["bash".into(), "-l".into()],
+        env,
+        cwd: None,
+        stdin: None,
+        timeout: None,
+        output_cap: 0,
+    };
+    let (cols, rows) = (q.cols.unwrap_or(80).max(1), q.rows.unwrap_or(24).max(1));
+    let terminal = Terminal::open(&sandbox, &opts, cols, rows).await?;
+    Ok(upgrade.on_upgrade(move |socket| relay(sandbox, terminal, socket)))
+}
+
+/// Keystrokes in, output out, until the shell exits or the client goes.
+async fn relay(
+    sandbox: Arc<cella_engine::Sandbox>,
+    mut terminal: Terminal,
+    mut socket: axum::extract::ws::WebSocket,
+) {
+    use axum::extract::ws::Message;
+    let _active = sandbox.hold_active();
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        tokio::select! {
+            read = terminal.read(&mut buf) => match read {
+                Ok(Some(n)) => {
+                    let chunk = Bytes::copy_from_slice(&buf[..n]);
+                    if socket.send(Message::Binary(chunk)).await.is_err() {
+                        break;
+                    }
+                }
+                _ => {
+                    let code = terminal.exit_code().await;
+                    let exit = serde_json::json!({"type": "exit", "code": code}).to_string();
+                    let _ = socket.send(Message::Text(exit.into())).await;
+                    let _ = socket.send(Message::Close(None)).await;
+                    return;
+                }
+            },
+            message = socket.recv() => match message {
+                Some(Ok(Message::Binary(keys))) => {
+                    if terminal.write(&keys).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Text(text))) => {
+                    let control: Option<Resize> = serde_json::from_str(&text).ok();
+                    let written = match control {
+                        Some(r) if r.kind == "resize" => terminal.resize(r.cols.max(1), r.rows.max(1)),
+                        _ => terminal.write(text.as_bytes()).await,
+                    };
+                    if written.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            },
+        }
+    }
+    terminal.kill(&sandbox).await;
+}
+
+#[derive(Deserialize)]
+struct Resize {
+    #[serde(rename = "type")]
+    kind: String,
+    cols: u16,
+    rows: u16,
 }
