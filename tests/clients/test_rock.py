@@ -116,6 +116,20 @@ def test_envelopes_of_bad_requests(rock_url):
     assert r["result"]["output"] == "ok"
     stats = requests.get(f"{api}/get_sandbox_statistics", params={"sandbox_id": sid}).json()["result"]
     assert set(stats) >= {"cpu", "mem", "disk", "net"} and 0 <= stats["mem"] < 100
+    # An interactive program: `expect` ends the wait at its prompt, input goes to it.
+    r = requests.post(f"{api}/run_in_session", json={"sandbox_id": sid, "session": "x", "command": "python3 -q",
+                                                     "expect": [">>> "]}).json()
+    assert r["result"]["expect_string"] == ">>> ", r
+    r = requests.post(f"{api}/run_in_session", json={"sandbox_id": sid, "session": "x", "command": "print(6 * 7)",
+                                                     "expect": [">>> "], "is_interactive_command": True}).json()
+    assert "42" in r["result"]["output"], r
+    requests.post(f"{api}/stop", json={"sandbox_id": sid})
+    # A stopped sandbox restarts under its id, as its image.
+    r = requests.post(f"{api}/restart", json={"sandbox_id": sid}).json()
+    assert r["status"] == "Success" and r["result"]["sandbox_id"] == sid, r
+    assert requests.get(f"{api}/is_alive", params={"sandbox_id": sid}).json()["result"]["is_alive"] is True
+    r = requests.post(f"{api}/restart", json={"sandbox_id": sid}).json()
+    assert r["status"] == "Failed" and "is running" in r["error"]
     requests.post(f"{api}/stop", json={"sandbox_id": sid})
 
 

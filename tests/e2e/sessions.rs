@@ -74,6 +74,25 @@ fn state_stays_between_commands() {
     );
     assert_refused(r, 400, "syntax error");
     assert_eq!(run(&s, &id, "main", "echo $X", 5.0)["output"], "42\n");
+    // A program that asks for input: its prompt ends the wait, and input goes to it.
+    let ask = |command: &str, interactive: bool| {
+        let r = s.post(
+            &format!("/sandboxes/{id}/sessions/main/run"),
+            json!({ "command": command, "expect": [">>> "], "interactive": interactive, "timeout": 10 }),
+        );
+        json_of(r)
+    };
+    let r = ask("python3 -q", false);
+    assert_eq!(r["matched"], ">>> ", "{r}");
+    let r = ask("print(6 * 7)", true);
+    assert!(r["output"].as_str().unwrap().contains("42"), "{r}");
+    let r = ask("exit()", true);
+    assert_eq!(
+        (r["matched"].clone(), r["exit_code"].clone()),
+        (Value::Null, json!(0)),
+        "{r}"
+    );
+    assert_eq!(run(&s, &id, "main", "echo back", 5.0)["output"], "back\n");
     // Listed, refused twice, closed.
     let listed = json_of(s.get(&format!("/sandboxes/{id}/sessions")));
     assert_eq!(listed[0]["name"], "main");

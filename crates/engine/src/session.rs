@@ -54,6 +54,19 @@ pub struct SessionOutcome {
     pub restarted: bool,
     /// The shell ended during the command (`exit`, killed): the session must be made again.
     pub ended: bool,
+    /// The `expect` pattern seen before the prompt (the command may still be running).
+    pub matched: Option<String>,
+}
+
+/// A command for a session.
+#[derive(Debug, Clone, Default)]
+pub struct SessionCommand {
+    pub text: String,
+    /// Texts that end the wait as the prompt does (a program asking for input).
+    pub expect: Vec<String>,
+    /// Sent as typed, to what runs in the session now (a program waiting for input), not
+    /// checked or grouped as a command of its own.
+    pub interactive: bool,
 }
 
 pub struct Session {
@@ -87,11 +100,13 @@ impl Session {
     pub async fn run(
         &self,
         sandbox: &Arc<Sandbox>,
-        command: &str,
+        command: &SessionCommand,
         timeout: Duration,
         max_output: usize,
     ) -> Result<SessionOutcome> {
-        check_syntax(sandbox, command).await?;
+        if !command.interactive {
+            check_syntax(sandbox, &command.text).await?;
+        }
         let mut guard = self.shell.lock().await;
         let Some(shell) = guard.as_mut() else {
             return Err(Error::Conflict(format!(
@@ -299,9 +314,7 @@ impl Shell {
             shell.token
         );
         shell.write(setup.as_bytes()).await?;
-        let started = shell
-            .until_prompt(Instant::now() + START_TIMEOUT, 1 << 16)
-            .await?;
+        let started = (shell.until_prompt(Instant::now() + START_TIMEOUT, 1 << 16, &[])).await?;
         if started.exit_code.is_none() {
             shell.kill(sandbox).await;
             return Err(Error::Unavailable(
@@ -313,25 +326,27 @@ impl Shell {
 
     async fn run(
         &mut self,
-        command: &str,
+        command: &SessionCommand,
         timeout: Duration,
         max_output: usize,
     ) -> Result<SessionOutcome> {
+        let text = command.text.trim_end_matches('\n');
         // One brace group: one prompt after it, however many lines it has.
-        let line = format!("{{\n{}\n}}\n", command.trim_end_matches('\n'));
+        let line = match command.interactive {
+            true => format!("{text}\n"),
+            false => format!("{{\n{text}\n}}\n"),
+        };
         self.write(line.as_bytes()).await?;
-        let mut outcome = self
-            .until_prompt(Instant::now() + timeout, max_output)
-            .await?;
-        if outcome.exit_code.is_some() || outcome.ended {
+        let deadline = Instant::now() + timeout;
+        let mut outcome = (self.until_prompt(deadline, max_output, &command.expect)).await?;
+        if outcome.exit_code.is_some() || outcome.ended || outcome.matched.is_some() {
             return Ok(outcome);
         }
         outcome.timed_out = true;
         // Ctrl-C to the command's process group, through the terminal.
         self.write(b"\x03").await?;
-        let after = self
-            .until_prompt(Instant::now() + INTERRUPT_GRACE, max_output)
-            .await?;
+        let grace = Instant::now() + INTERRUPT_GRACE;
+        let after = self.until_prompt(grace, max_output, &[]).await?;
         outcome.output.push_str(&after.output);
         outcome.truncated |= after.truncated;
         outcome.exit_code = after.exit_code;
@@ -345,6 +360,7 @@ impl Shell {
         &mut self,
         deadline: Instant,
         max_output: usize,
+        expect: &[String],
     ) -> Result<SessionOutcome> {
         let marker = format!("__cella_{}_", self.token);
         // The prompt is looked for from a little before the bytes just read.
@@ -359,6 +375,17 @@ impl Shell {
             if let Some((at, code)) = find_prompt(&raw[from..], marker.as_bytes()) {
                 raw.truncate(from + at);
                 outcome.exit_code = Some(code);
+                break;
+            }
+            let seen = expect.iter().find_map(|e| {
+                let at = raw
+                    .windows(e.len().max(1))
+                    .position(|w| w == e.as_bytes())?;
+                Some((at, e))
+            });
+            if let Some((at, pattern)) = seen {
+                raw.truncate(at);
+                outcome.matched = Some(pattern.clone());
                 break;
             }
             searched = raw.len();

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cella_engine::gem::{Answer, EnvError, Gems};
 use cella_engine::process::{self, ExecOptions};
-use cella_engine::session::{SessionOutcome, SessionSpec, strip_escapes};
+use cella_engine::session::{SessionCommand, SessionOutcome, SessionSpec, strip_escapes};
 use cella_engine::{CreateSandbox, Engine, Error, Sandbox};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -38,6 +38,8 @@ pub fn router() -> Router<AppState> {
         .route("/is_alive", get(is_alive))
         .route("/get_sandbox_statistics", get(statistics))
         .route("/stop", post(stop))
+        .route("/restart", post(restart))
+        .route("/sandboxes/{id}/restart", post(restart_by_path))
         .route("/delete", post(delete))
         .route("/execute", post(execute))
         .route("/create_session", post(create_session))
@@ -322,6 +324,43 @@ async fn stop(State(state): State<AppState>, body: Bytes) -> Envelope {
     Envelope::Success(json!(format!("{id} stopped")))
 }
 
+async fn restart(State(state): State<AppState>, body: Bytes) -> Envelope {
+    match parse::<ById>(&body).and_then(|b| non_blank("sandbox_id", b.sandbox_id.as_deref())) {
+        Ok(id) => restarted(&state.engine, &id).await,
+        Err(e) => e,
+    }
+}
+
+async fn restart_by_path(State(state): State<AppState>, Path(id): Path<String>) -> Envelope {
+    restarted(&state.engine, &id).await
+}
+
+/// A stopped sandbox started again under its id, with its image and limits. Its files were
+/// in memory and are gone: it starts as its image.
+async fn restarted(engine: &Arc<Engine>, id: &str) -> Envelope {
+    const ROUTE: &str = "restart sandbox failed";
+    let info = match engine.info(id) {
+        Ok(info) if info.state == cella_engine::sandbox::State::Running => {
+            return failed(ROUTE, BAD_REQUEST, format!("Sandbox {id} is running"));
+        }
+        Ok(info) => info,
+        Err(e) => return failed(ROUTE, code_of(&e), e),
+    };
+    let create = CreateSandbox {
+        id: Some(info.id),
+        image: Some(info.image),
+        memory_mb: Some(info.memory_mb),
+        cpus: Some(info.cpus),
+        env: info.env,
+        idle_timeout_secs: Some(info.idle_timeout_secs),
+        ..Default::default()
+    };
+    match engine.create(create).await {
+        Ok(sandbox) => Envelope::Success(start_result(&sandbox)),
+        Err(e) => failed(ROUTE, code_of(&e), e),
+    }
+}
+
 async fn delete(State(state): State<AppState>, body: Bytes) -> Envelope {
     let id =
         match parse::<ById>(&body).and_then(|b| non_blank("sandbox_id", b.sandbox_id.as_deref())) {
@@ -412,6 +451,8 @@ struct SessionRequest {
     command: Option<String>,
     timeout: Option<f64>,
     check: Option<String>,
+    expect: Vec<String>,
+    is_interactive_command: bool,
 }
 
 impl SessionRequest {
@@ -480,9 +521,12 @@ async fn run_in_session(State(state): State<AppState>, body: Bytes) -> Envelope 
         .clamp(0.001, config.limits.max_exec_timeout_secs);
     let _active = sandbox.hold_active();
     let cap = config.sandbox.output_cap_bytes;
-    let ran = session
-        .run(&sandbox, &command, Duration::from_secs_f64(secs), cap)
-        .await;
+    let sent = SessionCommand {
+        text: command.clone(),
+        expect: req.expect.clone(),
+        interactive: req.is_interactive_command,
+    };
+    let ran = (session.run(&sandbox, &sent, Duration::from_secs_f64(secs), cap)).await;
     let outcome: SessionOutcome = match ran {
         Ok(o) => o,
         Err(Error::InvalidArgument(m)) if m.starts_with("bash syntax error") => {
@@ -503,11 +547,14 @@ async fn run_in_session(State(state): State<AppState>, body: Bytes) -> Envelope 
         ));
     }
     let check = req.check.as_deref().unwrap_or("raise");
-    let exit_code = if check == "ignore" {
-        None
-    } else {
-        outcome.exit_code
+    // An interactive command, or one stopped at an `expect` text, has no status yet: 0.
+    let exit_code = match (check, &outcome.matched) {
+        ("ignore", _) => None,
+        (_, Some(_)) => Some(0),
+        _ if req.is_interactive_command => Some(0),
+        _ => outcome.exit_code,
     };
+    let expect_string = (outcome.matched.clone()).unwrap_or_else(|| "SHELLPS1PREFIX".into());
     if check == "raise" && exit_code.is_some_and(|c| c != 0) {
         return session_failure(format!(
             "Command '{command}' failed with exit code {}. Here is the output:\n'{output}'",
@@ -516,7 +563,7 @@ async fn run_in_session(State(state): State<AppState>, body: Bytes) -> Envelope 
     }
     Envelope::Success(json!({
         "session_type": "bash", "output": output, "exit_code": exit_code,
-        "failure_reason": "", "expect_string": "SHELLPS1PREFIX",
+        "failure_reason": "", "expect_string": expect_string,
     }))
 }
 

@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use cella_engine::Engine;
 use cella_engine::process;
-use cella_engine::session::{Session, SessionOutcome, SessionSpec, Terminal};
+use cella_engine::session::{Session, SessionCommand, SessionOutcome, SessionSpec, Terminal};
 use serde::{Deserialize, Serialize};
 
 use crate::common::time::rfc3339_of_secs;
@@ -56,6 +56,13 @@ pub struct RunInSession {
     /// Seconds (default `sandbox.exec_timeout_secs`). Past it the command gets a Ctrl-C; a
     /// shell that does not come back within 2 s is started afresh.
     pub timeout: Option<f64>,
+    /// Texts that end the wait as the prompt does: a program asking for input (`>>> `).
+    #[serde(default)]
+    pub expect: Vec<String>,
+    /// Send `command` as typed to what runs in the session now (a program waiting for
+    /// input), instead of as a command of its own.
+    #[serde(default)]
+    pub interactive: bool,
 }
 
 /// What a command did.
@@ -72,6 +79,8 @@ pub struct SessionResult {
     pub restarted: bool,
     /// The shell ended (`exit`, killed): the session is gone; make it again.
     pub ended: bool,
+    /// The `expect` text seen (the command may still be running).
+    pub matched: Option<String>,
 }
 
 impl From<SessionOutcome> for SessionResult {
@@ -83,6 +92,7 @@ impl From<SessionOutcome> for SessionResult {
             truncated: o.truncated,
             restarted: o.restarted,
             ended: o.ended,
+            matched: o.matched,
         }
     }
 }
@@ -137,7 +147,12 @@ pub async fn run(
     let session = sandbox.session(&name)?;
     let _active = sandbox.hold_active();
     let cap = config.sandbox.output_cap_bytes;
-    let outcome = session.run(&sandbox, &req.command, timeout, cap).await?;
+    let command = SessionCommand {
+        text: req.command,
+        expect: req.expect,
+        interactive: req.interactive,
+    };
+    let outcome = session.run(&sandbox, &command, timeout, cap).await?;
     if outcome.ended {
         let _ = sandbox.close_session(&name).await;
     }
