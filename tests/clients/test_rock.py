@@ -179,3 +179,57 @@ def test_gem_env_stepped_to_the_end(rock_url, monkeypatch):
     assert r.status_code == 500 and r.json()["traceback"]
     r = requests.post(f"{api}/step", json={"sandbox_id": " ", "action": "x"})
     assert r.status_code == 200 and r.json()["message"] == "invalid parameter"
+
+
+# Ported from ROCK's own SDK integration tests (tests/integration/sdk in alibaba/ROCK), where
+# they apply to a jail whose user is not root (`~` is /home/user, /root is hidden).
+
+
+def test_ported_file_operations_and_lifecycle(rock_url, tmp_path):
+    from rock.actions import CloseBashSessionRequest, UploadRequest
+
+    async def flow():
+        sandbox = await started(rock_url, cpus=1, memory="1g")
+        await sandbox.create_session(CreateBashSessionRequest(session="default"))
+        assert (await sandbox.arun("cd ~ && pwd", session="default")).output == "/home/user"
+        assert (await sandbox.arun("echo Hello ROCK", session="default")).output == "Hello ROCK"
+        local = tmp_path / "up.txt"
+        local.write_text("line1\nline2\nline3\n")
+        uploaded = await sandbox.upload(UploadRequest(source_path=str(local), target_path="/tmp/up/up.txt"))
+        assert uploaded.success
+        assert (await sandbox.arun("cat /tmp/up/up.txt", session="default")).output == "line1\r\nline2\r\nline3"
+        lines = await sandbox.read_file_by_line_range("/tmp/up/up.txt", start_line=2, end_line=3)
+        assert lines.content.splitlines() == ["line2", "line3"]
+        assert (await sandbox.execute(Command(command="pwd", cwd="/tmp"))).stdout == "/tmp\n"
+        status = await sandbox.get_status()
+        assert status.cpus == 1.0
+        # A closed session refuses commands.
+        await sandbox.close_session(CloseBashSessionRequest(session="default"))
+        with pytest.raises(Exception, match="does not exist"):
+            await sandbox.arun("true", session="default")
+        # Stop, restart, delete.
+        await sandbox.stop()
+        assert (await sandbox.get_status(include_all_states=True)).state.value == "stopped"
+        await sandbox.restart()
+        assert (await sandbox.get_status()).state.value == "running"
+        await sandbox.stop()
+        await sandbox.delete()
+        with pytest.raises(Exception):
+            await sandbox.get_status()
+
+    run(flow())
+
+
+def test_ported_gem_sokoban(rock_url, monkeypatch):
+    import rock
+
+    monkeypatch.setenv("ROCK_BASE_URL", rock_url)
+    env = rock.make("game:Sokoban-v0-easy")
+    observation, info = env.reset(seed=42)
+    assert isinstance(observation, str) and isinstance(info, dict)
+    for _ in range(10):
+        observation, reward, terminated, truncated, info = env.step("\\boxed{up}")
+        assert isinstance(reward, float)
+        if terminated or truncated:
+            break
+    env.close()
