@@ -63,6 +63,23 @@ pub struct Image {
     pub oci: Option<OciRecord>,
 }
 
+impl Image {
+    /// An image of one directory (the host's root, a registered root filesystem).
+    fn one_root(name: &str, root: PathBuf, masks: Vec<PathBuf>) -> Image {
+        Image {
+            name: name.to_string(),
+            lowerdirs: vec![root],
+            masks,
+            keep_home: false,
+            host_base: false,
+            env: Vec::new(),
+            working_dir: None,
+            pin: None,
+            oci: None,
+        }
+    }
+}
+
 /// Layers held from garbage collection: by a sandbox made from them, from the moment its
 /// image was resolved (before its root is mounted) until it is gone.
 #[derive(Debug)]
@@ -162,34 +179,14 @@ impl Images {
             return Err(Error::not_found("image", name));
         };
         if local == HOST {
-            return Ok(Image {
-                name: HOST.into(),
-                lowerdirs: vec!["/".into()],
-                masks: self.host_masks.clone(),
-                keep_home: false,
-                host_base: false,
-                env: Vec::new(),
-                working_dir: None,
-                pin: None,
-                oci: None,
-            });
+            return Ok(Image::one_root(HOST, "/".into(), self.host_masks.clone()));
         }
         // Read and pinned under the lock a garbage collection reads the references under.
         let registered = self.registered.read().map_err(Error::internal)?;
         let record =
             (registered.get(&local).cloned()).ok_or_else(|| Error::not_found("image", name))?;
         let Some(oci) = record.oci else {
-            return Ok(Image {
-                name: record.name,
-                lowerdirs: vec![record.path],
-                masks: Vec::new(),
-                keep_home: false,
-                host_base: false,
-                env: Vec::new(),
-                working_dir: None,
-                pin: None,
-                oci: None,
-            });
+            return Ok(Image::one_root(&record.name, record.path, Vec::new()));
         };
         let mut lowerdirs = oci
             .layers

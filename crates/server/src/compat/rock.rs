@@ -371,10 +371,32 @@ async fn delete(State(state): State<AppState>, body: Bytes) -> Envelope {
     Envelope::Success(json!(format!("{id} deleted")))
 }
 
+/// A request body that names its sandbox.
+trait Addressed: DeserializeOwned {
+    fn sandbox_id(&self) -> Option<&str>;
+}
+
+/// The body of a data-plane call and the sandbox it names, or the envelope to answer.
+fn addressed<T: Addressed>(
+    engine: &Engine,
+    body: &Bytes,
+    route: &str,
+) -> Result<(T, Arc<Sandbox>), Envelope> {
+    let req: T = parse(body)?;
+    let sandbox = sandbox_of(engine, route, req.sandbox_id())?;
+    Ok((req, sandbox))
+}
+
 /// The sandbox a data-plane call names, or the envelope ROCK answers for one it lacks.
 fn sandbox_of(engine: &Engine, route: &str, id: Option<&str>) -> Result<Arc<Sandbox>, Envelope> {
     let id = non_blank("sandbox_id", id)?;
     engine.get(&id).map_err(|e| failed(route, code_of(&e), e))
+}
+
+impl Addressed for ExecuteRequest {
+    fn sandbox_id(&self) -> Option<&str> {
+        self.sandbox_id.as_deref()
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -390,12 +412,8 @@ struct ExecuteRequest {
 
 async fn execute(State(state): State<AppState>, body: Bytes) -> Envelope {
     const ROUTE: &str = "execute command failed";
-    let req: ExecuteRequest = match parse(&body) {
-        Ok(r) => r,
-        Err(e) => return e,
-    };
-    let sandbox = match sandbox_of(&state.engine, ROUTE, req.sandbox_id.as_deref()) {
-        Ok(s) => s,
+    let (req, sandbox) = match addressed::<ExecuteRequest>(&state.engine, &body, ROUTE) {
+        Ok(addressed) => addressed,
         Err(e) => return e,
     };
     let argv = match req.command {
@@ -442,6 +460,12 @@ async fn execute(State(state): State<AppState>, body: Bytes) -> Envelope {
     }
 }
 
+impl Addressed for SessionRequest {
+    fn sandbox_id(&self) -> Option<&str> {
+        self.sandbox_id.as_deref()
+    }
+}
+
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct SessionRequest {
@@ -463,12 +487,8 @@ impl SessionRequest {
 
 async fn create_session(State(state): State<AppState>, body: Bytes) -> Envelope {
     const ROUTE: &str = "create session failed";
-    let req: SessionRequest = match parse(&body) {
-        Ok(r) => r,
-        Err(e) => return e,
-    };
-    let sandbox = match sandbox_of(&state.engine, ROUTE, req.sandbox_id.as_deref()) {
-        Ok(s) => s,
+    let (req, sandbox) = match addressed::<SessionRequest>(&state.engine, &body, ROUTE) {
+        Ok(addressed) => addressed,
         Err(e) => return e,
     };
     let spec = SessionSpec {
@@ -491,18 +511,11 @@ fn session_failure(error: String) -> Envelope {
 }
 
 async fn run_in_session(State(state): State<AppState>, body: Bytes) -> Envelope {
-    let req: SessionRequest = match parse(&body) {
-        Ok(r) => r,
-        Err(e) => return e,
-    };
-    let sandbox = match sandbox_of(
-        &state.engine,
-        "run in session failed",
-        req.sandbox_id.as_deref(),
-    ) {
-        Ok(s) => s,
-        Err(e) => return e,
-    };
+    let (req, sandbox) =
+        match addressed::<SessionRequest>(&state.engine, &body, "run in session failed") {
+            Ok(addressed) => addressed,
+            Err(e) => return e,
+        };
     let Some(command) = req.command.clone() else {
         return failed(
             "invalid parameter",
@@ -568,21 +581,20 @@ async fn run_in_session(State(state): State<AppState>, body: Bytes) -> Envelope 
 }
 
 async fn close_session(State(state): State<AppState>, body: Bytes) -> Envelope {
-    let req: SessionRequest = match parse(&body) {
-        Ok(r) => r,
-        Err(e) => return e,
-    };
-    let sandbox = match sandbox_of(
-        &state.engine,
-        "close session failed",
-        req.sandbox_id.as_deref(),
-    ) {
-        Ok(s) => s,
-        Err(e) => return e,
-    };
+    let (req, sandbox) =
+        match addressed::<SessionRequest>(&state.engine, &body, "close session failed") {
+            Ok(addressed) => addressed,
+            Err(e) => return e,
+        };
     // A missing session is swallowed, as ROCK's admin does.
     let _ = sandbox.close_session(&req.session()).await;
     Envelope::Success(json!({"session_type": "bash"}))
+}
+
+impl Addressed for FileRequest {
+    fn sandbox_id(&self) -> Option<&str> {
+        self.sandbox_id.as_deref()
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -594,12 +606,8 @@ struct FileRequest {
 }
 
 async fn read_file(State(state): State<AppState>, body: Bytes) -> Envelope {
-    let req: FileRequest = match parse(&body) {
-        Ok(r) => r,
-        Err(e) => return e,
-    };
-    let sandbox = match sandbox_of(&state.engine, "read file failed", req.sandbox_id.as_deref()) {
-        Ok(s) => s,
+    let (req, sandbox) = match addressed::<FileRequest>(&state.engine, &body, "read file failed") {
+        Ok(addressed) => addressed,
         Err(e) => return e,
     };
     let max = state.engine.config.limits.max_read_bytes;
@@ -613,16 +621,8 @@ async fn read_file(State(state): State<AppState>, body: Bytes) -> Envelope {
 }
 
 async fn write_file(State(state): State<AppState>, body: Bytes) -> Envelope {
-    let req: FileRequest = match parse(&body) {
-        Ok(r) => r,
-        Err(e) => return e,
-    };
-    let sandbox = match sandbox_of(
-        &state.engine,
-        "write file failed",
-        req.sandbox_id.as_deref(),
-    ) {
-        Ok(s) => s,
+    let (req, sandbox) = match addressed::<FileRequest>(&state.engine, &body, "write file failed") {
+        Ok(addressed) => addressed,
         Err(e) => return e,
     };
     let (path, content) = (
