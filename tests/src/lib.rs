@@ -434,7 +434,7 @@ pub fn host_mounts_containing(needle: &str) -> Vec<String> {
 
 /// A server's parent cgroup in each v1 hierarchy it makes cgroups in, with its name.
 pub fn parent_cgroups(parent: &str) -> impl Iterator<Item = (&'static str, PathBuf)> + '_ {
-    ["memory", "pids", "cpu", "cpuacct", "cpuset"]
+    ["memory", "pids", "cpu", "cpuacct", "cpuset", "freezer"]
         .into_iter()
         .map(move |h| (h, Path::new("/sys/fs/cgroup").join(h).join(parent)))
 }
