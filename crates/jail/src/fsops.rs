@@ -144,7 +144,7 @@ impl SandboxFs {
 
     /// Opens `path` within the sandbox's root with this thread's identity.
     fn open_scoped(&self, path: &str, flags: OFlags, mode: u32) -> io::Result<OwnedFd> {
-        Ok(rustix::fs::openat2(
+        Ok(openat2(
             &self.root,
             checked(path)?,
             flags | OFlags::CLOEXEC,
@@ -259,7 +259,7 @@ impl SandboxFs {
         let temp = CString::new(format!(".cella-new-{}-{n}", std::process::id()))
             .expect("no NUL in a number");
         // A new name (`EXCL`): whatever the sandbox may have planted there is not opened.
-        let fd = rustix::fs::openat2(
+        let fd = openat2(
             &dir,
             temp.as_c_str(),
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
@@ -414,7 +414,7 @@ impl SandboxFs {
 /// would silently detach that mount from the sandbox.
 fn not_a_mount_point(dir: &OwnedFd, name: &CString) -> io::Result<()> {
     let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    match rustix::fs::openat2(dir, name.as_c_str(), flags, Mode::empty(), STRICT) {
+    match openat2(dir, name.as_c_str(), flags, Mode::empty(), STRICT) {
         Err(rustix::io::Errno::XDEV) => Err(invalid(
             "a mount point of the sandbox (such as /proc, /dev or /sys) stays where it is",
         )),
@@ -422,9 +422,28 @@ fn not_a_mount_point(dir: &OwnedFd, name: &CString) -> io::Result<()> {
     }
 }
 
+/// `openat2`, again while it answers `EAGAIN`: with `RESOLVE_IN_ROOT` or `RESOLVE_BENEATH`,
+/// a path through `..` fails so whenever a rename or mount happens anywhere on the system
+/// during the walk (busy with other sandboxes' mounts, it would fail now and then).
+pub(crate) fn openat2<Fd: AsFd, P: rustix::path::Arg + Copy>(
+    dir: Fd,
+    path: P,
+    flags: OFlags,
+    mode: Mode,
+    resolve: ResolveFlags,
+) -> rustix::io::Result<OwnedFd> {
+    let mut tries = 0;
+    loop {
+        match rustix::fs::openat2(dir.as_fd(), path, flags, mode, resolve) {
+            Err(rustix::io::Errno::AGAIN) if tries < 1000 => tries += 1,
+            other => return other,
+        }
+    }
+}
+
 /// A directory entry of an already resolved directory, entered without following anything.
 fn open_subdir(dir: &OwnedFd, name: &CString) -> io::Result<OwnedFd> {
-    Ok(rustix::fs::openat2(
+    Ok(openat2(
         dir,
         name.as_c_str(),
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,

@@ -248,7 +248,7 @@ fn split(raw: &[u8]) -> Result<Option<(CString, CString)>, &'static str> {
 }
 
 fn open_in_layer(root: &OwnedFd, path: &CStr) -> rustix::io::Result<OwnedFd> {
-    rustix::fs::openat2(
+    crate::fsops::openat2(
         root,
         path,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -306,7 +306,7 @@ fn make_dir(dir: &OwnedFd, name: &CStr, meta: &Meta) -> io::Result<()> {
 
 /// Opens a directory entry of `dir` without following anything.
 fn open_beneath(dir: &OwnedFd, name: &CStr) -> io::Result<OwnedFd> {
-    Ok(rustix::fs::openat2(
+    Ok(crate::fsops::openat2(
         dir,
         name,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,

@@ -270,7 +270,7 @@ impl Image<'_> {
         self.lowers.iter().find_map(|l| {
             let layer =
                 rustix::fs::open(l, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).ok()?;
-            let fd = rustix::fs::openat2(
+            let fd = crate::fsops::openat2(
                 &layer,
                 &rel,
                 flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
