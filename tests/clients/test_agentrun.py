@@ -267,7 +267,14 @@ def test_errors_timeouts_and_plots(sandbox):
 def test_a_process_listed_can_be_killed_but_not_the_init(sandbox):
     api = sandbox.data_api
     api.cmd(command="nohup sleep 300 >/dev/null 2>&1 &", cwd="/tmp")
-    sleeper = next(p for p in api.list_processes() if p["command"] == "sleep 300")
+    # The shell returns once it has forked: nohup may not have become `sleep` yet.
+    for _ in range(50):
+        sleeper = next((p for p in api.list_processes() if p["command"] == "sleep 300"), None)
+        if sleeper:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the background process is not listed")
     api.kill_process(str(sleeper["pid"]))
     for _ in range(50):
         if not any(p["pid"] == sleeper["pid"] for p in api.list_processes()):
