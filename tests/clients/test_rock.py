@@ -179,6 +179,11 @@ def test_gem_env_stepped_to_the_end(rock_url, monkeypatch):
     assert r.status_code == 500 and r.json()["traceback"]
     r = requests.post(f"{api}/step", json={"sandbox_id": " ", "action": "x"})
     assert r.status_code == 200 and r.json()["message"] == "invalid parameter"
+    # Stopping an env's sandbox ends the env.
+    made = requests.post(f"{api}/make", json={"env_id": "game:GuessTheNumber-v0-easy"}).json()
+    requests.post(f"{rock_url}/apis/envs/sandbox/v1/stop", json={"sandbox_id": made["sandbox_id"]})
+    r = requests.post(f"{api}/reset", json={"sandbox_id": made["sandbox_id"], "seed": 1})
+    assert r.status_code == 500 and "not found" in r.json()["detail"]
 
 
 # Ported from ROCK's own SDK integration tests (tests/integration/sdk in alibaba/ROCK), where

@@ -91,7 +91,10 @@ impl Gems {
     }
 
     /// Makes `env_id` in a new sandbox; returns the sandbox's id.
-    pub async fn make(&self, env_id: &str) -> Result<std::result::Result<String, EnvError>> {
+    pub async fn make(
+        self: &Arc<Self>,
+        env_id: &str,
+    ) -> Result<std::result::Result<String, EnvError>> {
         let sandbox = self.engine.create(CreateSandbox::default()).await?;
         let made = self.start(&sandbox, env_id).await;
         if !matches!(made, Ok(Ok(_))) {
@@ -103,8 +106,15 @@ impl Gems {
             Err(e) => return Err(e),
         };
         let id = env.sandbox_id.clone();
-        let envs = &mut self.envs.lock().unwrap_or_else(|p| p.into_inner());
-        envs.insert(id.clone(), Arc::new(env));
+        (self.envs.lock().unwrap_or_else(|p| p.into_inner())).insert(id.clone(), Arc::new(env));
+        // Forgotten when its sandbox stops, however it stops (an idle timeout, a ROCK stop).
+        let (gems, stopped, forget) = (Arc::downgrade(self), sandbox.stop_token(), id.clone());
+        tokio::spawn(async move {
+            stopped.cancelled().await;
+            if let Some(gems) = gems.upgrade() {
+                (gems.envs.lock().unwrap_or_else(|p| p.into_inner())).remove(&forget);
+            }
+        });
         Ok(Ok(id))
     }
 
