@@ -204,7 +204,7 @@ impl Engine {
             .collect();
         let content = self.content.clone();
         let layer = tokio::task::spawn_blocking(move || -> Result<LayerRecord> {
-            let mut temp = content.temp_file("commit")?;
+            let mut blob = content.new_blob()?;
             let frozen = sandbox.cgroup.freeze(true);
             if let Err(e) = &frozen {
                 warn!(sandbox = %sandbox.id, error = %e, "cannot freeze: committing it running");
@@ -215,15 +215,13 @@ impl Engine {
                 masks: &masks,
                 owner: (sandbox.info().uid, IMAGE_USER_ID),
             };
-            let mut hashed = HashingWriter::new(std::io::BufWriter::new(&mut temp.file));
-            let written = cella_jail::layer::diff(sandbox.upper(), &spec, &mut hashed);
+            let written = cella_jail::layer::diff(sandbox.upper(), &spec, &mut blob);
             if frozen.is_ok() {
                 let _ = sandbox.cgroup.freeze(false);
             }
             written
                 .map_err(|e| Error::Internal(format!("read the sandbox's writable layer: {e}")))?;
-            let (digest, size) = hashed.finish().map_err(Error::internal)?;
-            content.adopt_blob(temp, &digest)?;
+            let (digest, size) = blob.finish()?;
             content.unpack_layer(&digest, Some(&digest))?;
             Ok(LayerRecord {
                 blob: digest.clone(),
@@ -313,43 +311,5 @@ fn pushable(image: &ImageInfo) -> Result<OciRecord> {
             "image {} is not an OCI image",
             quoted(&image.name)
         ))),
-    }
-}
-
-/// Hashes and counts what it writes.
-struct HashingWriter<W: std::io::Write> {
-    inner: W,
-    hasher: sha2::Sha256,
-    size: u64,
-}
-
-impl<W: std::io::Write> HashingWriter<W> {
-    fn new(inner: W) -> Self {
-        use sha2::Digest;
-        HashingWriter {
-            inner,
-            hasher: sha2::Sha256::new(),
-            size: 0,
-        }
-    }
-
-    fn finish(mut self) -> std::io::Result<(String, u64)> {
-        use sha2::Digest;
-        self.inner.flush()?;
-        Ok((format!("sha256:{:x}", self.hasher.finalize()), self.size))
-    }
-}
-
-impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        use sha2::Digest;
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
     }
 }

@@ -13,7 +13,6 @@ use std::path::Path;
 
 use oci_client::manifest::{OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE, OciImageIndex};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::content::{Content, hex_of};
 use super::oci;
@@ -86,26 +85,14 @@ impl Archive {
     /// `expected` if given.
     fn copy_blob(&self, content: &Content, name: &str, expected: Option<&str>) -> Result<String> {
         let (mut r, _) = self.reader(name)?;
-        let mut temp = content.temp_file("import")?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = r.read(&mut buf).map_err(Error::internal)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            temp.file.write_all(&buf[..n]).map_err(Error::internal)?;
-        }
-        let digest = format!("sha256:{:x}", hasher.finalize());
+        let mut blob = content.new_blob()?;
+        io::copy(&mut r, &mut blob).map_err(Error::internal)?;
+        let (digest, _) = blob.finish()?;
         if let Some(expected) = expected.filter(|e| **e != digest) {
             return Err(Error::invalid(format!(
                 "digest mismatch: {} is {digest}, not {expected}",
                 quoted(name)
             )));
-        }
-        if !content.has_blob(&digest) {
-            content.adopt_blob(temp, &digest)?;
         }
         Ok(digest)
     }

@@ -131,9 +131,28 @@ impl Content {
             file: io::BufWriter::with_capacity(1 << 20, file),
             hasher,
             offset,
-            expected: digest.to_string(),
+            size: offset,
+            expected: Some(digest.to_string()),
             partial,
-            dest: self.blobs.join(hex),
+            blobs: self.blobs.clone(),
+        })
+    }
+
+    /// A writer for a blob whose digest is known once it is written (a commit, a file of an
+    /// archive): `finish` names it. Dropped unfinished, it leaves nothing behind.
+    pub fn new_blob(&self) -> Result<BlobWriter> {
+        let partial = self
+            .tmp
+            .join(format!("new-{}", uuid::Uuid::new_v4().simple()));
+        let file = File::create(&partial).map_err(|e| internal(&partial, e))?;
+        Ok(BlobWriter {
+            file: io::BufWriter::with_capacity(1 << 20, file),
+            hasher: Sha256::new(),
+            offset: 0,
+            size: 0,
+            expected: None,
+            partial,
+            blobs: self.blobs.clone(),
         })
     }
 
@@ -230,12 +249,6 @@ impl Content {
         let file = File::create(&path).map_err(|e| internal(&path, e))?;
         Ok(TempFile { path, file })
     }
-
-    /// Moves a finished temporary file into the store as the blob `digest`.
-    pub fn adopt_blob(&self, temp: TempFile, digest: &str) -> Result<()> {
-        let dest = self.blob_path(digest)?;
-        std::fs::rename(&temp.path, &dest).map_err(|e| internal(&dest, e))
-    }
 }
 
 fn unpack_into(
@@ -308,20 +321,24 @@ fn decompressed(mut r: BufReader<File>) -> io::Result<Box<dyn Read + Send>> {
     })
 }
 
+/// A blob being written under a temporary name, hashed as it goes.
 pub struct BlobWriter {
     file: io::BufWriter<File>,
     hasher: Sha256,
     /// Bytes already there from an earlier attempt.
     pub offset: u64,
-    expected: String,
+    size: u64,
+    /// The digest it must have; `None` for a new blob, named by what it turns out to be.
+    expected: Option<String>,
     partial: PathBuf,
-    dest: PathBuf,
+    blobs: PathBuf,
 }
 
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
         self.hasher.update(&buf[..n]);
+        self.size += n as u64;
         Ok(n)
     }
 
@@ -331,18 +348,29 @@ impl Write for BlobWriter {
 }
 
 impl BlobWriter {
-    /// Verifies the digest and moves the blob into place; a mismatch discards it.
-    pub fn finish(mut self) -> Result<()> {
+    /// Verifies the digest and moves the blob into place; a mismatch discards it. Returns
+    /// the digest and the size.
+    pub fn finish(mut self) -> Result<(String, u64)> {
         self.file.flush().map_err(Error::internal)?;
-        let actual = format!("sha256:{:x}", self.hasher.finalize());
-        if actual != self.expected {
+        let actual = format!("sha256:{:x}", self.hasher.clone().finalize());
+        if let Some(expected) = self.expected.take().filter(|e| *e != actual) {
             let _ = std::fs::remove_file(&self.partial);
             return Err(Error::invalid(format!(
-                "digest mismatch: expected {}, got {actual}",
-                self.expected
+                "digest mismatch: expected {expected}, got {actual}"
             )));
         }
-        std::fs::rename(&self.partial, &self.dest).map_err(|e| internal(&self.dest, e))
+        let dest = self.blobs.join(hex_of(&actual)?);
+        std::fs::rename(&self.partial, &dest).map_err(|e| internal(&dest, e))?;
+        Ok((actual, self.size))
+    }
+}
+
+impl Drop for BlobWriter {
+    /// A new blob left unfinished is removed; a download's partial file stays to be resumed.
+    fn drop(&mut self) {
+        if self.expected.is_none() {
+            let _ = std::fs::remove_file(&self.partial);
+        }
     }
 }
 
