@@ -45,3 +45,10 @@ where
     )
         .into_response()
 }
+
+/// The messages of a channel as a stream.
+pub fn of_channel<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

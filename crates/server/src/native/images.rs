@@ -201,12 +201,6 @@ fn error_event(e: cella_engine::Error) -> TransferEvent {
     }
 }
 
-fn tokio_stream_of(
-    mut rx: tokio::sync::mpsc::Receiver<TransferEvent>,
-) -> impl futures::Stream<Item = TransferEvent> + Send + 'static {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
 #[utoipa::path(post, path = "/images/pull", operation_id = "pull_image", tag = "images", request_body = Transfer,
     description = "Pulls an image from its registry. Pulls of one reference at once share one download; \
                    a pull cut short is resumed by the next. With `stream`, answers NDJSON progress events.",
@@ -247,7 +241,6 @@ fn until_done(
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move {
         let mut progress = progress;
-        let outcome = outcome;
         tokio::pin!(outcome);
         loop {
             let p = progress.borrow_and_update().clone();
@@ -270,7 +263,7 @@ fn until_done(
             }
         }
     });
-    tokio_stream_of(rx)
+    stream::of_channel(rx)
 }
 
 #[utoipa::path(post, path = "/images/{name}/push", operation_id = "push_image", tag = "images", request_body = Transfer,

@@ -199,7 +199,7 @@ fn events(process: Arc<Process>, rx: mpsc::Receiver<Chunk>) -> impl FStream<Item
         id: process.id,
         pid: process.pid,
     };
-    let output = tokio_stream_from(rx).map(|Chunk::Output(stream, data)| {
+    let output = crate::common::stream::of_channel(rx).map(|Chunk::Output(stream, data)| {
         let data = String::from_utf8_lossy(&data).into_owned();
         match stream {
             Stream::Stdout => StreamEvent::Stdout { data },
@@ -219,10 +219,6 @@ fn events(process: Arc<Process>, rx: mpsc::Receiver<Chunk>) -> impl FStream<Item
     futures::stream::once(async move { started })
         .chain(output)
         .chain(end)
-}
-
-fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl FStream<Item = T> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// A process started in a sandbox, with the output it has produced so far.
