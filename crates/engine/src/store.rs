@@ -225,7 +225,7 @@ pub struct ImageRecord {
 }
 
 /// An image of layers in the content store.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct OciRecord {
     /// The manifest's digest and media type; the manifest and config are blobs.
     pub manifest: String,

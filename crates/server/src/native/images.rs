@@ -68,19 +68,8 @@ impl From<ImageInfo> for ImageView {
             (None, cella_engine::image::HOST) => "host",
             (None, _) => "directory",
         };
-        let oci = i.oci.unwrap_or_else(|| cella_engine::store::OciRecord {
-            manifest: String::new(),
-            media_type: String::new(),
-            config: String::new(),
-            layers: Vec::new(),
-            on_host: false,
-            env: Vec::new(),
-            working_dir: String::new(),
-            user: String::new(),
-            entrypoint: Vec::new(),
-            cmd: Vec::new(),
-            source: String::new(),
-        });
+        // Host and directory images have none of these: their fields read as absent.
+        let oci = i.oci.unwrap_or_default();
         let some = |s: String| Some(s).filter(|s| !s.is_empty());
         ImageView {
             name: i.name,
