@@ -181,35 +181,10 @@ impl Terminal {
         let id = sandbox.next_exec_id();
         let mut exec = sandbox.exec_spec(id, opts)?;
         exec.tty = true;
-        let control = sandbox.control();
-        let mut events = control.subscribe(id);
-        let stdio = [slave.as_fd(), slave.as_fd(), slave.as_fd()];
-        if let Err(e) = control.send(&Command::Exec(exec), &stdio).await {
-            control.unsubscribe(id);
-            return Err(e);
-        }
+        let launched = crate::process::launch_by_init(sandbox, &exec, [slave.as_fd(); 3]).await;
         drop(slave);
-        match events.recv().await {
-            Some(ExecEvent::Started { .. }) => {}
-            Some(ExecEvent::SpawnFailed {
-                error,
-                missing_program,
-            }) => {
-                control.unsubscribe(id);
-                return Err(if missing_program {
-                    Error::MissingProgram(format!(
-                        "{} is not in this sandbox's image ({error})",
-                        quoted(&opts.argv[0])
-                    ))
-                } else {
-                    Error::invalid(error)
-                });
-            }
-            _ => {
-                control.unsubscribe(id);
-                return Err(Error::Conflict("the sandbox stopped".into()));
-            }
-        }
+        let mut events = launched?;
+        crate::process::started(sandbox, id, &mut events).await?;
         Ok(Terminal {
             master: cella_jail::async_fd(master).map_err(Error::internal)?,
             exec_id: id,

@@ -2,7 +2,7 @@
 //! and the program started by the sandbox's init or forked from a warm Python zygote,
 //! possibly held before it runs (parked) until someone takes it.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -162,11 +162,10 @@ async fn launch(
     let (stderr_r, stderr_w) = pipe_pair(true, uid)?;
     let go = held.then(cella_jail::sys::pipe).transpose();
     let (go_r, go_w) = go.map_err(Error::internal)?.unzip();
-    let control = sandbox.control();
     let oom_before = sandbox.usage().oom_kills;
     let stdio = [stdin_r, stdout_w, stderr_w];
     let launched = match launcher {
-        Launcher::Init => launch_by_init(sandbox, &spec, &stdio)
+        Launcher::Init => launch_by_init(sandbox, &spec, stdio.each_ref().map(|f| f.as_fd()))
             .await
             .map(|events| (events, None)),
         Launcher::Zygote(zygote) => launch_by_zygote(sandbox, zygote, &spec, &stdio, go_r)
@@ -174,31 +173,7 @@ async fn launch(
     };
     drop(stdio);
     let (mut events, zygote_watcher) = launched?;
-    let pid = match events.recv().await {
-        Some(ExecEvent::Started { pid }) => pid,
-        Some(ExecEvent::SpawnFailed {
-            error,
-            missing_program,
-        }) => {
-            control.unsubscribe(id);
-            let limit = sandbox.info().pids;
-            return Err(if missing_program {
-                Error::MissingProgram(error)
-            } else if sandbox.usage().pids >= limit {
-                // Not the request's fault: the sandbox's processes use up its limit.
-                Error::Conflict(format!(
-                    "the sandbox runs its limit of {limit} processes; none can start until \
-                     some end ({error})"
-                ))
-            } else {
-                Error::invalid(error)
-            });
-        }
-        _ => {
-            control.unsubscribe(id);
-            return Err(Error::Conflict("the sandbox stopped".into()));
-        }
-    };
+    let pid = started(sandbox, id, &mut events).await?;
     Ok(Launched {
         sandbox: sandbox.clone(),
         id,
@@ -269,19 +244,53 @@ impl Launched {
     }
 }
 
-async fn launch_by_init(
+/// Has the sandbox's init start `spec` with `stdio`; returns its events.
+pub(crate) async fn launch_by_init(
     sandbox: &Sandbox,
     spec: &ExecSpec,
-    stdio: &[OwnedFd; 3],
+    stdio: [BorrowedFd<'_>; 3],
 ) -> Result<mpsc::UnboundedReceiver<ExecEvent>> {
     let control = sandbox.control();
     let events = control.subscribe(spec.id);
-    let fds = stdio.each_ref().map(|f| f.as_fd());
-    if let Err(e) = control.send(&Command::Exec(spec.clone()), &fds).await {
+    if let Err(e) = control.send(&Command::Exec(spec.clone()), &stdio).await {
         control.unsubscribe(spec.id);
         return Err(e);
     }
     Ok(events)
+}
+
+/// Waits for exec `id`'s first event: its pid once started, or why it could not start.
+pub(crate) async fn started(
+    sandbox: &Sandbox,
+    id: u64,
+    events: &mut mpsc::UnboundedReceiver<ExecEvent>,
+) -> Result<i32> {
+    let control = sandbox.control();
+    match events.recv().await {
+        Some(ExecEvent::Started { pid }) => Ok(pid),
+        Some(ExecEvent::SpawnFailed {
+            error,
+            missing_program,
+        }) => {
+            control.unsubscribe(id);
+            let limit = sandbox.info().pids;
+            Err(if missing_program {
+                Error::MissingProgram(error)
+            } else if sandbox.usage().pids >= limit {
+                // Not the request's fault: the sandbox's processes use up its limit.
+                Error::Conflict(format!(
+                    "the sandbox runs its limit of {limit} processes; none can start until \
+                     some end ({error})"
+                ))
+            } else {
+                Error::invalid(error)
+            })
+        }
+        _ => {
+            control.unsubscribe(id);
+            Err(Error::Conflict("the sandbox stopped".into()))
+        }
+    }
 }
 
 /// Returns the process's events and the channel to the zygote's child that watches it.

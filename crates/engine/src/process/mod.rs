@@ -21,6 +21,7 @@ mod socket;
 mod spec;
 
 pub use launch::{Launcher, Parked, park, run, run_with, start, start_service, start_with};
+pub(crate) use launch::{launch_by_init, started};
 pub use output::{Captured, OutputBudget, text};
 pub use socket::connect_socket;
 pub use spec::{ExecOptions, argv_of, checked_timeout, output_cap, shell_argv};
