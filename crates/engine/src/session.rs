@@ -419,7 +419,7 @@ fn find_prompt(raw: &[u8], marker: &[u8]) -> Option<(usize, i32)> {
 
 /// The text without terminal escape sequences (colours, cursor moves, titles, bracketed
 /// paste).
-pub fn strip_escapes(text: &str) -> String {
+fn strip_escapes(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {

@@ -1,10 +1,11 @@
 //! A sandbox's sessions, by name: made, found, listed and closed here; they end with it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::Sandbox;
 use crate::error::{Error, Result, quoted};
-use crate::session::{Session, SessionSpec};
+use crate::session::{Session, SessionCommand, SessionOutcome, SessionSpec};
 
 /// Sessions one sandbox may hold at once.
 pub const MAX_SESSIONS: usize = 64;
@@ -75,6 +76,28 @@ impl Sandbox {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// Runs `command` in session `name` (the sandbox kept from idling out meanwhile); a
+    /// session whose shell ended is forgotten.
+    pub async fn run_in_session(
+        self: &Arc<Self>,
+        name: &str,
+        command: &SessionCommand,
+        timeout: Duration,
+        max_output: usize,
+    ) -> Result<SessionOutcome> {
+        let session = self.session(name)?;
+        let _active = self.hold_active();
+        let outcome = session.run(self, command, timeout, max_output).await?;
+        if outcome.ended {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+            // Unless another of that name took its place meanwhile.
+            if sessions.get(name).is_some_and(|s| Arc::ptr_eq(s, &session)) {
+                sessions.remove(name);
+            }
+        }
+        Ok(outcome)
     }
 
     /// Ends a session and everything its shell started.

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cella_engine::gem::{Answer, EnvError, Gems};
 use cella_engine::process::{self, ExecOptions};
-use cella_engine::session::{SessionCommand, SessionOutcome, SessionSpec, strip_escapes};
+use cella_engine::session::{SessionCommand, SessionOutcome, SessionSpec};
 use cella_engine::{CreateSandbox, Engine, Error, Sandbox};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -524,24 +524,23 @@ async fn run_in_session(State(state): State<AppState>, body: Bytes) -> Envelope 
         );
     };
     let name = req.session();
-    let Ok(session) = sandbox.session(&name) else {
-        return session_failure(format!("session '{name}' does not exist"));
-    };
     let config = &state.engine.config;
     let secs = req
         .timeout
         .unwrap_or(DEFAULT_COMMAND_SECS)
         .clamp(0.001, config.limits.max_exec_timeout_secs);
-    let _active = sandbox.hold_active();
     let cap = config.sandbox.output_cap_bytes;
     let sent = SessionCommand {
         text: command.clone(),
         expect: req.expect.clone(),
         interactive: req.is_interactive_command,
     };
-    let ran = (session.run(&sandbox, &sent, Duration::from_secs_f64(secs), cap)).await;
-    let outcome: SessionOutcome = match ran {
+    let timeout = Duration::from_secs_f64(secs);
+    let outcome: SessionOutcome = match sandbox.run_in_session(&name, &sent, timeout, cap).await {
         Ok(o) => o,
+        Err(Error::NotFound { .. }) => {
+            return session_failure(format!("session '{name}' does not exist"));
+        }
         Err(Error::InvalidArgument(m)) if m.starts_with("bash syntax error") => {
             let detail = m.trim_start_matches("bash syntax error: ");
             return session_failure(format!(
@@ -550,10 +549,8 @@ async fn run_in_session(State(state): State<AppState>, body: Bytes) -> Envelope 
         }
         Err(e) => return session_failure(e.to_string()),
     };
-    if outcome.ended {
-        let _ = sandbox.close_session(&name).await;
-    }
-    let output = strip_escapes(&outcome.output).trim().to_string();
+    // Escape sequences are gone already; ROCK strips the whitespace around it too.
+    let output = outcome.output.trim().to_string();
     if outcome.timed_out {
         return session_failure(format!(
             "timeout after {secs} seconds while running command '{command}'"

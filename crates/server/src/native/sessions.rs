@@ -144,18 +144,15 @@ pub async fn run(
     let timeout = req.timeout.unwrap_or(config.sandbox.exec_timeout_secs);
     let timeout: Duration = process::checked_timeout(config, "timeout", timeout)?;
     let sandbox = engine.get(&id)?;
-    let session = sandbox.session(&name)?;
-    let _active = sandbox.hold_active();
     let cap = config.sandbox.output_cap_bytes;
     let command = SessionCommand {
         text: req.command,
         expect: req.expect,
         interactive: req.interactive,
     };
-    let outcome = session.run(&sandbox, &command, timeout, cap).await?;
-    if outcome.ended {
-        let _ = sandbox.close_session(&name).await;
-    }
+    let outcome = sandbox
+        .run_in_session(&name, &command, timeout, cap)
+        .await?;
     Ok(Json(outcome.into()))
 }
 
