@@ -168,11 +168,7 @@ fn masked_host(scratch: &Path, host: &Path, masks: &[PathBuf]) -> Result<PathBuf
             sys::mkdir(dir, 0o755),
         )?;
     }
-    let lowers = [host.to_path_buf()];
-    let image = Image {
-        lowers: &lowers,
-        upper: &mask,
-    };
+    let image = Image::new(&[host.to_path_buf()], &mask);
     for m in masks {
         image.mask(m)?;
     }
@@ -193,7 +189,7 @@ fn masked_host(scratch: &Path, host: &Path, masks: &[PathBuf]) -> Result<PathBuf
 /// Writes masks, fresh directories, the home directory and the passwd entry into the upper
 /// layer, mirroring the image's ownership and modes for every parent directory it creates.
 fn prepare_upper(upper: &Path, lowers: &[PathBuf], spec: &SandboxSpec) -> Result<()> {
-    let image = Image { lowers, upper };
+    let image = Image::new(lowers, upper);
     // A mask under a fresh directory is already hidden; applying it would show its path's
     // skeleton of empty directories there (the data dir under /tmp, say). On a masked host
     // base they are applied already.
@@ -257,21 +253,29 @@ fn prepare_upper(upper: &Path, lowers: &[PathBuf], spec: &SandboxSpec) -> Result
 }
 
 struct Image<'a> {
-    lowers: &'a [PathBuf],
+    /// The lower layers' directories, topmost first, each opened once.
+    lowers: Vec<std::os::fd::OwnedFd>,
     upper: &'a Path,
 }
 
-impl Image<'_> {
+impl<'a> Image<'a> {
+    fn new(lowers: &[PathBuf], upper: &'a Path) -> Image<'a> {
+        let open =
+            |l: &PathBuf| rustix::fs::open(l, OFlags::PATH | OFlags::DIRECTORY, Mode::empty());
+        Image {
+            lowers: lowers.iter().filter_map(|l| open(l).ok()).collect(),
+            upper,
+        }
+    }
+
     /// The image's own file for `path` (absolute inside the sandbox), topmost layer first,
     /// opened without following its last component. Each layer's paths are resolved inside
     /// it: a symlink in an image never leads to the host's files.
     fn lower_file(&self, path: &Path, flags: OFlags) -> Option<(fs::File, fs::Metadata)> {
         let rel = relative(path);
-        self.lowers.iter().find_map(|l| {
-            let layer =
-                rustix::fs::open(l, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).ok()?;
+        self.lowers.iter().find_map(|layer| {
             let fd = crate::fsops::openat2(
-                &layer,
+                layer,
                 &rel,
                 flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
