@@ -196,20 +196,19 @@ async fn start(State(state): State<AppState>, body: Bytes) -> Envelope {
         None => None,
     };
     let cpus = req.cpus.map(|c| c.clamp(0.01, limits.max_cpus));
+    let id = req.sandbox_id.filter(|s| !s.trim().is_empty());
     let create = CreateSandbox {
         image: Some(image),
         memory_mb: memory,
         cpus,
-        id: req.sandbox_id.filter(|s| !s.trim().is_empty()),
+        id: id.clone(),
         idle_timeout_secs: req.auto_clear_time_minutes.map(|m| m * 60),
         ..Default::default()
     };
     match state.engine.create(create).await {
         Ok(sandbox) => Envelope::Success(start_result(&sandbox)),
         Err(Error::Conflict(m)) if m.contains("already exists") => {
-            let id = m
-                .trim_start_matches("sandbox ")
-                .trim_end_matches(" already exists");
+            let id = id.unwrap_or_default();
             failed(ROUTE, BAD_REQUEST, format!("Sandbox {id} already exists"))
         }
         Err(e) => failed(ROUTE, code_of(&e), e),
@@ -218,12 +217,18 @@ async fn start(State(state): State<AppState>, body: Bytes) -> Envelope {
 
 fn start_result(sandbox: &Sandbox) -> Value {
     let info = sandbox.info();
+    let (memory, disk) = sizes(&info);
     json!({
         "code": null, "exit_code": null, "failure_reason": null,
         "sandbox_id": info.id, "host_name": host_name(), "host_ip": "127.0.0.1",
-        "cpus": info.cpus, "memory": format!("{:.2}g", info.memory_mb as f64 / 1024.0),
-        "disk": format!("{}M", info.disk_mb), "disk_limit_rootfs": format!("{}M", info.disk_mb),
+        "cpus": info.cpus, "memory": memory, "disk": disk, "disk_limit_rootfs": disk,
     })
+}
+
+/// A sandbox's memory and disk as ROCK writes them (`"0.50g"`, `"1024M"`).
+fn sizes(info: &cella_engine::sandbox::SandboxInfo) -> (String, String) {
+    let memory = format!("{:.2}g", info.memory_mb as f64 / 1024.0);
+    (memory, format!("{}M", info.disk_mb))
 }
 
 #[derive(Deserialize)]
@@ -253,6 +258,7 @@ async fn get_status(State(state): State<AppState>, Query(q): Query<StatusQuery>)
     }
     let running = info.state == cella_engine::sandbox::State::Running;
     let created = rfc3339_of_secs(info.created_at);
+    let (memory, disk) = sizes(&info);
     let phase = |message: &str| json!({"status": "success", "message": message});
     Envelope::Success(json!({
         "sandbox_id": info.id,
@@ -263,8 +269,7 @@ async fn get_status(State(state): State<AppState>, Query(q): Query<StatusQuery>)
         "port_mapping": {},
         "gateway_version": env!("CARGO_PKG_VERSION"), "swe_rex_version": env!("CARGO_PKG_VERSION"),
         "user_id": "default", "experiment_id": "default", "namespace": "default",
-        "cpus": info.cpus, "memory": format!("{:.2}g", info.memory_mb as f64 / 1024.0),
-        "disk": format!("{}M", info.disk_mb), "disk_limit_rootfs": format!("{}M", info.disk_mb),
+        "cpus": info.cpus, "memory": memory, "disk": disk, "disk_limit_rootfs": disk,
         "create_time": created, "start_time": created,
         "state_history": [{"from_state": "pending", "to_state": "running", "event": "alive", "timestamp": created}],
     }))
