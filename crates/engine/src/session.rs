@@ -120,7 +120,7 @@ impl Session {
         } else if outcome.timed_out && outcome.exit_code.is_none() {
             // It did not come back from the interrupt: a fresh shell takes its place.
             if let Some(old) = guard.take() {
-                old.kill(sandbox).await;
+                old.terminal.kill(sandbox).await;
             }
             *guard = Some(Shell::start(sandbox, &self.spec).await?);
             outcome.restarted = true;
@@ -131,7 +131,7 @@ impl Session {
     /// Ends the shell and everything it started.
     pub async fn close(&self, sandbox: &Arc<Sandbox>) {
         if let Some(shell) = self.shell.lock().await.take() {
-            shell.kill(sandbox).await;
+            shell.terminal.kill(sandbox).await;
         }
     }
 }
@@ -288,10 +288,10 @@ impl Shell {
             "stty -echo; PS1='__cella_{}_$?__'; PS2=''; unset PROMPT_COMMAND\n",
             shell.token
         );
-        shell.write(setup.as_bytes()).await?;
+        shell.terminal.write(setup.as_bytes()).await?;
         let started = (shell.until_prompt(Instant::now() + START_TIMEOUT, 1 << 16, &[])).await?;
         if started.exit_code.is_none() {
-            shell.kill(sandbox).await;
+            shell.terminal.kill(sandbox).await;
             return Err(Error::Unavailable(
                 "the session's shell did not start".into(),
             ));
@@ -311,7 +311,7 @@ impl Shell {
             true => format!("{text}\n"),
             false => format!("{{\n{text}\n}}\n"),
         };
-        self.write(line.as_bytes()).await?;
+        self.terminal.write(line.as_bytes()).await?;
         let deadline = Instant::now() + timeout;
         let mut outcome = (self.until_prompt(deadline, max_output, &command.expect)).await?;
         if outcome.exit_code.is_some() || outcome.ended || outcome.matched.is_some() {
@@ -319,7 +319,7 @@ impl Shell {
         }
         outcome.timed_out = true;
         // Ctrl-C to the command's process group, through the terminal.
-        self.write(b"\x03").await?;
+        self.terminal.write(b"\x03").await?;
         let grace = Instant::now() + INTERRUPT_GRACE;
         let after = self.until_prompt(grace, max_output, &[]).await?;
         outcome.output.push_str(&after.output);
@@ -388,14 +388,6 @@ impl Shell {
         outcome.output = strip_escapes(&String::from_utf8_lossy(&raw));
         outcome.truncated = dropped;
         Ok(outcome)
-    }
-
-    async fn write(&self, data: &[u8]) -> Result<()> {
-        self.terminal.write(data).await
-    }
-
-    async fn kill(self, sandbox: &Arc<Sandbox>) {
-        self.terminal.kill(sandbox).await
     }
 }
 
