@@ -265,8 +265,13 @@ fn jest_cases(report: &[u8]) -> Vec<Value> {
     suites
         .iter()
         .flat_map(|suite| {
-            let file = suite["testFilePath"].clone();
-            let cases = suite["testResults"].as_array().cloned().unwrap_or_default();
+            // Jest's `--json` report names them `name` and `assertionResults`; its reporters'
+            // own results, which SandboxFusion read, `testFilePath` and `testResults`.
+            let file = suite.get("testFilePath").unwrap_or(&suite["name"]).clone();
+            let cases = (suite.get("testResults").or(suite.get("assertionResults")))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             cases.into_iter().map(move |case| {
                 let ancestors: Vec<&str> = case["ancestorTitles"]
                     .as_array()
