@@ -15,6 +15,9 @@ fn health_openapi_and_metrics() {
     let s = server();
     let health = json_of(s.http.get(format!("{}/healthz", s.url)).send().unwrap());
     assert_eq!(health["status"], "ok");
+    let info = json_of(s.get("/info"));
+    assert!(info["runs"]["max_concurrency"].as_u64().unwrap() >= 1);
+    assert_eq!(info["version"], health["version"]);
 
     let doc = json_of(
         s.http
@@ -44,6 +47,7 @@ fn health_openapi_and_metrics() {
         "/api/v1/sandboxes/{id}/contexts/{context}/execute/stream",
         "/api/v1/sandboxes/{id}/contexts/{context}/interrupt",
         "/api/v1/sandboxes/{id}/contexts/{context}/restart",
+        "/api/v1/info",
     ] {
         assert!(paths.contains_key(p), "openapi lacks {p}");
     }

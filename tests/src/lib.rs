@@ -248,11 +248,18 @@ impl Server {
 
     /// A request to SandboxFusion's `/run_code`, which is not under `/api/v1`.
     pub fn run_code(&self, body: Value) -> Response {
-        self.http
-            .post(format!("{}/run_code", self.url))
-            .json(&body)
-            .send()
-            .expect("request")
+        self.post_root("/run_code", body)
+    }
+
+    /// A POST to a path at the server's root (another system's face), not under `/api/v1`.
+    pub fn post_root(&self, path: &str, body: Value) -> Response {
+        let url = format!("{}{path}", self.url);
+        self.http.post(url).json(&body).send().expect("request")
+    }
+
+    pub fn get_root(&self, path: &str) -> Response {
+        let url = format!("{}{path}", self.url);
+        self.http.get(url).send().expect("request")
     }
 
     /// The Prometheus exposition at `/metrics`.

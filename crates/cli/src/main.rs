@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod client;
 mod contexts;
+mod eval;
 mod images;
 mod serve;
 mod shell;
@@ -51,6 +52,9 @@ enum Command {
     Image(images::ImageCommand),
     /// Make an image of a running sandbox: its changes as a layer on top of its image.
     Commit(images::CommitArgs),
+    /// Grade a benchmark's completions (JSONL) against a dataset the server holds, with
+    /// SandboxFusion's rules: a progress bar, resumable results beside the input, pass@k.
+    Eval(eval::EvalArgs),
     /// A terminal into a sandbox (a fresh one unless an id is given): an interactive login
     /// shell, exiting with its status.
     Shell(shell::ShellArgs),
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
         Command::Image(command) => images::image(command),
         Command::Commit(args) => images::commit(args),
         Command::Shell(args) => shell::shell(args),
+        Command::Eval(args) => eval::eval(args),
         Command::Languages(args) => client::languages(args),
         Command::Repl(args) => contexts::repl(args),
         Command::Context(command) => contexts::context(command),

@@ -10,6 +10,7 @@ use crate::AppState;
 pub mod contexts;
 pub mod files;
 pub mod images;
+pub mod info;
 pub mod processes;
 pub mod runs;
 pub mod sandboxes;
@@ -59,6 +60,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(sessions::terminal))
         .routes(routes!(runs::run))
         .routes(routes!(runs::languages))
+        .routes(routes!(info::info))
 }
 
 /// Completes the generated document with the statuses every route can answer besides its
