@@ -14,6 +14,7 @@ use serde_json::Value;
 
 mod contexts;
 mod engine;
+mod eval;
 mod fusion;
 mod images;
 mod rock;
@@ -24,8 +25,12 @@ struct Args {
     /// Base URL of the server.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     server: String,
-    /// Which suites to run: engine, fusion, contexts, images, sessions, rock (comma-separated).
-    #[arg(long, default_value = "engine,fusion,contexts,images,sessions,rock")]
+    /// Which suites to run: engine, fusion, contexts, images, sessions, rock, eval
+    /// (comma-separated).
+    #[arg(
+        long,
+        default_value = "engine,fusion,contexts,images,sessions,rock,eval"
+    )]
     suites: String,
     /// A registry (`host:port`) holding `bench/big:1`, for the images suite.
     #[arg(long)]
@@ -36,7 +41,7 @@ struct Args {
     /// Figures of an earlier run, printed beside the new ones.
     #[arg(long, default_value = "bench/baseline.json")]
     baseline: std::path::PathBuf,
-    /// Record this run's figures as the new baseline.
+    /// Record this run's figures in the baseline (other scenarios' figures are kept).
     #[arg(long)]
     save_baseline: bool,
 }
@@ -219,6 +224,7 @@ async fn main() {
             "contexts" => contexts::contexts_suite(http.clone(), base.clone(), args.scale).await,
             "sessions" => sessions::sessions_suite(http.clone(), base.clone(), args.scale).await,
             "rock" => rock::rock_suite(http.clone(), base.clone(), args.scale).await,
+            "eval" => eval::eval_suite(http.clone(), base.clone(), args.scale).await,
             "images" => {
                 let registry = args.registry.clone();
                 images::images_suite(http.clone(), base.clone(), registry, args.scale).await
@@ -227,8 +233,23 @@ async fn main() {
         }
     }
     if args.save_baseline {
+        // This run's figures replace their scenarios' old ones; the scenarios of suites not
+        // run keep theirs.
         let results = RESULTS.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let json = serde_json::to_vec_pretty(&results).expect("figures serialize");
+        let fresh = |f: &Figures| {
+            results
+                .iter()
+                .any(|r| r.name == f.name && r.concurrency == f.concurrency)
+        };
+        let mut merged: Vec<Figures> = BASELINE
+            .get()
+            .into_iter()
+            .flatten()
+            .filter(|f| !fresh(f))
+            .cloned()
+            .collect();
+        merged.extend(results.iter().cloned());
+        let json = serde_json::to_vec_pretty(&merged).expect("figures serialize");
         std::fs::write(&args.baseline, json).expect("write the baseline");
         println!("baseline saved to {}", args.baseline.display());
     }
