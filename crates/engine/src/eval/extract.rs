@@ -115,37 +115,26 @@ pub fn incomplete_fenced(completion: &str) -> Vec<CodeBlock> {
 /// Code in an unfenced completion: Python definitions with their imports, SQL queries, or the
 /// whole text as shell.
 pub fn heuristic(completion: &str, language: &str) -> Vec<CodeBlock> {
-    let nonblank = || {
-        let mut text: String = completion
-            .split('\n')
-            .filter(|l| !l.trim().is_empty())
-            .collect::<Vec<_>>()
-            .join("\n");
-        text.push('\n');
-        text
+    let pattern = match language {
+        "python" => Some(&*HEURISTIC_PYTHON),
+        "sql" => Some(&*HEURISTIC_SQL),
+        "bash" => None,
+        _ => return Vec::new(),
     };
+    let mut text: String = completion
+        .split('\n')
+        .filter(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("\n");
+    text.push('\n');
     let block = |code: &str| CodeBlock {
         priority: 10,
         language: language.to_string(),
         code: code.to_string(),
     };
-    match language {
-        "python" => {
-            let text = nonblank();
-            HEURISTIC_PYTHON
-                .find_iter(&text)
-                .map(|m| block(m.as_str()))
-                .collect()
-        }
-        "sql" => {
-            let text = nonblank();
-            HEURISTIC_SQL
-                .find_iter(&text)
-                .map(|m| block(m.as_str()))
-                .collect()
-        }
-        "bash" => vec![block(&nonblank())],
-        _ => Vec::new(),
+    match pattern {
+        Some(re) => re.find_iter(&text).map(|m| block(m.as_str())).collect(),
+        None => vec![block(&text)],
     }
 }
 

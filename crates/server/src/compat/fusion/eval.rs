@@ -46,8 +46,8 @@ struct Common {
 fn read<T>(
     body: Result<Bytes, BytesRejection>,
     more: impl FnOnce(&mut Fields) -> T,
-) -> Result<(Common, T), Box<Response>> {
-    let body = request_object(body, DETAIL)?;
+) -> Result<(Common, T), Unread> {
+    let body = request_object(body, DETAIL).map_err(Unread)?;
     let mut f = Fields::new(&body);
     let dataset = f.string("dataset");
     let rest = more(&mut f);
@@ -60,7 +60,7 @@ fn read<T>(
     };
     f.errors
         .into_result((Common { dataset, config }, rest))
-        .map_err(|invalid: Invalid| Box::new(invalid.into_response()))
+        .map_err(|invalid: Invalid| Unread(Box::new(invalid.into_response())))
 }
 
 /// `TestConfig`: every field optional (null as absent), `extra` a dict.
@@ -164,54 +164,61 @@ pub async fn list_datasets(State(state): State<AppState>) -> Response {
     axum::Json(state.eval.dataset_ids()).into_response()
 }
 
+/// A body this face could not read: its 422 (or the failure of a body that never came whole).
+pub struct Unread(Box<Response>);
+
+impl IntoResponse for Unread {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
+type Handled = Result<Response, Unread>;
+
+/// The prompts a `GetPromptsRequest` asks for.
+fn requested_prompts(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Result<Vec<Prompt>, Error>, Unread> {
+    let (c, (offset, limit)) = read(body, page)?;
+    Ok(state.eval.prompts(&c.dataset, &c.config, offset, limit))
+}
+
 pub async fn list_ids(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let (c, (offset, limit)) = match read(body, page) {
-        Ok(read) => read,
-        Err(answer) => return *answer,
-    };
-    let prompts = state.eval.prompts(&c.dataset, &c.config, offset, limit);
-    answer(prompts.map(|ps| ps.into_iter().map(|p| p.id).collect::<Vec<_>>()))
+) -> Handled {
+    let prompts = requested_prompts(&state, body)?;
+    Ok(answer(prompts.map(|ps| {
+        ps.into_iter().map(|p| p.id).collect::<Vec<_>>()
+    })))
 }
 
 pub async fn get_prompts(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let (c, (offset, limit)) = match read(body, page) {
-        Ok(read) => read,
-        Err(answer) => return *answer,
-    };
-    let prompts = state.eval.prompts(&c.dataset, &c.config, offset, limit);
-    answer(prompts.map(|ps| ps.into_iter().map(prompt_view).collect::<Vec<_>>()))
+) -> Handled {
+    let prompts = requested_prompts(&state, body)?;
+    Ok(answer(prompts.map(|ps| {
+        ps.into_iter().map(prompt_view).collect::<Vec<_>>()
+    })))
 }
 
 pub async fn get_prompt_by_id(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let (c, id) = match read(body, row_id) {
-        Ok(read) => read,
-        Err(answer) => return *answer,
-    };
-    answer(
+) -> Handled {
+    let (c, id) = read(body, row_id)?;
+    Ok(answer(
         state
             .eval
             .prompt(&c.dataset, &c.config, &id)
             .map(prompt_view),
-    )
+    ))
 }
 
-pub async fn submit(
-    State(state): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let (c, (id, completion)) = match read(body, |f| (row_id(f), f.string("completion"))) {
-        Ok(read) => read,
-        Err(answer) => return *answer,
-    };
+pub async fn submit(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Handled {
+    let (c, (id, completion)) = read(body, |f| (row_id(f), f.string("completion")))?;
     let sub = Submission {
         dataset: c.dataset,
         id,
@@ -219,18 +226,15 @@ pub async fn submit(
         config: c.config,
     };
     let verdict = state.eval.submit(&sub).await;
-    answer(verdict.map(|v| verdict_view(sub.id, v)))
+    Ok(answer(verdict.map(|v| verdict_view(sub.id, v))))
 }
 
 pub async fn get_metrics(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let (c, results) = match read(body, results) {
-        Ok(read) => read,
-        Err(answer) => return *answer,
-    };
-    answer(state.eval.metrics(&c.dataset, &c.config, &results))
+) -> Handled {
+    let (c, results) = read(body, results)?;
+    Ok(answer(state.eval.metrics(&c.dataset, &c.config, &results)))
 }
 
 /// `results: List[EvalResult]`: of each, the problem id and whether it was accepted.
@@ -267,16 +271,9 @@ fn results(f: &mut Fields) -> Vec<(Value, bool)> {
 pub async fn get_metrics_function(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let (c, ()) = match read(body, |_| ()) {
-        Ok(read) => read,
-        Err(answer) => return *answer,
-    };
+) -> Handled {
+    let (c, ()) = read(body, |_| ())?;
     // Metrics are computed by the server (`/get_metrics`); there is no function to send.
-    answer(
-        state
-            .eval
-            .metrics(&c.dataset, &c.config, &[])
-            .map(|_| json!({ "function": null })),
-    )
+    let known = state.eval.metrics(&c.dataset, &c.config, &[]);
+    Ok(answer(known.map(|_| json!({ "function": null }))))
 }
