@@ -376,6 +376,44 @@ def test_multiple_pretrain_completions(endpoint, dataset):
     assert not submit(sub(dataset, bad, provided_data=row)).accepted
 
 
+# HumanEval's other languages, in MultiPL-E's layout (the rows SandboxFusion's humaneval_<lang>
+# tables hold).
+HUMANEVAL_LANGUAGES = {
+    "humaneval_typescript": ({"name": "HumanEval_53_add", "language": "ts",
+                              "prompt": "//Add two numbers x and y\nfunction add(x: number, y: number): number {\n",
+                              "tests": "declare var require: any;\nconst assert = require('node:assert');\n\n\nfunction test() {\n  let candidate = add;\n  assert.deepEqual(candidate(0, 1),1);\n  assert.deepEqual(candidate(5, 7),12);\n}\n\ntest();",
+                              "stop_tokens": ["\nfunction ", "\n/*", "\n//", "\nclass"]},
+                             "  return x + y;\n}\n", "  return x * y;\n}\n"),
+    "humaneval_bash": ({"name": "HumanEval_53_add", "language": "sh",
+                        "prompt": "#!/bin/bash\n# Add two numbers x and y\n#\n# $1 is an integer\n# $2 is an integer\nadd() {\n",
+                        "tests": "}\n\ncandidate() {\n    add \"$@\"\n}\n\nset -e\nrun_test() {\n    [[ $(candidate \"0\" \"1\") = \"1\" ]]\n    [[ $(candidate \"5\" \"7\") = \"12\" ]]\n}\n\nrun_test",
+                        "stop_tokens": ["\n}"]},
+                       "    echo $(( $1 + $2 ))\n}\n", "    echo $(( $1 * $2 ))\n}\n"),
+    "humaneval_java": ({"name": "HumanEval_53_add", "language": "java",
+                        "prompt": "import java.util.*;\nclass Problem {\n    // Add two numbers x and y\n    public static long add(long x, long y) {\n",
+                        "tests": "    }\n    public static void main(String[] args) {\n    assert(add((0l), (1l)) == (1l));\n    assert(add((5l), (7l)) == (12l));\n    }\n\n}\n",
+                        "stop_tokens": ["\n    }\n"]},
+                       "        return x + y;\n    }\n", "        return x - y;\n    }\n"),
+    # Mono compiles Debug.Assert out (no DEBUG), so here only the right answer is checked.
+    "humaneval_csharp": ({"name": "HumanEval_53_add", "language": "cs",
+                          "prompt": "using System;\nusing System.Diagnostics;\nclass Problem {\n    // Add two numbers x and y\n    public static long Add(long x, long y) {\n",
+                          "tests": "    }\n    public static void Main(string[] args) {\n    Debug.Assert(Add((0L), (1L)) == (1L));\n    Debug.Assert(Add((5L), (7L)) == (12L));\n    }\n\n}\n",
+                          "stop_tokens": ["\n    }\n"]},
+                         "        return x + y;\n    }\n", None),
+}
+
+
+@pytest.mark.parametrize("dataset", HUMANEVAL_LANGUAGES)
+def test_humaneval_in_each_language_of_its_table(endpoint, dataset):
+    row, good, bad = HUMANEVAL_LANGUAGES[dataset]
+    r = submit(sub(dataset, good, provided_data=row))
+    assert r.accepted, (r.full_code, r.tests[0].exec_info)
+    if dataset == "humaneval_java":
+        assert "class Main" in r.full_code and "class Problem" not in r.full_code
+    if bad is not None:
+        assert not submit(sub(dataset, bad, provided_data=row)).accepted
+
+
 def test_multiple_freeform_whole_function(endpoint):
     row = MULTIPLE["multiple_js"][0]
     answer = "Sure:\n```javascript\nfunction add(x, y) {\n  return x + y;\n}\n```\nDone."
