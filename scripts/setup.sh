@@ -12,6 +12,23 @@ APT_PACKAGES=(
   # Compiled and interpreted languages of the SandboxFusion table.
   g++ libgtest-dev libssl-dev golang-go default-jdk-headless junit5 libjavatuples-java php-cli mono-mcs ruby lua5.4
   r-base-core perl scala racket ldc iverilog sqlite3 kotlin rustc nodejs
+  # What code written for SandboxFusion's runtime takes for granted: C#'s System.Net.Http (an
+  # implicit using of the .NET SDK), and the test libraries of the Go, Lua and Perl harnesses.
+  libmono-system-net-http4.0-cil golang-github-stretchr-testify-dev lua-unit libtest-deep-perl
+  libdata-compare-perl
+  # The packages of SandboxFusion's Python runtime that evaluation and agent code imports
+  # (its GPU frameworks left out), as Debian 12 packages them: pinned by the release, seen by
+  # every sandbox of the host image. The README lists them.
+  python3-requests python3-requests-toolbelt python3-flask python3-werkzeug python3-django
+  python3-wtforms python3-flaskext.wtf python3-flask-restful python3-flask-sqlalchemy
+  python3-flask-caching python3-flask-limiter python3-bs4 python3-lxml python3-shapely
+  python3-xlrd python3-xlwt python3-plotly python3-openpyxl python3-xlsxwriter
+  python3-pycryptodome python3-statsmodels python3-sklearn python3-skimage python3-xgboost
+  python3-git python3-redis python3-pika python3-pymongo python3-mongomock python3-graphene
+  python3-pytest-mock python3-pytest-cov python3-psutil python3-jwt python3-nltk python3-pulp
+  python3-docx python3-pypdf2 python3-fitz python3-apscheduler python3-colorama python3-tqdm
+  python3-seaborn python3-networkx python3-sympy python3-xarray python3-astor python3-gmpy2
+  python3-toml python3-yaml python3-docker python3-pydantic
   # The image tests: a reference registry, tools that build and copy images, a static
   # busybox for a tiny image, and debootstrap for one with Python.
   docker-registry skopeo umoci busybox-static debootstrap
@@ -137,14 +154,13 @@ fi
 # copies this cache in first; it is built as such a run builds, for the standard packages
 # tests commonly import.
 GO_CACHE=/opt/cella/go-cache
-go_stamp="$(go version) v1"   # v1: bump when the packages below change
+go_stamp="$(go version) v2"   # v2: bump when the packages below change
 if [ "$(cat "$GO_CACHE/stamp" 2>/dev/null)" != "$go_stamp" ]; then
   log "go: building the shared cache for go test"
   work=$(mktemp -d)
   rm -rf "$GO_CACHE.tmp"
   (
     cd "$work"
-    printf 'module sandbox\n\ngo 1.19\n' > go.mod   # the table's GO_MOD
     {
       echo 'package main'
       echo 'import ('
@@ -153,10 +169,13 @@ if [ "$(cat "$GO_CACHE/stamp" 2>/dev/null)" != "$go_stamp" ]; then
         echo "  _ \"$p\""
       done
       echo '  "testing"'
+      echo '  "github.com/stretchr/testify/assert"'
+      echo '  _ "github.com/stretchr/testify/require"'
       echo ')'
-      echo 'func TestWarm(t *testing.T) {}'
+      echo 'func TestWarm(t *testing.T) { assert.True(t, true) }'
     } > main_test.go
-    GOCACHE="$GO_CACHE.tmp" go test -count=1 main_test.go >/dev/null
+    # As the table's go_test runs: GOPATH mode, Debian's testify.
+    GOCACHE="$GO_CACHE.tmp" GO111MODULE=off GOPATH=/usr/share/gocode go test -count=1 main_test.go >/dev/null
   )
   rm -rf "$work" "$GO_CACHE"
   chmod -R a+rX "$GO_CACHE.tmp"

@@ -132,13 +132,45 @@ const REACT_JEST_CONFIG: &str = jest_config!(
 /// ~2 s less per contest-style C++ compile. g++ skips a missing directory, and falls back to
 /// the header when the PCH does not match.
 const PCH_INCLUDE: &str = "-I/opt/cella/pch";
-const GO_MOD: &str = "module sandbox\n\ngo 1.19\n";
 /// `go test` vets the package first, which needs facts about every standard package it
 /// imports: ~1.2 s of work in a fresh sandbox. The build cache `scripts/setup.sh` made holds
 /// them; copied in (~25 ms), it is the sandbox's own, writable as Go wants its cache.
 const GO_TEST: &str = "mkdir -p \"$HOME/.cache\" && \
                        cp -rnT /opt/cella/go-cache \"$HOME/.cache/go-build\" 2>/dev/null; \
                        exec go test -count=1 main_test.go";
+/// Test programs import testify (`github.com/stretchr/testify/assert`), as SandboxFusion's
+/// runtime has it: Debian's package of it, found in GOPATH mode without network.
+const GO_TEST_ENV: &[(&str, &str)] = &[("GO111MODULE", "off"), ("GOPATH", "/usr/share/gocode")];
+/// C# as the .NET SDK builds a console program, which code written for SandboxFusion (whose
+/// runtime is `dotnet`) assumes: `DEBUG` defined, so `Debug.Assert` is compiled in, and a
+/// failed one ends the program (.NET's `FailFast`: stderr, status 134) where Mono's default
+/// listener would print and go on. The listener is compiled in beside the code and named in
+/// the program's configuration. The SDK's implicit usings are `CSHARP_IMPLICIT_USINGS`.
+const CSHARP_ASSERT_FILE: &str = "cella_debug_assert.cs";
+const CSHARP_SUPPORT: &[(&str, &str)] = &[
+    (
+        CSHARP_ASSERT_FILE,
+        "public class CellaAssertListener : System.Diagnostics.DefaultTraceListener {\n\
+         \x20   public override void Fail(string message, string detail) {\n\
+         \x20       System.Console.Error.WriteLine(\"Process terminated. Assertion failed.\\n\" + message\n\
+         \x20           + (string.IsNullOrEmpty(detail) ? \"\" : \"\\n\" + detail));\n\
+         \x20       System.Console.Error.Flush();\n\
+         \x20       System.Environment.Exit(134);\n\
+         \x20   }\n\
+         }\n",
+    ),
+    (
+        "main.exe.config",
+        "<?xml version=\"1.0\"?>\n<configuration><system.diagnostics><trace><listeners><clear/>\
+         <add name=\"cella\" type=\"CellaAssertListener, main\"/></listeners></trace>\
+         </system.diagnostics></configuration>\n",
+    ),
+];
+/// The .NET SDK's implicit global usings of a console program, put before the code on its
+/// first line (its line numbers stay the code's). Left out when the code starts with what
+/// must come first in a file (`#define`, `extern alias`).
+const CSHARP_IMPLICIT_USINGS: &str = "using System; using System.IO; using System.Collections.Generic; \
+     using System.Linq; using System.Net.Http; using System.Threading; using System.Threading.Tasks; ";
 const NO_TOOLCHAIN: &str = "no toolchain for it is packaged for this server's platform";
 
 const fn lang(
@@ -243,7 +275,7 @@ pub static LANGUAGES: &[Language] = &[
         &["go", "version"],
     ),
     Language {
-        support: &[("go.mod", GO_MOD)],
+        env: GO_TEST_ENV,
         ..lang(
             "go_test",
             "main_test.go",
@@ -330,13 +362,24 @@ pub static LANGUAGES: &[Language] = &[
         &["php", "-f", "main.php"],
         &["php", "--version"],
     ),
-    compiled(
-        "csharp",
-        "main.cs",
-        &["mcs", "-out:main.exe", "-r:System.Numerics.dll", "main.cs"],
-        &["mono", "main.exe"],
-        &["mcs", "--version"],
-    ),
+    Language {
+        support: CSHARP_SUPPORT,
+        ..compiled(
+            "csharp",
+            "main.cs",
+            &[
+                "mcs",
+                "-d:DEBUG",
+                "-out:main.exe",
+                "-r:System.Numerics.dll",
+                "-r:System.Net.Http.dll",
+                "main.cs",
+                CSHARP_ASSERT_FILE,
+            ],
+            &["mono", "main.exe"],
+            &["mcs", "--version"],
+        )
+    },
     lang(
         "bash",
         "main.sh",
@@ -468,6 +511,15 @@ impl Language {
         if self.name == "php" && !code.contains("<?php") {
             return format!("<?php\n{code}").into();
         }
+        let first_in_file = |l: &str| {
+            let l = l.trim_start();
+            ["#define", "#undef", "extern alias"]
+                .iter()
+                .any(|d| l.starts_with(d))
+        };
+        if self.name == "csharp" && !code.lines().any(first_in_file) {
+            return format!("{CSHARP_IMPLICIT_USINGS}{code}").into();
+        }
         code.into()
     }
 }
@@ -590,6 +642,18 @@ mod tests {
         ] {
             assert!(find(required).is_some(), "{required}");
         }
+    }
+
+    #[test]
+    fn csharp_gets_the_sdk_usings_unless_its_first_lines_must_stay_first() {
+        let cs = find("csharp").unwrap();
+        let code = "class P { static void Main() { Console.WriteLine(1); } }";
+        let text = cs.source_text(code);
+        assert!(text.starts_with("using System; using System.IO;") && text.ends_with(code));
+        assert_eq!(text.lines().count(), 1, "the code's line numbers are kept");
+        let defines = "#define TRACE\nclass P {}";
+        assert_eq!(cs.source_text(defines), defines);
+        assert_eq!(find("python").unwrap().source_text(code), code);
     }
 
     #[test]
