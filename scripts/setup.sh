@@ -34,6 +34,9 @@ APT_PACKAGES=(
   docker-registry skopeo umoci busybox-static debootstrap
   # `cella shell` is tested by driving it in tmux.
   tmux
+  # Network egress for the sandboxes that ask for it: a user-mode network stack, and the
+  # rules inside each sandbox's own namespace.
+  slirp4netns nftables
 )
 # JavaScript tooling for sandboxes, in one project directory so that peers resolve each other
 # (ts-jest needs jest's own modules). Versions that work together: ts-jest 29 needs jest 29

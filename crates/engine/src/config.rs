@@ -39,6 +39,7 @@ pub struct Config {
     pub runs: RunsConfig,
     pub contexts: ContextsConfig,
     pub datasets: DatasetsConfig,
+    pub network: NetworkConfig,
     /// Settings of the compatibility faces.
     pub compat: CompatConfig,
 }
@@ -191,6 +192,48 @@ impl Default for ContextsConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// The most bandwidth a sandbox's egress may use each way (and its default), Mbit/s.
+    pub max_bandwidth_mbps: u64,
+    /// The egress of one-shot runs (`/run_code`, `/run_jupyter`): none by default.
+    pub runs: EgressConfig,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            max_bandwidth_mbps: 100,
+            runs: EgressConfig::default(),
+        }
+    }
+}
+
+/// A network egress policy (`crate::network::NetworkPolicy`) in the configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EgressConfig {
+    pub egress: bool,
+    /// Destinations allowed (all public ones when empty): `host`, `address` or `cidr`, each
+    /// with an optional `:port` or `:first-last`.
+    pub allow: Vec<String>,
+    /// Destinations refused, in the same forms.
+    pub deny: Vec<String>,
+    pub bandwidth_mbps: Option<u64>,
+}
+
+impl EgressConfig {
+    pub fn policy(&self) -> crate::network::NetworkPolicy {
+        crate::network::NetworkPolicy {
+            egress: self.egress,
+            allow: self.allow.clone(),
+            deny: self.deny.clone(),
+            bandwidth_mbps: self.bandwidth_mbps,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct DatasetsConfig {
     /// Evaluation datasets: one `<id>.jsonl` (or `code_eval_<id>.jsonl`) per dataset id, rows
     /// in SandboxFusion's table layout; indexed at start. Default: `<data_dir>/datasets`.
@@ -256,6 +299,7 @@ impl Default for Config {
             runs: RunsConfig::default(),
             contexts: ContextsConfig::default(),
             datasets: DatasetsConfig::default(),
+            network: NetworkConfig::default(),
             compat: CompatConfig::default(),
         }
     }

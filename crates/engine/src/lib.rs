@@ -14,6 +14,7 @@ pub mod gem;
 mod host_claim;
 pub mod image;
 pub mod language;
+pub mod network;
 mod pool;
 pub mod process;
 pub mod python;

@@ -208,6 +208,8 @@ impl SandboxRecord {
             max_lifetime_secs: r.max_lifetime_secs,
             created_at: r.created_at,
             uid: r.uid,
+            // Not recorded: a sandbox read back from the store is stopped, its link gone.
+            network: Default::default(),
         }
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod cgroup;
 mod child;
+pub mod egress;
 pub mod fsops;
 mod init;
 pub mod layer;

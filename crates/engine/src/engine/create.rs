@@ -44,6 +44,8 @@ pub struct CreateSandbox {
     /// The sandbox's id, chosen by the caller (AgentRun's `sandboxId`): 1 to 63 letters,
     /// digits, `-` and `_`, starting with a letter or digit. Default: 16 random hex digits.
     pub id: Option<String>,
+    /// Network egress (none unless asked for).
+    pub network: Option<crate::network::NetworkPolicy>,
 }
 
 impl Engine {
@@ -124,6 +126,7 @@ impl Engine {
             max_lifetime_secs: lifetime,
             created_at: now_secs(),
             uid: 0,
+            network: req.network.clone().filter(|n| n.egress).unwrap_or_default(),
         };
         Ok((info, image))
     }
@@ -167,6 +170,14 @@ impl Engine {
     async fn create_now(&self, req: CreateSandbox, need: Need) -> Result<Arc<Sandbox>> {
         let started = Instant::now();
         let (mut info, image) = self.resolve(&req)?;
+        // A policy's mistakes (a name that does not resolve) are found before anything is made.
+        let egress_rules = match info.network.egress {
+            true => Some(
+                crate::network::ruleset(&info.network, self.config.network.max_bandwidth_mbps)
+                    .await?,
+            ),
+            false => None,
+        };
         // Before `in_flight`: a shutdown waiting for it must not wait for room as well.
         let slot = match self.reserve_slot(&info.id) {
             Err(Error::Busy(_)) if matches!(need, Need::Request) => {
@@ -184,7 +195,13 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
             .alloc()
             .ok_or_else(|| Error::Busy("no free sandbox uid; retry later".into()))?;
-        let result = self.start(&mut info, image).await;
+        let result = match self.start(&mut info, image).await {
+            Ok(sandbox) => match egress_rules {
+                Some(rules) => self.connect(sandbox, rules).await,
+                None => Ok(sandbox),
+            },
+            Err(e) => Err(e),
+        };
         let sandbox = match result {
             Ok(s) => s,
             Err(e) => {
@@ -343,6 +360,32 @@ impl Engine {
             defaults,
             image,
         )?))
+    }
+
+    /// Gives a started sandbox its way out (see `crate::network`), or destroys it.
+    async fn connect(&self, sandbox: Arc<Sandbox>, rules: String) -> Result<Arc<Sandbox>> {
+        let linked = async {
+            let (pid, _) = sandbox
+                .init
+                .ok_or_else(|| Error::internal("the sandbox has no init"))?;
+            let uplink = crate::network::connect(pid, rules).await?;
+            let resolv = crate::network::resolv_conf();
+            sandbox
+                .on_path("/etc/resolv.conf", move |fs, path| {
+                    fs.write(path, resolv.as_bytes(), 0o644, false)
+                })
+                .await?;
+            sandbox.attach_uplink(uplink);
+            Ok(())
+        };
+        match linked.await {
+            Ok(()) => Ok(sandbox),
+            Err(e) => {
+                sandbox.kill().await;
+                remove_cgroup(&sandbox.cgroup).await;
+                Err(e)
+            }
+        }
     }
 
     async fn abandon(

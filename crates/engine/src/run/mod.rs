@@ -247,6 +247,7 @@ impl Runs {
             memory_mb: Some(self.engine.config.runs.memory_mb),
             labels: [(INTERNAL_LABEL.to_string(), "true".to_string())].into(),
             idle_timeout_secs: Some(0),
+            network: Some(self.engine.config.network.runs.policy()),
             ..Default::default()
         }
     }

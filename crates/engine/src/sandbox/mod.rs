@@ -59,6 +59,8 @@ pub struct SandboxInfo {
     pub created_at: f64,
     /// The unprivileged uid the sandbox's processes run as.
     pub uid: u32,
+    /// Its network egress (`egress: false`: loopback only).
+    pub network: crate::network::NetworkPolicy,
 }
 
 /// Resource usage, read from the sandbox's cgroup and writable layer.
@@ -117,6 +119,8 @@ pub struct Sandbox {
     active: AtomicUsize,
     /// Cancelled when the sandbox stops: what lives in it (contexts) goes with it.
     stopped: CancellationToken,
+    /// Its network egress, if it has one: ended when the sandbox is killed.
+    uplink: Mutex<Option<cella_jail::egress::Uplink>>,
 }
 
 /// Keeps a sandbox from idling out while held (see [`Sandbox::hold_active`]).
@@ -170,6 +174,7 @@ impl Sandbox {
             finished: Mutex::default(),
             active: AtomicUsize::new(0),
             stopped: CancellationToken::new(),
+            uplink: Mutex::default(),
         })
     }
 
@@ -449,6 +454,15 @@ impl Sandbox {
     pub(crate) async fn kill(&self) {
         let _ = cella_jail::sys::pidfd_send_signal(self.pidfd.get_ref().as_fd(), libc::SIGKILL);
         let _ = tokio::time::timeout(Duration::from_secs(10), self.pidfd.readable()).await;
+        // slirp4netns holds the namespace's tap device: ended, the namespace goes too.
+        let uplink = self.uplink.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(uplink) = uplink {
+            let _ = tokio::task::spawn_blocking(move || drop(uplink)).await;
+        }
+    }
+
+    pub(crate) fn attach_uplink(&self, uplink: cella_jail::egress::Uplink) {
+        *self.uplink.lock().unwrap_or_else(|p| p.into_inner()) = Some(uplink);
     }
 }
 

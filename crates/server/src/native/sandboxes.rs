@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use cella_engine::network::NetworkPolicy;
 use cella_engine::sandbox::{ResourceUsage, State as SandboxState};
 use cella_engine::{CreateSandbox, Engine, SandboxInfo};
 use serde::{Deserialize, Serialize};
@@ -40,6 +41,48 @@ pub struct CreateSandboxBody {
     /// The sandbox's id: 1 to 63 letters, digits, `-` and `_`, starting with a letter or
     /// digit (default 16 random hex digits). A running sandbox's id is refused (409).
     pub id: Option<String>,
+    /// Network egress: none (loopback only) unless asked for.
+    pub network: Option<NetworkView>,
+}
+
+/// A sandbox's network egress. Without it (or with `egress: false`) a sandbox has only its
+/// own loopback. With it, connections go out through a user-mode network stack, never to the
+/// host itself, nor to link-local, private or reserved ranges unless `allow` names them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default, deny_unknown_fields)]
+#[schema(as = Network)]
+pub struct NetworkView {
+    pub egress: bool,
+    /// Destinations allowed (every public one when empty): `host`, `address` or `cidr`,
+    /// each with an optional `:port` or `:first-last`, e.g. `pypi.org:443`, `10.1.0.0/16`.
+    /// A host name is resolved when the sandbox is made.
+    pub allow: Vec<String>,
+    /// Destinations refused, in the same forms; they win over `allow`.
+    pub deny: Vec<String>,
+    /// Most bandwidth each way, Mbit/s (default and most: `network.max_bandwidth_mbps`).
+    pub bandwidth_mbps: Option<u64>,
+}
+
+impl From<NetworkView> for NetworkPolicy {
+    fn from(n: NetworkView) -> NetworkPolicy {
+        NetworkPolicy {
+            egress: n.egress,
+            allow: n.allow,
+            deny: n.deny,
+            bandwidth_mbps: n.bandwidth_mbps,
+        }
+    }
+}
+
+impl From<NetworkPolicy> for NetworkView {
+    fn from(n: NetworkPolicy) -> NetworkView {
+        NetworkView {
+            egress: n.egress,
+            allow: n.allow,
+            deny: n.deny,
+            bandwidth_mbps: n.bandwidth_mbps,
+        }
+    }
 }
 
 impl From<CreateSandboxBody> for CreateSandbox {
@@ -56,6 +99,7 @@ impl From<CreateSandboxBody> for CreateSandbox {
             max_lifetime_secs: b.max_lifetime_secs,
             hostname: b.hostname,
             id: b.id,
+            network: b.network.map(NetworkPolicy::from),
         }
     }
 }
@@ -90,6 +134,7 @@ pub struct SandboxView {
     pub created_at: f64,
     /// The unprivileged uid the sandbox's processes run as.
     pub uid: u32,
+    pub network: NetworkView,
 }
 
 impl From<SandboxInfo> for SandboxView {
@@ -113,6 +158,7 @@ impl From<SandboxInfo> for SandboxView {
             max_lifetime_secs: i.max_lifetime_secs,
             created_at: i.created_at,
             uid: i.uid,
+            network: i.network.into(),
         }
     }
 }
