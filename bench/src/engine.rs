@@ -12,15 +12,23 @@ pub async fn engine_suite(http: Client, base: String, scale: f64) {
     let api = format!("{base}/api/v1");
     println!("== engine: sandboxes and execs ==");
 
-    // create→ready, deleting outside the measured operation.
-    {
+    // create→ready, deleting outside the measured operation; without and with egress.
+    let shapes = [
+        ("sandbox create→ready", json!({}), 200.0),
+        (
+            "sandbox create→ready, egress on",
+            json!({"network": {"egress": true}}),
+            50.0,
+        ),
+    ];
+    for (name, body, count) in shapes {
         let (h, a) = (http.clone(), api.clone());
         let ids = Arc::new(std::sync::Mutex::new(Vec::new()));
         let idsc = ids.clone();
-        measure("sandbox create→ready", 1, n(200.0), move || {
-            let (h, a, ids) = (h.clone(), a.clone(), idsc.clone());
+        measure(name, 1, n(count), move || {
+            let (h, a, ids, body) = (h.clone(), a.clone(), idsc.clone(), body.clone());
             async move {
-                let s = post(&h, &format!("{a}/sandboxes"), &json!({})).await?;
+                let s = post(&h, &format!("{a}/sandboxes"), &body).await?;
                 ids.lock()
                     .unwrap()
                     .push(s["id"].as_str().unwrap_or_default().to_string());

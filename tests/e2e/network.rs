@@ -263,12 +263,24 @@ fn links_end_with_a_killed_server_and_runs_follow_the_configuration() {
     let peer = Peer::start();
     let before = host_network();
     let mut s = Server::start_with(&[("CELLA_NETWORK__RUNS__EGRESS", "true")]);
+    // SandboxFusion's external-access case (`test_isolation_network_external_access`), with
+    // the peer standing in for the public website these machines cannot reach.
     let code = format!(
-        "import urllib.request\nprint(urllib.request.urlopen('http://{}:8000/', timeout=5).read().decode())",
+        "import requests\n\ndef test_network_access():\n    try:\n        \
+         response = requests.get('http://{}:8000/', timeout=5)\n        \
+         if response.status_code == 200:\n            print('Network access successful.')\n        \
+         else:\n            raise Exception(f'status {{response.status_code}}')\n    \
+         except requests.exceptions.RequestException as e:\n        \
+         raise Exception('Network access failed. Unable to connect to the external network.') from e\n\n\
+         test_network_access()\n",
         peer.ip
     );
     let r = json_of(s.run_code(json!({"language": "python", "code": code})));
-    assert_eq!(r["run_result"]["stdout"], "ok\n", "{r}");
+    assert_eq!(r["status"], "Success", "{r}");
+    assert_eq!(
+        r["run_result"]["stdout"], "Network access successful.\n",
+        "{r}"
+    );
 
     let id = sandbox_with(&s, json!({"egress": true}));
     assert_eq!(
