@@ -223,6 +223,29 @@ fn egress_is_off_by_default_and_follows_its_policy() {
     let (_, fast) = fetch(&s, &open, &url(8000, "/bytes/4000000"));
     assert!(fast < took, "{fast} s unbounded, {took} s bounded");
 
+    // The ROCK and AgentRun faces take the same `network` on their create requests.
+    let allow = json!({"egress": true, "allow": [format!("{}:8000", peer.ip)]});
+    let rock = json_of(s.post_root(
+        "/apis/envs/sandbox/v1/start",
+        json!({"image": "python:3.11", "network": allow}),
+    ));
+    let rock = rock["result"]["sandbox_id"].as_str().unwrap().to_string();
+    let agentrun = json_of(s.post_root(
+        "/sandboxes",
+        json!({"templateName": "code-interpreter", "network": allow}),
+    ));
+    let agentrun = agentrun["data"]["sandboxId"].as_str().unwrap().to_string();
+    for id in [&rock, &agentrun] {
+        assert_eq!(fetch(&s, id, &url(8000, "/")).0, "200");
+        assert_eq!(fetch(&s, id, &url(8001, "/")).0, "000");
+        let network = &json_of(s.get(&format!("/sandboxes/{id}")))["network"];
+        assert_eq!(
+            (&network["egress"], &network["allow"]),
+            (&allow["egress"], &allow["allow"])
+        );
+        assert_eq!(s.delete(&format!("/sandboxes/{id}")).status(), 204);
+    }
+
     // Every link ends with its sandbox, and nothing of them is on the host.
     let links = slirps_of(s.pid());
     assert_eq!(links.len(), 3);

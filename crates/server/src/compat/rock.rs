@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::AppState;
+use crate::common::network::NetworkView;
 use crate::common::time::rfc3339_of_secs;
 
 const BAD_REQUEST: u32 = 4000;
@@ -177,6 +178,8 @@ struct StartRequest {
     sandbox_id: Option<String>,
     auto_clear_time_minutes: Option<u64>,
     disk: Option<String>,
+    /// cella's: network egress (none unless asked for).
+    network: Option<NetworkView>,
 }
 
 async fn start(State(state): State<AppState>, body: Bytes) -> Envelope {
@@ -203,6 +206,7 @@ async fn start(State(state): State<AppState>, body: Bytes) -> Envelope {
         cpus,
         id: id.clone(),
         idle_timeout_secs: req.auto_clear_time_minutes.map(|m| m * 60),
+        network: req.network.map(Into::into),
         ..Default::default()
     };
     match state.engine.create(create).await {
@@ -358,6 +362,7 @@ async fn restarted(engine: &Arc<Engine>, id: &str) -> Envelope {
         cpus: Some(info.cpus),
         env: info.env,
         idle_timeout_secs: Some(info.idle_timeout_secs),
+        network: Some(info.network),
         ..Default::default()
     };
     match engine.create(create).await {

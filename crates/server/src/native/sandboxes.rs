@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use cella_engine::network::NetworkPolicy;
 use cella_engine::sandbox::{ResourceUsage, State as SandboxState};
 use cella_engine::{CreateSandbox, Engine, SandboxInfo};
 use serde::{Deserialize, Serialize};
 
+use crate::common::network::NetworkView;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{Json, Path, Query};
 
@@ -45,46 +45,6 @@ pub struct CreateSandboxBody {
     pub network: Option<NetworkView>,
 }
 
-/// A sandbox's network egress. Without it (or with `egress: false`) a sandbox has only its
-/// own loopback. With it, connections go out through a user-mode network stack, never to the
-/// host itself, nor to link-local, private or reserved ranges unless `allow` names them.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(default, deny_unknown_fields)]
-#[schema(as = Network)]
-pub struct NetworkView {
-    pub egress: bool,
-    /// Destinations allowed (every public one when empty): `host`, `address` or `cidr`,
-    /// each with an optional `:port` or `:first-last`, e.g. `pypi.org:443`, `10.1.0.0/16`.
-    /// A host name is resolved when the sandbox is made.
-    pub allow: Vec<String>,
-    /// Destinations refused, in the same forms; they win over `allow`.
-    pub deny: Vec<String>,
-    /// Most bandwidth each way, Mbit/s (default and most: `network.max_bandwidth_mbps`).
-    pub bandwidth_mbps: Option<u64>,
-}
-
-impl From<NetworkView> for NetworkPolicy {
-    fn from(n: NetworkView) -> NetworkPolicy {
-        NetworkPolicy {
-            egress: n.egress,
-            allow: n.allow,
-            deny: n.deny,
-            bandwidth_mbps: n.bandwidth_mbps,
-        }
-    }
-}
-
-impl From<NetworkPolicy> for NetworkView {
-    fn from(n: NetworkPolicy) -> NetworkView {
-        NetworkView {
-            egress: n.egress,
-            allow: n.allow,
-            deny: n.deny,
-            bandwidth_mbps: n.bandwidth_mbps,
-        }
-    }
-}
-
 impl From<CreateSandboxBody> for CreateSandbox {
     fn from(b: CreateSandboxBody) -> CreateSandbox {
         CreateSandbox {
@@ -99,7 +59,7 @@ impl From<CreateSandboxBody> for CreateSandbox {
             max_lifetime_secs: b.max_lifetime_secs,
             hostname: b.hostname,
             id: b.id,
-            network: b.network.map(NetworkPolicy::from),
+            network: b.network.map(Into::into),
         }
     }
 }

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::{Answer, Body, Failure, envelope};
 use crate::AppState;
+use crate::common::network::NetworkView;
 use crate::common::time::rfc3339_of_secs;
 
 /// The label that keeps a sandbox's AgentRun template name.
@@ -23,6 +24,8 @@ pub struct CreateBody {
     nas_config: Option<Value>,
     oss_mount_config: Option<Value>,
     polar_fs_config: Option<Value>,
+    /// cella's: network egress (none unless asked for).
+    network: Option<NetworkView>,
 }
 
 /// A sandbox as AgentRun describes one.
@@ -75,6 +78,7 @@ pub async fn create(State(state): State<AppState>, Body(body): Body<CreateBody>)
             idle_timeout_secs: body.sandbox_idle_timeout_seconds,
             id: body.sandbox_id,
             labels: [(TEMPLATE_LABEL.to_string(), body.template_name)].into(),
+            network: body.network.map(Into::into),
             ..Default::default()
         })
         .await?;
