@@ -150,7 +150,7 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode, String> {
         &samples,
         &done,
         &output,
-        (done.len() - before, graded),
+        (done.len().saturating_sub(before), graded),
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -413,7 +413,11 @@ impl Evaluator {
             _ => {
                 let stderr = outcome.run.map(|r| process::text(r.output.stderr));
                 let tail = stderr.as_deref().unwrap_or_default();
-                let tail = &tail[tail.len().saturating_sub(2000)..];
+                // Its last 2000 bytes or so, cut where a character starts.
+                let from = (tail.len().saturating_sub(2000)..=tail.len())
+                    .find(|i| tail.is_char_boundary(*i))
+                    .unwrap_or(tail.len());
+                let tail = &tail[from..];
                 Err(Error::invalid(format!(
                     "custom_extract_logic failed: {}",
                     if tail.is_empty() {
