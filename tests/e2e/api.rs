@@ -445,8 +445,15 @@ fn registered_images() {
     }
 
     let id = s.sandbox(json!({"image": "team/tiny:1"}));
-    let r = s.exec(&id, json!({"command": ["/bin/sh", "-c", "read x < /etc/marker; echo $x; echo > /tmp/w && echo writable; \
-        read l < /proc/self/status; echo $l; read m < /sys/fs/cgroup/memory/memory.limit_in_bytes && echo cgroup; echo > /dev/null && echo dev"]}));
+    let limit = match cella_e2e::cgroup_v2() {
+        true => "/sys/fs/cgroup/memory.max",
+        false => "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    };
+    let script = format!(
+        "read x < /etc/marker; echo $x; echo > /tmp/w && echo writable; read l < /proc/self/status; echo $l; \
+         read m < {limit} && echo cgroup; echo > /dev/null && echo dev"
+    );
+    let r = s.exec(&id, json!({"command": ["/bin/sh", "-c", script]}));
     assert_eq!(
         r["stdout"], "tiny image\nwritable\nName: sh\ncgroup\ndev\n",
         "{r}"

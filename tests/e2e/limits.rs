@@ -359,19 +359,39 @@ fn runtimes_size_themselves_to_the_sandboxs_limits() {
     // the host's hierarchy around them.
     let s = server();
     let id = s.sandbox(json!({"memory_mb": 512, "cpus": 1}));
-    let r = s.sh(
-        &id,
-        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes; \
-         java -XX:+PrintFlagsFinal -version 2>/dev/null | awk '$2 == \"MaxHeapSize\" {print $4}'; \
-         node -p 'process.constrainedMemory()'; \
-         ls /sys/fs/cgroup; find /sys/fs/cgroup/memory -mindepth 1 -type d | wc -l; \
-         echo 1 > /sys/fs/cgroup/memory/memory.limit_in_bytes",
-    );
-    assert_eq!(
-        r["stdout"],
-        "536870912\n134217728\n536870912\ncpu\ncpuacct\ncpuset\nfreezer\nmemory\npids\n0\n",
-        "{r}"
-    );
+    let runtimes = "java -XX:+PrintFlagsFinal -version 2>/dev/null | awk '$2 == \"MaxHeapSize\" {print $4}'; \
+                    node -p 'process.constrainedMemory()'";
+    let r = if cella_e2e::cgroup_v2() {
+        // One hierarchy: the sandbox's cgroup is the root of its view; each exec has a cgroup
+        // of its own below it (the init another), showing the sandbox's limits.
+        let r = s.sh(
+            &id,
+            &format!(
+                "own=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup); cat /sys/fs/cgroup/memory.max $own/memory.max $own/cpu.max; \
+                 {runtimes}; ls /sys/fs/cgroup | grep -c '^x'; echo 1 > /sys/fs/cgroup/memory.max"
+            ),
+        );
+        assert_eq!(
+            r["stdout"], "536870912\n536870912\n100000 100000\n134217728\n536870912\n1\n",
+            "{r}"
+        );
+        r
+    } else {
+        let r = s.sh(
+            &id,
+            &format!(
+                "cat /sys/fs/cgroup/memory/memory.limit_in_bytes; {runtimes}; \
+                 ls /sys/fs/cgroup; find /sys/fs/cgroup/memory -mindepth 1 -type d | wc -l; \
+                 echo 1 > /sys/fs/cgroup/memory/memory.limit_in_bytes"
+            ),
+        );
+        assert_eq!(
+            r["stdout"],
+            "536870912\n134217728\n536870912\ncpu\ncpuacct\ncpuset\nfreezer\nmemory\npids\n0\n",
+            "{r}"
+        );
+        r
+    };
     assert!(
         r["stderr"]
             .as_str()

@@ -440,13 +440,26 @@ pub fn host_mounts_containing(needle: &str) -> Vec<String> {
 }
 
 /// A server's parent cgroup in each v1 hierarchy it makes cgroups in, with its name.
-pub fn parent_cgroups(parent: &str) -> impl Iterator<Item = (&'static str, PathBuf)> + '_ {
-    ["memory", "pids", "cpu", "cpuacct", "cpuset", "freezer"]
-        .into_iter()
-        .map(move |h| (h, Path::new("/sys/fs/cgroup").join(h).join(parent)))
+/// Whether this host runs the unified cgroup v2 hierarchy alone (no v1 memory controller).
+pub fn cgroup_v2() -> bool {
+    !Path::new("/sys/fs/cgroup/memory").is_dir()
+        && Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
 }
 
-/// Cgroups left under a parent, across the v1 hierarchies.
+/// A server's cgroup parent in each hierarchy: the v1 ones, or the one v2 hierarchy. Each
+/// that the server uses exists while it runs, so a check of them cannot pass vacuously.
+pub fn parent_cgroups(parent: &str) -> Vec<(&'static str, PathBuf)> {
+    let root = Path::new("/sys/fs/cgroup");
+    if cgroup_v2() {
+        return vec![("unified", root.join(parent))];
+    }
+    ["memory", "pids", "cpu", "cpuacct", "cpuset", "freezer"]
+        .into_iter()
+        .map(|h| (h, root.join(h).join(parent)))
+        .collect()
+}
+
+/// Cgroups left under a parent, across its hierarchies.
 pub fn cgroups_under(parent: &str) -> Vec<String> {
     let mut out = Vec::new();
     for (hierarchy, dir) in parent_cgroups(parent) {

@@ -7,6 +7,7 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
@@ -216,15 +217,22 @@ impl Cgroups {
 
 /// Hands the memory, pids and cpu controllers down from the v2 root to the sandboxes' parent.
 fn enable_v2_controllers(root: &Path, parent: &str) -> Result<()> {
-    let enable = "+memory +pids +cpu";
+    let enable = V2_CONTROLLERS;
     let control = root.join("cgroup.subtree_control");
     match fs::write(&control, enable) {
-        // A cgroup namespace's root holding processes (a container's) cannot hand
-        // controllers down: v2 lets no cgroup but the real root have both.
+        // A cgroup namespace's root holding processes (a container's, as Docker and
+        // Kubernetes start one) cannot hand controllers down: v2 lets no cgroup but the real
+        // root have both. As container entrypoints that nest cgroups do, its processes move to
+        // a leaf of their own first, when this cgroup is the namespace's root (ours to order).
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) && at_cgroup_namespace_root() => {
+            move_processes_to_leaf(root)?;
+            write(&control, enable)?;
+        }
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
             return Err(Error::Unsupported(format!(
-                "cgroup v2: cannot enable controllers in {} (processes live in it): move them \
-                 to a child cgroup first, as container entrypoints that nest cgroups do",
+                "cgroup v2: cannot enable controllers in {} (processes live in it, and it is \
+                 not this process's cgroup namespace root, so cella will not move them): give \
+                 cella a cgroup of its own, e.g. a systemd unit with Delegate=yes",
                 control.display()
             )));
         }
@@ -241,6 +249,42 @@ fn enable_v2_controllers(root: &Path, parent: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Whether this process sits at the root of its cgroup namespace (`0::/`), as a container's
+/// entrypoint does.
+fn at_cgroup_namespace_root() -> bool {
+    fs::read_to_string("/proc/self/cgroup").is_ok_and(|c| c.lines().any(|l| l == "0::/"))
+}
+
+/// Moves every process of the v2 cgroup `dir` into its child `server` (made if missing).
+fn move_processes_to_leaf(dir: &Path) -> Result<()> {
+    let leaf = dir.join("server");
+    match fs::create_dir(&leaf) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+            return Err(Error::sys(format!("create cgroup {}", leaf.display()), e));
+        }
+        _ => {}
+    }
+    // Processes may start while they move: read again until none is left.
+    for _ in 0..100 {
+        let mut pids = Vec::new();
+        if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+            pids.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+        }
+        if pids.is_empty() {
+            tracing::info!(leaf = %leaf.display(), "cgroup v2: moved this container's processes to a leaf, to hand controllers down");
+            return Ok(());
+        }
+        for pid in pids {
+            // A process that exited meanwhile is gone already: not an error.
+            let _ = fs::write(leaf.join("cgroup.procs"), pid.to_string());
+        }
+    }
+    Err(Error::Unsupported(format!(
+        "cgroup v2: processes keep appearing in {}",
+        dir.display()
+    )))
 }
 
 /// The cgroup mounts listed in `/proc/self/mountinfo` text: mount point, filesystem type
@@ -413,6 +457,15 @@ impl SandboxCgroup {
         let exec = self.exec_dir(id);
         fs::create_dir(&exec)
             .map_err(|e| Error::sys(format!("create cgroup {}", exec.display()), e))?;
+        if let Layout::V2 { .. } = self.layout {
+            let parent = crate::sys::open(&self.exec_parent(), libc::O_PATH | libc::O_DIRECTORY)
+                .and_then(|dir| copy_limits_at(dir.as_fd(), &exec_cgroup_name(id)))
+                .map_err(|e| Error::sys(format!("limits of cgroup {}", exec.display()), e));
+            if let Err(e) = parent {
+                let _ = fs::remove_dir(&exec);
+                return Err(e);
+            }
+        }
         let mut procs: Vec<PathBuf> = self
             .dirs
             .iter()
@@ -552,6 +605,35 @@ pub fn exec_cgroup_name(id: u64) -> String {
     format!("x{id}")
 }
 
+/// On v2, the leaf a sandbox's init moves to, so that the sandbox's cgroup, holding no
+/// process of its own, can hand its controllers down to the execs' cgroups.
+pub const V2_INIT_LEAF: &str = "init";
+/// The controllers a v2 sandbox hands down to its execs' cgroups.
+pub const V2_CONTROLLERS: &str = "+memory +pids +cpu";
+/// The limits a v2 exec's cgroup shows as its sandbox has them: runtimes (the JVM, Node)
+/// read their own cgroup's files, and a child's are `max` until written. The sandbox's
+/// limits bind the whole tree either way.
+pub const V2_LIMIT_FILES: &[&str] = &["memory.max", "memory.swap.max", "cpu.max", "pids.max"];
+
+/// Copies `V2_LIMIT_FILES` from the cgroup directory `parent` to its child `child`.
+pub fn copy_limits_at(parent: BorrowedFd<'_>, child: &str) -> io::Result<()> {
+    for file in V2_LIMIT_FILES {
+        let from = crate::sys::openat(Some(parent), Path::new(file), libc::O_RDONLY, 0)?;
+        let mut value = String::new();
+        io::Read::read_to_string(&mut fs::File::from(from), &mut value)?;
+        let to_path = Path::new(child).join(file);
+        // O_CREAT changes nothing on cgroupfs, where the files exist with the directory.
+        let to = crate::sys::openat(
+            Some(parent),
+            &to_path,
+            libc::O_WRONLY | libc::O_CREAT,
+            0o644,
+        )?;
+        io::Write::write_all(&mut fs::File::from(to), value.trim().as_bytes())?;
+    }
+    Ok(())
+}
+
 fn collect_pids(dir: &Path, out: &mut Vec<i32>) {
     if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
         out.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
@@ -654,6 +736,10 @@ mod tests {
         // is impossible in one hierarchy, and the sandbox's limits cover its children.
         let procs = cg.exec_procs(7).unwrap();
         assert_eq!(procs, vec![dir.join("x7/cgroup.procs")]);
+        // ... which an exec's cgroup shows as its own, for runtimes that read only theirs.
+        for file in V2_LIMIT_FILES {
+            assert_eq!(read(&format!("x7/{file}")), read(file), "{file}");
+        }
         assert_eq!(cgroups.list(), vec!["s1".to_string()]);
         fs::remove_dir_all(&root).unwrap();
     }

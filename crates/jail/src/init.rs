@@ -82,6 +82,7 @@ pub fn run(spec: &SandboxSpec, mut fds: InitFds, policy: &Policy) -> ! {
     let mut init = Init {
         control,
         memory_procs,
+        v2: is_v2(spec),
         exec_cgroups: fds.exec_cgroups.as_fd(),
         uid: spec.uid,
         running: HashMap::new(),
@@ -101,6 +102,9 @@ fn setup(spec: &SandboxSpec, fds: &mut InitFds, policy: &Policy) -> Result<Owned
     sys::setns(fds.netns.as_fd(), libc::CLONE_NEWNET).map_err(|e| Error::sys("setns net", e))?;
     // A cgroup namespace rooted at the sandbox's cgroup hides the host's hierarchy.
     sys::unshare(libc::CLONE_NEWCGROUP).map_err(|e| Error::sys("unshare cgroup", e))?;
+    if is_v2(spec) {
+        hand_controllers_down(fds.exec_cgroups.as_fd())?;
+    }
     sys::sethostname(&spec.hostname).map_err(|e| Error::sys("sethostname", e))?;
     let upper = rootfs::build(spec)?;
     // The root filesystem's files are the sandbox's; what the init allocates from now on is
@@ -192,6 +196,38 @@ fn drop_capabilities() -> Result<()> {
     Ok(())
 }
 
+/// The single v2 hierarchy (one cgroup, named ""), rather than v1's named ones.
+fn is_v2(spec: &SandboxSpec) -> bool {
+    spec.cgroups.iter().any(|(name, _)| name.is_empty())
+}
+
+/// On v2, moves the init to a leaf of its own (`cgroup::V2_INIT_LEAF`) and hands the
+/// controllers down from the sandbox's cgroup (`sandbox_dir`), so that each exec's cgroup has
+/// limits of its own to show. Done after the cgroup namespace is made at the sandbox's cgroup,
+/// which stays its root.
+fn hand_controllers_down(sandbox_dir: BorrowedFd<'_>) -> Result<()> {
+    use crate::cgroup::{V2_CONTROLLERS, V2_INIT_LEAF};
+    let leaf = sys::cstring(V2_INIT_LEAF).map_err(|e| Error::sys("cgroup leaf name", e))?;
+    // SAFETY: mkdirat relative to a directory descriptor we hold.
+    cvt(unsafe { libc::mkdirat(sandbox_dir.as_raw_fd(), leaf.as_ptr(), 0o755) })
+        .map_err(|e| Error::sys("create the init's cgroup", e))?;
+    let join = |path: &str, value: &[u8], what: &str| -> Result<()> {
+        let fd = sys::openat(Some(sandbox_dir), Path::new(path), libc::O_WRONLY, 0)
+            .map_err(|e| Error::sys(what.to_string(), e))?;
+        sys::write_all(fd.as_fd(), value).map_err(|e| Error::sys(what.to_string(), e))
+    };
+    join(
+        &format!("{V2_INIT_LEAF}/cgroup.procs"),
+        b"0",
+        "join the init's cgroup",
+    )?;
+    join(
+        "cgroup.subtree_control",
+        V2_CONTROLLERS.as_bytes(),
+        "hand the sandbox's controllers down",
+    )
+}
+
 /// One Landlock domain for the whole sandbox (children inherit it): no device nodes, and on
 /// kernels with ABI 6 no signals or abstract UNIX sockets across the sandbox boundary.
 /// Best effort: older kernels get what they support.
@@ -213,6 +249,8 @@ struct Init<'a> {
     control: BorrowedFd<'a>,
     /// `cgroup.procs` of the sandbox's memory cgroup, when the init is not in it.
     memory_procs: Option<BorrowedFd<'a>>,
+    /// cgroup v2: each exec's cgroup gets the sandbox's limits written in (see `cgroup`).
+    v2: bool,
     exec_cgroups: BorrowedFd<'a>,
     uid: u32,
     /// Host of each running exec's main process: pid → exec.
@@ -306,6 +344,10 @@ impl Init<'_> {
             )
         });
         made.map_err(|e| format!("create exec cgroup: {e}"))?;
+        if self.v2 {
+            crate::cgroup::copy_limits_at(self.exec_cgroups, &name)
+                .map_err(|e| format!("limits of the exec cgroup: {e}"))?;
+        }
         let procs = sys::openat(
             Some(self.exec_cgroups),
             &cgroup.join("cgroup.procs"),
