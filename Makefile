@@ -5,7 +5,7 @@
 CARGO ?= cargo
 JOBS ?= 2
 
-.PHONY: setup build run test test-rust test-clients bench lint
+.PHONY: setup build run test test-rust test-clients test-guest bench lint
 
 setup:
 	./scripts/setup.sh
@@ -19,6 +19,7 @@ run: setup build
 test: setup build
 	$(MAKE) test-rust
 	$(MAKE) test-clients
+	$(MAKE) test-guest
 	$(MAKE) lint
 
 # Unit tests and end-to-end tests against a real server (release, the profile just built).
@@ -28,6 +29,11 @@ test-rust:
 # The real client packages from PyPI against a real server.
 test-clients:
 	.venv/bin/pytest tests/clients -q -n $(JOBS)
+
+# The host-dependent end-to-end tests in a cgroup v2 guest with Debian 12's stock kernel, in
+# three layouts of the server's cgroup (qemu, software emulation: a few minutes).
+test-guest:
+	./scripts/guest-tests.sh
 
 bench: setup build
 	./scripts/bench.sh
