@@ -17,6 +17,30 @@ fn health_openapi_and_metrics() {
     assert_eq!(health["status"], "ok");
     let info = json_of(s.get("/info"));
     assert!(info["runs"]["max_concurrency"].as_u64().unwrap() >= 1);
+    let isolation = &info["isolation"];
+    let layout = if cella_e2e::cgroup_v2() {
+        "cgroup v2"
+    } else {
+        "cgroup v1"
+    };
+    assert!(
+        isolation["cgroups"].as_str().unwrap().starts_with(layout),
+        "{isolation}"
+    );
+    let abi = isolation["landlock_abi"].as_i64().unwrap();
+    assert_eq!(
+        abi > 0,
+        isolation["landlock"]
+            .as_str()
+            .unwrap()
+            .starts_with("device nodes refused")
+    );
+    assert!(
+        isolation["seccomp_actions"]
+            .as_str()
+            .unwrap()
+            .contains("errno")
+    );
     assert_eq!(info["version"], health["version"]);
 
     let doc = json_of(

@@ -114,7 +114,7 @@ fn setup(spec: &SandboxSpec, fds: &mut InitFds, policy: &Policy) -> Result<Owned
             .map_err(|e| Error::sys("leave the sandbox's memory cgroup", e))?;
     }
     drop_capabilities()?;
-    restrict_landlock();
+    restrict_landlock()?;
     // Installed once here, inherited by every process of the sandbox (the init itself needs
     // nothing the policy refuses), instead of compiled into each exec.
     policy
@@ -230,15 +230,18 @@ fn hand_controllers_down(sandbox_dir: BorrowedFd<'_>) -> Result<()> {
 
 /// One Landlock domain for the whole sandbox (children inherit it): no device nodes, and on
 /// kernels with ABI 6 no signals or abstract UNIX sockets across the sandbox boundary.
-/// Best effort: older kernels get what they support.
-fn restrict_landlock() {
+/// Older kernels get what they support (the server logs and reports the ABI it found); a
+/// kernel that has Landlock but refuses the domain fails the sandbox, never silently.
+fn restrict_landlock() -> Result<()> {
     use landlock::{ABI, Access, AccessFs, Ruleset, RulesetAttr, Scope};
     let fs = AccessFs::MakeChar | AccessFs::MakeBlock;
-    let _ = Ruleset::default()
+    Ruleset::default()
         .handle_access(fs)
         .and_then(|r| r.scope(Scope::from_all(ABI::V6)))
         .and_then(|r| r.create())
-        .and_then(|r| r.restrict_self());
+        .and_then(|r| r.restrict_self())
+        .map(drop)
+        .map_err(|e| Error::Unsupported(format!("Landlock: {e}")))
 }
 
 struct Running {

@@ -20,6 +20,15 @@ pub struct Features {
 }
 
 impl Features {
+    /// What the sandboxes' Landlock domain covers on this kernel.
+    pub fn landlock_covers(&self) -> &'static str {
+        match self.landlock_abi {
+            0 => "nothing: Landlock is unavailable",
+            1..=5 => "device nodes refused; signals and abstract UNIX sockets not scoped (ABI 6)",
+            _ => "device nodes refused; signals and abstract UNIX sockets scoped to the sandbox",
+        }
+    }
+
     pub fn summary(&self) -> String {
         let landlock = match self.landlock_abi {
             0 => "unavailable".to_string(),

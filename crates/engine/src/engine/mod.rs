@@ -70,6 +70,11 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// The cgroup layout sandboxes are made in (`cgroup v1 at ...`, `cgroup v2 at ...`).
+    pub fn cgroup_layout(&self) -> String {
+        self.cgroups.describe()
+    }
+
     /// Opens the state, reaps whatever a previous server left behind, and starts serving.
     /// `spawner` must have been started before any thread.
     pub fn new(
