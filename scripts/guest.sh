@@ -9,7 +9,7 @@
 set -euo pipefail
 
 CACHE=/var/cache/cella/guest
-SHARE=/var/tmp/cella-guest   # outside /tmp, which the guest mounts afresh
+SHARE=/var/tmp/cella-guest
 ACCEL=${GUEST_ACCEL:-tcg}
 # Half the machine's memory, at most 6 GiB: the tests' sandboxes need a few GiB.
 half=$(awk '/MemTotal/ {print int($2 / 2048)}' /proc/meminfo)
@@ -73,7 +73,8 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
-mount -t tmpfs -o size=3g tmpfs /tmp
+# /tmp stays the overlay's (this machine's, written to the tmpfs above it): a checkout under
+# /tmp is where the command finds it.
 mount -t tmpfs tmpfs /run
 ip link set lo up
 hostname cella-guest
