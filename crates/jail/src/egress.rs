@@ -75,7 +75,9 @@ pub fn connect(netns: &Path, ruleset: &str, timeout: Duration) -> std::io::Resul
         child,
         exit: Some(exit_write),
     };
-    if !wait_readable(&ready_read, timeout)? || read_byte(ready_read).is_err() {
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    let [ready] = sys::poll_readable([ready_read.as_fd()], ms)?;
+    if !ready || read_byte(ready_read).is_err() {
         let status = uplink.child.try_wait().ok().flatten();
         return Err(std::io::Error::other(match status {
             Some(status) => {
@@ -88,21 +90,6 @@ pub fn connect(netns: &Path, ruleset: &str, timeout: Duration) -> std::io::Resul
     }
     load_rules(netns, ruleset)?;
     Ok(uplink)
-}
-
-fn wait_readable(fd: &OwnedFd, timeout: Duration) -> std::io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: one pollfd on a descriptor we own.
-    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(n > 0)
 }
 
 fn read_byte(fd: OwnedFd) -> std::io::Result<()> {

@@ -177,20 +177,14 @@ pub fn freeform(completion: &str, language: &str, first_block_only: bool) -> (St
     if blocks.is_empty() {
         kind = Extracted::Empty;
     }
-    let mut code = if first_block_only {
+    let code = if first_block_only {
         blocks.first().map(|b| b.code.clone()).unwrap_or_default()
     } else {
         let codes: Vec<&str> = blocks.iter().map(|b| b.code.as_str()).collect();
         codes.join("\n\n")
     }
     .replace('\r', "");
-    code = match language {
-        "python" => cut_before(&code, "if __name__ == \"__main__\":"),
-        "cpp" => cut_before(&code, "int main()"),
-        "go" => code.replace("package main", ""),
-        _ => code,
-    };
-    (cut_before(&code, "# Example usage"), kind)
+    (without_entry_point(&code, language), kind)
 }
 
 /// `code` up to `marker`, trimmed, if it holds `marker`; else `code` unchanged.
