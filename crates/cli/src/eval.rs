@@ -2,7 +2,7 @@
 //! `/submit`), with a progress bar, a results file beside the input that a rerun resumes from,
 //! and a pass@k table.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use cella_engine::eval::datasets::key_of;
-use cella_engine::eval::metrics::{Tally, pass_at};
+use cella_engine::eval::metrics::{pass_at, tally};
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -303,21 +303,15 @@ fn print_summary(
     output: &Path,
     graded: (usize, Duration),
 ) {
-    let mut by_problem: HashMap<String, Tally> = HashMap::new();
-    let mut problems: Vec<String> = Vec::new();
-    let mut seen = HashSet::new();
-    for s in samples {
-        let key = key_of(&s.id).unwrap_or_default();
-        if seen.insert(key.clone()) {
-            problems.push(key.clone());
-        }
-        let t = by_problem.entry(key).or_default();
-        if let Some(result) = done.get(&s.index) {
-            t.samples += 1;
-            t.passed += u64::from(result["accepted"] == true);
-        }
-    }
-    let tallies: Vec<Tally> = problems.iter().map(|p| by_problem[p]).collect();
+    // The summary follows a run that graded every sample, so every problem has its tally.
+    let results = samples.iter().filter_map(|s| {
+        let result = done.get(&s.index)?;
+        Some((
+            key_of(&s.id).unwrap_or_default(),
+            result["accepted"] == true,
+        ))
+    });
+    let tallies = tally(results);
     let accepted: u64 = tallies.iter().map(|t| t.passed).sum();
     let errors = done.values().filter(|r| r.get("error").is_some()).count();
     let fewest = tallies.iter().map(|t| t.samples).min().unwrap_or(0);
@@ -330,7 +324,7 @@ fn print_summary(
     println!(
         "{}: {} problems, {} samples ({per} per problem)",
         args.dataset,
-        problems.len(),
+        tallies.len(),
         samples.len()
     );
     for (k, v) in pass_at(&tallies, &args.k) {

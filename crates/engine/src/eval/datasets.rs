@@ -118,10 +118,6 @@ impl Datasets {
         &self.order
     }
 
-    pub fn holds(&self, id: &str) -> bool {
-        self.sets.contains_key(id)
-    }
-
     /// Rows `offset..offset + limit` of dataset `id`, in file order.
     pub fn page(&self, id: &str, offset: usize, limit: usize) -> Result<Vec<Row>> {
         let set = self.get(id)?;
@@ -141,9 +137,10 @@ impl Datasets {
     }
 
     fn get(&self, id: &str) -> Result<&Dataset> {
-        self.sets
-            .get(id)
-            .ok_or_else(|| Error::not_found("dataset", id))
+        self.sets.get(id).ok_or_else(|| {
+            let why = format!("{id} (this server holds none; send them in config.provided_data)");
+            Error::not_found("rows of dataset", why)
+        })
     }
 }
 

@@ -1,7 +1,7 @@
 //! pass@k with the unbiased estimator of the Codex paper: for a problem with `n` samples of
 //! which `c` passed, `1 - C(n-c, k) / C(n, k)`, averaged over problems.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// One problem's samples: how many were graded and how many passed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -23,6 +23,22 @@ pub fn pass_at_k(n: u64, c: u64, k: u64) -> f64 {
         .map(|i| 1.0 - k as f64 / i as f64)
         .product();
     1.0 - fail_all
+}
+
+/// Graded samples (each problem's key and whether it passed) grouped by problem, problems in
+/// the order they first appear.
+pub fn tally(results: impl IntoIterator<Item = (String, bool)>) -> Vec<Tally> {
+    let mut order: Vec<String> = Vec::new();
+    let mut by_key: HashMap<String, Tally> = HashMap::new();
+    for (key, passed) in results {
+        let t = by_key.entry(key.clone()).or_insert_with(|| {
+            order.push(key);
+            Tally::default()
+        });
+        t.samples += 1;
+        t.passed += u64::from(passed);
+    }
+    order.iter().map(|k| by_key[k]).collect()
 }
 
 /// pass@k over problems, for each `k` that every problem has samples enough for; `pass@1`

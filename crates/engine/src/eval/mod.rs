@@ -248,7 +248,7 @@ impl Evaluator {
             Some(Value::Object(_)) => Err(Error::invalid(
                 "request.config.provided_data should be a list of str -> str | int",
             )),
-            _ => self.held(dataset)?.page(dataset, offset, limit),
+            _ => self.datasets.page(dataset, offset, limit),
         }
     }
 
@@ -259,18 +259,7 @@ impl Evaluator {
             Some(Value::Array(rows)) if !rows.is_empty() => Err(Error::invalid(
                 "request.config.provided_data should be a dict with str -> str | int",
             )),
-            _ => self.held(dataset)?.row(dataset, id),
-        }
-    }
-
-    fn held(&self, dataset: &str) -> Result<&Datasets> {
-        if self.datasets.holds(dataset) {
-            Ok(&self.datasets)
-        } else {
-            Err(Error::not_found(
-                "rows of dataset",
-                format!("{dataset} (this server holds none; send them in config.provided_data)"),
-            ))
+            _ => self.datasets.row(dataset, id),
         }
     }
 
@@ -340,7 +329,13 @@ impl Evaluator {
             Some(k) => k.as_u64().into_iter().collect(),
             None => vec![1, 5, 10, 100],
         };
-        Ok(metrics::pass_at(&tally(results), &ks))
+        let keyed = results.iter().map(|(id, passed)| {
+            (
+                datasets::key_of(id).unwrap_or_else(|| id.to_string()),
+                *passed,
+            )
+        });
+        Ok(metrics::pass_at(&metrics::tally(keyed), &ks))
     }
 
     /// Runs a program as a one-shot run. Errors of the server (busy, a sandbox that could not
@@ -429,22 +424,6 @@ impl Evaluator {
             }
         }
     }
-}
-
-/// Results grouped by problem, in the order problems first appear.
-fn tally(results: &[(Value, bool)]) -> Vec<metrics::Tally> {
-    let mut order: Vec<String> = Vec::new();
-    let mut by_id: std::collections::HashMap<String, metrics::Tally> = Default::default();
-    for (id, accepted) in results {
-        let key = datasets::key_of(id).unwrap_or_else(|| id.to_string());
-        let t = by_id.entry(key.clone()).or_insert_with(|| {
-            order.push(key);
-            metrics::Tally::default()
-        });
-        t.samples += 1;
-        t.passed += u64::from(*accepted);
-    }
-    order.iter().map(|k| by_id[k]).collect()
 }
 
 /// A python run with SandboxFusion's defaults and the given run timeout; other runs change
