@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::Client;
 use serde_json::{Value, json};
 
-use crate::{measure, measure_paced, post};
+use crate::{measure, measure_paced, post, record_failure};
 
 /// `body` with a comment of its own added to its code, for a compiled language: the server
 /// keeps compiles for runs of the same code, and these figures are of compiling.
@@ -156,14 +156,22 @@ pub async fn fusion_suite(http: Client, base: String, scale: f64) {
         measure("print(1) beside 8 infinite loops", 1, n(40.0), move || {
             let (h, url) = (h.clone(), u.clone());
             async move {
-                post(&h, &url, &json!({"language": "python", "code": "print(1)"}))
-                    .await
-                    .map(drop)
+                let r = post(&h, &url, &json!({"language": "python", "code": "print(1)"})).await?;
+                if r["status"] != "Success" || r["run_result"]["stdout"] != "1\n" {
+                    return Err(format!("unexpected result {r}"));
+                }
+                Ok(())
             }
         })
         .await;
+        // The loops themselves end at their time limit, not some other way.
         for f in flood {
-            let _ = f.await;
+            let r = f.await.expect("flood task");
+            let status = r.as_ref().map(|r| r["run_result"]["status"].clone());
+            if status.as_ref().ok().and_then(|s| s.as_str()) != Some("TimeLimitExceeded") {
+                eprintln!("  an infinite loop ended otherwise: {r:?}");
+                record_failure("8 infinite loops".into());
+            }
         }
     }
     let (h, ping) = (http.clone(), format!("{base}/v1/ping"));

@@ -1,7 +1,9 @@
 //! `cella-bench`: drives a running cella server and reports p50/p99 latency and throughput.
 //!
 //! Each scenario runs a fixed number of operations at a given concurrency (that many workers
-//! issuing back-to-back requests). Latency is what the client observes, end to end.
+//! issuing back-to-back requests). Latency is what the client observes, end to end, failed
+//! operations included; throughput counts only the ones that succeeded. Any failure makes the
+//! run exit non-zero, and a run with failures is not saved as the baseline.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -58,10 +60,18 @@ struct Figures {
 
 static BASELINE: std::sync::OnceLock<Vec<Figures>> = std::sync::OnceLock::new();
 static RESULTS: std::sync::Mutex<Vec<Figures>> = std::sync::Mutex::new(Vec::new());
+/// Scenarios with at least one failed operation, by name.
+static FAILED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Marks the run as failed, naming what failed.
+fn record_failure(what: String) {
+    FAILED.lock().unwrap_or_else(|p| p.into_inner()).push(what);
+}
 
 struct Stats {
     name: String,
     concurrency: usize,
+    /// Every operation's, failed ones included.
     latencies: Vec<Duration>,
     errors: usize,
     elapsed: Duration,
@@ -82,7 +92,7 @@ impl Stats {
             concurrency: self.concurrency,
             p50_ms: self.pct(0.50),
             p99_ms: self.pct(0.99),
-            per_second: self.latencies.len() as f64 / self.elapsed.as_secs_f64(),
+            per_second: (self.latencies.len() - self.errors) as f64 / self.elapsed.as_secs_f64(),
         };
         let before = BASELINE
             .get()
@@ -107,6 +117,9 @@ impl Stats {
             figures.per_second,
             self.errors
         );
+        if self.errors > 0 {
+            record_failure(format!("{} (c={})", self.name, self.concurrency));
+        }
         RESULTS
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -147,12 +160,11 @@ where
             while next.fetch_add(1, Ordering::Relaxed) < total {
                 tokio::time::sleep(pause).await;
                 let t = Instant::now();
-                match op().await {
-                    Ok(()) => lat.push(t.elapsed()),
-                    Err(e) => {
-                        errors += 1;
-                        first_error.get_or_insert(e);
-                    }
+                let outcome = op().await;
+                lat.push(t.elapsed());
+                if let Err(e) = outcome {
+                    errors += 1;
+                    first_error.get_or_insert(e);
                 }
             }
             (lat, errors, first_error)
@@ -231,6 +243,14 @@ async fn main() {
             }
             other => eprintln!("unknown suite {other:?}"),
         }
+    }
+    let failed = FAILED.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if !failed.is_empty() {
+        eprintln!("failed operations in: {}", failed.join(", "));
+        if args.save_baseline {
+            eprintln!("the baseline is not saved from a run with failures");
+        }
+        std::process::exit(1);
     }
     if args.save_baseline {
         // This run's figures replace their scenarios' old ones; the scenarios of suites not

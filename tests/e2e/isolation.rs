@@ -2,7 +2,7 @@
 
 use std::sync::OnceLock;
 
-use cella_e2e::{Server, assert_refused, json_of};
+use cella_e2e::{Server, assert_refused, eventually, json_of};
 use serde_json::{Value, json};
 
 fn server() -> &'static Server {
@@ -403,7 +403,14 @@ time.sleep(20)
         json!({"command": ["python3", "-c", listen]}),
     ));
     assert_eq!(started["running"], true);
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The file is written once both listeners are up.
+    assert!(
+        eventually(
+            10.0,
+            || s.sh(&a, "test -e /dev/shm/a-was-here")["exit_code"] == 0
+        ),
+        "A's listeners never came up"
+    );
     let probe = r#"
 import socket, os
 for target, fam in [('\0cella-test', socket.AF_UNIX), (('127.0.0.1', 7777), socket.AF_INET)]:
@@ -413,6 +420,9 @@ for target, fam in [('\0cella-test', socket.AF_UNIX), (('127.0.0.1', 7777), sock
     except OSError as e: print('isolated', e.errno)
 print(os.path.exists('/dev/shm/a-was-here'))
 "#;
+    // The probe reaches both from A itself, so its failing from B is the isolation's doing.
+    let r = s.exec(&a, json!({"command": ["python3", "-c", probe]}));
+    assert_eq!(r["stdout"], "reached\nreached\nTrue\n", "{r}");
     let r = s.exec(&b, json!({"command": ["python3", "-c", probe]}));
     assert_eq!(r["stdout"], "isolated 111\nisolated 111\nFalse\n", "{r}");
     s.delete(&format!("/sandboxes/{a}"));
