@@ -7,9 +7,7 @@
 #   container  the server at the root of a cgroup namespace that holds processes, as Docker
 #              and Kubernetes start a container (it moves them to a leaf itself)
 # Under software emulation a guest is ~10x slower than this machine: the test of warm pools
-# filling within a deadline is left to the host run. So is the one of files filling a
-# sandbox's memory: on v2 the init cannot leave its sandbox's memory cgroup, and with the
-# memory full of files the OOM killer may take it (ARCHITECTURE's known limits).
+# filling within a deadline is left to the host run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +23,7 @@ isolation=$(awk '$1 == "isolation" {print $2}' <<< "$binaries")
 [ -n "$limits" ] && [ -n "$isolation" ] || { echo "guest tests: build the e2e tests first" >&2; exit 1; }
 
 run="cd $PWD && export CELLA_LOG=warn"
-skip="--skip warm_pools_give_way_to_requests_at_the_sandbox_cap --skip files_filling_a_sandboxs_memory_kill_the_writer_not_the_sandbox"
+skip="--skip warm_pools_give_way_to_requests_at_the_sandbox_cap"
 
 bare="$run && $limits --test-threads=2 $skip && $isolation --test-threads=2"
 

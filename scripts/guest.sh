@@ -81,7 +81,11 @@ hostname cella-guest
 export PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 echo "guest: kernel $(uname -r), cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
 bash /var/tmp/cella-guest/command.sh
-echo "GUEST-EXIT=$?"
+status=$?
+# What the kernel said of CPUs or tasks stuck (soft lockups, RCU stalls, hung tasks), with
+# their stacks: shown, never filtered out with the rest of its log.
+dmesg | awk '/soft lockup|rcu.*stall|blocked for more than/ {n = 60} n-- > 0 {print "guest-kernel: " $0}'
+echo "GUEST-EXIT=$status"
 echo o > /proc/sysrq-trigger
 sleep 30
 EOF
@@ -92,7 +96,7 @@ out=$(mktemp)
 timeout "${GUEST_TIMEOUT:-1800}" qemu-system-x86_64 -machine q35,accel="$ACCEL" -cpu max -smp "$(nproc)" \
   -m "$MEMORY_MB" -nographic -no-reboot \
   -kernel "$kernel_dir/root/boot/vmlinuz-$version" -initrd "$initrd" \
-  -append "console=ttyS0 quiet panic=-1" \
+  -append "console=ttyS0 quiet panic=-1 softlockup_all_cpu_backtrace=1" \
   -virtfs local,path=/,mount_tag=host,security_model=passthrough,readonly=on,multidevs=remap \
   -virtfs "local,path=$modules,mount_tag=modules,security_model=passthrough,readonly=on" \
   2>&1 | tee "$out" | grep --line-buffered -v -E '^\[ *[0-9.]+\]|SeaBIOS|iPXE|Booting from|Press Ctrl-B' || true

@@ -96,6 +96,9 @@ impl Cgroups {
         }
         if let Layout::V2 { root } = &cgroups.layout {
             enable_v2_controllers(root, parent)?;
+            let inits = root.join(parent).join(V2_INITS_LEAF);
+            fs::create_dir_all(&inits)
+                .map_err(|e| Error::sys(format!("create cgroup {}", inits.display()), e))?;
         }
         if let Layout::V1 {
             cpuset: Some(root), ..
@@ -128,6 +131,9 @@ impl Cgroups {
     /// Removes the parent cgroups once every sandbox has left them (at a clean shutdown);
     /// a parent that still holds a sandbox's cgroup stays.
     pub fn remove_parents(&self) {
+        if let Some(inits) = self.v2_inits_dir() {
+            let _ = fs::remove_dir(inits);
+        }
         for dir in self.parent_dirs() {
             let _ = fs::remove_dir(dir);
         }
@@ -156,13 +162,20 @@ impl Cgroups {
         }
     }
 
-    /// Where a sandbox's init keeps its own memory: the v1 memory hierarchy's parent, outside
-    /// every sandbox's limit (see `SandboxSpec::init_memory_cgroup`); none on v2, where a
-    /// process's cgroup is one for all controllers.
+    /// Where a sandbox's init keeps its own memory, outside every sandbox's limit (see
+    /// `SandboxSpec::init_memory_cgroup`): the v1 memory hierarchy's parent; on v2, where a
+    /// cgroup with children may hold no process, a leaf beside the sandboxes.
     pub fn init_memory_dir(&self) -> Option<PathBuf> {
         match &self.layout {
             Layout::V1 { memory, .. } => Some(memory.join(&self.parent)),
-            Layout::V2 { .. } => None,
+            Layout::V2 { .. } => self.v2_inits_dir(),
+        }
+    }
+
+    fn v2_inits_dir(&self) -> Option<PathBuf> {
+        match &self.layout {
+            Layout::V1 { .. } => None,
+            Layout::V2 { root } => Some(root.join(&self.parent).join(V2_INITS_LEAF)),
         }
     }
 
@@ -208,6 +221,7 @@ impl Cgroups {
             .flatten()
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
             .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| name != V2_INITS_LEAF)
             .collect();
         names.sort();
         names.dedup();
@@ -605,9 +619,10 @@ pub fn exec_cgroup_name(id: u64) -> String {
     format!("x{id}")
 }
 
-/// On v2, the leaf a sandbox's init moves to, so that the sandbox's cgroup, holding no
-/// process of its own, can hand its controllers down to the execs' cgroups.
-pub const V2_INIT_LEAF: &str = "init";
+/// On v2, the leaf beside the sandboxes' cgroups that their inits move to, so that a
+/// sandbox's cgroup, holding no process of its own, can hand its controllers down to its
+/// execs' cgroups. No sandbox id can take the name: ids begin with a letter or digit.
+const V2_INITS_LEAF: &str = "_inits";
 /// The controllers a v2 sandbox hands down to its execs' cgroups.
 pub const V2_CONTROLLERS: &str = "+memory +pids +cpu";
 /// The limits a v2 exec's cgroup shows as its sandbox has them: runtimes (the JVM, Node)
@@ -618,9 +633,7 @@ pub const V2_LIMIT_FILES: &[&str] = &["memory.max", "memory.swap.max", "cpu.max"
 /// Copies `V2_LIMIT_FILES` from the cgroup directory `parent` to its child `child`.
 pub fn copy_limits_at(parent: BorrowedFd<'_>, child: &str) -> io::Result<()> {
     for file in V2_LIMIT_FILES {
-        let from = crate::sys::openat(Some(parent), Path::new(file), libc::O_RDONLY, 0)?;
-        let mut value = String::new();
-        io::Read::read_to_string(&mut fs::File::from(from), &mut value)?;
+        let value = read_at(parent, file)?;
         let to_path = Path::new(child).join(file);
         // O_CREAT changes nothing on cgroupfs, where the files exist with the directory.
         let to = crate::sys::openat(
@@ -632,6 +645,23 @@ pub fn copy_limits_at(parent: BorrowedFd<'_>, child: &str) -> io::Result<()> {
         io::Write::write_all(&mut fs::File::from(to), value.trim().as_bytes())?;
     }
     Ok(())
+}
+
+/// Whether the v2 cgroup directory `dir` holds more processes than its `pids.max`. v2 refuses
+/// a fork past the limit but lets a process move in past it: one that moved in checks.
+pub fn over_pids_limit(dir: BorrowedFd<'_>) -> io::Result<bool> {
+    let current: u64 = read_at(dir, "pids.current")?.trim().parse().unwrap_or(0);
+    Ok(read_at(dir, "pids.max")?
+        .trim()
+        .parse::<u64>()
+        .is_ok_and(|max| current > max))
+}
+
+fn read_at(dir: BorrowedFd<'_>, file: &str) -> io::Result<String> {
+    let fd = crate::sys::openat(Some(dir), Path::new(file), libc::O_RDONLY, 0)?;
+    let mut value = String::new();
+    io::Read::read_to_string(&mut fs::File::from(fd), &mut value)?;
+    Ok(value)
 }
 
 fn collect_pids(dir: &Path, out: &mut Vec<i32>) {

@@ -25,6 +25,9 @@ pub struct ChildFds<'a> {
     pub memory_procs: Option<BorrowedFd<'a>>,
     /// `cgroup.procs` of the exec's own cgroup.
     pub cgroup_procs: OwnedFd,
+    /// On v2, the sandbox's cgroup directory, whose process limit a process moving in can
+    /// pass (see `cgroup::over_pids_limit`).
+    pub v2_sandbox_cgroup: Option<BorrowedFd<'a>>,
     /// Where a setup failure is reported.
     pub err: OwnedFd,
 }
@@ -63,6 +66,12 @@ fn setup_and_exec(
         "join exec cgroup",
         sys::write_all(fds.cgroup_procs.as_fd(), b"0"),
     )?;
+    // Forked in the init's cgroup, outside the sandbox's: refused as a fork in it would be.
+    if let Some(sandbox) = fds.v2_sandbox_cgroup
+        && at("pids.current", crate::cgroup::over_pids_limit(sandbox))?
+    {
+        return Err(("fork".into(), io::Error::from_raw_os_error(libc::EAGAIN)));
+    }
     sys::reset_signals();
     // SAFETY: setsid has no memory-safety preconditions.
     at("setsid", cvt(unsafe { libc::setsid() }))?;

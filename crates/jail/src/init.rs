@@ -24,7 +24,7 @@ pub struct InitFds {
     pub control: OwnedFd,
     pub netns: OwnedFd,
     pub cgroup_procs: Vec<OwnedFd>,
-    /// `cgroup.procs` of the memory cgroup the init moves to (`SandboxSpec::init_memory_cgroup`).
+    /// `cgroup.procs` of the cgroup the init moves to (`SandboxSpec::init_memory_cgroup`).
     pub init_memory_procs: Option<OwnedFd>,
     pub exec_cgroups: OwnedFd,
 }
@@ -102,9 +102,6 @@ fn setup(spec: &SandboxSpec, fds: &mut InitFds, policy: &Policy) -> Result<Owned
     sys::setns(fds.netns.as_fd(), libc::CLONE_NEWNET).map_err(|e| Error::sys("setns net", e))?;
     // A cgroup namespace rooted at the sandbox's cgroup hides the host's hierarchy.
     sys::unshare(libc::CLONE_NEWCGROUP).map_err(|e| Error::sys("unshare cgroup", e))?;
-    if is_v2(spec) {
-        hand_controllers_down(fds.exec_cgroups.as_fd())?;
-    }
     sys::sethostname(&spec.hostname).map_err(|e| Error::sys("sethostname", e))?;
     let upper = rootfs::build(spec)?;
     // The root filesystem's files are the sandbox's; what the init allocates from now on is
@@ -112,6 +109,9 @@ fn setup(spec: &SandboxSpec, fds: &mut InitFds, policy: &Policy) -> Result<Owned
     if let Some(procs) = fds.init_memory_procs.take() {
         sys::write_all(procs.as_fd(), b"0")
             .map_err(|e| Error::sys("leave the sandbox's memory cgroup", e))?;
+    }
+    if is_v2(spec) {
+        hand_controllers_down(fds.exec_cgroups.as_fd())?;
     }
     drop_capabilities()?;
     restrict_landlock()?;
@@ -201,31 +201,20 @@ fn is_v2(spec: &SandboxSpec) -> bool {
     spec.cgroups.iter().any(|(name, _)| name.is_empty())
 }
 
-/// On v2, moves the init to a leaf of its own (`cgroup::V2_INIT_LEAF`) and hands the
-/// controllers down from the sandbox's cgroup (`sandbox_dir`), so that each exec's cgroup has
-/// limits of its own to show. Done after the cgroup namespace is made at the sandbox's cgroup,
-/// which stays its root.
+/// On v2, hands the controllers down from the sandbox's cgroup (`sandbox_dir`), which the
+/// init has left, so that each exec's cgroup has limits of its own to show: v2 lets a cgroup
+/// holding processes hand none down.
 fn hand_controllers_down(sandbox_dir: BorrowedFd<'_>) -> Result<()> {
-    use crate::cgroup::{V2_CONTROLLERS, V2_INIT_LEAF};
-    let leaf = sys::cstring(V2_INIT_LEAF).map_err(|e| Error::sys("cgroup leaf name", e))?;
-    // SAFETY: mkdirat relative to a directory descriptor we hold.
-    cvt(unsafe { libc::mkdirat(sandbox_dir.as_raw_fd(), leaf.as_ptr(), 0o755) })
-        .map_err(|e| Error::sys("create the init's cgroup", e))?;
-    let join = |path: &str, value: &[u8], what: &str| -> Result<()> {
-        let fd = sys::openat(Some(sandbox_dir), Path::new(path), libc::O_WRONLY, 0)
-            .map_err(|e| Error::sys(what.to_string(), e))?;
-        sys::write_all(fd.as_fd(), value).map_err(|e| Error::sys(what.to_string(), e))
-    };
-    join(
-        &format!("{V2_INIT_LEAF}/cgroup.procs"),
-        b"0",
-        "join the init's cgroup",
-    )?;
-    join(
-        "cgroup.subtree_control",
-        V2_CONTROLLERS.as_bytes(),
-        "hand the sandbox's controllers down",
+    let what = "hand the sandbox's controllers down";
+    let control = sys::openat(
+        Some(sandbox_dir),
+        Path::new("cgroup.subtree_control"),
+        libc::O_WRONLY,
+        0,
     )
+    .map_err(|e| Error::sys(what, e))?;
+    sys::write_all(control.as_fd(), crate::cgroup::V2_CONTROLLERS.as_bytes())
+        .map_err(|e| Error::sys(what, e))
 }
 
 /// One Landlock domain for the whole sandbox (children inherit it): no device nodes, and on
@@ -368,6 +357,7 @@ impl Init<'_> {
                 stdio,
                 memory_procs: self.memory_procs,
                 cgroup_procs: procs,
+                v2_sandbox_cgroup: self.v2.then_some(self.exec_cgroups),
                 err: err_w,
             };
             crate::in_child(|| child::exec(spec, self.uid, fds));

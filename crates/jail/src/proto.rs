@@ -32,9 +32,10 @@ pub struct SandboxSpec {
     /// The sandbox's cgroup directories, one per hierarchy, each with the hierarchy's name
     /// under `/sys/fs/cgroup`: the init joins them, and shows them read-only by that name.
     pub cgroups: Vec<(String, PathBuf)>,
-    /// The memory cgroup the init moves to once set up (v1: the sandboxes' parent), its
-    /// children joining the sandbox's before they run. The init's own allocations then never
-    /// meet the sandbox's limit: with the sandbox's memory full of files, which no kill
+    /// The cgroup the init moves to once set up, outside the sandbox's memory limit (v1: the
+    /// sandboxes' parent in the memory hierarchy; v2: the inits' leaf beside the sandboxes),
+    /// its children joining the sandbox's before they run. The init's own allocations then
+    /// never meet the sandbox's limit: with the sandbox's memory full of files, which no kill
     /// frees, the init would be the last process the OOM killer could take.
     pub init_memory_cgroup: Option<PathBuf>,
     /// The cgroup directory under which each exec gets its own child cgroup, so that a timeout

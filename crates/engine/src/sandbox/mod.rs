@@ -187,6 +187,11 @@ impl Sandbox {
         self.info.lock().unwrap_or_else(|p| p.into_inner()).uid
     }
 
+    /// The init's host pid.
+    fn init_pid(&self) -> Option<i32> {
+        self.init.map(|(pid, _)| pid)
+    }
+
     pub fn is_running(&self) -> bool {
         self.info.lock().unwrap_or_else(|p| p.into_inner()).state == State::Running
             && !self.control.is_closed()

@@ -89,8 +89,12 @@ fn read(host_pid: i32) -> Option<Read> {
 }
 
 /// Every process of the sandbox, read with its host pid; those not of `uid` by name only.
-fn all(cgroup: &SandboxCgroup, uid: u32) -> Vec<Read> {
-    let mut read: Vec<Read> = cgroup.pids().into_iter().filter_map(read).collect();
+/// The init (host pid `init`) is listed whether or not it is in the sandbox's cgroups: on v2
+/// it leaves them once set up.
+fn all(cgroup: &SandboxCgroup, init: Option<i32>, uid: u32) -> Vec<Read> {
+    let mut pids = cgroup.pids();
+    pids.extend(init.filter(|pid| !pids.contains(pid)));
+    let mut read: Vec<Read> = pids.into_iter().filter_map(read).collect();
     for r in read.iter_mut().filter(|r| r.process.uid != uid) {
         r.process.command = vec![r.process.name.clone()];
     }
@@ -105,8 +109,8 @@ fn all(cgroup: &SandboxCgroup, uid: u32) -> Vec<Read> {
 impl Sandbox {
     /// The processes running in the sandbox, by pid.
     pub async fn ps(&self) -> Result<Vec<RunningProcess>> {
-        let (cgroup, uid) = (self.cgroup.clone(), self.uid());
-        let listed = tokio::task::spawn_blocking(move || all(&cgroup, uid));
+        let (cgroup, init, uid) = (self.cgroup.clone(), self.init_pid(), self.uid());
+        let listed = tokio::task::spawn_blocking(move || all(&cgroup, init, uid));
         let listed = listed.await.map_err(Error::internal)?;
         Ok(listed.into_iter().map(|r| r.process).collect())
     }
@@ -118,9 +122,11 @@ impl Sandbox {
                 "pid 1 is the sandbox's init: stop or delete the sandbox instead",
             ));
         }
-        let (cgroup, uid) = (self.cgroup.clone(), self.uid());
+        let (cgroup, init, uid) = (self.cgroup.clone(), self.init_pid(), self.uid());
         let killed = tokio::task::spawn_blocking(move || {
-            let found = all(&cgroup, uid).into_iter().find(|r| r.process.pid == pid);
+            let found = all(&cgroup, init, uid)
+                .into_iter()
+                .find(|r| r.process.pid == pid);
             let found = found.ok_or_else(|| Error::not_found("process", pid.to_string()))?;
             // Through a pidfd, after checking it is still the same process: a pid freed and
             // taken by another process meanwhile is not signalled.
