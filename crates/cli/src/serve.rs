@@ -38,7 +38,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         .thread_name("cella")
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let metrics = cella_server::metrics::install()?;
         // Bound before the engine takes anything on the host: a port in use is then refused
         // with nothing to undo.
@@ -78,7 +78,11 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         }
         info!("stopped");
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    // Every sandbox is stopped: work still blocking a thread (a zygote's imports, seconds on
+    // a cold cache) has nobody left to serve, and must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    served
 }
 
 /// Outputs, files and responses are buffers of up to a few MiB, made and freed per request.

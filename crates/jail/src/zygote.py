@@ -321,6 +321,35 @@ def preload(modules):
             pass
 
 
+def exit_if_the_server_goes():
+    """Preloading takes seconds on a cold cache or a slow machine. If the server goes
+    meanwhile, nothing can come any more: a thread watching the channel ends the zygote at
+    once, rather than after it. Returns what stops the watch (a zygote that forks must be
+    single-threaded)."""
+    wake, woken = os.pipe()
+    poller = select.poll()
+    poller.register(CHANNEL, select.POLLRDHUP)  # the peer's close; POLLHUP comes unasked
+    poller.register(wake, select.POLLIN)
+
+    def watch():
+        while True:
+            for fd, _ in poller.poll():
+                if fd == wake:
+                    return
+                os._exit(0)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+
+    def stop():
+        os.write(woken, b".")
+        watcher.join()
+        os.close(wake)
+        os.close(woken)
+
+    return stop
+
+
 def refresh_preloaded():
     """Preloaded modules keep state from the zygote; give each run what a new process has:
     its own random state, and matplotlib's config and cache directories found afresh (under
@@ -342,7 +371,9 @@ def main():
     filters = [bytes.fromhex(f) for f in config["filters"]]
     landlock_abi = config["landlock_abi"]
     os.environ.update(config["env"])
+    stop_watching = exit_if_the_server_goes()
     preload(config["preload"])
+    stop_watching()
     # Forks share the zygote's pages: keep their collectors from walking (and so copying) the
     # objects that exist now.
     gc.freeze()
