@@ -4,6 +4,8 @@
 
 CARGO ?= cargo
 JOBS ?= 2
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 
 .PHONY: setup build run test test-rust test-clients test-guest bench lint
 
@@ -22,9 +24,11 @@ test: setup build
 	$(MAKE) test-guest
 	$(MAKE) lint
 
-# Unit tests and end-to-end tests against a real server (release, the profile just built).
+# Unit tests and end-to-end tests against a real server (release, the profile just built),
+# then their count.
 test-rust:
-	$(CARGO) test --release --workspace
+	$(CARGO) test --release --workspace 2>&1 | tee target/test-rust.log
+	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "== host: %d passed, %d failed\n", p, f}' target/test-rust.log
 
 # The real client packages from PyPI against a real server.
 test-clients:

@@ -30,6 +30,9 @@ if [ ! -f "$kernel_dir/ready" ]; then
   touch "$kernel_dir/ready"
 fi
 modules=$kernel_dir/root/lib/modules/$version
+# The package leaves the module index to its postinst: without it nothing loads on demand
+# (veth, nf_tables, ...).
+[ -f "$modules/modules.dep" ] || depmod -b "$kernel_dir/root" "$version"
 
 # The initramfs: busybox, the modules that reach the root (virtio, 9p, overlay), and an init
 # that builds the root and hands over to the command. Rebuilt when this script changes.
@@ -69,6 +72,8 @@ cat > "$SHARE/init.sh" <<'EOF'
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
+# A static node, as systemd makes for modules that load on first open (tun, for slirp4netns).
+mkdir -p /dev/net && mknod /dev/net/tun c 10 200 2>/dev/null
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
@@ -98,7 +103,7 @@ timeout "${GUEST_TIMEOUT:-1800}" qemu-system-x86_64 -machine q35,accel="$ACCEL" 
   -kernel "$kernel_dir/root/boot/vmlinuz-$version" -initrd "$initrd" \
   -append "console=ttyS0 quiet panic=-1 softlockup_all_cpu_backtrace=1" \
   -virtfs local,path=/,mount_tag=host,security_model=passthrough,readonly=on,multidevs=remap \
-  -virtfs "local,path=$modules,mount_tag=modules,security_model=passthrough,readonly=on" \
+  -virtfs "local,path=${modules%/*},mount_tag=modules,security_model=passthrough,readonly=on" \
   2>&1 | tee "$out" | grep --line-buffered -v -E '^\[ *[0-9.]+\]|SeaBIOS|iPXE|Booting from|Press Ctrl-B' || true
 status=$(sed -n 's/.*GUEST-EXIT=\([0-9]*\).*/\1/p' "$out" | tail -1)
 rm -f "$out"

@@ -34,8 +34,9 @@ APT_PACKAGES=(
   docker-registry skopeo umoci busybox-static debootstrap
   # `cella shell` is tested by driving it in tmux.
   tmux
-  # The cgroup v2 guest of the tests (scripts/guest.sh): qemu, booting Debian's stock kernel.
-  qemu-system-x86
+  # The cgroup v2 guest of the tests (scripts/guest.sh): qemu, booting Debian's stock kernel,
+  # whose modules kmod indexes and loads on demand.
+  qemu-system-x86 kmod
   # Network egress for the sandboxes that ask for it: a user-mode network stack, and the
   # rules inside each sandbox's own namespace.
   slirp4netns nftables

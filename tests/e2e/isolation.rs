@@ -501,3 +501,22 @@ fn the_servers_config_file_is_masked() {
         512
     );
 }
+
+#[test]
+fn landlock_is_in_force_as_the_server_reports() {
+    let s = server();
+    let info = json_of(s.get("/info"));
+    let abi = info["isolation"]["landlock_abi"].as_i64().unwrap();
+    let id = s.sandbox(json!({}));
+    // A device node is refused without Landlock too, for want of CAP_MKNOD, but that check
+    // comes after Landlock's: EACCES (13) is Landlock's answer, EPERM (1) the capability's.
+    let r = s.exec(
+        &id,
+        json!({"command": ["python3", "-c", "import os, stat\ntry: os.mknod('null', stat.S_IFCHR | 0o600, os.makedev(1, 3))\nexcept OSError as e: print(e.errno)"]}),
+    );
+    let expected = if abi >= 1 { "13\n" } else { "1\n" };
+    assert_eq!(r["stdout"], expected, "Landlock ABI {abi}: {r}");
+    // The kernels this is tested on have it (ABI 2 on Debian 12's 6.1, newer here).
+    assert!(abi >= 2, "{info}");
+    s.delete(&format!("/sandboxes/{id}"));
+}

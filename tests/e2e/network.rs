@@ -152,7 +152,10 @@ fn exited(pid: u32) -> bool {
 fn fetch(s: &Server, id: &str, url: &str) -> (String, f64) {
     let out = s.sh(
         id,
-        &format!("curl -s -m 5 -o /dev/null -w '%{{http_code}} %{{time_total}}' {url}"),
+        &format!(
+            "curl -s -m {} -o /dev/null -w '%{{http_code}} %{{time_total}}' {url}",
+            cella_e2e::scaled(5.0).as_secs()
+        ),
     );
     let text = out["stdout"].as_str().unwrap().to_string();
     let (code, time) = text.split_once(' ').unwrap_or(("", "0"));
@@ -214,13 +217,13 @@ fn egress_is_off_by_default_and_follows_its_policy() {
     assert_eq!(fetch(&s, &open, "http://10.1.2.3/").0, "000");
     assert_eq!(fetch(&s, &open, "http://192.168.1.1/").0, "000");
 
-    // Bandwidth: 4 MB at 16 Mbit/s (2 MB/s) takes two seconds or so; at the default
-    // (100 Mbit/s) a fraction of that.
-    let slow = sandbox_with(&s, json!({"egress": true, "bandwidth_mbps": 16}));
-    let (code, took) = fetch(&s, &slow, &url(8000, "/bytes/4000000"));
+    // Bandwidth: 1 MB at 2 Mbit/s takes four seconds or so; at the default (100 Mbit/s) a
+    // fraction of that, even where slirp4netns runs emulated.
+    let slow = sandbox_with(&s, json!({"egress": true, "bandwidth_mbps": 2}));
+    let (code, took) = fetch(&s, &slow, &url(8000, "/bytes/1000000"));
     assert_eq!(code, "200");
-    assert!(took >= 1.2, "4 MB at 16 Mbit/s took {took} s");
-    let (_, fast) = fetch(&s, &open, &url(8000, "/bytes/4000000"));
+    assert!(took >= 3.0, "1 MB at 2 Mbit/s took {took} s");
+    let (_, fast) = fetch(&s, &open, &url(8000, "/bytes/1000000"));
     assert!(fast < took, "{fast} s unbounded, {took} s bounded");
 
     // The ROCK and AgentRun faces take the same `network` on their create requests.
@@ -298,7 +301,10 @@ fn links_end_with_a_killed_server_and_runs_follow_the_configuration() {
          test_network_access()\n",
         peer.ip
     );
-    let r = json_of(s.run_code(json!({"language": "python", "code": code})));
+    let run_timeout = cella_e2e::scaled(10.0).as_secs_f64();
+    let r = json_of(
+        s.run_code(json!({"language": "python", "code": code, "run_timeout": run_timeout})),
+    );
     assert_eq!(r["status"], "Success", "{r}");
     assert_eq!(
         r["run_result"]["stdout"], "Network access successful.\n",

@@ -60,7 +60,10 @@ fn go_tests_find_the_standard_librarys_vet_facts_in_the_cache_setup_built() {
     let stamped = "package main\nimport (\"os\"; \"testing\")\nfunc TestA(t *testing.T) {\n\
                    \t_, err := os.Stat(os.Getenv(\"HOME\") + \"/.cache/go-build/stamp\")\n\
                    \tif err != nil { t.Fatal(err) }\n}\n";
-    let r = run(s, json!({"language": "go_test", "code": stamped}));
+    let r = run(
+        s,
+        json!({"language": "go_test", "code": stamped, "run_timeout": cella_e2e::scaled(10.0).as_secs_f64()}),
+    );
     assert_eq!(r["status"], "success", "{r}");
     let id = s.sandbox(json!({}));
     let test = "package main\nimport (\"testing\"; \"fmt\")\nfunc TestA(t *testing.T) { fmt.Println(1) }\n";
@@ -729,7 +732,7 @@ fn python_runs_take_a_parked_interpreter() {
 #[test]
 fn the_server_gives_back_the_memory_of_big_outputs() {
     let s = Server::start();
-    let flood = json!({"language": "python", "run_timeout": 2,
+    let flood = json!({"language": "python", "run_timeout": cella_e2e::scaled(2.0).as_secs_f64(),
                        "code": "import sys\nwhile True: sys.stdout.write('x' * 65536)"});
     std::thread::scope(|scope| {
         for _ in 0..16 {

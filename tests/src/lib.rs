@@ -174,7 +174,7 @@ impl Server {
             });
         }
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + scaled(30.0);
         while Instant::now() < deadline {
             if let Ok(r) = self.http.get(format!("{}/healthz", self.url)).send()
                 && r.status().is_success()
@@ -459,14 +459,19 @@ pub fn parent_cgroups(parent: &str) -> Vec<(&'static str, PathBuf)> {
         .collect()
 }
 
-/// Cgroups left under a parent, across its hierarchies.
+/// Cgroups left under a parent, across its hierarchies. The leaf the inits of v2 sandboxes
+/// live in (`_inits`) is the server's own: it counts only while it holds a process.
 pub fn cgroups_under(parent: &str) -> Vec<String> {
     let mut out = Vec::new();
     for (hierarchy, dir) in parent_cgroups(parent) {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for e in entries.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    out.push(format!("{hierarchy}/{}", e.file_name().to_string_lossy()));
+                let name = e.file_name().to_string_lossy().into_owned();
+                let idle_inits = name == "_inits"
+                    && std::fs::read_to_string(e.path().join("cgroup.procs"))
+                        .is_ok_and(|procs| procs.is_empty());
+                if e.file_type().is_ok_and(|t| t.is_dir()) && !idle_inits {
+                    out.push(format!("{hierarchy}/{name}"));
                 }
             }
         }
@@ -503,9 +508,29 @@ pub fn descendants(root: u32) -> Vec<u32> {
     found
 }
 
-/// Polls `f` until it is true or `secs` pass.
+/// How many times slower than a developer's machine this one runs (`CELLA_TEST_SLOWDOWN`,
+/// 1 unless set: the cgroup v2 guest under software emulation sets it). Bounds on how long
+/// something may take scale by it, through [`scaled`] and [`eventually`]; what the tests
+/// check does not change.
+pub fn slowdown() -> f64 {
+    static SLOWDOWN: OnceLock<f64> = OnceLock::new();
+    *SLOWDOWN.get_or_init(|| {
+        std::env::var("CELLA_TEST_SLOWDOWN")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&v: &f64| v >= 1.0)
+            .unwrap_or(1.0)
+    })
+}
+
+/// `secs` on a developer's machine, on this one (see [`slowdown`]).
+pub fn scaled(secs: f64) -> Duration {
+    Duration::from_secs_f64(secs * slowdown())
+}
+
+/// Whether `f` holds within `secs` (scaled, see [`slowdown`]), trying every 20 ms.
 pub fn eventually(secs: f64, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let deadline = Instant::now() + scaled(secs);
     while Instant::now() < deadline {
         if f() {
             return true;
