@@ -37,8 +37,9 @@ CELLA_CONFIG="$data/cella.toml" CELLA_CGROUP_PARENT=cella-bench CELLA_UID_BASE=9
 pids+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
 # The Python zygotes warm up in the first seconds (imports and matplotlib's font cache): the
-# figures are of a warm server, not of its start.
-sleep 8
+# figures are of a warm server, not of its start. A slow machine (the qemu guest of
+# scripts/guest.sh) sets a longer warm-up.
+sleep "${BENCH_WARMUP_SECS:-8}"
 mkdir -p bench/results
 ./target/release/cella-bench --server "http://127.0.0.1:$port" --registry "127.0.0.1:$registry_port" "$@" \
   | tee "bench/results/$(date +%Y%m%d-%H%M%S).txt"

@@ -77,7 +77,8 @@ mkdir -p /dev/net && mknod /dev/net/tun c 10 200 2>/dev/null
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
-mount -t cgroup2 cgroup2 /sys/fs/cgroup
+# With systemd's options: nsdelegate makes cgroup namespaces delegation boundaries.
+mount -t cgroup2 -o nsdelegate,memory_recursiveprot cgroup2 /sys/fs/cgroup
 # /tmp stays the overlay's (this machine's, written to the tmpfs above it): a checkout under
 # /tmp is where the command finds it.
 mount -t tmpfs tmpfs /run

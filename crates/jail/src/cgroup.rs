@@ -386,6 +386,10 @@ impl SandboxCgroup {
         &self.name
     }
 
+    pub fn is_v2(&self) -> bool {
+        matches!(self.layout, Layout::V2 { .. })
+    }
+
     fn dir(&self, controller: &str) -> PathBuf {
         let mount = match (&self.layout, controller) {
             (Layout::V1 { memory, .. }, "memory") => memory,
@@ -628,10 +632,10 @@ pub const V2_CONTROLLERS: &str = "+memory +pids +cpu";
 /// The limits a v2 exec's cgroup shows as its sandbox has them: runtimes (the JVM, Node)
 /// read their own cgroup's files, and a child's are `max` until written. The sandbox's
 /// limits bind the whole tree either way.
-pub const V2_LIMIT_FILES: &[&str] = &["memory.max", "memory.swap.max", "cpu.max", "pids.max"];
+const V2_LIMIT_FILES: &[&str] = &["memory.max", "memory.swap.max", "cpu.max", "pids.max"];
 
 /// Copies `V2_LIMIT_FILES` from the cgroup directory `parent` to its child `child`.
-pub fn copy_limits_at(parent: BorrowedFd<'_>, child: &str) -> io::Result<()> {
+fn copy_limits_at(parent: BorrowedFd<'_>, child: &str) -> io::Result<()> {
     for file in V2_LIMIT_FILES {
         let value = read_at(parent, file)?;
         let to_path = Path::new(child).join(file);

@@ -322,31 +322,17 @@ impl Init<'_> {
         spec: &ExecSpec,
         fds: Vec<OwnedFd>,
     ) -> std::result::Result<std::result::Result<i32, (String, bool)>, String> {
+        // Three stdio descriptors; on v2 then the exec cgroup's `cgroup.procs`, which the
+        // server made (see `launch_by_init`).
+        let mut fds = fds;
+        let made_by_server = if self.v2 { fds.pop() } else { None };
         let Ok::<[OwnedFd; 3], _>(stdio) = fds.try_into() else {
-            return Err("exec needs exactly three stdio descriptors".into());
+            return Err("exec needs three stdio descriptors, and on cgroup v2 its cgroup".into());
         };
-        let name = exec_cgroup_name(spec.id);
-        let cgroup = Path::new(&name);
-        // SAFETY: mkdirat relative to a directory descriptor we own.
-        let made = cvt(unsafe {
-            libc::mkdirat(
-                self.exec_cgroups.as_raw_fd(),
-                sys::cstring(&name).map_err(|e| e.to_string())?.as_ptr(),
-                0o755,
-            )
-        });
-        made.map_err(|e| format!("create exec cgroup: {e}"))?;
-        if self.v2 {
-            crate::cgroup::copy_limits_at(self.exec_cgroups, &name)
-                .map_err(|e| format!("limits of the exec cgroup: {e}"))?;
-        }
-        let procs = sys::openat(
-            Some(self.exec_cgroups),
-            &cgroup.join("cgroup.procs"),
-            libc::O_WRONLY,
-            0,
-        )
-        .map_err(|e| format!("open exec cgroup: {e}"))?;
+        let procs = match made_by_server {
+            Some(procs) => procs,
+            None => self.make_exec_cgroup(spec.id)?,
+        };
         let (err_r, err_w) = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
 
         // SAFETY: the init is single-threaded, so the child may run arbitrary code.
@@ -378,6 +364,27 @@ impl Init<'_> {
             String::from_utf8_lossy(&msg[1..]).into_owned(),
             msg[0] == 1,
         )))
+    }
+
+    /// Makes exec `id`'s cgroup (v1: in the pids hierarchy); returns its `cgroup.procs`.
+    fn make_exec_cgroup(&self, id: u64) -> std::result::Result<OwnedFd, String> {
+        let name = exec_cgroup_name(id);
+        // SAFETY: mkdirat relative to a directory descriptor we own.
+        let made = cvt(unsafe {
+            libc::mkdirat(
+                self.exec_cgroups.as_raw_fd(),
+                sys::cstring(&name).map_err(|e| e.to_string())?.as_ptr(),
+                0o755,
+            )
+        });
+        made.map_err(|e| format!("create exec cgroup: {e}"))?;
+        sys::openat(
+            Some(self.exec_cgroups),
+            &Path::new(&name).join("cgroup.procs"),
+            libc::O_WRONLY,
+            0,
+        )
+        .map_err(|e| format!("open exec cgroup: {e}"))
     }
 
     /// Reaps every exited process; reports the ones that are exec main processes.

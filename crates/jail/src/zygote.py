@@ -326,15 +326,15 @@ def exit_if_the_server_goes():
     meanwhile, nothing can come any more: a thread watching the channel ends the zygote at
     once, rather than after it. Returns what stops the watch (a zygote that forks must be
     single-threaded)."""
-    wake, woken = os.pipe()
+    done_r, done_w = os.pipe()
     poller = select.poll()
     poller.register(CHANNEL, select.POLLRDHUP)  # the peer's close; POLLHUP comes unasked
-    poller.register(wake, select.POLLIN)
+    poller.register(done_r, select.POLLIN)
 
     def watch():
         while True:
             for fd, _ in poller.poll():
-                if fd == wake:
+                if fd == done_r:
                     return
                 os._exit(0)
 
@@ -342,10 +342,10 @@ def exit_if_the_server_goes():
     watcher.start()
 
     def stop():
-        os.write(woken, b".")
+        os.write(done_w, b".")
         watcher.join()
-        os.close(wake)
-        os.close(woken)
+        os.close(done_r)
+        os.close(done_w)
 
     return stop
 

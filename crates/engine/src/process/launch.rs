@@ -250,9 +250,20 @@ pub(crate) async fn launch_by_init(
     spec: &ExecSpec,
     stdio: [BorrowedFd<'_>; 3],
 ) -> Result<mpsc::UnboundedReceiver<ExecEvent>> {
+    // On cgroup v2 the exec's cgroup is made here and its `cgroup.procs` opened in the host's
+    // cgroup namespace: the process moves in from the inits' leaf, outside the sandbox, which
+    // a file opened in the sandbox's namespace may not do where namespaces delegate
+    // (`nsdelegate`, as systemd mounts cgroup2). On v1 the init makes it.
+    let procs = if sandbox.cgroup.is_v2() {
+        open_exec_procs(sandbox, spec.id)?
+    } else {
+        Vec::new()
+    };
+    let mut fds = stdio.to_vec();
+    fds.extend(procs.iter().map(|f| f.as_fd()));
     let control = sandbox.control();
     let events = control.subscribe(spec.id);
-    if let Err(e) = control.send(&Command::Exec(spec.clone()), &stdio).await {
+    if let Err(e) = control.send(&Command::Exec(spec.clone()), &fds).await {
         control.unsubscribe(spec.id);
         return Err(e);
     }
@@ -293,6 +304,16 @@ pub(crate) async fn started(
     }
 }
 
+/// Makes exec `id`'s cgroup and opens the `cgroup.procs` files its process joins.
+fn open_exec_procs(sandbox: &Sandbox, id: u64) -> Result<Vec<OwnedFd>> {
+    (sandbox.cgroup.exec_procs(id)?.iter())
+        .map(|p| {
+            cella_jail::sys::open(p, libc::O_WRONLY)
+                .map_err(|e| Error::Internal(format!("open {}: {e}", p.display())))
+        })
+        .collect()
+}
+
 /// Returns the process's events and the channel to the zygote's child that watches it.
 fn launch_by_zygote(
     sandbox: &Sandbox,
@@ -301,15 +322,7 @@ fn launch_by_zygote(
     stdio: &[OwnedFd; 3],
     go: Option<OwnedFd>,
 ) -> Result<(mpsc::UnboundedReceiver<ExecEvent>, OwnedFd)> {
-    let procs = sandbox
-        .cgroup
-        .exec_procs(spec.id)?
-        .iter()
-        .map(|p| {
-            cella_jail::sys::open(p, libc::O_WRONLY)
-                .map_err(|e| Error::Internal(format!("open {}: {e}", p.display())))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let procs = open_exec_procs(sandbox, spec.id)?;
     let (ours, theirs) = cella_jail::sys::seqpacket_pair().map_err(Error::internal)?;
     let mut fds = vec![sandbox.pidfd(), theirs.as_fd()];
     fds.extend(stdio.iter().map(|f| f.as_fd()));
