@@ -107,6 +107,12 @@ fn a_sandbox_at_its_process_limit_refuses_new_commands_until_some_end() {
     );
     // The sandbox's state, not a bad request.
     cella_e2e::assert_refused(r, 409, "limit of 16 processes");
+    // So is a Python context, whose kernel the zygote forks outside the sandbox and moves in.
+    let r = s.post(
+        &format!("/sandboxes/{id}/contexts"),
+        json!({"language": "python"}),
+    );
+    cella_e2e::assert_refused(r, 409, "limit of 16 processes");
     let kill = format!("/sandboxes/{id}/processes/{}/kill", filler["id"]);
     assert_eq!(s.post(&kill, json!({})).status(), 200);
     assert_eq!(s.sh(&id, "echo room again")["stdout"], "room again\n");

@@ -22,6 +22,7 @@ if sys.path and sys.path[0] == "":
 import atexit  # noqa: E402
 import builtins  # noqa: E402
 import ctypes  # noqa: E402
+import errno  # noqa: E402
 import gc  # noqa: E402
 import importlib.machinery  # noqa: E402
 import io  # noqa: E402
@@ -201,10 +202,26 @@ def close_all_but(*keep):
     os.closerange(low, 65536)
 
 
+def over_pids_limit():
+    """Whether the sandbox holds more processes than its pids.max, read where the sandbox
+    shows its own cgroups (v1's pids hierarchy, or the v2 one). A process that moves into a
+    cgroup is not held to pids.max, as a fork in it is: one that moved in checks."""
+    for pids in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup"):
+        try:
+            with open(pids + "/pids.current") as current, open(pids + "/pids.max") as most:
+                current, most = current.read().strip(), most.read().strip()
+        except OSError:
+            continue
+        return most != "max" and int(current) > int(most)
+    return False
+
+
 def grandchild(req, report, stdio, go, procs, filters, landlock_abi):
     try:
         for fd in procs:
             os.write(fd, b"0")
+        if over_pids_limit():  # forked in the zygote, outside the sandbox
+            raise OSError(errno.EAGAIN, "fork: " + os.strerror(errno.EAGAIN))
         os.setsid()
         # The zygote ignores the signals meant for the server's process group (sys.rs,
         # SERVER_GROUP_SIGNALS); a program has them as a fresh interpreter does.
