@@ -33,7 +33,7 @@ fn languages_are_listed_with_versions() {
             .iter()
             .find(|l| l["name"] == n)
             .cloned()
-            .unwrap()
+            .unwrap_or_else(|| panic!("{n} is not listed: {langs}"))
     };
     let python = find("python");
     assert_eq!(python["available"], true);
@@ -44,8 +44,7 @@ fn languages_are_listed_with_versions() {
     assert!(
         kotlin["version"]
             .as_str()
-            .unwrap()
-            .starts_with("kotlinc-jvm"),
+            .is_some_and(|v| v.starts_with("kotlinc-jvm")),
         "{kotlin}"
     );
     let julia = find("julia");

@@ -58,7 +58,8 @@ pub struct SandboxDefaults {
     pub idle_timeout_secs: u64,
     /// A sandbox is stopped this long after creation whatever it does (0 = never).
     pub max_lifetime_secs: u64,
-    /// Wall-clock limit of an exec that does not give one.
+    /// Wall-clock limit of an exec that does not give one (and of each toolchain's version
+    /// check at start).
     pub exec_timeout_secs: f64,
     /// Bytes of stdout (and of stderr) kept per exec unless the request says otherwise.
     pub output_cap_bytes: usize,

@@ -39,10 +39,12 @@ impl Runs {
         };
         // Four at a time: some toolchains (JVMs) take a second to answer.
         let limit = Arc::new(Semaphore::new(4));
+        // Each check gets an exec's default time (a minute unless configured otherwise).
+        let timeout = Duration::from_secs_f64(self.engine.config.sandbox.exec_timeout_secs);
         let probes: Vec<_> = language::LANGUAGES
             .iter()
             .filter(|l| l.missing.is_none())
-            .map(|lang| tokio::spawn(probe(sandbox.clone(), lang, limit.clone())))
+            .map(|lang| tokio::spawn(probe(sandbox.clone(), lang, limit.clone(), timeout)))
             .collect();
         let mut available = Vec::new();
         for p in probes {
@@ -64,6 +66,7 @@ async fn probe(
     sandbox: Arc<Sandbox>,
     lang: &'static Language,
     limit: Arc<Semaphore>,
+    timeout: Duration,
 ) -> (&'static Language, Result<Outcome>) {
     let _permit = limit.acquire().await;
     let opts = ExecOptions {
@@ -71,7 +74,7 @@ async fn probe(
         env: lang_env(lang),
         cwd: None,
         stdin: None,
-        timeout: Some(Duration::from_secs(60)),
+        timeout: Some(timeout),
         output_cap: 4096,
     };
     (lang, process::run(&sandbox, opts).await)
