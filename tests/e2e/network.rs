@@ -328,6 +328,8 @@ fn links_end_with_a_killed_server_and_runs_follow_the_configuration() {
         "slirp4netns outlived the server"
     );
     assert_eq!(host_network(), before);
+    // A restart reaps what the killed server left behind (its sandboxes' cgroups).
+    s.restart();
 
     let plain = Server::start();
     let r = json_of(plain.run_code(json!({"language": "python", "code": code})));
