@@ -439,7 +439,6 @@ pub fn host_mounts_containing(needle: &str) -> Vec<String> {
         .collect()
 }
 
-/// A server's parent cgroup in each v1 hierarchy it makes cgroups in, with its name.
 /// Whether this host runs the unified cgroup v2 hierarchy alone (no v1 memory controller).
 pub fn cgroup_v2() -> bool {
     !Path::new("/sys/fs/cgroup/memory").is_dir()

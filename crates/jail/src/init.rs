@@ -241,7 +241,8 @@ struct Init<'a> {
     control: BorrowedFd<'a>,
     /// `cgroup.procs` of the sandbox's memory cgroup, when the init is not in it.
     memory_procs: Option<BorrowedFd<'a>>,
-    /// cgroup v2: each exec's cgroup gets the sandbox's limits written in (see `cgroup`).
+    /// cgroup v2: each exec's cgroup comes made with its request (see `launch_by_init`), and
+    /// its process checks the sandbox's `pids.max` (see `cgroup::over_pids_limit`).
     v2: bool,
     exec_cgroups: BorrowedFd<'a>,
     uid: u32,
